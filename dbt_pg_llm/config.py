@@ -1,0 +1,189 @@
+"""ModelConfig: everything needed to call one model, and its validation.
+
+``validate()`` reports every problem at once, each naming the key and the fix, and raises
+ConfigError. The API key never appears in repr/str (it is also registered for redaction).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Iterable
+from urllib.parse import urlparse
+
+from .errors import ConfigError, register_secret
+from .retry import RetryPolicy
+
+__all__ = ["ModelConfig", "PROVIDERS", "check_keys"]
+
+PROVIDERS = ("openai", "anthropic")
+_DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1"}
+
+
+def check_keys(data: dict, allowed: Iterable[str], path: str) -> None:
+    """Raise ConfigError naming every unknown key, with the closest known key as the fix."""
+    allowed = list(allowed)
+    problems = []
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(allowed))}"
+            problems.append(f"{path}.{key}: unknown key; {hint}")
+    if problems:
+        raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    provider: str = "openai"
+    api_url: str | None = None  # base URL, as the OpenAI SDK's base_url, e.g. https://api.openai.com/v1
+    api_key: str | None = field(default=None, repr=False)
+    model_version: str | None = None  # the provider's model id, e.g. gpt-4o-mini
+    timeout_ms: int = 30_000
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stream: bool = False
+    max_concurrency: int = 16
+    rpm: int | None = None
+    tpm: int | None = None
+    cost_per_1k_input_tokens: float = 0.0
+    cost_per_1k_output_tokens: float = 0.0
+    enabled: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fallbacks: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        register_secret(self.api_key)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name == 'api_key' and self.api_key else repr(getattr(self, f.name))}"
+            for f in fields(self)
+        )
+        return f"ModelConfig({shown})"
+
+    __str__ = __repr__
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict | "ModelConfig", path: str = "model") -> "ModelConfig":
+        """Build from a mapping (e.g. profiles.yml), naming unknown keys and bad types by key path."""
+        if isinstance(data, ModelConfig):
+            return data
+        if not isinstance(data, dict):
+            raise ConfigError([f"{path}: expected a mapping of model settings, got {type(data).__name__}"])
+        names = [f.name for f in fields(cls)]
+        check_keys(data, names, path)
+        kwargs: dict[str, Any] = dict(data)
+        problems = []
+        if "retry" in kwargs:
+            try:
+                kwargs["retry"] = RetryPolicy.from_dict(kwargs["retry"], f"{path}.retry")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                kwargs.pop("retry")
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{path}.retry: {exc}")
+                kwargs.pop("retry")
+        if "fallbacks" in kwargs:
+            fb = kwargs["fallbacks"]
+            if isinstance(fb, str):
+                fb = [fb]
+            if not isinstance(fb, (list, tuple)):
+                problems.append(f"{path}.fallbacks: expected a list of model names, got {type(fb).__name__}")
+                fb = []
+            kwargs["fallbacks"] = tuple(str(x) for x in fb)
+        for name in ("timeout_ms", "max_tokens", "max_concurrency", "rpm", "tpm"):
+            kwargs[name] = _coerce(kwargs, name, int, path, problems)
+        for name in ("temperature", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens"):
+            kwargs[name] = _coerce(kwargs, name, float, path, problems)
+        kwargs = {k: v for k, v in kwargs.items() if v is not _MISSING}
+        config = cls(**kwargs)
+        problems.extend(config.problems(path))
+        if problems:
+            raise ConfigError(problems)
+        return config
+
+    def to_dict(self, include_secret: bool = False) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["retry"] = {k: getattr(self.retry, k) for k in RetryPolicy.FIELDS}
+        out["retry"]["retryable_errors"] = sorted(k.value for k in self.retry.retryable_errors)
+        out["fallbacks"] = list(self.fallbacks)
+        if not include_secret:
+            out["api_key"] = "***" if self.api_key else None
+        return out
+
+    def replace(self, **changes) -> "ModelConfig":
+        return replace(self, **changes)
+
+    @property
+    def base_url(self) -> str | None:
+        return self.api_url or _DEFAULT_URLS.get(self.provider)
+
+    # -- validation ------------------------------------------------------------------------------
+    def problems(self, path: str = "model") -> list[str]:
+        out: list[str] = []
+        if self.provider not in PROVIDERS:
+            out.append(f"{path}.provider: unknown provider {self.provider!r}; use one of {', '.join(PROVIDERS)} "
+                       "('openai' covers any OpenAI-compatible endpoint: vLLM, Ollama, llama.cpp, LiteLLM)")
+        if not self.base_url:
+            out.append(f"{path}.api_url: missing; set the endpoint's base URL, e.g. https://api.openai.com/v1")
+        else:
+            parsed = urlparse(self.base_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                out.append(f"{path}.api_url: {self.base_url!r} is not an http(s) URL; "
+                           "give a base URL like http://localhost:11434/v1")
+            elif parsed.path.rstrip("/").endswith("/chat/completions") or parsed.path.rstrip("/").endswith("/messages"):
+                out.append(f"{path}.api_url: give the base URL without the endpoint path "
+                           f"(e.g. {self.base_url.rsplit('/', 2)[0]}); the provider appends it")
+        if not self.model_version:
+            out.append(f"{path}.model_version: missing; set the provider's model id, e.g. gpt-4o-mini")
+        if not isinstance(self.timeout_ms, int) or self.timeout_ms <= 0:
+            out.append(f"{path}.timeout_ms: {self.timeout_ms!r} must be a positive number of milliseconds, e.g. 30000")
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            out.append(f"{path}.max_tokens: {self.max_tokens!r} must be a positive integer, e.g. 256")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
+            out.append(f"{path}.temperature: {self.temperature!r} is out of range; use a number from 0 to 2")
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency <= 0:
+            out.append(f"{path}.max_concurrency: {self.max_concurrency!r} must be a positive integer, e.g. 16")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                out.append(f"{path}.{name}: {value!r} must be a positive integer, or omitted for no limit")
+        for name in ("cost_per_1k_input_tokens", "cost_per_1k_output_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                out.append(f"{path}.{name}: {value!r} must be a number >= 0 (US dollars per 1,000 tokens)")
+        if not isinstance(self.enabled, bool):
+            out.append(f"{path}.enabled: {self.enabled!r} must be true or false")
+        if not isinstance(self.retry, RetryPolicy):
+            out.append(f"{path}.retry: must be a mapping of retry settings")
+        else:
+            out.extend(self.retry.problems(f"{path}.retry"))
+        if self.provider == "anthropic" and self.stream:
+            pass  # streaming is accepted and read to the end by both providers
+        return out
+
+    def validate(self, path: str = "model") -> "ModelConfig":
+        problems = self.problems(path)
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+_MISSING = object()
+
+
+def _coerce(data: dict, name: str, kind: type, path: str, problems: list[str]):
+    if name not in data:
+        return _MISSING
+    value = data[name]
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        coerced = kind(value)
+        if kind is int and isinstance(value, float) and value != int(value):
+            raise ValueError
+        return coerced
+    except (TypeError, ValueError):
+        problems.append(f"{path}.{name}: {value!r} is not a {'whole number' if kind is int else 'number'}")
+        return _MISSING

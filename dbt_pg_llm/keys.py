@@ -1,0 +1,78 @@
+"""The cache key: the one definition used by Python and by SQL.
+
+    fingerprint = sha256_hex(canonical JSON of {provider, model_version, system_message,
+                                                temperature, max_tokens, stop, response_format})
+    key         = sha256_hex(fingerprint + "\\n" + prompt)
+
+Canonical JSON = sorted keys, separators ``,`` and ``:``, UTF-8, no ASCII escaping
+(``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
+``response_format`` is null for free text, ``{"type":"labels","labels":[...]}`` or
+``{"type":"json","schema":{...}}``. Temperature is a float (0 -> 0.0), stop a list.
+The API URL and API key are deliberately not part of the key: the same model behind another URL
+(a proxy, a new key) gives the same answers.
+
+In Postgres the key of each row is computed by ``key_sql`` below, with the fingerprint computed
+here once per column and inlined as a literal:
+
+    encode(sha256(convert_to('<fingerprint>' || E'\\n' || (<prompt expression>), 'UTF8')), 'hex')
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .model_io import ModelInput
+
+__all__ = ["canonical_json", "fingerprint", "fingerprint_of", "cache_key", "key_sql"]
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint(*, provider: str, model_version: str, system_message: str | None, temperature: float,
+                max_tokens: int, stop=(), response_format: dict | None = None) -> str:
+    params = {
+        "provider": provider,
+        "model_version": model_version,
+        "system_message": system_message,
+        "temperature": float(temperature),
+        "max_tokens": int(max_tokens),
+        "stop": list(stop or ()),
+        "response_format": response_format,
+    }
+    return _sha256_hex(canonical_json(params))
+
+
+def fingerprint_of(config: "ModelConfig", inp: "ModelInput") -> str:
+    """Fingerprint of a request to a model: unset input parameters take the model's defaults."""
+    return fingerprint(
+        provider=config.provider,
+        model_version=config.model_version,
+        system_message=inp.system_message,
+        temperature=config.temperature if inp.temperature is None else inp.temperature,
+        max_tokens=config.max_tokens if inp.max_tokens is None else inp.max_tokens,
+        stop=inp.stop,
+        response_format=inp.response_format.to_canonical(),
+    )
+
+
+def cache_key(fingerprint_hex: str, prompt: str) -> str:
+    return _sha256_hex(fingerprint_hex + "\n" + prompt)
+
+
+def key_sql(fingerprint_hex: str, prompt_sql: str) -> str:
+    """The SQL expression computing ``cache_key(fingerprint, <prompt_sql>)`` per row in Postgres.
+
+    NULL prompt -> NULL key (|| propagates NULL), so a NULL prompt never matches or requests anything.
+    """
+    if not all(c in "0123456789abcdef" for c in fingerprint_hex) or len(fingerprint_hex) != 64:
+        raise ValueError("fingerprint must be a 64-character lowercase sha256 hex digest")
+    return (f"encode(sha256(convert_to('{fingerprint_hex}' || E'\\n' || ({prompt_sql})::text, 'UTF8')), 'hex')")

@@ -1,0 +1,184 @@
+"""What goes into a model call and what comes out: ModelInput, ResponseFormat, ModelOutput, TokenUsage."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import ErrorKind, ModelError
+
+__all__ = ["ResponseFormat", "ModelInput", "TokenUsage", "ModelOutput"]
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Free text (default), one label of a list, or JSON valid for a JSON schema.
+
+    ``validate(text)`` turns a raw answer into the value or raises ModelError(INVALID_OUTPUT): an
+    output that violates its format is an error, never a value.
+    """
+
+    type: str = "text"  # "text" | "labels" | "json"
+    labels: tuple[str, ...] = ()
+    json_schema: dict | None = None
+
+    @classmethod
+    def text(cls) -> "ResponseFormat":
+        return cls("text")
+
+    @classmethod
+    def one_of(cls, labels) -> "ResponseFormat":
+        labels = tuple(str(x) for x in labels)
+        if not labels:
+            raise ValueError("labels: give at least one label")
+        return cls("labels", labels=labels)
+
+    @classmethod
+    def json(cls, schema: dict | None = None) -> "ResponseFormat":
+        return cls("json", json_schema=schema or {"type": "object"})
+
+    def to_canonical(self) -> dict | None:
+        """The part of the cache fingerprint that describes this format (None for free text)."""
+        if self.type == "text":
+            return None
+        if self.type == "labels":
+            return {"type": "labels", "labels": list(self.labels)}
+        return {"type": "json", "schema": self.json_schema}
+
+    def validate(self, text: str | None) -> tuple[str, Any]:
+        """Return (clean_text, value); raise ModelError(INVALID_OUTPUT) when the answer is not valid."""
+        if text is None or not text.strip():
+            raise ModelError(ErrorKind.INVALID_OUTPUT, "empty answer")
+        if self.type == "text":
+            return text, text
+        if self.type == "labels":
+            clean = text.strip().strip("\"'`.").strip()
+            for label in self.labels:
+                if clean == label:
+                    return label, label
+            folded = {label.casefold(): label for label in self.labels}
+            if clean.casefold() in folded:
+                label = folded[clean.casefold()]
+                return label, label
+            raise ModelError(
+                ErrorKind.INVALID_OUTPUT,
+                f"answer {clean[:80]!r} is not one of the labels {list(self.labels)}",
+            )
+        value = _parse_json_answer(text)
+        _check_schema(value, self.json_schema)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")), value
+
+
+def _parse_json_answer(text: str) -> Any:
+    body = text.strip()
+    if body.startswith("```"):  # models like to fence JSON
+        body = body.strip("`")
+        if body.startswith("json"):
+            body = body[4:]
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ModelError(ErrorKind.INVALID_OUTPUT, f"answer is not valid JSON: {exc.msg}") from None
+
+
+_validators: dict[str, Any] = {}
+
+
+def _check_schema(value: Any, schema: dict | None) -> None:
+    if not schema:
+        return
+    import jsonschema  # imported lazily: only JSON-format calls pay for it
+
+    key = json.dumps(schema, sort_keys=True)
+    validator = _validators.get(key)
+    if validator is None:
+        cls = jsonschema.validators.validator_for(schema)
+        validator = _validators[key] = cls(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise ModelError(ErrorKind.INVALID_OUTPUT, f"JSON does not match the schema at {where}: {error.message}")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """One request. ``temperature``/``max_tokens`` of None mean: use the model's configured value."""
+
+    prompt: str
+    system_message: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
+
+    def with_defaults(self, temperature: float, max_tokens: int) -> "ModelInput":
+        """Fill unset parameters from the model's config (done before the cache key is computed)."""
+        return replace(
+            self,
+            temperature=temperature if self.temperature is None else self.temperature,
+            max_tokens=max_tokens if self.max_tokens is None else self.max_tokens,
+            stop=tuple(self.stop),
+        )
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt: int = 0
+    completion: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+    def __add__(self, other: "TokenUsage") -> "TokenUsage":
+        return TokenUsage(self.prompt + other.prompt, self.completion + other.completion)
+
+
+@dataclass
+class ModelOutput:
+    """The result of one call. On failure ``text``/``value`` are None and ``error_kind`` says why.
+
+    ``value`` is the validated, typed answer: the text, the label, or the parsed JSON.
+    ``model`` is the model that answered (after failover it differs from the one asked).
+    """
+
+    text: str | None = None
+    value: Any = None
+    confidence: float | None = None
+    tokens: TokenUsage = field(default_factory=TokenUsage)
+    truncated: bool = False
+    error_kind: ErrorKind = ErrorKind.NONE
+    error_message: str | None = None
+    model: str | None = None
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+    cached: bool = False
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is ErrorKind.NONE
+
+    @property
+    def tokens_used(self) -> int:
+        return self.tokens.total
+
+    @classmethod
+    def failure(cls, error: ModelError, *, model: str | None = None, latency_ms: float = 0.0,
+                attempts: int = 1) -> "ModelOutput":
+        return cls(error_kind=error.kind, error_message=error.message, model=model or error.model,
+                   latency_ms=latency_ms, attempts=attempts)
+
+    def raise_for_error(self) -> "ModelOutput":
+        if not self.ok:
+            raise ModelError(self.error_kind, self.error_message or "", model=self.model)
+        return self
+
+
+def confidence_from_logprobs(logprobs: list[float] | None) -> float | None:
+    """exp(mean token logprob): the geometric-mean token probability; None when not available."""
+    if not logprobs:
+        return None
+    return math.exp(sum(logprobs) / len(logprobs))
