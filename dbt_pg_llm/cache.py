@@ -1,0 +1,257 @@
+"""ResultCache: pay for each distinct request once.
+
+Keys come from ``dbt_pg_llm.keys.cache_key`` (this module never computes them). An entry is a
+plain JSON-able dict (see ``CacheEntry.to_dict``) so a journal can be read by anything, replayed
+into Postgres, and survives upgrades of this package (no pickle).
+
+* ``get(key)`` returns the stored output as a *cache hit*: ``cached=True``, ``cost_usd=0.0``,
+  ``latency_ms=0.0`` (nothing was paid or waited for this time); the original cost stays in the
+  entry (``get_entry(key).original_cost_usd``) for the "saved" figure of the metrics.
+* ``put(key, output)`` stores successful, freshly paid outputs only: errors are never cached
+  (a timeout today must not become a NULL forever) and hits are not re-stored.
+* ``get_or_compute(key, compute)`` is single-flight: concurrent callers of one key share one
+  ``compute()``; the first caller gets the paid output, the others a hit-style copy (they paid
+  nothing, so metrics do not count the cost twice). A failed result goes to every waiter but is
+  not stored, so the next call tries again. The computation runs in its own task: cancelling one
+  caller does not cancel it for the others, and a paid answer is stored even if all gave up.
+
+Backends: ``MemoryBackend`` (a dict) and ``DiskJournal`` (diskcache/SQLite on disk: every paid
+output is written there before it is used, so a crash after the API answered loses nothing, and
+several processes can share it).
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable, Iterator, Protocol
+
+from .model_io import ModelOutput, TokenUsage
+
+__all__ = ["CacheEntry", "CacheBackend", "MemoryBackend", "DiskJournal", "ResultCache"]
+
+log = logging.getLogger("dbt_pg_llm")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    output: ModelOutput  # as a hit: cached=True, cost 0, latency 0
+    created_at: float  # epoch seconds (the cache's clock)
+    expires_at: float | None
+    valid: bool
+    original_cost_usd: float
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    @staticmethod
+    def serialize(output: ModelOutput, created_at: float, expires_at: float | None, valid: bool = True) -> dict:
+        return {
+            "text": output.text,
+            "value": output.value,
+            "confidence": output.confidence,
+            "prompt_tokens": output.tokens.prompt,
+            "completion_tokens": output.tokens.completion,
+            "truncated": output.truncated,
+            "model": output.model,
+            "cost_usd": output.cost_usd,
+            "created_at": created_at,
+            "expires_at": expires_at,
+            "valid": valid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CacheEntry":
+        output = ModelOutput(
+            text=data.get("text"), value=data.get("value"), confidence=data.get("confidence"),
+            tokens=TokenUsage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0)),
+            truncated=bool(data.get("truncated", False)), model=data.get("model"),
+            latency_ms=0.0, cost_usd=0.0, cached=True, attempts=0,
+        )
+        return cls(output, float(data.get("created_at") or 0.0), data.get("expires_at"),
+                   bool(data.get("valid", True)), float(data.get("cost_usd") or 0.0))
+
+    def to_dict(self) -> dict:
+        data = self.serialize(self.output, self.created_at, self.expires_at, self.valid)
+        data["cost_usd"] = self.original_cost_usd
+        return data
+
+
+class CacheBackend(Protocol):
+    def get(self, key: str) -> dict | None: ...
+    def set(self, key: str, entry: dict) -> None: ...
+    def delete(self, key: str) -> bool: ...
+    def keys(self) -> Iterator[str]: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class MemoryBackend:
+    """Entries in a dict (one process, gone at exit), kept as JSON text like the journal: the same
+    contract everywhere, and a caller mutating a returned JSON value cannot change the cache."""
+
+    def __init__(self):
+        self._data: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict | None:
+        text = self._data.get(key)
+        return json.loads(text) if text is not None else None
+
+    def set(self, key: str, entry: dict) -> None:
+        text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+        with self._lock:
+            self._data[key] = text
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._data.pop(key, None) is not None
+
+    def keys(self) -> Iterator[str]:
+        with self._lock:
+            return iter(list(self._data))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def close(self) -> None:
+        pass
+
+
+class DiskJournal:
+    """Entries as JSON text in a ``diskcache.Cache`` (SQLite, WAL) under ``directory``.
+
+    diskcache defaults are kept except eviction, which is switched off: the default policy
+    ("least-recently-stored" beyond 1 GB) would silently delete paid answers. SQLite's WAL with
+    synchronous=NORMAL makes each ``set`` durable against a crash of this process (not against a
+    power cut, which would need synchronous=FULL: pass ``sqlite_synchronous=2``).
+    """
+
+    def __init__(self, directory: str, **settings: Any):
+        import diskcache  # lazily: MemoryBackend users never pay for it
+
+        settings.setdefault("eviction_policy", "none")
+        self.directory = str(directory)
+        self._cache = diskcache.Cache(self.directory, **settings)
+
+    def get(self, key: str) -> dict | None:
+        text = self._cache.get(key)
+        return json.loads(text) if text is not None else None
+
+    def set(self, key: str, entry: dict) -> None:
+        self._cache.set(key, json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._cache.delete(key))
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key (for replay into the database); iterates without loading values."""
+        return iter(self._cache)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> "DiskJournal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ResultCache:
+    def __init__(self, backend: CacheBackend | None = None, ttl_s: float | None = None,
+                 clock: Callable[[], float] = time.time):
+        if ttl_s is not None and ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0 seconds, or None for entries that never expire")
+        self.backend = backend if backend is not None else MemoryBackend()
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    # -- synchronous API -------------------------------------------------------------------------
+    def get_entry(self, key: str) -> CacheEntry | None:
+        """The stored entry, whether valid and fresh or not (for inspection and replay)."""
+        data = self.backend.get(key)
+        return CacheEntry.from_dict(data) if data is not None else None
+
+    def get(self, key: str) -> ModelOutput | None:
+        """A hit (cached=True, cost 0, latency 0), or None when absent, invalidated or expired."""
+        entry = self.get_entry(key)
+        if entry is None or not entry.valid or entry.expired(self._clock()):
+            return None
+        return entry.output
+
+    def put(self, key: str, output: ModelOutput) -> bool:
+        """Store a successful, paid output; returns False (and stores nothing) for a failed output
+        or one that is itself a cache hit."""
+        if not output.ok or output.cached:
+            return False
+        now = self._clock()
+        expires = now + self.ttl_s if self.ttl_s is not None else None
+        self.backend.set(key, CacheEntry.serialize(output, now, expires))
+        return True
+
+    def invalidate(self, key: str) -> bool:
+        """Mark the entry invalid (kept for audit, never served again); False if there is none."""
+        data = self.backend.get(key)
+        if data is None:
+            return False
+        data["valid"] = False
+        self.backend.set(key, data)
+        return True
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self.backend)
+
+    def keys(self) -> Iterator[str]:
+        return self.backend.keys()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- single-flight ---------------------------------------------------------------------------
+    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
+        hit = self.get(key)
+        if hit is not None:
+            return hit
+        task = self._inflight.get(key)
+        if task is not None:
+            return _shared_copy(await asyncio.shield(task))
+        task = asyncio.ensure_future(self._compute_and_store(key, compute))
+        self._inflight[key] = task
+        task.add_done_callback(lambda t: self._forget(key, t))
+        return await asyncio.shield(task)
+
+    async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
+        output = await compute()
+        if output.ok and not output.cached:
+            try:
+                self.put(key, output)
+            except Exception:  # the answer is still good for this run; say loudly it was not kept
+                log.exception("could not store the result for cache key %s; it will be requested again", key)
+        return output
+
+    def _forget(self, key: str, task: asyncio.Future) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # mark as retrieved: the callers that still wait get it via shield
+
+
+def _shared_copy(output: ModelOutput) -> ModelOutput:
+    """What a caller that joined another caller's request gets: it paid nothing and waited only
+    for someone else's request, so successes look like cache hits; failures stay failures."""
+    if output.ok:
+        return replace(output, value=copy.deepcopy(output.value), cached=True, cost_usd=0.0,
+                       latency_ms=0.0, attempts=0)
+    return replace(output, cost_usd=0.0, attempts=0)

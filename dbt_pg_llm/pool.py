@@ -1,0 +1,222 @@
+"""RequestPool: how many requests may be in flight to one model, and how fast they may start.
+
+Every request takes, in this order and first-come first-served:
+
+* a concurrency slot (``limit`` of them; ``limit`` adapts, see below),
+* one request from the RPM token bucket (capacity ``rpm``, refilled continuously at rpm/60 per s),
+* ``estimated_tokens`` from the TPM token bucket (capacity ``tpm``, refilled at tpm/60 per s).
+
+A request estimated at more tokens than the whole TPM capacity is admitted when the bucket is full
+(it then leaves the bucket in debt, so the following requests wait for the real rate) instead of
+waiting forever. ``slot.settle(actual_tokens)`` corrects the estimate once the usage is known.
+
+Adaptive slow-down (AIMD, as TCP does it): ``record_rate_limited()`` halves ``limit`` (floor 1) -
+at most once per ``decrease_interval_s``, because the 429s of requests that were already in flight
+describe the old limit, and halving once per 429 would collapse the pool to 1; every
+``recover_after`` successes ``record_success()`` raises ``limit`` by 1, back up to
+``max_concurrency``.
+
+Design: pure asyncio, one event loop. The uncontended path takes no lock, creates no future and
+never yields to the loop. Waiters queue in a deque of futures; only the head of the queue waits on
+the resources (sleeping for a bucket to refill, or for a release), so arrival order is kept and a
+big request at the head is not starved by small ones behind it.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Awaitable, Callable
+
+__all__ = ["RequestPool", "TokenBucket"]
+
+
+class TokenBucket:
+    """``capacity`` tokens, refilled continuously at ``capacity`` per ``period_s``; starts full."""
+
+    __slots__ = ("capacity", "rate", "tokens", "updated")
+
+    def __init__(self, capacity: float, now: float, period_s: float = 60.0):
+        if capacity <= 0:
+            raise ValueError("a token bucket needs a capacity > 0")
+        self.capacity = float(capacity)
+        self.rate = self.capacity / period_s
+        self.tokens = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        if now > self.updated:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def delay(self, amount: float) -> float:
+        """Seconds until ``amount`` (capped at capacity) is available; 0 if it is now."""
+        need = min(float(amount), self.capacity) - self.tokens
+        return 0.0 if need <= 1e-9 else need / self.rate
+
+
+class _Slot:
+    """The async context manager returned by ``RequestPool.slot``."""
+
+    __slots__ = ("_pool", "tokens", "_held")
+
+    def __init__(self, pool: "RequestPool", tokens: int):
+        self._pool = pool
+        self.tokens = tokens
+        self._held = False
+
+    async def __aenter__(self) -> "_Slot":
+        await self._pool._acquire(self.tokens)
+        self._held = True
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if self._held:
+            self._held = False
+            self._pool._release()
+
+    def settle(self, actual_tokens: int) -> None:
+        """Charge (or refund) the TPM bucket the difference between actual and estimated tokens."""
+        bucket = self._pool._tpm
+        if bucket is not None:
+            bucket.tokens = min(bucket.capacity, bucket.tokens - (actual_tokens - self.tokens))
+        self.tokens = actual_tokens
+
+
+class RequestPool:
+    def __init__(self, max_concurrency: int, rpm: int | None = None, tpm: int | None = None, *,
+                 recover_after: int = 10, decrease_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep):
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if recover_after < 1:
+            raise ValueError("recover_after must be >= 1")
+        self.max_concurrency = int(max_concurrency)
+        self.recover_after = recover_after
+        self.decrease_interval_s = decrease_interval_s
+        self._clock = clock
+        self._sleep = sleep
+        now = clock()
+        self._rpm = TokenBucket(rpm, now) if rpm else None
+        self._tpm = TokenBucket(tpm, now) if tpm else None
+        self._limit = self.max_concurrency
+        self._in_flight = 0
+        self._successes = 0
+        self._last_decrease: float | None = None
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._wake: asyncio.Future | None = None  # the head waiter waits on it for a free slot
+        self.rate_limited_count = 0
+
+    # -- public ----------------------------------------------------------------------------------
+    def slot(self, estimated_tokens: int = 0) -> _Slot:
+        """``async with pool.slot(n) as s:`` - admitted when a slot and the rate budgets allow."""
+        return _Slot(self, int(estimated_tokens or 0))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def limit(self) -> int:
+        """The effective concurrency limit (<= max_concurrency after rate limiting)."""
+        return self._limit
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def record_rate_limited(self) -> None:
+        """The provider answered 429: halve the limit (floor 1), at most once per decrease_interval_s."""
+        self.rate_limited_count += 1
+        self._successes = 0
+        now = self._clock()
+        if self._last_decrease is not None and now - self._last_decrease < self.decrease_interval_s:
+            return
+        self._last_decrease = now
+        self._limit = max(1, self._limit // 2)
+
+    def record_success(self) -> None:
+        """A request succeeded: every ``recover_after`` of them the limit grows by 1."""
+        if self._limit >= self.max_concurrency:
+            return
+        self._successes += 1
+        if self._successes >= self.recover_after:
+            self._successes = 0
+            self._limit += 1
+            self._notify()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _rate_delay(self, tokens: int) -> float:
+        if self._rpm is None and self._tpm is None:
+            return 0.0
+        now = self._clock()
+        delay = 0.0
+        if self._rpm is not None:
+            self._rpm.refill(now)
+            delay = self._rpm.delay(1)
+        if self._tpm is not None and tokens > 0:
+            self._tpm.refill(now)
+            delay = max(delay, self._tpm.delay(tokens))
+        return delay
+
+    def _take(self, tokens: int) -> None:
+        self._in_flight += 1
+        if self._rpm is not None:
+            self._rpm.tokens -= 1
+        if self._tpm is not None and tokens > 0:
+            self._tpm.tokens -= tokens  # may go negative for an over-capacity request: a debt
+
+    async def _acquire(self, tokens: int) -> None:
+        if not self._waiters and self._in_flight < self._limit and self._rate_delay(tokens) == 0.0:
+            self._take(tokens)  # fast path: no queue, no await
+            return
+        loop = asyncio.get_running_loop()
+        me = loop.create_future()
+        self._waiters.append(me)
+        try:
+            if self._waiters[0] is not me:
+                await me  # resolved by _promote when we reach the head of the queue
+            while True:
+                if self._in_flight >= self._limit:
+                    self._wake = loop.create_future()
+                    await self._wake
+                    continue
+                delay = self._rate_delay(tokens)
+                if delay > 0.0:
+                    await self._sleep(delay)
+                    continue
+                break
+        except BaseException:
+            was_head = bool(self._waiters) and self._waiters[0] is me
+            try:
+                self._waiters.remove(me)
+            except ValueError:
+                pass
+            if was_head:
+                self._promote()
+            raise
+        self._take(tokens)
+        self._waiters.popleft()
+        self._promote()
+
+    def _promote(self) -> None:
+        """Tell the (new) head of the queue that it is the head."""
+        if self._waiters:
+            head = self._waiters[0]
+            if not head.done():
+                head.set_result(None)
+
+    def _notify(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        if self._waiters:
+            self._notify()
+
+    def __repr__(self) -> str:
+        return (f"RequestPool(limit={self._limit}/{self.max_concurrency}, in_flight={self._in_flight}, "
+                f"waiting={len(self._waiters)})")
