@@ -1,1 +1,36 @@
-"""dbt-pg-llm engine: put LLM output into warehouse tables (plain Python, never imports dbt)."""
+"""dbt-pg-llm engine: put LLM output into warehouse tables. Plain Python; never imports dbt.
+
+The model layer: ModelConfig (validated settings), Model (one endpoint: call / batch_call),
+ModelRegistry, ModelStatus + CircuitBreaker, RetryPolicy (tenacity, the only retry layer),
+Failover, RequestPool (concurrency, RPM/TPM), ResultCache (memory or diskcache journal),
+ModelMetrics / ModelLog / ModelAlert, and Engine, which ties them together for the dbt adapter.
+Exceptions are documented in ``dbt_pg_llm.errors``; the cache key in ``dbt_pg_llm.keys``.
+"""
+from .alerts import AlertThresholds, ModelAlert, should_alert
+from .batch import BatchInput, BatchOutput
+from .cache import DiskJournal, MemoryBackend, ResultCache
+from .config import ModelConfig
+from .engine import Engine
+from .errors import ConfigError, ErrorKind, ModelError, PgLlmError, RegistryError
+from .failover import Failover
+from .keys import cache_key, fingerprint
+from .logs import BufferedSink, LoggingSink, MemorySink, ModelLog
+from .metrics import MetricsRegistry, ModelMetrics
+from .model import Model
+from .model_io import ModelInput, ModelOutput, ResponseFormat, TokenUsage
+from .pool import RequestPool
+from .registry import ModelRegistry
+from .retry import RetryPolicy
+from .settings import LlmSettings, build_engine
+from .status import CircuitBreaker, ModelStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlertThresholds", "BatchInput", "BatchOutput", "BufferedSink", "CircuitBreaker", "ConfigError",
+    "DiskJournal", "Engine", "ErrorKind", "Failover", "LlmSettings", "LoggingSink", "MemoryBackend",
+    "MemorySink", "MetricsRegistry", "Model", "ModelAlert", "ModelConfig", "ModelError", "ModelInput",
+    "ModelLog", "ModelMetrics", "ModelOutput", "ModelRegistry", "ModelStatus", "PgLlmError", "RegistryError",
+    "RequestPool", "ResponseFormat", "ResultCache", "RetryPolicy", "TokenUsage", "build_engine", "cache_key",
+    "fingerprint", "should_alert",
+]

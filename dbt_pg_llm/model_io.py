@@ -156,6 +156,7 @@ class ModelOutput:
     cost_usd: float = 0.0
     cached: bool = False
     attempts: int = 1
+    recoverable: bool = False  # for failures: may another try (or another model) succeed?
 
     @property
     def ok(self) -> bool:
@@ -169,7 +170,7 @@ class ModelOutput:
     def failure(cls, error: ModelError, *, model: str | None = None, latency_ms: float = 0.0,
                 attempts: int = 1) -> "ModelOutput":
         return cls(error_kind=error.kind, error_message=error.message, model=model or error.model,
-                   latency_ms=latency_ms, attempts=attempts)
+                   latency_ms=latency_ms, attempts=attempts, recoverable=error.recoverable)
 
     def raise_for_error(self) -> "ModelOutput":
         if not self.ok:

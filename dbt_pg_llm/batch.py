@@ -1,0 +1,130 @@
+"""Batch calls: many inputs, outputs in input order, and optional row packing.
+
+``batch_size > 1`` packs that many short prompts that share their parameters into one request
+(a numbered JSON array in, a JSON array out). A reply that does not parse to exactly that many valid
+items falls back to single calls for the rows whose item was missing or invalid, so packing can
+only save requests, never lose rows. The cost of a packed request is split evenly over its rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Sequence
+
+from .errors import ErrorKind, ModelError
+from .model_io import ModelInput, ModelOutput, ResponseFormat, TokenUsage
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["BatchInput", "BatchOutput", "run_batch", "pack_prompt", "unpack_answer"]
+
+
+@dataclass
+class BatchInput:
+    inputs: Sequence[ModelInput]
+    parallel: bool = True
+    batch_size: int = 1  # > 1: pack this many prompts into one request
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size: {self.batch_size!r} must be an integer >= 1 (1 = no packing)")
+
+
+@dataclass
+class BatchOutput:
+    outputs: list[ModelOutput] = field(default_factory=list)  # in input order
+    failed_count: int = 0
+    error: str | None = None  # first error, "kind: message", when any row failed
+    packed_requests: int = 0  # requests that carried more than one row
+
+
+_SHAPES = {"text": "each answer a string", "labels": "each answer exactly one of the labels, as a string",
+           "json": "each answer a JSON object matching the schema"}
+
+
+def pack_prompt(prompts: Sequence[str], fmt: ResponseFormat) -> str:
+    items = [{"n": i + 1, "input": p} for i, p in enumerate(prompts)]
+    return (f"Answer each of the {len(prompts)} numbered inputs below independently, following the instructions. "
+            f"Reply with only a JSON array of exactly {len(prompts)} answers in input order, {_SHAPES[fmt.type]}.\n\n"
+            + json.dumps(items, ensure_ascii=False))
+
+
+def unpack_answer(text: str | None, count: int, fmt: ResponseFormat) -> list[tuple[str, object] | None]:
+    """Parse a packed reply into ``count`` validated (text, value) pairs; None where an item is unusable."""
+    try:
+        items = json.loads((text or "").strip().strip("`").removeprefix("json"))
+    except ValueError:
+        return [None] * count
+    if not isinstance(items, list) or len(items) != count:
+        return [None] * count
+    results: list[tuple[str, object] | None] = []
+    for item in items:
+        raw = json.dumps(item, ensure_ascii=False) if fmt.type == "json" else item
+        try:
+            results.append(fmt.validate(raw) if isinstance(raw, str) else None)
+        except ModelError:
+            results.append(None)
+    return results
+
+
+async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None = None) -> BatchOutput:
+    outputs: list[ModelOutput | None] = [None] * len(batch.inputs)
+    packed_requests = 0
+
+    async def single(index: int) -> None:
+        outputs[index] = await model.acall(batch.inputs[index], context=context, operation="batch_call")
+
+    async def packed(indexes: list[int]) -> None:
+        nonlocal packed_requests
+        first = batch.inputs[indexes[0]].with_defaults(model.config.temperature, model.config.max_tokens)
+        request = replace(first, prompt=pack_prompt([batch.inputs[i].prompt for i in indexes], first.response_format),
+                          max_tokens=first.max_tokens * len(indexes), response_format=ResponseFormat.text())
+        answer = await model.acall(request, context=context, operation="batch_packed")
+        packed_requests += 1
+        parsed = unpack_answer(answer.text, len(indexes), first.response_format) if answer.ok else [None] * len(indexes)
+        share = len(indexes)
+        for index, item in zip(indexes, parsed):
+            if item is not None:
+                outputs[index] = ModelOutput(
+                    text=item[0], value=item[1], model=answer.model, latency_ms=answer.latency_ms,
+                    tokens=TokenUsage(answer.tokens.prompt // share, answer.tokens.completion // share),
+                    cost_usd=answer.cost_usd / share, truncated=answer.truncated, attempts=answer.attempts)
+        retry = [i for i in indexes if outputs[i] is None]
+        await _gather_or_loop([single(i) for i in retry], batch.parallel)
+
+    jobs = []
+    if batch.batch_size > 1:
+        for group in _groups(batch.inputs, batch.batch_size):
+            jobs.append(packed(group) if len(group) > 1 else single(group[0]))
+    else:
+        jobs = [single(i) for i in range(len(batch.inputs))]
+    await _gather_or_loop(jobs, batch.parallel)
+
+    done = [o if o is not None else ModelOutput.failure(ModelError(ErrorKind.INTERNAL, "row was not processed"))
+            for o in outputs]
+    failed = [o for o in done if not o.ok]
+    first_error = f"{failed[0].error_kind.value}: {failed[0].error_message}" if failed else None
+    return BatchOutput(outputs=done, failed_count=len(failed), error=first_error, packed_requests=packed_requests)
+
+
+async def _gather_or_loop(coros, parallel: bool) -> None:
+    if parallel:
+        await asyncio.gather(*coros)
+    else:
+        for coro in coros:
+            await coro
+
+
+def _groups(inputs: Sequence[ModelInput], size: int) -> list[list[int]]:
+    """Group row indexes that share every request parameter but the prompt, ``size`` at a time."""
+    by_params: dict[tuple, list[int]] = {}
+    for i, inp in enumerate(inputs):
+        params = (inp.system_message, inp.temperature, inp.max_tokens, tuple(inp.stop), inp.response_format.type,
+                  inp.response_format.labels, json.dumps(inp.response_format.json_schema, sort_keys=True))
+        by_params.setdefault(params, []).append(i)
+    groups = []
+    for indexes in by_params.values():
+        groups.extend(indexes[j:j + size] for j in range(0, len(indexes), size))
+    return groups

@@ -1,0 +1,135 @@
+"""Engine: what the dbt adapter and Python models use. Registry + cache + failover + logs + metrics.
+
+``acall`` checks the result cache (single-flight: concurrent callers of one key make one request),
+then calls the model through its failover chain. Paid outputs go to the cache -- the diskcache
+journal when configured -- before ``acall`` returns, so nothing paid for is lost if the caller
+crashes or the database is down afterwards. Failed outputs are never cached.
+
+The sync facade (``call``, ``submit``, ``map_unordered``) runs everything on one shared loop thread
+so every dbt thread shares one HTTP pool, one set of rate limits and one cache.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from .cache import ResultCache
+from .failover import Failover
+from .keys import cache_key, fingerprint_of
+from .logs import LogDispatcher, ModelLog
+from .metrics import MetricsRegistry
+from .model import Model
+from .model_io import ModelInput, ModelOutput
+from .registry import ModelRegistry
+from .runtime import LoopThread, shared_loop
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    def __init__(self, registry: ModelRegistry | Iterable[Model] = (), *, cache: ResultCache | None = None,
+                 sinks: Iterable = (), loop: LoopThread | None = None):
+        self.registry = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
+        self.cache = cache
+        self.log = LogDispatcher(sinks)
+        self.metrics = MetricsRegistry()
+        self._loop = loop
+        for model in self.registry:
+            self._attach(model)
+
+    def _attach(self, model: Model) -> Model:
+        if model.log is not self.log:
+            model.log = self.log
+            model.metrics = self.metrics.for_model(model.name)
+        return model
+
+    def register(self, model: Model) -> Model:
+        self.registry.register(model)
+        return self._attach(model)
+
+    def model(self, name: str) -> Model:
+        return self._attach(self.registry.get(name))
+
+    def key_of(self, model_name: str, inp: ModelInput) -> str:
+        return cache_key(fingerprint_of(self.model(model_name).config, inp), inp.prompt)
+
+    # -- async core ----------------------------------------------------------------------------
+    async def acall(self, model_name: str, inp: ModelInput, *, context: dict | None = None,
+                    use_cache: bool = True, key: str | None = None) -> ModelOutput:
+        """Never raises ModelError: a failure is an output with ``error_kind`` set."""
+        model = self.model(model_name)
+        inp = inp.with_defaults(model.config.temperature, model.config.max_tokens)
+        key = key or cache_key(fingerprint_of(model.config, inp), inp.prompt)
+        failover = Failover.for_model(self.registry, model_name)
+
+        async def compute() -> ModelOutput:
+            for name in failover.backup_models:
+                self.model(name)  # attach backups so their logs and metrics are ours too
+            return await failover.acall(self.registry, model_name, inp, context=context, input_hash=key)
+
+        if self.cache is None or not use_cache:
+            return await compute()
+        output = await self.cache.get_or_compute(key, compute)
+        if output.cached:
+            self._record_hit(model, key, output, context)
+        return output
+
+    def _record_hit(self, model: Model, key: str, output: ModelOutput, context: dict | None) -> None:
+        entry = self.cache.get_entry(key) if self.cache is not None else None
+        saved = entry.original_cost_usd if entry is not None else 0.0
+        model.metrics.record(output, saved_cost_usd=saved)
+        if self.log.sinks:
+            self.log.emit(ModelLog(timestamp=datetime.now(timezone.utc), model=model.name, operation="call",
+                                   input_hash=key, attempt=0, cached=True, cost_usd=0.0,
+                                   context={**(context or {}), "saved_cost_usd": saved}))
+
+    async def aclose(self) -> None:
+        for model in self.registry:
+            await model.aclose()
+
+    # -- sync facade ---------------------------------------------------------------------------
+    @property
+    def loop(self) -> LoopThread:
+        if self._loop is None:
+            self._loop = shared_loop()
+        return self._loop
+
+    def call(self, model_name: str, inp: ModelInput, **kwargs) -> ModelOutput:
+        return self.loop.run(self.acall(model_name, inp, **kwargs))
+
+    def submit(self, model_name: str, inp: ModelInput, **kwargs) -> "concurrent.futures.Future[ModelOutput]":
+        return self.loop.submit(self.acall(model_name, inp, **kwargs))
+
+    def map_unordered(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, window: int = 256,
+                      context: dict | None = None) -> Iterator[tuple[Any, ModelOutput]]:
+        """Yield (tag, output) as calls complete, with at most ``window`` in flight.
+
+        The input iterator is pulled lazily, so a server-side cursor can feed millions of rows in
+        constant memory. Stopping the iteration early submits nothing more; calls already in flight
+        finish on the loop and land in the cache/journal (they may be paid for: never cancel them).
+        """
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        source = iter(items)
+        pending: dict[concurrent.futures.Future, Any] = {}
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window:
+                try:
+                    tag, inp = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending[self.submit(model_name, inp, context=context)] = tag
+            if not pending:
+                return
+            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+
+    def close(self) -> None:
+        try:
+            self.loop.run(self.aclose(), timeout=10)
+        except Exception:  # closing is best effort: the process may be exiting
+            pass

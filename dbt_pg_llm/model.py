@@ -1,0 +1,206 @@
+"""Model: one configured LLM endpoint, and what a single call does.
+
+``acall`` = pool slot (concurrency, RPM/TPM) -> provider HTTP request -> answer validated against its
+response format -> status, circuit breaker, metrics and one ModelLog per attempt; all under the
+model's RetryPolicy (the only retry layer). It never raises ModelError: a failure is a ModelOutput
+whose ``error_kind`` says why, so batch callers keep going row by row. Tokens paid for by failed
+attempts are still counted in the output's cost: paid is paid.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from .config import ModelConfig
+from .errors import ConfigError, ErrorKind, ModelError
+from .keys import cache_key, fingerprint_of
+from .logs import LogDispatcher, ModelLog
+from .metrics import ModelMetrics
+from .model_io import ModelInput, ModelOutput, TokenUsage, confidence_from_logprobs
+from .pool import RequestPool
+from .providers import ProviderResult, provider_for
+from .status import CircuitBreaker, ModelStatus
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .batch import BatchInput, BatchOutput
+
+__all__ = ["Model", "ModelInput", "ModelOutput"]
+
+
+class Model:
+    def __init__(self, name: str, config: ModelConfig | dict, *, transport: "httpx.AsyncBaseTransport | None" = None,
+                 breaker: CircuitBreaker | None = None, log: LogDispatcher | None = None,
+                 metrics: ModelMetrics | None = None):
+        if not name or not isinstance(name, str):
+            raise ConfigError([f"model name: {name!r} must be a non-empty string"])
+        self.name = name
+        self._transport = transport
+        self.log = log or LogDispatcher([])
+        self.metrics = metrics or ModelMetrics()
+        self.breaker = breaker or CircuitBreaker()
+        self.status = ModelStatus(breaker=self.breaker)
+        self._apply(ModelConfig.from_dict(config, f"models.{name}").validate(f"models.{name}"))
+
+    def _apply(self, config: ModelConfig) -> None:
+        self.config = config
+        self.provider = provider_for(config, self.name, self._transport)
+        self.pool = RequestPool(config.max_concurrency, rpm=config.rpm, tpm=config.tpm)
+        self.status.set_enabled(config.enabled)
+
+    # -- the attributes of the C struct, as read-only views of the config ---------------------
+    version = property(lambda self: self.config.model_version)
+    api_url = property(lambda self: self.config.base_url)
+    api_key = property(lambda self: self.config.api_key)
+    timeout_ms = property(lambda self: self.config.timeout_ms)
+    max_tokens = property(lambda self: self.config.max_tokens)
+    enabled = property(lambda self: self.config.enabled)
+
+    def get_config(self) -> ModelConfig:
+        return self.config
+
+    def configure(self, **changes) -> "Model":
+        """Change settings (validated first; an invalid change leaves the model as it was)."""
+        merged = {**self.config.to_dict(include_secret=True), **changes}
+        self._apply(ModelConfig.from_dict(merged, f"models.{self.name}").validate(f"models.{self.name}"))
+        return self
+
+    def validate(self) -> "Model":
+        self.config.validate(f"models.{self.name}")
+        return self
+
+    def __repr__(self) -> str:
+        return f"Model(name={self.name!r}, provider={self.config.provider!r}, version={self.version!r})"
+
+    # -- calls -------------------------------------------------------------------------------
+    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.config.cost_per_1k_input_tokens
+                + completion_tokens * self.config.cost_per_1k_output_tokens) / 1000.0
+
+    def key_of(self, inp: ModelInput) -> str:
+        return cache_key(fingerprint_of(self.config, inp), inp.prompt)
+
+    async def acall(self, inp: ModelInput, *, context: dict | None = None, input_hash: str | None = None,
+                    operation: str = "call") -> ModelOutput:
+        started = time.perf_counter()
+        if not self.config.enabled:
+            return self._finish_failure(ModelError(ErrorKind.API, f"model '{self.name}' is disabled (enabled: false)",
+                                                   recoverable=False, model=self.name), started, 0, TokenUsage(), 0.0)
+        if not self.breaker.allow():
+            return self._finish_failure(ModelError(ErrorKind.API, f"circuit open for model '{self.name}' after "
+                                                   "repeated failures; it will be probed again later",
+                                                   model=self.name), started, 0, TokenUsage(), 0.0,
+                                        count_in_breaker=False)
+        inp = inp.with_defaults(self.config.temperature, self.config.max_tokens)
+        input_hash = input_hash or self.key_of(inp)
+        paid = {"tokens": TokenUsage(), "cost": 0.0, "attempts": 0}
+        estimate = len(inp.prompt) // 4 + len(inp.system_message or "") // 4 + (inp.max_tokens or 0)
+
+        async def attempt() -> ModelOutput:
+            paid["attempts"] += 1
+            number = paid["attempts"]
+            async with self.pool.slot(estimate) as slot:
+                self.status.request_started()
+                t0 = time.perf_counter()
+                result: ProviderResult | None = None
+                try:
+                    result = await self.provider.complete(inp)
+                    slot.settle(result.prompt_tokens + result.completion_tokens)
+                    output = self._to_output(result, inp)
+                except ModelError as error:
+                    latency = (time.perf_counter() - t0) * 1000
+                    self.status.request_finished(latency, error)
+                    if error.kind is ErrorKind.RATE_LIMITED:
+                        self.pool.record_rate_limited()
+                    tokens, cost = self._charge(result, paid)
+                    self._log(operation, input_hash, number, latency, tokens, cost, context, error=error)
+                    raise
+            latency = (time.perf_counter() - t0) * 1000
+            self.status.request_finished(latency, None)
+            self.pool.record_success()
+            output.tokens, output.cost_usd = self._charge(result, paid)
+            self._log(operation, input_hash, number, latency, output.tokens, output.cost_usd, context,
+                      http_status=result.http_status)
+            return output
+
+        try:
+            output, attempts = await self.config.retry.run(attempt)
+        except ModelError as error:
+            return self._finish_failure(error, started, paid["attempts"], paid["tokens"], paid["cost"])
+        self.breaker.record_success()
+        output.attempts = attempts
+        output.tokens, output.cost_usd = paid["tokens"], paid["cost"]  # all attempts' paid tokens
+        output.latency_ms = (time.perf_counter() - started) * 1000
+        self.metrics.record(output)
+        return output
+
+    def _charge(self, result: ProviderResult | None, paid: dict) -> tuple[TokenUsage, float]:
+        """Add one answered attempt's tokens and cost to the call's total; return this attempt's."""
+        if result is None:
+            return TokenUsage(), 0.0
+        tokens = TokenUsage(result.prompt_tokens, result.completion_tokens)
+        cost = self.cost_of(tokens.prompt, tokens.completion)
+        paid["tokens"] = paid["tokens"] + tokens
+        paid["cost"] += cost
+        return tokens, cost
+
+    def _to_output(self, result: ProviderResult, inp: ModelInput) -> ModelOutput:
+        if result.finish_reason == "content_filter":
+            raise ModelError(ErrorKind.INVALID_OUTPUT, "answer withheld by the provider's content filter",
+                             http_status=result.http_status, model=self.name)
+        truncated = result.finish_reason == "length"
+        try:
+            text, value = inp.response_format.validate(result.text)
+        except ModelError as error:
+            suffix = " (answer truncated at max_tokens; raise max_tokens)" if truncated else ""
+            raise ModelError(error.kind, error.message + suffix, recoverable=error.recoverable,
+                             http_status=result.http_status, model=self.name) from None
+        if inp.response_format.type == "labels" and result.first_token_logprob is not None:
+            confidence = confidence_from_logprobs([result.first_token_logprob])
+        else:
+            confidence = confidence_from_logprobs(result.token_logprobs)
+        return ModelOutput(text=text, value=value, confidence=confidence, truncated=truncated, model=self.name)
+
+    def _finish_failure(self, error: ModelError, started: float, attempts: int, tokens: TokenUsage, cost: float,
+                        count_in_breaker: bool = True) -> ModelOutput:
+        if count_in_breaker:
+            self.breaker.record_failure(error)
+        output = ModelOutput.failure(error, model=self.name, latency_ms=(time.perf_counter() - started) * 1000,
+                                     attempts=attempts)
+        output.tokens, output.cost_usd = tokens, cost
+        self.metrics.record(output)
+        return output
+
+    def _log(self, operation, input_hash, attempt, latency_ms, tokens: TokenUsage, cost, context, *,
+             error: ModelError | None = None, http_status: int | None = None) -> None:
+        if not self.log.sinks:
+            return
+        self.log.emit(ModelLog(
+            timestamp=datetime.now(timezone.utc), model=self.name, operation=operation, input_hash=input_hash,
+            attempt=attempt, prompt_tokens=tokens.prompt, completion_tokens=tokens.completion,
+            latency_ms=latency_ms, cost_usd=cost, cached=False,
+            error_kind=(error.kind.value if error else ErrorKind.NONE.value),
+            error_message=(error.message if error else None),
+            http_status=(error.http_status if error else http_status), context=dict(context or {}),
+        ))
+
+    def call(self, inp: ModelInput, **kwargs) -> ModelOutput:
+        """Blocking call for code that is not async (runs on the shared engine loop)."""
+        from .runtime import shared_loop
+
+        return shared_loop().run(self.acall(inp, **kwargs))
+
+    async def abatch_call(self, batch: "BatchInput", *, context: dict | None = None) -> "BatchOutput":
+        from .batch import run_batch
+
+        return await run_batch(self, batch, context=context)
+
+    def batch_call(self, batch: "BatchInput", **kwargs) -> "BatchOutput":
+        from .runtime import shared_loop
+
+        return shared_loop().run(self.abatch_call(batch, **kwargs))
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()

@@ -1,0 +1,60 @@
+"""The sync facade's event loop: one asyncio loop on a daemon thread, shared by every caller.
+
+dbt runs models on several threads; they all submit coroutines here, so one HTTP pool, one set of
+rate limits and one cache serve the whole process (aiohttp sessions and asyncio primitives are bound
+to the loop that first used them, so there must be exactly one).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Awaitable, TypeVar
+
+__all__ = ["LoopThread", "shared_loop"]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    def __init__(self, name: str = "dbt-pg-llm-loop"):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Awaitable[T]) -> "concurrent.futures.Future[T]":
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("LoopThread.run() called from its own loop: await the coroutine instead")
+        return self.submit(coro).result(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+_shared: LoopThread | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_loop() -> LoopThread:
+    """The process-wide loop thread, started on first use."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive:
+            _shared = LoopThread()
+        return _shared

@@ -1,0 +1,118 @@
+"""LlmSettings: the ``llm:`` block of a dbt profile (or any dict), validated in one pass.
+
+Every problem is reported at once with its key path and the fix, e.g.
+``llm.models.gpt.temperature: 3.0 is out of range; use a number from 0 to 2``.
+``build_engine(settings)`` turns it into an Engine with models, failover chains and the journal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig, check_keys
+from .errors import ConfigError
+
+__all__ = ["LlmSettings", "build_engine", "ON_ERROR_MODES"]
+
+ON_ERROR_MODES = ("null", "fail")  # or any other literal: the default value for failed rows
+_PG_IDENTIFIER = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    default_model: str | None = None
+    audit_schema: str = "llm_audit"
+    cache_ttl_days: float | None = None  # None = cached answers never expire
+    audit_retention_days: int | None = None
+    max_cost_usd_per_run: float | None = None
+    journal_dir: str | None = None  # None = the user's cache dir (not target/: it must survive `dbt clean`)
+    on_error: Any = "null"
+
+    FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
+              "max_cost_usd_per_run", "journal_dir", "on_error")
+
+    @classmethod
+    def from_dict(cls, data: dict | None, path: str = "llm") -> "LlmSettings":
+        data = dict(data or {})
+        problems: list[str] = []
+        try:
+            check_keys(data, cls.FIELDS, path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            data = {k: v for k, v in data.items() if k in cls.FIELDS}
+        models: dict[str, ModelConfig] = {}
+        raw_models = data.pop("models", None) or {}
+        if not isinstance(raw_models, dict):
+            problems.append(f"{path}.models: expected a mapping of model name -> settings")
+            raw_models = {}
+        for name, raw in raw_models.items():
+            try:
+                models[str(name)] = ModelConfig.from_dict(raw, f"{path}.models.{name}")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        settings = cls(models=models, **data)
+        problems.extend(settings.problems(path, known_models=set(raw_models)))
+        if problems:
+            raise ConfigError(problems, context=f"'{path}' settings")
+        return settings
+
+    def problems(self, path: str = "llm", known_models: set | None = None) -> list[str]:
+        names = set(self.models) | set(known_models or ())
+        out = []
+        if self.default_model is not None and self.default_model not in names:
+            out.append(f"{path}.default_model: {self.default_model!r} is not one of the models "
+                       f"({', '.join(sorted(names)) or 'none defined'}); define it under {path}.models")
+        if self.default_model is None and len(names) > 1:
+            out.append(f"{path}.default_model: missing; with several models, name the one macros use by default")
+        schema = self.audit_schema
+        if not isinstance(schema, str) or not schema or any(c not in _PG_IDENTIFIER for c in schema) \
+                or schema[0].isdigit():
+            out.append(f"{path}.audit_schema: {schema!r} must be a lowercase SQL identifier, e.g. llm_audit")
+        elif schema.startswith("pg_"):
+            out.append(f"{path}.audit_schema: {schema!r} starts with 'pg_', which Postgres reserves; use e.g. llm_audit")
+        for key in ("cache_ttl_days", "audit_retention_days", "max_cost_usd_per_run"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                out.append(f"{path}.{key}: {value!r} must be a positive number, or omitted")
+        for name, config in self.models.items():
+            for backup in config.fallbacks:
+                if backup not in names:
+                    out.append(f"{path}.models.{name}.fallbacks: {backup!r} is not a defined model")
+                elif backup == name:
+                    out.append(f"{path}.models.{name}.fallbacks: a model cannot fall back to itself")
+        return out
+
+    @property
+    def model_for_default(self) -> str | None:
+        if self.default_model:
+            return self.default_model
+        return next(iter(self.models), None)
+
+    def journal_path(self) -> Path:
+        if self.journal_dir:
+            return Path(self.journal_dir).expanduser()
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("dbt-pg-llm")) / "journal"
+
+    def redacted(self) -> dict:
+        """A printable summary (no API keys): for `dbt debug` and logs."""
+        return {"default_model": self.model_for_default, "audit_schema": self.audit_schema,
+                "models": {n: {"provider": c.provider, "model_version": c.model_version, "api_url": c.base_url}
+                           for n, c in self.models.items()}}
+
+
+def build_engine(settings: LlmSettings, *, sinks=(), journal: bool = True, transport=None):
+    """An Engine with every configured model registered; answers journaled to diskcache first."""
+    from .cache import DiskJournal, MemoryBackend, ResultCache
+    from .engine import Engine
+    from .model import Model
+
+    backend = DiskJournal(settings.journal_path()) if journal else MemoryBackend()
+    ttl_s = settings.cache_ttl_days * 86400 if settings.cache_ttl_days else None
+    engine = Engine(cache=ResultCache(backend, ttl_s=ttl_s), sinks=sinks)
+    for name, config in settings.models.items():
+        engine.register(Model(name, config, transport=transport))
+    return engine
