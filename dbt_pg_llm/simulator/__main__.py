@@ -1,0 +1,84 @@
+"""``python -m dbt_pg_llm.simulator --port N [knobs]``: run the OpenAI/Anthropic-compatible simulator.
+
+Prints exactly one line ``SIMULATOR LISTENING http://HOST:PORT`` (flushed) once it accepts requests.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from .faults import FAULT_KINDS, parse_fault_arg
+from .server import Simulator, SimulatorConfig, start_runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dbt_pg_llm.simulator",
+        description="A deterministic OpenAI/Anthropic-compatible LLM API simulator (for tests and benchmarks).",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = pick a free port (default)")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY or x-api-key: KEY")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="base latency of every answer")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="extra uniform random latency in [0, J]")
+    p.add_argument("--per-token-ms", type=float, default=0.0, help="extra latency per completion token")
+    p.add_argument("--max-concurrency", type=int, default=None, help="server-side cap; excess requests wait")
+    p.add_argument("--rpm", type=int, default=None, help="requests per minute (429 + Retry-After above)")
+    p.add_argument("--tpm", type=int, default=None, help="tokens per minute (429 + Retry-After above)")
+    p.add_argument("--cost-per-1k-input", type=float, default=0.0)
+    p.add_argument("--cost-per-1k-output", type=float, default=0.0)
+    p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
+                   help=f"random fault, repeatable; KIND one of {', '.join(FAULT_KINDS)}; RATE in 0..1")
+    p.add_argument("--stall-s", type=float, default=300.0, help="how long a 'stall' fault sleeps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
+    faults = {}
+    for item in ns.fault:
+        kind, rate = parse_fault_arg(item)
+        faults[kind] = rate
+    return SimulatorConfig(
+        latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, per_token_ms=ns.per_token_ms,
+        max_concurrency=ns.max_concurrency, rpm=ns.rpm, tpm=ns.tpm, api_key=ns.api_key,
+        cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
+        faults=faults, seed=ns.seed, stall_s=ns.stall_s,
+    )
+
+
+async def serve(config: SimulatorConfig, host: str, port: int) -> None:
+    sim = Simulator(config)
+    runner, actual = await start_runner(sim, host, port)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, done.set)
+        except (NotImplementedError, RuntimeError):  # e.g. Windows
+            pass
+    print(f"SIMULATOR LISTENING http://{host}:{actual}", flush=True)
+    try:
+        await done.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        config = config_from_args(ns)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(config, ns.host, ns.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

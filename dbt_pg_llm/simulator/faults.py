@@ -1,0 +1,148 @@
+"""Fault injection and rate limits of the simulator.
+
+Random faults: ``--fault KIND=RATE``; each request makes one draw from the server's
+``random.Random(seed)`` and the rates are stacked (so with rates summing to <= 1 each kind happens
+with exactly its rate). Scripted faults: a last user message containing ``[[fault:KIND]]`` always
+gets KIND; ``[[fault:KIND*N]]`` gets KIND on its first N requests (counted per distinct prompt text),
+then is answered normally (and never gets a random fault).
+
+RPM / TPM: token buckets (capacity = the per-minute limit, refilled continuously at limit/60 per
+second). TPM charges prompt + completion tokens of the request.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+
+__all__ = ["FAULT_KINDS", "parse_fault_arg", "FaultPicker", "RateLimiter"]
+
+FAULT_KINDS = (
+    "429", "500", "503", "529", "reset", "malformed", "truncated", "stall",
+    "error_body", "insufficient_quota", "length", "content_filter", "400",
+)
+
+_SCRIPT_RE = re.compile(r"\[\[fault:([A-Za-z0-9_]+)(?:\*(\d+))?\]\]")
+
+
+def parse_fault_arg(text: str) -> tuple[str, float]:
+    """``"429=0.1"`` -> ("429", 0.1); raises ValueError naming the problem."""
+    kind, sep, rate = text.partition("=")
+    kind = kind.strip()
+    if not sep:
+        raise ValueError(f"--fault {text!r}: expected KIND=RATE, e.g. 429=0.05")
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"--fault {text!r}: unknown kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise ValueError(f"--fault {text!r}: RATE must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--fault {text!r}: RATE must be between 0 and 1")
+    return kind, value
+
+
+def check_faults(faults: dict) -> dict[str, float]:
+    out = {}
+    for kind, rate in (faults or {}).items():
+        kind, rate = parse_fault_arg(f"{kind}={rate}")
+        out[kind] = rate
+    return out
+
+
+class FaultPicker:
+    """Decides the fault (or None) of each request."""
+
+    def __init__(self, faults: dict[str, float] | None, seed: int | None):
+        self.seed = seed
+        self.set_faults(faults)
+        self.reset()
+
+    def set_faults(self, faults: dict[str, float] | None) -> None:
+        self.faults = [(k, float(v)) for k, v in check_faults(faults or {}).items() if float(v) > 0]
+
+    def reset(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.scripted: dict[str, int] = {}
+
+    def pick(self, user: str) -> str | None:
+        if "[[fault:" in user:
+            m = _SCRIPT_RE.search(user)
+            if m and m.group(1) in FAULT_KINDS:
+                if m.group(2) is None:
+                    return m.group(1)
+                seen = self.scripted.get(user, 0)
+                self.scripted[user] = seen + 1
+                return m.group(1) if seen < int(m.group(2)) else None
+        if not self.faults:
+            return None
+        r = self.rng.random()
+        acc = 0.0
+        for kind, rate in self.faults:
+            acc += rate
+            if r < acc:
+                return kind
+        return None
+
+
+class _Bucket:
+    __slots__ = ("capacity", "rate", "level", "stamp")
+
+    def __init__(self, per_minute: float):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (0 if now). A request bigger than the bucket
+        passes when the bucket is full, so it cannot be refused forever."""
+        need = min(amount, self.capacity)
+        if self.level >= need:
+            return 0.0
+        return (need - self.level) / self.rate
+
+
+class RateLimiter:
+    """RPM and TPM token buckets; ``admit(tokens)`` returns 0 (admitted, charged) or seconds to wait."""
+
+    def __init__(self, rpm: float | None, tpm: float | None):
+        self.rpm = _Bucket(rpm) if rpm else None
+        self.tpm = _Bucket(tpm) if tpm else None
+
+    @property
+    def active(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+    def admit(self, tokens: int) -> tuple[float, str]:
+        """(0.0, "") when admitted; else (seconds to wait, "requests" or "tokens")."""
+        now = time.monotonic()
+        wait, which = 0.0, ""
+        if self.rpm is not None:
+            self.rpm.refill(now)
+            wait, which = self.rpm.wait_for(1), "requests"
+        if self.tpm is not None:
+            self.tpm.refill(now)
+            w = self.tpm.wait_for(tokens)
+            if w > wait:
+                wait, which = w, "tokens"
+        if wait > 0:
+            return wait, which
+        if self.rpm is not None:
+            self.rpm.level -= 1
+        if self.tpm is not None:
+            self.tpm.level -= tokens
+        return 0.0, ""
+
+
+def retry_after_headers(wait_s: float) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, >= 1) and ``retry-after-ms`` (>= 1)."""
+    return {
+        "Retry-After": str(max(1, math.ceil(wait_s))),
+        "retry-after-ms": str(max(1, math.ceil(wait_s * 1000))),
+    }
