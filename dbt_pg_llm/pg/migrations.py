@@ -1,0 +1,377 @@
+"""The audit/cache schema (default ``llm_audit``) and its versioned, idempotent migrations.
+
+``migrate(conn, schema)`` applies the missing steps of ``MIGRATIONS`` in one transaction under
+``pg_advisory_xact_lock``, so any number of runs (threads, processes, dbt invocations) may start at
+once on a fresh database: one creates everything, the others wait and find nothing left to do.
+Applied versions are recorded in ``<schema>.schema_migrations``. Steps are append-only: never edit
+a released step, add a new version.
+
+Tables (see ``docs`` of each step below): ``llm_results`` (the shared cache), ``llm_claims``,
+``llm_calls`` (partitioned by month, with a DEFAULT partition), ``llm_runs``, ``llm_errors``
+(dead letters), ``llm_alerts``, ``llm_frame_prompts`` (staging for DataFrame sessions) and the views
+``llm_metrics`` and ``llm_model_status``.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime, timezone
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..errors import ConfigError
+
+__all__ = [
+    "MIGRATIONS",
+    "migrate",
+    "ensure_migrated",
+    "forget_migrated",
+    "validate_schema_name",
+    "quote_ident",
+    "qualified",
+    "ensure_call_partitions",
+    "apply_retention",
+    "transaction",
+    "LOCK_CLASS",
+]
+
+# First key of every advisory lock this package takes (the second is hashtext(schema)).
+LOCK_CLASS = 0x6C6C6D  # "llm"
+_LOCK_MIGRATE = f"pg_advisory_xact_lock({LOCK_CLASS}, hashtext(%s))"
+_LOCK_PARTITIONS = LOCK_CLASS + 1
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+_PARTITION_RE = re.compile(r"^llm_calls_p(\d{4})(\d{2})$")
+
+
+def validate_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a usable audit schema name, else raise ConfigError saying why."""
+    if not isinstance(schema, str) or not schema:
+        raise ConfigError([f"audit_schema: {schema!r} is not a schema name; use e.g. 'llm_audit'"])
+    problems = []
+    if not _SCHEMA_RE.match(schema):
+        problems.append(f"audit_schema: {schema!r} is not a plain identifier; use lowercase letters, digits "
+                        "and '_' starting with a letter or '_', e.g. 'llm_audit'")
+    if len(schema.encode()) > 63:
+        problems.append(f"audit_schema: {schema!r} is longer than Postgres' 63-byte identifier limit")
+    if schema.lower().startswith("pg_"):
+        problems.append(f"audit_schema: {schema!r} starts with 'pg_', which Postgres reserves for system "
+                        "schemas; use e.g. 'llm_audit'")
+    if problems:
+        raise ConfigError(problems)
+    return schema
+
+
+def quote_ident(name: str) -> str:
+    """Quote any identifier for Postgres ("a""b" style); refuses NUL, which Postgres cannot store."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"not a usable identifier: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+@contextmanager
+def transaction(conn) -> Iterator:
+    """One transaction on ``conn`` that commits on success and rolls back on error, whether the
+    connection is in autocommit mode (switched off for the block) or not (then it must have no
+    transaction open: this commits)."""
+    was_autocommit = conn.autocommit
+    if was_autocommit:
+        conn.autocommit = False
+    try:
+        with conn:  # psycopg2: commit on success, rollback on exception
+            with conn.cursor() as cur:
+                yield cur
+    finally:
+        if was_autocommit:
+            try:
+                conn.autocommit = True
+            except Exception:  # connection broken: the caller will find out on next use
+                pass
+
+
+def _steps(s: str) -> list[tuple[int, str]]:
+    """The migration steps for schema ``s`` (already validated, so it may be inlined)."""
+    q = quote_ident(s)
+    return [
+        (1, f"""
+-- The shared cache: one row per key = sha256(fingerprint || '\\n' || prompt). A row with
+-- valid = false or expires_at in the past is a miss (requested again; the new answer replaces it).
+create table if not exists {q}.llm_results (
+    key               text primary key,
+    model             text not null,
+    model_version     text,
+    fingerprint       text,
+    output_text       text,
+    output_json       jsonb,
+    confidence        double precision,
+    prompt_tokens     integer not null default 0,
+    completion_tokens integer not null default 0,
+    cost_usd          numeric not null default 0,
+    truncated         boolean not null default false,
+    created_at        timestamptz not null default now(),
+    expires_at        timestamptz,
+    valid             boolean not null default true,
+    run_id            text
+);
+-- Keys being requested right now, so two concurrent runs never pay for the same key.
+-- backend_pid is the claiming session: if it is gone the claim is dead at once; otherwise a
+-- claim not refreshed for a while (claimed_at) counts as stale.
+create table if not exists {q}.llm_claims (
+    key         text primary key,
+    run_id      text,
+    claimed_at  timestamptz not null default now(),
+    claim_token text,
+    backend_pid integer
+);
+create index if not exists llm_claims_token_idx on {q}.llm_claims (claim_token);
+-- One row per dbt invocation; every filled model adds its counts.
+create table if not exists {q}.llm_runs (
+    run_id            text primary key,
+    started_at        timestamptz not null default now(),
+    ended_at          timestamptz,
+    target            text,
+    status            text,
+    rows              bigint not null default 0,
+    distinct_keys     bigint not null default 0,
+    requests          bigint not null default 0,
+    cache_hits        bigint not null default 0,
+    errors            bigint not null default 0,
+    prompt_tokens     bigint not null default 0,
+    completion_tokens bigint not null default 0,
+    cost_usd          numeric not null default 0,
+    saved_cost_usd    numeric not null default 0
+);
+-- Dead letters: keys whose request failed, per model node; resolved when a later run succeeds.
+create table if not exists {q}.llm_errors (
+    id          bigserial primary key,
+    key         text not null,
+    node_id     text not null default '',
+    model       text,
+    error_kind  text not null,
+    message     text,
+    attempts    integer not null default 1,
+    first_seen  timestamptz not null default now(),
+    last_seen   timestamptz not null default now(),
+    resolved_at timestamptz,
+    run_id      text,
+    unique (key, node_id)
+);
+create index if not exists llm_errors_open_idx on {q}.llm_errors (model) where resolved_at is null;
+create table if not exists {q}.llm_alerts (
+    id         bigserial primary key,
+    ts         timestamptz not null default now(),
+    run_id     text,
+    model      text,
+    alert_type text not null,
+    message    text,
+    severity   text not null default 'warning'
+);
+create index if not exists llm_alerts_ts_idx on {q}.llm_alerts (ts);
+"""),
+        (2, f"""
+-- Every request attempt (and every cache hit, cached = true). Monthly partitions are created on
+-- demand by llm_calls_ensure_partition(ts) before writing; rows outside them land in the default.
+create table if not exists {q}.llm_calls (
+    ts                timestamptz not null,
+    run_id            text,
+    node_id           text,
+    model             text,
+    operation         text,
+    input_hash        text,
+    attempt           integer,
+    error_kind        text,
+    error_message     text,
+    http_status       integer,
+    prompt_tokens     integer not null default 0,
+    completion_tokens integer not null default 0,
+    latency_ms        double precision,
+    cost_usd          numeric not null default 0,
+    cached            boolean not null default false,
+    saved_cost_usd    numeric not null default 0
+) partition by range (ts);
+create table if not exists {q}.llm_calls_default partition of {q}.llm_calls default;
+create index if not exists llm_calls_model_ts_idx on {q}.llm_calls (model, ts);
+create index if not exists llm_calls_run_idx on {q}.llm_calls (run_id);
+
+-- Creates the partition of the (UTC) month of p_ts if missing; moves rows of that month out of
+-- the default partition first (else ATTACH would refuse). Returns the partition's name.
+create or replace function {q}.llm_calls_ensure_partition(p_ts timestamptz) returns text
+language plpgsql as $fn$
+declare
+    lo   timestamptz := date_trunc('month', p_ts, 'UTC');
+    hi   timestamptz := (date_trunc('month', p_ts, 'UTC') at time zone 'UTC' + interval '1 month') at time zone 'UTC';
+    part text := 'llm_calls_p' || to_char(lo at time zone 'UTC', 'YYYYMM');
+begin
+    if to_regclass(format('%I.%I', '{s}', part)) is not null then
+        return part;
+    end if;
+    perform pg_advisory_xact_lock({_LOCK_PARTITIONS}, hashtext('{s}'));
+    if to_regclass(format('%I.%I', '{s}', part)) is not null then
+        return part;  -- created by someone else while we waited
+    end if;
+    execute format('create table %I.%I (like %I.llm_calls including defaults)', '{s}', part, '{s}');
+    execute format('insert into %I.%I select * from %I.llm_calls_default where ts >= $1 and ts < $2',
+                   '{s}', part, '{s}') using lo, hi;
+    execute format('delete from %I.llm_calls_default where ts >= $1 and ts < $2', '{s}') using lo, hi;
+    execute format('alter table %I.llm_calls attach partition %I.%I for values from (%L) to (%L)',
+                   '{s}', '{s}', part, lo, hi);
+    return part;
+end
+$fn$;
+"""),
+        (3, f"""
+create or replace view {q}.llm_metrics as
+select
+    c.model,
+    (c.ts at time zone 'UTC')::date                                          as day,
+    count(*) filter (where not c.cached)                                     as requests,
+    count(*) filter (where c.error_kind is not null)                         as errors,
+    count(*) filter (where c.cached)                                         as cache_hits,
+    round(avg(c.latency_ms) filter (where not c.cached)::numeric, 1)         as avg_latency_ms,
+    round((percentile_cont(0.95) within group (order by c.latency_ms)
+           filter (where not c.cached))::numeric, 1)                         as p95_latency_ms,
+    coalesce(sum(c.prompt_tokens), 0)                                        as prompt_tokens,
+    coalesce(sum(c.completion_tokens), 0)                                    as completion_tokens,
+    coalesce(sum(c.cost_usd), 0)                                             as cost_usd,
+    coalesce(sum(c.saved_cost_usd), 0)                                       as saved_cost_usd,
+    round(count(*) filter (where c.cached)::numeric / nullif(count(*), 0), 4) as cache_hit_rate
+from {q}.llm_calls c
+group by c.model, (c.ts at time zone 'UTC')::date;
+
+-- Per model: last call, last error, and the last hour's requests / errors / latency.
+-- (Calls in flight are not knowable from the log: see the engine's ModelStatus for that.)
+create or replace view {q}.llm_model_status as
+select
+    c.model,
+    max(c.ts)                                                                as last_call_at,
+    max(c.ts) filter (where c.error_kind is not null)                        as last_error_at,
+    (array_agg(c.error_kind || coalesce(': ' || c.error_message, '') order by c.ts desc)
+        filter (where c.error_kind is not null))[1]                          as last_error_message,
+    count(*) filter (where not c.cached and c.ts > now() - interval '1 hour') as requests_1h,
+    count(*) filter (where c.error_kind is not null and c.ts > now() - interval '1 hour') as errors_1h,
+    round(count(*) filter (where c.error_kind is not null and c.ts > now() - interval '1 hour')::numeric
+          / nullif(count(*) filter (where not c.cached and c.ts > now() - interval '1 hour'), 0), 4)
+                                                                             as error_rate_1h,
+    round(avg(c.latency_ms) filter (where not c.cached and c.ts > now() - interval '1 hour')::numeric, 1)
+                                                                             as avg_latency_ms_1h
+from {q}.llm_calls c
+group by c.model;
+"""),
+        (4, f"""
+-- Staging for DataFrame sessions (frame.py): the distinct prompts of one Series, by batch.
+create unlogged table if not exists {q}.llm_frame_prompts (
+    batch_id text not null,
+    prompt   text not null
+);
+create index if not exists llm_frame_prompts_batch_idx on {q}.llm_frame_prompts (batch_id);
+"""),
+    ]
+
+
+# The steps with a placeholder schema, for inspection; migrate() renders them for the real one.
+MIGRATIONS: list[tuple[int, str]] = _steps("llm_audit")
+
+
+def migrate(conn, schema: str = "llm_audit") -> list[int]:
+    """Bring ``schema`` up to the latest version; return the versions applied now (often none).
+
+    Commits. Safe to call concurrently from many sessions (advisory transaction lock).
+    """
+    validate_schema_name(schema)
+    q = quote_ident(schema)
+    applied_now: list[int] = []
+    with transaction(conn) as cur:
+        cur.execute(f"select {_LOCK_MIGRATE}", (schema,))
+        cur.execute(f"create schema if not exists {q}")
+        cur.execute(f"""create table if not exists {q}.schema_migrations (
+                            version    integer primary key,
+                            applied_at timestamptz not null default now())""")
+        cur.execute(f"select version from {q}.schema_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for version, sql in _steps(schema):
+            if version in done:
+                continue
+            cur.execute(sql)
+            cur.execute(f"insert into {q}.schema_migrations (version) values (%s)", (version,))
+            applied_now.append(version)
+    return applied_now
+
+
+_migrated: set[tuple] = set()
+_migrated_lock = threading.Lock()
+
+
+def _db_identity(conn, schema: str) -> tuple:
+    info = getattr(conn, "info", None)
+    if info is not None:
+        return (info.host, info.port, info.dbname, schema)
+    return (getattr(conn, "dsn", id(conn)), schema)
+
+
+def ensure_migrated(conn, schema: str = "llm_audit") -> None:
+    """``migrate`` once per process per database and schema (the memo is cleared by forget_migrated)."""
+    ident = _db_identity(conn, schema)
+    if ident in _migrated:
+        return
+    with _migrated_lock:
+        if ident in _migrated:
+            return
+        migrate(conn, schema)
+        _migrated.add(ident)
+
+
+def forget_migrated() -> None:
+    with _migrated_lock:
+        _migrated.clear()
+
+
+def ensure_call_partitions(cur, schema: str, timestamps) -> list[str]:
+    """Create the monthly ``llm_calls`` partitions covering ``timestamps`` (datetimes) if missing."""
+    months = sorted({(u.year, u.month) for u in (_utc(t) for t in timestamps if t is not None)})
+    if not months:
+        return []
+    firsts = [f"{y:04d}-{m:02d}-15T00:00:00+00:00" for y, m in months]  # mid-month: no tz edge
+    cur.execute(f"select {quote_ident(schema)}.llm_calls_ensure_partition(t) "
+                "from unnest(%s::timestamptz[]) t", (firsts,))
+    return [row[0] for row in cur.fetchall()]
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def apply_retention(conn, schema: str, days: int | float) -> dict:
+    """Keep ``days`` of ``llm_calls``: drop whole monthly partitions that end before the cutoff,
+    then delete older rows from the partitions that remain (incl. the default). Commits.
+    Returns ``{"cutoff", "dropped_partitions", "deleted_rows"}``."""
+    validate_schema_name(schema)
+    if not isinstance(days, (int, float)) or days < 0:
+        raise ConfigError([f"retention days: {days!r} must be a number >= 0"])
+    q = quote_ident(schema)
+    dropped: list[str] = []
+    with transaction(conn) as cur:
+        cur.execute(f"select pg_advisory_xact_lock({_LOCK_PARTITIONS}, hashtext(%s))", (schema,))
+        cur.execute("select now() - make_interval(secs => %s)", (float(days) * 86400.0,))
+        cutoff = cur.fetchone()[0]
+        cur.execute(
+            """select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
+               where i.inhparent = %s::regclass""",
+            (f"{q}.llm_calls",),
+        )
+        for (name,) in cur.fetchall():
+            m = _PARTITION_RE.match(name)
+            if not m:
+                continue
+            year, month = int(m.group(1)), int(m.group(2))
+            nyear, nmonth = (year + 1, 1) if month == 12 else (year, month + 1)
+            cur.execute("select make_timestamptz(%s, %s, 1, 0, 0, 0, 'UTC') <= %s", (nyear, nmonth, cutoff))
+            if cur.fetchone()[0]:
+                cur.execute(f"drop table {q}.{quote_ident(name)}")
+                dropped.append(name)
+        cur.execute(f"delete from {q}.llm_calls where ts < %s", (cutoff,))
+        deleted = cur.rowcount
+    return {"cutoff": cutoff, "dropped_partitions": sorted(dropped), "deleted_rows": deleted}
