@@ -11,14 +11,14 @@ import json
 import random
 import socket
 import struct
-import time
 from dataclasses import asdict, dataclass, field, fields
 
 from aiohttp import web
 
 from . import answers as A
 from .faults import FaultPicker, RateLimiter, check_faults, retry_after_headers
-from .wire import _ANTH_STOP, Request, anthropic_error, make_sse_anthropic, make_sse_openai, openai_error, parse_request
+from .wire import (Request, anthropic_body, anthropic_error, make_sse_anthropic, make_sse_openai, openai_body,
+                   openai_error, parse_request)
 
 __all__ = ["SimulatorConfig", "Simulator", "make_app", "start_runner", "MODELS"]
 
@@ -87,6 +87,8 @@ class Simulator:
         self.unauthorized = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.active = 0  # requests past the max_concurrency semaphore
+        self.max_active = 0
         self.picker.reset()
         self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
         self.jitter_rng = random.Random(self.config.seed)
@@ -104,6 +106,8 @@ class Simulator:
             "unauthorized": self.unauthorized,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "active": self.active,
+            "max_active": self.max_active,
         }
 
     # -- the request path -------------------------------------------------------------------------
@@ -181,32 +185,42 @@ class Simulator:
                 fault = None
         sem = self.sem
         async with (sem if sem is not None else contextlib.nullcontext()):
-            delay = cfg.latency_ms
-            if cfg.jitter_ms:
-                delay += self.jitter_rng.uniform(0, cfg.jitter_ms)
-            if cfg.per_token_ms and not req.stream and fault is None:
-                delay += cfg.per_token_ms * A.completion_tokens(answer)
-            if delay > 0:
-                await asyncio.sleep(delay / 1000.0)
-            if fault is not None:
-                if fault == "length":
-                    answer, finish, stop_seq = answer[: max(1, len(answer) // 2) if len(answer) > 1 else 0], "length", None
-                elif fault == "content_filter":
-                    answer, finish, stop_seq = "", "content_filter", None
-                else:
-                    return await self._fault_response(request, req, anth, fault)
-            ctoks = A.completion_tokens(answer)
-            self.answered += 1
-            self.prompt_tokens += ptoks
-            self.completion_tokens += ctoks
-            self.cost_usd += ptoks / 1000 * cfg.cost_per_1k_input + ctoks / 1000 * cfg.cost_per_1k_output
-            if req.stream:
-                return await self._stream(request, req, anth, answer, finish, stop_seq, ptoks, ctoks)
-            if anth:
-                payload = _anthropic_body(req, answer, finish, stop_seq, ptoks, ctoks, self.requests)
+            self.active += 1
+            if self.active > self.max_active:
+                self.max_active = self.active
+            try:
+                return await self._respond(request, req, anth, answer, finish, stop_seq, ptoks, fault)
+            finally:
+                self.active -= 1
+
+    async def _respond(self, request, req, anth, answer, finish, stop_seq, ptoks, fault) -> web.StreamResponse:
+        cfg = self.config
+        delay = cfg.latency_ms
+        if cfg.jitter_ms:
+            delay += self.jitter_rng.uniform(0, cfg.jitter_ms)
+        if cfg.per_token_ms and not req.stream and fault is None:
+            delay += cfg.per_token_ms * A.completion_tokens(answer)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+        if fault is not None:
+            if fault == "length":
+                answer, finish, stop_seq = answer[: len(answer) // 2], "length", None
+            elif fault == "content_filter":
+                answer, finish, stop_seq = "", "content_filter", None
             else:
-                payload = _openai_body(req, answer, finish, ptoks, ctoks, self.requests)
-            return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=_JSON)
+                return await self._fault_response(request, req, anth, fault)
+        ctoks = A.completion_tokens(answer)
+        self.answered += 1
+        self.prompt_tokens += ptoks
+        self.completion_tokens += ctoks
+        self.cost_usd += ptoks / 1000 * cfg.cost_per_1k_input + ctoks / 1000 * cfg.cost_per_1k_output
+        if req.stream:
+            return await self._stream(request, req, anth, answer, finish, stop_seq, ptoks, ctoks)
+        if anth:
+            payload = anthropic_body(req, answer, finish, stop_seq, ptoks, ctoks, self.requests)
+        else:
+            payload = openai_body(req, answer, finish, ptoks, ctoks, self.requests)
+        return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=_JSON)
 
     async def _stream(self, request, req, anth, answer, finish, stop_seq, ptoks, ctoks) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -262,8 +276,8 @@ class Simulator:
                 data = b"".join(ev for ev, _ in make(req, answer, "stop", None, ptoks, ctoks, self.requests))
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             else:
-                payload = (_anthropic_body(req, answer, "stop", None, ptoks, ctoks, self.requests) if anth
-                           else _openai_body(req, answer, "stop", ptoks, ctoks, self.requests))
+                payload = (anthropic_body(req, answer, "stop", None, ptoks, ctoks, self.requests) if anth
+                           else openai_body(req, answer, "stop", ptoks, ctoks, self.requests))
                 data = json.dumps(payload).encode()
                 resp = web.StreamResponse(headers={"Content-Type": _JSON})
                 resp.content_length = len(data)
@@ -323,38 +337,6 @@ def _drop(request: web.Request, hard: bool = True) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
-
-
-def _openai_body(req: Request, answer: str, finish: str, ptoks: int, ctoks: int, n: int) -> dict:
-    lp = {"content": A.logprobs_for(answer, req.top_logprobs), "refusal": None} if req.logprobs else None
-    return {
-        "id": f"chatcmpl-sim{n:010x}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": req.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": answer, "refusal": None},
-            "logprobs": lp,
-            "finish_reason": finish,
-        }],
-        "usage": {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks},
-        "system_fingerprint": "fp_simulator",
-    }
-
-
-def _anthropic_body(req: Request, answer: str, finish: str, stop_seq: str | None,
-                    ptoks: int, ctoks: int, n: int) -> dict:
-    return {
-        "id": f"msg_sim{n:010x}",
-        "type": "message",
-        "role": "assistant",
-        "model": req.model,
-        "content": [{"type": "text", "text": answer}] if finish != "content_filter" else [],
-        "stop_reason": "stop_sequence" if stop_seq is not None else _ANTH_STOP[finish],
-        "stop_sequence": stop_seq,
-        "usage": {"input_tokens": ptoks, "output_tokens": ctoks},
-    }
 
 
 def make_app(sim: Simulator) -> web.Application:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from . import answers as A
 
-__all__ = ["Request", "parse_request", "openai_error", "anthropic_error", "make_sse_openai", "make_sse_anthropic"]
+__all__ = ["Request", "parse_request", "openai_error", "anthropic_error", "openai_body", "anthropic_body",
+           "make_sse_openai", "make_sse_anthropic"]
 
 
 @dataclass(slots=True)
@@ -117,6 +118,42 @@ def anthropic_error(status: int, message: str, kind: str | None = None) -> bytes
                                                   "message": message}}).encode()
 
 
+# -- answers ---------------------------------------------------------------------------------------
+_ANTH_STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
+
+
+def openai_body(req: Request, answer: str, finish: str, ptoks: int, ctoks: int, n: int) -> dict:
+    lp = {"content": A.logprobs_for(answer, req.top_logprobs), "refusal": None} if req.logprobs else None
+    return {
+        "id": f"chatcmpl-sim{n:010x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": answer, "refusal": None},
+            "logprobs": lp,
+            "finish_reason": finish,
+        }],
+        "usage": {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks},
+        "system_fingerprint": "fp_simulator",
+    }
+
+
+def anthropic_body(req: Request, answer: str, finish: str, stop_seq: str | None,
+                    ptoks: int, ctoks: int, n: int) -> dict:
+    return {
+        "id": f"msg_sim{n:010x}",
+        "type": "message",
+        "role": "assistant",
+        "model": req.model,
+        "content": [{"type": "text", "text": answer}] if finish != "content_filter" else [],
+        "stop_reason": "stop_sequence" if stop_seq is not None else _ANTH_STOP[finish],
+        "stop_sequence": stop_seq,
+        "usage": {"input_tokens": ptoks, "output_tokens": ctoks},
+    }
+
+
 # -- streams ---------------------------------------------------------------------------------------
 def _tokens(answer: str) -> list[str]:
     return [answer[i: i + 4] for i in range(0, len(answer), 4)]
@@ -144,9 +181,6 @@ def make_sse_openai(req: Request, answer: str, finish: str, stop_seq, ptoks: int
     out.append((ev({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}, usage), 0))
     out.append((b"data: [DONE]\n\n", 0))
     return out
-
-
-_ANTH_STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
 
 
 def make_sse_anthropic(req: Request, answer: str, finish: str, stop_seq, ptoks: int, ctoks: int,
