@@ -1,0 +1,126 @@
+"""Shared fixtures: Postgres (embedded, or the user's own via PGHOST) and the LLM API simulator.
+
+* ``pg`` (session): a `PgInfo`. If ``PGHOST`` is set, the server described by the PG* variables is
+  used as is and never stopped. Otherwise the project-local embedded server (``<repo>/.pg/data``,
+  see `dbt_pg_llm.embedded_pg`) is started, or adopted if already running, and released at the end
+  (stopped unless another live process still uses it or it was started with the CLI).
+* ``pg_conn`` (function): a psycopg2 autocommit connection whose ``search_path`` is a fresh schema
+  (``conn.schema``, also the ``pg_schema`` fixture), dropped with everything in it afterwards.
+* ``simulator`` (session): one in-process `SimulatorServer`; tests that look at its ledger should
+  call ``simulator.reset()`` first.
+* ``simulator_factory`` (function): ``simulator_factory(SimulatorConfig(...))`` starts an extra
+  simulator, stopped after the test.
+
+Tests under tests/functional/ get the ``functional`` marker automatically.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+_FUNCTIONAL_DIR = Path(__file__).parent / "functional"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _FUNCTIONAL_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.functional)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[Any]:
+    from dbt_pg_llm.embedded_pg import EmbeddedPostgres, PgInfo
+
+    user_server = PgInfo.from_env()
+    if user_server is not None:
+        import psycopg2
+
+        try:
+            psycopg2.connect(**user_server.connect_kwargs(), connect_timeout=10).close()
+        except psycopg2.Error as exc:
+            pytest.fail(
+                f"PGHOST is set, so the tests use that server ({user_server.dsn()}), but connecting "
+                f"failed: {exc}\nUnset PGHOST to use the embedded Postgres instead.",
+                pytrace=False,
+            )
+        yield user_server
+        return
+
+    server = EmbeddedPostgres()
+    info = server.start()
+    try:
+        yield info
+    finally:
+        server.release()
+
+
+def _connection_class() -> type:
+    import psycopg2.extensions
+
+    class SchemaConnection(psycopg2.extensions.connection):
+        schema: str = ""
+
+    return SchemaConnection
+
+
+@pytest.fixture
+def pg_conn(pg: Any) -> Iterator[Any]:
+    import psycopg2
+    from psycopg2 import sql
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(**pg.connect_kwargs(), connection_factory=_connection_class())
+    conn.autocommit = True
+    conn.schema = schema
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
+        cur.execute(sql.SQL("set search_path to {}").format(sql.Identifier(schema)))
+    try:
+        yield conn
+    finally:
+        if conn.closed:
+            conn = psycopg2.connect(**pg.connect_kwargs())
+        try:
+            conn.rollback()  # in case the test turned autocommit off and left a failed transaction
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def pg_schema(pg_conn: Any) -> str:
+    """Name of the fresh schema `pg_conn` works in."""
+    return pg_conn.schema
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Any]:
+    from dbt_pg_llm.simulator import SimulatorServer
+
+    with SimulatorServer() as sim:
+        yield sim
+
+
+@pytest.fixture
+def simulator_factory() -> Iterator[Callable[..., Any]]:
+    from dbt_pg_llm.simulator import SimulatorServer
+
+    started: list[Any] = []
+
+    def make(config: Any = None, **kwargs: Any) -> Any:
+        server = SimulatorServer(config=config, **kwargs)
+        entered = server.__enter__()
+        started.append(server)
+        return entered if entered is not None else server
+
+    try:
+        yield make
+    finally:
+        for server in reversed(started):
+            server.__exit__(None, None, None)
