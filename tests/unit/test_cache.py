@@ -1,0 +1,284 @@
+import asyncio
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from dbt_pg_llm.cache import CacheEntry, DiskJournal, MemoryBackend, ResultCache
+from dbt_pg_llm.errors import ErrorKind, ModelError
+from dbt_pg_llm.keys import cache_key, fingerprint
+from dbt_pg_llm.model_io import ModelOutput, TokenUsage
+
+FP = fingerprint(provider="openai", model_version="gpt-4o-mini", system_message=None, temperature=0.0,
+                 max_tokens=16)
+KEY = cache_key(FP, "classify: great product")
+
+
+def paid(text="positive", value=None, cost=0.002):
+    return ModelOutput(text=text, value=text if value is None else value, confidence=0.93,
+                       tokens=TokenUsage(40, 2), truncated=False, model="gpt", latency_ms=321.0,
+                       cost_usd=cost, attempts=2)
+
+
+def failed(kind=ErrorKind.TIMEOUT):
+    return ModelOutput.failure(ModelError(kind, "too slow"), model="gpt", latency_ms=30_000)
+
+
+class Clock:
+    def __init__(self, t=1_700_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(params=["memory", "disk"])
+def backend(request, tmp_path):
+    b = MemoryBackend() if request.param == "memory" else DiskJournal(str(tmp_path / "journal"))
+    yield b
+    b.close()
+
+
+def test_put_then_get_returns_a_hit(backend):
+    cache = ResultCache(backend)
+    assert cache.get(KEY) is None
+    assert cache.put(KEY, paid()) is True
+    hit = cache.get(KEY)
+    assert hit.cached is True and hit.cost_usd == 0.0 and hit.latency_ms == 0.0
+    assert (hit.text, hit.value, hit.confidence, hit.model) == ("positive", "positive", 0.93, "gpt")
+    assert hit.tokens == TokenUsage(40, 2) and hit.ok
+    entry = cache.get_entry(KEY)
+    assert entry.original_cost_usd == 0.002 and entry.valid and entry.expires_at is None
+    assert KEY in cache and len(cache) == 1 and list(cache.keys()) == [KEY]
+
+
+def test_json_values_round_trip_and_are_not_shared(backend):
+    cache = ResultCache(backend)
+    cache.put(KEY, paid(text='{"a":[1,2]}', value={"a": [1, 2]}))
+    first = cache.get(KEY)
+    first.value["a"].append(3)
+    assert cache.get(KEY).value == {"a": [1, 2]}
+
+
+def test_failed_outputs_and_hits_are_never_stored(backend):
+    cache = ResultCache(backend)
+    assert cache.put(KEY, failed()) is False
+    assert cache.get(KEY) is None and len(cache) == 0
+    cache.put(KEY, paid(cost=0.5))
+    assert cache.put(KEY, cache.get(KEY)) is False  # a hit would overwrite the original cost with 0
+    assert cache.get_entry(KEY).original_cost_usd == 0.5
+
+
+def test_ttl_expiry_with_injected_clock(backend):
+    clock = Clock()
+    cache = ResultCache(backend, ttl_s=60, clock=clock)
+    cache.put(KEY, paid())
+    entry = cache.get_entry(KEY)
+    assert entry.created_at == clock.t and entry.expires_at == clock.t + 60
+    clock.t += 59.9
+    assert cache.get(KEY) is not None
+    clock.t += 0.1
+    assert cache.get(KEY) is None
+    assert cache.get_entry(KEY).expired(clock.t)  # still kept for audit / replay
+    cache.put(KEY, paid())  # a fresh answer starts a new ttl
+    assert cache.get(KEY) is not None
+
+
+def test_invalidate(backend):
+    cache = ResultCache(backend)
+    assert cache.invalidate(KEY) is False
+    cache.put(KEY, paid())
+    assert cache.invalidate(KEY) is True
+    assert cache.get(KEY) is None
+    assert cache.get_entry(KEY).valid is False
+
+
+def test_entry_serialization_is_plain_json():
+    data = CacheEntry.serialize(paid(), 1.0, 61.0)
+    assert json.loads(json.dumps(data)) == data
+    assert set(data) == {"text", "value", "confidence", "prompt_tokens", "completion_tokens", "truncated",
+                         "model", "cost_usd", "created_at", "expires_at", "valid"}
+    entry = CacheEntry.from_dict(data)
+    assert entry.to_dict() == data
+
+
+def test_validation():
+    with pytest.raises(ValueError):
+        ResultCache(MemoryBackend(), ttl_s=0)
+
+
+# -- single flight ---------------------------------------------------------------------------------
+def test_single_flight_50_concurrent_callers_one_compute(backend):
+    async def main():
+        cache = ResultCache(backend)
+        calls = 0
+        gate = asyncio.Event()
+
+        async def compute():
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return paid(cost=0.01)
+
+        tasks = [asyncio.ensure_future(cache.get_or_compute(KEY, compute)) for _ in range(50)]
+        await asyncio.sleep(0.01)
+        assert calls == 1
+        gate.set()
+        outs = await asyncio.gather(*tasks)
+        assert calls == 1
+        assert all(o.text == "positive" for o in outs)
+        assert sum(o.cost_usd for o in outs) == pytest.approx(0.01)  # paid once, counted once
+        assert [o.cached for o in outs].count(False) == 1
+        assert cache.get_entry(KEY).original_cost_usd == 0.01  # stored before anyone saw it
+        again = await cache.get_or_compute(KEY, compute)  # now a plain hit
+        assert again.cached and calls == 1
+        assert cache._inflight == {}
+
+    asyncio.run(main())
+
+
+def test_single_flight_failures_go_to_all_waiters_but_are_not_stored():
+    async def main():
+        cache = ResultCache(MemoryBackend())
+        calls = 0
+
+        async def compute():
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)
+            return failed() if calls == 1 else paid()
+
+        outs = await asyncio.gather(*(cache.get_or_compute(KEY, compute) for _ in range(50)))
+        assert calls == 1
+        assert all(o.error_kind is ErrorKind.TIMEOUT and not o.cached for o in outs)
+        assert cache.get(KEY) is None
+        out = await cache.get_or_compute(KEY, compute)  # the next call tries again
+        assert calls == 2 and out.ok and not out.cached
+        assert cache.get(KEY) is not None
+
+    asyncio.run(main())
+
+
+def test_single_flight_exception_reaches_every_waiter_and_is_not_stored():
+    async def main():
+        cache = ResultCache(MemoryBackend())
+
+        async def compute():
+            await asyncio.sleep(0.01)
+            raise RuntimeError("bug")
+
+        results = await asyncio.gather(*(cache.get_or_compute(KEY, compute) for _ in range(5)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        assert cache._inflight == {} and len(cache) == 0
+
+    asyncio.run(main())
+
+
+def test_cancelling_a_caller_does_not_cancel_the_shared_computation():
+    async def main():
+        cache = ResultCache(MemoryBackend())
+        gate = asyncio.Event()
+        calls = 0
+
+        async def compute():
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return paid()
+
+        first = asyncio.ensure_future(cache.get_or_compute(KEY, compute))
+        second = asyncio.ensure_future(cache.get_or_compute(KEY, compute))
+        await asyncio.sleep(0)
+        first.cancel()  # the caller that started the request goes away
+        await asyncio.sleep(0)
+        gate.set()
+        out = await second
+        assert out.text == "positive" and calls == 1
+        assert first.cancelled()
+        assert cache.get(KEY) is not None  # the paid answer was kept
+
+    asyncio.run(main())
+
+
+def test_different_keys_compute_independently():
+    async def main():
+        cache = ResultCache(MemoryBackend())
+        seen = []
+
+        def compute_for(k):
+            async def compute():
+                seen.append(k)
+                await asyncio.sleep(0)
+                return paid(text=k)
+            return compute
+
+        keys = [cache_key(FP, f"p{i}") for i in range(10)]
+        outs = await asyncio.gather(*(cache.get_or_compute(k, compute_for(k)) for k in keys * 3))
+        assert sorted(seen) == sorted(keys)
+        assert [o.text for o in outs] == keys * 3
+
+    asyncio.run(main())
+
+
+# -- the journal -----------------------------------------------------------------------------------
+def test_journal_survives_reopening(tmp_path):
+    directory = str(tmp_path / "j")
+    with DiskJournal(directory) as journal:
+        cache = ResultCache(journal)
+        for i in range(20):
+            cache.put(cache_key(FP, f"p{i}"), paid(text=f"t{i}"))
+        cache.invalidate(cache_key(FP, "p0"))
+    reopened = ResultCache(DiskJournal(directory))  # a brand-new diskcache.Cache on the same directory
+    assert len(reopened) == 20
+    assert reopened.get(cache_key(FP, "p0")) is None
+    assert reopened.get(cache_key(FP, "p7")).text == "t7"
+    assert sorted(reopened.keys()) == sorted(cache_key(FP, f"p{i}") for i in range(20))
+    reopened.close()
+
+
+def test_journal_stores_json_text_and_never_evicts(tmp_path):
+    journal = DiskJournal(str(tmp_path / "j"))
+    assert journal._cache.eviction_policy == "none"
+    ResultCache(journal).put(KEY, paid())
+    raw = journal._cache.get(KEY)
+    assert isinstance(raw, str) and json.loads(raw)["text"] == "positive"
+    journal.close()
+
+
+def _write_from_other_process(directory, key):
+    journal = DiskJournal(directory)
+    ResultCache(journal).put(key, paid(text="from child"))
+    journal.close()
+
+
+def test_journal_is_shared_across_processes(tmp_path):
+    directory = str(tmp_path / "j")
+    journal = DiskJournal(directory)
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_write_from_other_process, args=(directory, KEY))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert ResultCache(journal).get(KEY).text == "from child"
+    journal.close()
+
+
+def test_journal_put_cost(tmp_path):
+    journal = DiskJournal(str(tmp_path / "j"))
+    cache = ResultCache(journal)
+    n = 500
+    keys = [cache_key(FP, f"bench {i}") for i in range(n)]
+    out = paid()
+    t0 = time.perf_counter()
+    for k in keys:
+        cache.put(k, out)
+    per_put = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for k in keys:
+        cache.get(k)
+    per_get = (time.perf_counter() - t0) / n
+    print(f"\nDiskJournal put {per_put * 1e6:.0f} us, get {per_get * 1e6:.0f} us (n={n})")
+    assert per_put < 0.01  # far below the cost of the API call it protects
+    journal.close()
