@@ -1,0 +1,37 @@
+"""dbt adapter plugin `type: pg_llm`: dbt-postgres plus LLM-filled columns (see dbt_pg_llm for the engine)."""
+from pathlib import Path
+
+from dbt.adapters.base import AdapterPlugin
+
+from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials  # noqa: F401
+from dbt.adapters.pg_llm.impl import PgLlmAdapter
+
+
+def _include_path() -> str:
+    """The `pg_llm` dbt project (dbt_project.yml + macros/).
+
+    An installed wheel carries it next to this package as dbt/include/pg_llm (pyproject force-include).
+    An editable checkout has no such folder beside the sources: the repository root is the project.
+    """
+    here = Path(__file__).resolve().parent          # .../dbt/adapters/pg_llm
+    installed = here.parent.parent / "include" / "pg_llm"
+    if (installed / "dbt_project.yml").is_file() and (installed / "macros").is_dir():
+        return str(installed)
+    root = here.parents[2]                          # the checkout holding dbt/ and dbt_pg_llm/
+    if (root / "dbt_project.yml").is_file() and (root / "macros").is_dir():
+        return str(root)
+    raise RuntimeError(
+        f"dbt-pg-llm: cannot find the pg_llm dbt project (dbt_project.yml + macros/) in {installed} or {root}; "
+        "reinstall the package"
+    )
+
+
+PACKAGE_PATH = _include_path()
+
+Plugin = AdapterPlugin(
+    adapter=PgLlmAdapter,  # type: ignore[arg-type]
+    credentials=PgLlmCredentials,
+    include_path=PACKAGE_PATH,
+    dependencies=["postgres"],
+    project_name="pg_llm",  # the `name:` of dbt_project.yml (the default would be dbt_<folder name>)
+)

@@ -1,0 +1,15 @@
+{#- pg_llm.classify(text_sql, labels=[...], ...) -> column spec: exactly one of `labels` per row (anything else is an error, never a value). -#}
+{% macro classify(text_sql, labels=[], instructions=none, model=none) -%}
+  {{ return(adapter.dispatch('classify', 'pg_llm')(text_sql, labels=labels, instructions=instructions, model=model)) }}
+{%- endmacro %}
+
+{% macro default__classify(text_sql, labels=[], instructions=none, model=none) -%}
+  {%- if labels is string or labels | length == 0 -%}
+    {{ exceptions.raise_compiler_error("pg_llm.classify: `labels` must be a non-empty list, e.g. labels=['positive', 'negative', 'neutral']") }}
+  {%- endif -%}
+  {%- set spec = {'kind': 'classify', 'prompt': text_sql, 'labels': labels | list} -%}
+  {%- for key, value in [('instructions', instructions), ('model', model)] -%}
+    {%- if value is not none -%}{%- do spec.update({key: value}) -%}{%- endif -%}
+  {%- endfor -%}
+  {{ return(spec) }}
+{%- endmacro %}
