@@ -24,6 +24,7 @@ __all__ = ["SimulatorConfig", "Simulator", "make_app", "start_runner", "MODELS"]
 
 MODELS = ("sim-small", "sim-large", "gpt-4o-mini", "claude-3-5-haiku-latest")
 _JSON = "application/json"
+SIMULATOR_KEY = web.AppKey("simulator", object)
 _RETRY_1S = {"Retry-After": "1", "retry-after-ms": "1000"}
 
 
@@ -341,7 +342,7 @@ def _drop(request: web.Request, hard: bool = True) -> None:
 
 def make_app(sim: Simulator) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["simulator"] = sim
+    app[SIMULATOR_KEY] = sim
     r = app.router
     for prefix in ("/v1", ""):
         r.add_post(prefix + "/chat/completions", sim.openai)
