@@ -150,6 +150,7 @@ class SimulatorProcess(_Urls):
         self.port = 0
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen | None = None
+        self._pump: threading.Thread | None = None
 
     def start(self) -> "SimulatorProcess":
         if self.process is not None:
@@ -165,11 +166,17 @@ class SimulatorProcess(_Urls):
         lines: queue.Queue = queue.Queue()
 
         def pump(stream) -> None:  # keeps draining stdout so the child never blocks on it
-            for line in stream:
-                lines.put(line)
-            lines.put(None)
+            try:
+                for line in stream:
+                    lines.put(line)
+            except (OSError, ValueError):
+                pass
+            finally:
+                lines.put(None)
+                stream.close()
 
-        threading.Thread(target=pump, args=(self.process.stdout,), daemon=True).start()
+        self._pump = threading.Thread(target=pump, args=(self.process.stdout,), daemon=True)
+        self._pump.start()
         try:
             while True:
                 line = lines.get(timeout=self.startup_timeout_s)
@@ -217,3 +224,6 @@ class SimulatorProcess(_Urls):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if self._pump is not None:
+            self._pump.join(5)  # it closes the pipe at EOF
+            self._pump = None

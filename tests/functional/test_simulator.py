@@ -319,3 +319,15 @@ def test_simulator_process_starts_and_answers():
         assert proc.stats()["requests"] == 0
         child = proc.process
     assert child.poll() is not None
+
+
+def test_stop_sequences_and_per_token_latency(client):
+    full = content(chat(client, "alpha beta gamma delta epsilon zeta eta theta"))
+    word = full.split()[2]
+    r = chat(client, "alpha beta gamma delta epsilon zeta eta theta", stop=[" " + word])
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    assert full.startswith(content(r)) and len(content(r)) < len(full)
+    with SimulatorServer(SimulatorConfig(per_token_ms=10)) as s, httpx.Client(base_url=s.base_url) as c:
+        started = time.monotonic()
+        ctoks = chat(c, "alpha beta gamma delta epsilon zeta eta theta").json()["usage"]["completion_tokens"]
+        assert time.monotonic() - started >= ctoks * 0.010 * 0.9
