@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from functools import lru_cache
@@ -26,6 +27,7 @@ __all__ = [
     "LABELS_PHRASE",
     "JSON_PHRASE",
     "count_tokens",
+    "completion_tokens",
     "prompt_tokens",
     "prompt_sha256",
     "compute_answer",
@@ -268,8 +270,6 @@ class _Gen:
         return lo, hi
 
     def integer(self, schema: dict, path: str) -> int:
-        import math
-
         lo, hi = self._bounds(schema, 1)
         lo, hi = math.ceil(lo), math.floor(hi)
         m = schema.get("multipleOf")
@@ -289,9 +289,7 @@ class _Gen:
         value = rounded if lo <= rounded <= hi else raw
         m = schema.get("multipleOf")
         if isinstance(m, (int, float)) and m > 0:
-            import math
-
-            value = math.ceil(lo / m) * m
+                value = math.ceil(lo / m) * m
             if isinstance(m, int):
                 value = int(value)
         return value
