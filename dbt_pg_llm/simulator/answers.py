@@ -289,7 +289,7 @@ class _Gen:
         value = rounded if lo <= rounded <= hi else raw
         m = schema.get("multipleOf")
         if isinstance(m, (int, float)) and m > 0:
-                value = math.ceil(lo / m) * m
+            value = math.ceil(lo / m) * m
             if isinstance(m, int):
                 value = int(value)
         return value
