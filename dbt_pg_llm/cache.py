@@ -84,6 +84,7 @@ class CacheEntry:
 class CacheBackend(Protocol):
     def get(self, key: str) -> dict | None: ...
     def set(self, key: str, entry: dict) -> None: ...
+    def set_many(self, items: list[tuple[str, dict]]) -> None: ...
     def delete(self, key: str) -> bool: ...
     def keys(self) -> Iterator[str]: ...
     def __len__(self) -> int: ...
@@ -106,6 +107,10 @@ class MemoryBackend:
         text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
             self._data[key] = text
+
+    def set_many(self, items: list[tuple[str, dict]]) -> None:
+        for key, entry in items:
+            self.set(key, entry)
 
     def delete(self, key: str) -> bool:
         with self._lock:
@@ -145,6 +150,12 @@ class DiskJournal:
     def set(self, key: str, entry: dict) -> None:
         self._cache.set(key, json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
 
+    def set_many(self, items: list[tuple[str, dict]]) -> None:
+        """One SQLite transaction for many entries: a commit costs far more than a row."""
+        with self._cache.transact():
+            for key, entry in items:
+                self.set(key, entry)
+
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(key))
 
@@ -174,6 +185,7 @@ class ResultCache:
         self.ttl_s = ttl_s
         self._clock = clock
         self._inflight: dict[str, asyncio.Future] = {}
+        self._pending_writes: tuple[list, asyncio.Future] | None = None
 
     # -- synchronous API -------------------------------------------------------------------------
     def get_entry(self, key: str) -> CacheEntry | None:
@@ -236,10 +248,33 @@ class ResultCache:
         output = await compute()
         if output.ok and not output.cached:
             try:
-                self.put(key, output)
+                await self._store(key, output)
             except Exception:  # the answer is still good for this run; say loudly it was not kept
                 log.exception("could not store the result for cache key %s; it will be requested again", key)
         return output
+
+    async def _store(self, key: str, output: ModelOutput) -> None:
+        """Group commit: every answer finished in the same loop iteration is written in one
+        transaction on the next one; each caller resumes only once its answer is stored."""
+        now = self._clock()
+        entry = CacheEntry.serialize(output, now, now + self.ttl_s if self.ttl_s is not None else None)
+        if self._pending_writes is None:
+            loop = asyncio.get_running_loop()
+            self._pending_writes = ([], loop.create_future())
+            loop.call_soon(self._flush_writes)
+        items, written = self._pending_writes
+        items.append((key, entry))
+        await asyncio.shield(written)
+
+    def _flush_writes(self) -> None:
+        items, written = self._pending_writes
+        self._pending_writes = None
+        try:
+            self.backend.set_many(items)
+        except Exception as exc:
+            written.set_exception(exc)
+        else:
+            written.set_result(None)
 
     def _forget(self, key: str, task: asyncio.Future) -> None:
         if self._inflight.get(key) is task:

@@ -11,6 +11,9 @@ so every dbt thread shares one HTTP pool, one set of rate limits and one cache.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import itertools
+import queue
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -35,6 +38,7 @@ class Engine:
         self.log = LogDispatcher(sinks)
         self.metrics = MetricsRegistry()
         self._loop = loop
+        self._failover: dict[str, Failover] = {}  # per model name; cleared when models change
         for model in self.registry:
             self._attach(model)
 
@@ -46,7 +50,14 @@ class Engine:
 
     def register(self, model: Model) -> Model:
         self.registry.register(model)
+        self._failover.clear()
         return self._attach(model)
+
+    def _failover_for(self, model_name: str) -> Failover:
+        failover = self._failover[model_name] = Failover.for_model(self.registry, model_name)
+        for name in failover.backup_models:
+            self.model(name)  # attach backups so their logs and metrics are ours too
+        return failover
 
     def model(self, name: str) -> Model:
         return self._attach(self.registry.get(name))
@@ -61,11 +72,11 @@ class Engine:
         model = self.model(model_name)
         inp = inp.with_defaults(model.config.temperature, model.config.max_tokens)
         key = key or cache_key(fingerprint_of(model.config, inp), inp.prompt)
-        failover = Failover.for_model(self.registry, model_name)
+        failover = self._failover.get(model_name)
+        if failover is None or failover.backup_models != model.config.fallbacks:  # configure() may change them
+            failover = self._failover_for(model_name)
 
         async def compute() -> ModelOutput:
-            for name in failover.backup_models:
-                self.model(name)  # attach backups so their logs and metrics are ours too
             return await failover.acall(self.registry, model_name, inp, context=context, input_hash=key)
 
         if self.cache is None or not use_cache:
@@ -111,25 +122,53 @@ class Engine:
         """
         if window < 1:
             raise ValueError("window must be >= 1")
+        # Inputs cross to the loop thread a chunk at a time and results come back through one queue
+        # that is drained in bursts: per-item cross-thread futures (or concurrent.futures.wait, which
+        # re-scans every pending future) cost more CPU than the HTTP request itself.
+        results: queue.SimpleQueue = queue.SimpleQueue()
         source = iter(items)
-        pending: dict[concurrent.futures.Future, Any] = {}
+        chunk_size = max(1, window // 4)
+        in_flight = 0
         exhausted = False
         while True:
-            while not exhausted and len(pending) < window:
-                try:
-                    tag, inp = next(source)
-                except StopIteration:
+            while not exhausted and in_flight < window:
+                chunk = list(itertools.islice(source, min(chunk_size, window - in_flight)))
+                if not chunk:
                     exhausted = True
                     break
-                pending[self.submit(model_name, inp, context=context)] = tag
-            if not pending:
+                self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results)
+                in_flight += len(chunk)
+            if not in_flight:
                 return
-            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                yield pending.pop(future), future.result()
+            ready = [results.get()]
+            while True:
+                try:
+                    ready.append(results.get_nowait())
+                except queue.Empty:
+                    break
+            for tag, output in ready:
+                in_flight -= 1
+                if isinstance(output, BaseException):
+                    raise output
+                yield tag, output
+
+    def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue) -> None:
+        """Runs on the loop thread: start one task per input; each reports to ``results``."""
+        loop = self.loop.loop
+        for tag, inp in chunk:
+            task = loop.create_task(self.acall(model_name, inp, context=context))
+            task.add_done_callback(functools.partial(_report, results, tag))
 
     def close(self) -> None:
         try:
             self.loop.run(self.aclose(), timeout=10)
         except Exception:  # closing is best effort: the process may be exiting
             pass
+
+
+def _report(results: queue.SimpleQueue, tag, task) -> None:
+    if task.cancelled():
+        results.put((tag, RuntimeError("call cancelled (the engine loop was stopped)")))
+    else:
+        error = task.exception()
+        results.put((tag, error if error is not None else task.result()))

@@ -93,7 +93,8 @@ class Model:
                                                    "repeated failures; it will be probed again later",
                                                    model=self.name), started, 0, TokenUsage(), 0.0,
                                         count_in_breaker=False)
-        inp = inp.with_defaults(self.config.temperature, self.config.max_tokens)
+        if inp.temperature is None or inp.max_tokens is None:
+            inp = inp.with_defaults(self.config.temperature, self.config.max_tokens)
         input_hash = input_hash or self.key_of(inp)
         paid = {"tokens": TokenUsage(), "cost": 0.0, "attempts": 0}
         estimate = len(inp.prompt) // 4 + len(inp.system_message or "") // 4 + (inp.max_tokens or 0)
