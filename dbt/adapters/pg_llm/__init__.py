@@ -8,7 +8,7 @@ from dbt.adapters.pg_llm.impl import PgLlmAdapter
 
 
 def _include_path() -> str:
-    """The `pg_llm` dbt project (dbt_project.yml + macros/).
+    """The public `pg_llm` dbt project (dbt_project.yml + macros/: pg_llm.llm_enrich & co.).
 
     An installed wheel carries it next to this package as dbt/include/pg_llm (pyproject force-include).
     An editable checkout has no such folder beside the sources: the repository root is the project.
@@ -32,6 +32,9 @@ Plugin = AdapterPlugin(
     adapter=PgLlmAdapter,  # type: ignore[arg-type]
     credentials=PgLlmCredentials,
     include_path=PACKAGE_PATH,
-    dependencies=["postgres"],
-    project_name="pg_llm",  # the `name:` of dbt_project.yml (the default would be dbt_<folder name>)
+    # pg_llm.core ships the internal project with the materializations (see core.py for why).
+    dependencies=["pg_llm.core", "postgres"],
+    # Deliberately NOT the project's name (`pg_llm`): that keeps the public macros a regular package,
+    # so `pg_llm.llm_enrich(...)` and adapter.dispatch('llm_enrich', 'pg_llm') work.
+    project_name="dbt_pg_llm",
 )

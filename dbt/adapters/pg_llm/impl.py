@@ -105,6 +105,21 @@ class PgLlmAdapter(PostgresAdapter):
     ConnectionManager = PgLlmConnectionManager
     connections: PgLlmConnectionManager
 
+    @classmethod
+    def get_adapter_run_info(cls, config):
+        # The base class derives the module from the class name ("PgLlmAdapter" -> "pgllm").
+        from importlib import import_module
+
+        from dbt.adapters.base.relation import AdapterTrackingRelationInfo
+        from dbt.adapters.pg_llm.__version__ import version
+
+        return AdapterTrackingRelationInfo(
+            adapter_name="pg_llm",
+            base_adapter_version=import_module("dbt.adapters.__about__").version,
+            adapter_version=version,
+            model_adapter_details=cls._get_adapter_specific_run_info(config),
+        )
+
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def _credentials(self) -> PgLlmCredentials:
