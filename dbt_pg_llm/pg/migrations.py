@@ -38,7 +38,6 @@ __all__ = [
 # First key of every advisory lock this package takes (the second is hashtext(schema)).
 LOCK_CLASS = 0x6C6C6D  # "llm"
 _LOCK_MIGRATE = f"pg_advisory_xact_lock({LOCK_CLASS}, hashtext(%s))"
-_LOCK_PARTITIONS = LOCK_CLASS + 1
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _PARTITION_RE = re.compile(r"^llm_calls_p(\d{4})(\d{2})$")
@@ -209,7 +208,10 @@ begin
     if to_regclass(format('%I.%I', '{s}', part)) is not null then
         return part;
     end if;
-    perform pg_advisory_xact_lock({_LOCK_PARTITIONS}, hashtext('{s}'));
+    -- serialize creators (this lock does not block inserts; ATTACH takes it anyway). A table lock,
+    -- unlike an advisory lock, also processes pending catalog invalidations, so the check below
+    -- sees a partition another session created while we waited.
+    execute format('lock table %I.llm_calls in share update exclusive mode', '{s}');
     if to_regclass(format('%I.%I', '{s}', part)) is not null then
         return part;  -- created by someone else while we waited
     end if;
@@ -354,7 +356,7 @@ def apply_retention(conn, schema: str, days: int | float) -> dict:
     q = quote_ident(schema)
     dropped: list[str] = []
     with transaction(conn) as cur:
-        cur.execute(f"select pg_advisory_xact_lock({_LOCK_PARTITIONS}, hashtext(%s))", (schema,))
+        cur.execute(f"lock table {q}.llm_calls in share update exclusive mode")  # vs. partition creators
         cur.execute("select now() - make_interval(secs => %s)", (float(days) * 86400.0,))
         cutoff = cur.fetchone()[0]
         cur.execute(

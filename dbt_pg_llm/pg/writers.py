@@ -217,7 +217,7 @@ def _call_values(log: Any, defaults: Mapping[str, Any]) -> tuple:
         get("run_id") or context.get("run_id") or defaults.get("run_id"),
         get("node_id") or context.get("node_id") or defaults.get("node_id"),
         get("model"),
-        get("operation"),
+        context.get("operation") or get("operation"),  # the caller's operation (e.g. classify) wins
         get("input_hash"),
         get("attempt"),
         kind,
@@ -236,6 +236,7 @@ def write_calls(conn, schema: str, logs: Iterable[Any], *, defaults: Mapping[str
     """Append call records (``ModelLog`` objects or mappings) to ``llm_calls``.
 
     ``run_id`` / ``node_id`` come from each record's ``context`` (falling back to ``defaults``);
+    ``context["operation"]`` (the fill's column kind) overrides the record's generic operation;
     ``context["saved_cost_usd"]`` (set by the engine on cache hits) fills ``saved_cost_usd``; the
     success kind "none" is stored as NULL. The monthly partitions needed are created first.
     """

@@ -127,3 +127,30 @@ def test_monthly_partitions_on_demand_and_retention(conn, schema):
         cur.execute(f"select count(*), min(ts) from {schema}.llm_calls")
         count, oldest = cur.fetchone()
     assert count == 1 and oldest >= now - timedelta(days=90, seconds=5)
+
+
+def test_concurrent_partition_creation(pg, conn, schema):
+    migrate(conn, schema)
+    month = datetime(2031, 7, 9, tzinfo=timezone.utc)
+    errors = []
+    barrier = threading.Barrier(6)
+
+    def worker(i):
+        c = psycopg2.connect(pg.dsn())
+        try:
+            barrier.wait()
+            write_calls(c, schema, [{"ts": month + timedelta(hours=i), "model": "m"}])
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with conn.cursor() as cur:
+        cur.execute(f"select tableoid::regclass::text, count(*) from {schema}.llm_calls group by 1")
+        assert cur.fetchall() == [(f"{schema}.llm_calls_p203107", 6)]

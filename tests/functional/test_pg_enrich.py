@@ -1,0 +1,397 @@
+"""fill_column / join_sql against the real embedded Postgres and the real Engine + LLM API simulator."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ModelError, ResultCache
+from dbt_pg_llm.keys import cache_key
+from dbt_pg_llm.pg.enrich import ColumnSpec, RunContext, fill_column, join_sql
+from dbt_pg_llm.simulator import SimulatorConfig
+
+pytestmark = pytest.mark.functional
+
+AWKWARD = ["tab\there", "new\nline", "back\\slash", "quotes ' \" ", "café 日本語", "emoji 😀👍🏽", "",
+           "  spaced  "]
+COST_IN, COST_OUT = 0.5, 1.5  # $ per 1k tokens, the same in the simulator and the model config
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def db(pg, pg_conn):
+    """(connect, source schema, audit schema); the audit schema is dropped afterwards."""
+    audit = f"{pg_conn.schema}_audit"
+
+    def connect():
+        return psycopg2.connect(**pg.connect_kwargs())
+
+    yield connect, pg_conn.schema, audit
+    with pg_conn.cursor() as cur:
+        cur.execute(f'drop schema if exists "{audit}" cascade')
+
+
+def make_engine(sim, *, name="sim", cost=False, max_retries=0, cache=True, **config) -> Engine:
+    settings = {"api_url": sim.base_url, "model_version": "sim-small", "api_key": "sk-test-0123456789",
+                "retry": {"max_retries": max_retries, "base_delay_ms": 1, "max_delay_ms": 10},
+                "max_concurrency": 32}
+    if cost:
+        settings.update(cost_per_1k_input_tokens=COST_IN, cost_per_1k_output_tokens=COST_OUT)
+    settings.update(config)
+    return Engine([Model(name, settings)], cache=ResultCache(MemoryBackend()) if cache else None,
+                  sinks=[BufferedSink()])
+
+
+def q(conn, sql, params=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def make_source(conn, schema, prompts, table="reviews"):
+    with conn.cursor() as cur:
+        cur.execute(f'create table "{schema}"."{table}" (id serial primary key, body text, key text, model text)')
+        for p in prompts:
+            cur.execute(f'insert into "{schema}"."{table}" (body, key, model) values (%s, %s, %s)',
+                        (p, "collide", "collide"))
+    return f'"{schema}"."{table}"'
+
+
+def spec(kind="complete", **kw):
+    base = {"kind": kind, "prompt_sql": "body"}
+    base.update(kw)
+    return ColumnSpec.from_dict(base, default_model="sim")
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.reset()
+    return simulator
+
+
+# -- specs ----------------------------------------------------------------------------------------
+def test_spec_validation_names_key_and_fix():
+    with pytest.raises(ConfigError) as info:
+        ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "x"}, "m")
+    assert "column.labels" in str(info.value) and "labels: [" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ColumnSpec.from_dict({"kind": "extract", "prompt_sql": "x"}, "m")
+    assert "column.schema" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ColumnSpec.from_dict({"kind": "summarize", "prompt_sql": "x"}, "m")
+    assert "column.kind" in str(info.value) and "complete, classify, extract" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ColumnSpec.from_dict({"kind": "complete", "prompt": "x"}, "m")
+    assert "column.prompt" in str(info.value) and "prompt_sql" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "x"}, None)
+    assert "column.model" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "x", "max_tokens": -1, "temperature": 9}, "m")
+    assert len(info.value.problems) == 2
+    # None values of keys that do not apply are fine (the macros pass every key)
+    s = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "x", "labels": ["a", "b"], "system": None,
+                              "schema": None, "instructions": "Be brief.", "model": None}, "m")
+    assert s.model == "m"
+    assert s.model_input("p").system_message == (
+        "Be brief.\n\nAnswer with exactly one of these labels and nothing else: a | b")
+    e = ColumnSpec.from_dict({"kind": "extract", "prompt_sql": "x", "schema": {"type": "object"}}, "m")
+    assert e.model_input("p").system_message == 'Reply with JSON only, matching this JSON schema: {"type":"object"}'
+    assert e.model_input("p").response_format.type == "json"
+
+
+# -- the fill -------------------------------------------------------------------------------------
+def test_one_request_per_distinct_key_then_zero(db, pg_conn, sim):
+    connect, schema, audit = db
+    prompts = [f"review {i % 20}" for i in range(50)] + AWKWARD + [None] * 5
+    source = make_source(pg_conn, schema, prompts)
+    s = spec()
+    run = RunContext(run_id="run-1", node_id="model.p.enriched", target="dev")
+    engine = make_engine(sim)
+    progress = []
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=run, progress=progress.append)
+    finally:
+        engine.close()
+    n_distinct = 20 + len(AWKWARD)
+    assert (rep.rows, rep.distinct_keys, rep.cache_hits, rep.requests_done, rep.errors) == (
+        len(prompts), n_distinct, 0, n_distinct, 0)
+    stats = sim.stats()
+    assert stats["requests"] == n_distinct
+    assert set(stats["by_prompt_sha256"].values()) == {1}
+    assert set(stats["by_prompt_sha256"]) == {sha(p) for p in prompts if p is not None}
+    assert progress[-1]["requests_done"] == n_distinct and progress[-1]["eta_s"] == 0.0
+    assert {"rows", "distinct_keys", "cache_hits", "requests_done", "requests_total", "errors", "tokens",
+            "cost_usd", "eta_s"} <= set(progress[-1])
+
+    # the join: every non-null prompt has its answer; NULL prompt -> NULL; keys agree with Python
+    model_config = make_engine(sim).registry.get("sim").config
+    fp = s.fingerprint(model_config)
+    rows = q(pg_conn, join_sql(source, [("summary", s, fp)], audit) + " order by id")
+    assert len(rows) == len(prompts)
+    assert [r[0] for r in rows] == list(range(1, len(prompts) + 1))
+    stored = dict(q(pg_conn, f'select key, output_text from "{audit}".llm_results'))
+    for (_, body, _, _, summary) in rows:
+        if body is None:
+            assert summary is None
+        else:
+            assert summary is not None and summary == stored[cache_key(fp, body)]
+    calls = q(pg_conn, f'select run_id, node_id, operation, cached, count(*) from "{audit}".llm_calls group by 1,2,3,4')
+    assert calls == [("run-1", "model.p.enriched", "complete", False, n_distinct)]
+
+    # second run with a fresh engine (empty in-memory cache): Postgres answers everything
+    engine2 = make_engine(sim)
+    try:
+        rep2 = fill_column(connect, engine2, source, s, audit_schema=audit, run=RunContext("run-2", "model.p.enriched"))
+    finally:
+        engine2.close()
+    assert (rep2.requests_done, rep2.cache_hits, rep2.cost_usd) == (0, n_distinct, 0.0)
+    assert sim.stats()["requests"] == n_distinct
+    assert q(pg_conn, f"select count(*) from \"{audit}\".llm_calls where run_id = 'run-2' and cached") == [(n_distinct,)]
+    runs = q(pg_conn, f'select run_id, rows, distinct_keys, requests, cache_hits, errors from "{audit}".llm_runs order by 1')
+    assert runs == [("run-1", len(prompts), n_distinct, n_distinct, 0, 0),
+                    ("run-2", len(prompts), n_distinct, 0, n_distinct, 0)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
+
+
+def test_classify_and_extract_columns_in_one_join(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["great product", "awful product", None, "it is ok"])
+    labels = ["positive", "negative", "neutral"]
+    cls = spec("classify", labels=labels)
+    ext = spec("extract", prompt_sql="'Extract from: ' || body",
+               schema={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+    engine = make_engine(sim)
+    try:
+        for s in (cls, ext):
+            rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r", "n"))
+            assert rep.errors == 0 and rep.requests_done == 3
+        config = engine.registry.get("sim").config
+    finally:
+        engine.close()
+    # column names needing quotes; the prompt uses columns named like llm_results columns (key, model)
+    key_model = spec(prompt_sql="key || model || body")
+    sql = join_sql(source, [("Sentiment label", cls, cls.fingerprint(config)),
+                            ('odd "name"', ext, ext.fingerprint(config)),
+                            ("km", key_model, key_model.fingerprint(config))], audit)
+    rows = q(pg_conn, sql + " order by id")
+    for row in rows:
+        body, label, extracted = row[1], row[4], row[5]
+        if body is None:
+            assert label is None and extracted is None
+        else:
+            assert label in labels
+            assert isinstance(extracted, dict) and isinstance(extracted["city"], str)
+    with pg_conn.cursor() as cur:
+        cur.execute(sql + " limit 0")
+        assert [d.name for d in cur.description] == ["id", "body", "key", "model", "Sentiment label",
+                                                     'odd "name"', "km"]
+    # explicit source columns: re-enriching a column that already exists replaces it
+    sql = join_sql(source, [("body", cls, cls.fingerprint(config))], audit, source_columns=["id", "body"])
+    assert {r[1] for r in q(pg_conn, sql)} <= set(labels) | {None}
+
+
+def test_errors_are_dead_lettered_not_cached_retried_and_resolved(db, pg_conn, sim):
+    connect, schema, audit = db
+    flaky, broken = "flaky [[fault:500*1]]", "broken [[fault:500]]"
+    source = make_source(pg_conn, schema, ["fine one", "fine two", flaky, broken, flaky])
+    s = spec()
+    engine = make_engine(sim, cache=False)
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r1", "node.x"))
+        assert (rep.requests_done, rep.errors) == (4, 2)
+        assert rep.first_error is not None and rep.first_error.kind == "api"
+        fp = s.fingerprint(engine.registry.get("sim").config)
+        errors = q(pg_conn, f'select key, node_id, error_kind, attempts, resolved_at is null from "{audit}".llm_errors order by key')
+        assert sorted(errors) == sorted([(cache_key(fp, flaky), "node.x", "api", 1, True),
+                                         (cache_key(fp, broken), "node.x", "api", 1, True)])
+        assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(2,)]  # errors are never cached
+        # the join with a default literal for failed rows
+        rows = dict(q(pg_conn, f"select body, answer from ({join_sql(source, [('answer', s, fp)], audit, 'n/a')}) j"))
+        assert rows[flaky] == "n/a" and rows[broken] == "n/a" and rows["fine one"] != "n/a"
+
+        rep2 = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r2", "node.x"))
+        assert (rep2.cache_hits, rep2.requests_done, rep2.errors) == (2, 2, 1)  # retried: flaky now succeeds
+    finally:
+        engine.close()
+    errors = dict(((k, (a, r)) for k, a, r in q(
+        pg_conn, f'select key, attempts, resolved_at is not null from "{audit}".llm_errors')))
+    assert errors[cache_key(fp, flaky)] == (1, True)  # resolved by the successful retry
+    assert errors[cache_key(fp, broken)] == (2, False)  # still failing: attempts counted
+    assert sim.stats()["by_prompt_sha256"][sha(flaky)] == 2
+    calls = q(pg_conn, f"select error_kind, http_status, count(*) from \"{audit}\".llm_calls where not cached "
+                       "group by 1, 2 order by 1 nulls first")
+    assert calls == [(None, 200, 3), ("api", 500, 3)]
+
+
+def test_on_error_fail_raises_and_keeps_paid_answers(db, pg_conn, sim):
+    connect, schema, audit = db
+    prompts = [f"good {i}" for i in range(30)] + ["bad [[fault:500]]"]
+    source = make_source(pg_conn, schema, prompts)
+    engine = make_engine(sim, cache=False)
+    try:
+        with pytest.raises(ModelError) as info:
+            fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "model.p.strict"),
+                        on_error="fail", window=1, chunk_rows=1000)
+    finally:
+        engine.close()
+    err = info.value
+    assert err.kind.value == "api"
+    text = str(err)
+    assert "model.p.strict" in text and "'sim'" in text and "on_error" in text and "1 key(s) failed" in text
+    paid = sim.stats()["requests"]
+    stored = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
+    assert stored == paid - 1  # everything answered before the failure was written (and nothing after)
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
+    assert q(pg_conn, f'select status, errors from "{audit}".llm_runs') == [("error", 1)]
+
+
+def test_costs_and_tokens_equal_the_simulator_ledger(db, pg_conn, simulator_factory):
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    prompts = [f"please summarise item number {i} " * (1 + i % 5) for i in range(40)] + ["x [[fault:500]]"]
+    source = make_source(pg_conn, schema, prompts)
+    engine = make_engine(sim, cost=True, max_retries=1)
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"))
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    assert ledger["requests"] == 40 + 2  # the broken one was tried twice
+    res = q(pg_conn, f'select sum(prompt_tokens), sum(completion_tokens), sum(cost_usd)::float from "{audit}".llm_results')[0]
+    calls = q(pg_conn, f'select sum(prompt_tokens), sum(completion_tokens), sum(cost_usd)::float, count(*) '
+                       f'from "{audit}".llm_calls where not cached')[0]
+    runs = q(pg_conn, f'select prompt_tokens, completion_tokens, cost_usd::float, requests from "{audit}".llm_runs')[0]
+    # 500s carry no usage, so the failed key costs nothing: every ledger figure is in llm_results too
+    assert (res[0], res[1]) == (ledger["prompt_tokens"], ledger["completion_tokens"])
+    assert (calls[0], calls[1], calls[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], 42)
+    assert (runs[0], runs[1], runs[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], 41)
+    assert (rep.prompt_tokens, rep.completion_tokens) == (ledger["prompt_tokens"], ledger["completion_tokens"])
+    for value in (res[2], calls[2], runs[2], rep.cost_usd):
+        assert value == pytest.approx(ledger["cost_usd"], rel=1e-12, abs=1e-15)
+    assert ledger["cost_usd"] > 0
+
+
+def test_max_cost_stops_submitting(db, pg_conn, simulator_factory):
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    source = make_source(pg_conn, schema, [f"some prompt text number {i}" for i in range(40)])
+    engine = make_engine(sim, cost=True)
+    one = engine.call("sim", spec().model_input("some prompt text number 0")).cost_usd  # ~ the cost of one key
+    sim.reset()
+    engine.cache.invalidate(cache_key(spec().fingerprint(engine.registry.get("sim").config), "some prompt text number 0"))
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"),
+                          max_cost_usd=one * 4.5, window=1)
+    finally:
+        engine.close()
+    assert rep.stopped == "max_cost"
+    assert rep.requests_done == 5 and sim.stats()["requests"] == 5
+    assert rep.cost_usd >= one * 4.5
+    assert rep.errors == 35
+    assert q(pg_conn, f'select error_kind, message, count(*) from "{audit}".llm_errors group by 1, 2') == [
+        ("quota", "max_cost_usd_per_run reached", 35)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(5,)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
+
+
+def test_two_concurrent_fills_pay_once_per_key(db, pg_conn, simulator_factory):
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(latency_ms=5, jitter_ms=5))
+    prompts = [f"concurrent prompt {i}" for i in range(300)]
+    source = make_source(pg_conn, schema, prompts + prompts[:50])
+    engines = [make_engine(sim), make_engine(sim)]  # separate engines: no shared in-process cache
+    reports, errors = [], []
+    barrier = threading.Barrier(2)
+
+    def worker(engine, n):
+        try:
+            barrier.wait()
+            reports.append(fill_column(connect, engine, source, spec(), audit_schema=audit,
+                                       run=RunContext(f"run-{n}", "n"), window=16, wait_timeout_s=60))
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(e, i)) for i, e in enumerate(engines)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        for e in engines:
+            e.close()
+    assert errors == []
+    stats = sim.stats()
+    assert stats["requests"] == 300
+    assert set(stats["by_prompt_sha256"].values()) == {1}
+    assert sum(r.requests_done for r in reports) == 300
+    assert all(r.requests_done + r.cache_hits == 300 and r.errors == 0 for r in reports)
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(300,)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
+
+
+def test_claims_of_dead_runs_are_taken_over_and_live_ones_waited_for(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["dead claim", "live claim", "free"])
+    s = spec()
+    engine = make_engine(sim)
+    fp = s.fingerprint(engine.registry.get("sim").config)
+    # migrate, then plant claims: one by a session that no longer exists, one by a live session
+    fill_column(connect, engine, f'(select body from {source} where false)', s, audit_schema=audit,
+                run=RunContext("setup"))
+    other = connect()
+    other.autocommit = True
+    try:
+        with other.cursor() as cur:
+            cur.execute(f'insert into "{audit}".llm_claims (key, run_id, claim_token, backend_pid) values '
+                        "(%s, 'dead-run', 'x', 0), (%s, 'live-run', 'y', pg_backend_pid())",
+                        (cache_key(fp, "dead claim"), cache_key(fp, "live claim")))
+
+        def other_run_answers():  # the live run answers its key a bit later, then releases its claim
+            time.sleep(1.0)
+            with other.cursor() as cur:
+                cur.execute(f'insert into "{audit}".llm_results (key, model, output_text, cost_usd) '
+                            "values (%s, 'sim', 'answered by the other run', 0.25)", (cache_key(fp, "live claim"),))
+                cur.execute(f'delete from "{audit}".llm_claims where claim_token = %s', ("y",))
+
+        t = threading.Thread(target=other_run_answers)
+        t.start()
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("me", "n"),
+                          wait_timeout_s=30)
+        t.join()
+    finally:
+        other.close()
+        engine.close()
+    assert rep.requests_done == 2 and rep.cache_hits == 1 and rep.saved_cost_usd == pytest.approx(0.25)
+    assert set(sim.stats()["by_prompt_sha256"]) == {sha("dead claim"), sha("free")}
+    rows = dict(q(pg_conn, f"select body, a from ({join_sql(source, [('a', s, fp)], audit)}) j"))
+    assert rows["live claim"] == "answered by the other run"
+    assert q(pg_conn, f"select count(*) from \"{audit}\".llm_calls where run_id = 'me' and cached") == [(1,)]
+
+
+def test_expired_and_invalid_rows_are_requested_again(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["a", "b", "c"])
+    s = spec()
+    engine = make_engine(sim, cache=False)
+    try:
+        fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r1"), cache_ttl_days=1)
+        assert q(pg_conn, f'select count(*) from "{audit}".llm_results where expires_at > now() + interval \'23 hours\'') == [(3,)]
+        with pg_conn.cursor() as cur:
+            cur.execute(f"update \"{audit}\".llm_results set expires_at = now() - interval '1 second' "
+                        f"where key = (select min(key) from \"{audit}\".llm_results)")
+            cur.execute(f"update \"{audit}\".llm_results set valid = false "
+                        f"where key = (select max(key) from \"{audit}\".llm_results)")
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r2"))
+    finally:
+        engine.close()
+    assert (rep.cache_hits, rep.requests_done) == (1, 2)
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results where valid and expires_at is null') == [(2,)]
