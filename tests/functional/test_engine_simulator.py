@@ -147,3 +147,20 @@ def test_batch_order_failed_count_and_packing_fallback(keyed_sim):
                                                      response_format=fmt) for i in range(6)], batch_size=3))
     assert packed.failed_count == 0 and [o.value for o in packed.outputs] == ["positive"] * 6
     assert packed.packed_requests == 2
+
+
+def test_anthropic_provider_and_streaming(keyed_sim):
+    claude = Model("claude", {"provider": "anthropic", "api_url": keyed_sim.base_url, "model_version": "sim-claude",
+                              "api_key": KEY, "max_tokens": 64, "retry": {"max_retries": 2, "base_delay_ms": 10}})
+    out = claude.call(ModelInput("Great blender, positive overall", system_message=(
+        "Answer with exactly one of these labels and nothing else: positive | negative"),
+        response_format=ResponseFormat.one_of(["positive", "negative"])))
+    assert out.ok and out.value == "positive" and out.tokens.prompt > 0 and out.confidence is None
+    assert claude.call(ModelInput("x [[fault:529*1]]")).attempts == 2  # overloaded is retried
+    quota = claude.call(ModelInput("x [[fault:insufficient_quota]]"))
+    assert quota.error_kind is ErrorKind.QUOTA and quota.attempts == 1
+
+    streaming = model_for(keyed_sim, name="streamer", stream=True)
+    plain = model_for(keyed_sim, name="plain")
+    a, b = streaming.call(ModelInput("Summarize: sturdy and quiet")), plain.call(ModelInput("Summarize: sturdy and quiet"))
+    assert a.ok and a.text == b.text and a.tokens == b.tokens
