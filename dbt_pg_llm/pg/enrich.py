@@ -813,10 +813,16 @@ class _Fill:
         if results:
             try:
                 self.answers_written += self._write(write_results, results)
-            except BaseException:
+            except BaseException as exc:
                 self._results = results + self._results  # let _salvage try again
                 self._ok_keys = ok_keys + self._ok_keys
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                kept = ("they are kept in the engine's journal and the next run reuses them without paying"
+                        if getattr(self.engine, "cache", None) is not None else
+                        "the engine has no result cache configured, so they may have to be requested again")
+                raise PgLlmError(f"could not write {len(results)} answer(s) of model '{self.spec.model}' to "
+                                 f"{self.schema}.llm_results: {redact(str(exc)).strip()}; {kept}") from exc
         if ok_keys:
             self._write(resolve_errors, ok_keys)
         if errors:

@@ -266,8 +266,9 @@ group by c.model;
         (4, f"""
 -- Staging for DataFrame sessions (frame.py): the distinct prompts of one Series, by batch.
 create unlogged table if not exists {q}.llm_frame_prompts (
-    batch_id text not null,
-    prompt   text not null
+    batch_id   text not null,
+    prompt     text not null,
+    created_at timestamptz not null default now()
 );
 create index if not exists llm_frame_prompts_batch_idx on {q}.llm_frame_prompts (batch_id);
 """),

@@ -395,3 +395,39 @@ def test_expired_and_invalid_rows_are_requested_again(db, pg_conn, sim):
         engine.close()
     assert (rep.cache_hits, rep.requests_done) == (1, 2)
     assert q(pg_conn, f'select count(*) from "{audit}".llm_results where valid and expires_at is null') == [(2,)]
+
+
+def test_a_failed_write_loses_nothing_paid(db, pg_conn, simulator_factory, tmp_path):
+    from dbt_pg_llm import DiskJournal, PgLlmError
+
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    source = make_source(pg_conn, schema, [f"journaled prompt {i}" for i in range(20)])
+    journal = ResultCache(DiskJournal(str(tmp_path / "journal")))
+    engine = make_engine(sim, cost=True)
+    engine.cache = journal
+    s = spec()
+    try:
+        fill_column(connect, engine, f"(select body from {source} where false)", s, audit_schema=audit,
+                    run=RunContext("setup"))  # creates the audit schema
+        with pg_conn.cursor() as cur:  # the database refuses every answer (a real error, not a mock)
+            cur.execute(f"""create function "{audit}".refuse() returns trigger language plpgsql as
+                            $$ begin raise exception 'disk full (simulated)'; end $$;
+                            create trigger refuse before insert or update on "{audit}".llm_results
+                            for each row execute function "{audit}".refuse()""")
+        with pytest.raises(PgLlmError) as info:
+            fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r1", "n"), chunk_rows=5)
+        assert "disk full" in str(info.value) and "journal" in str(info.value)
+        paid = sim.stats()
+        assert paid["requests"] >= 5
+        assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
+        with pg_conn.cursor() as cur:
+            cur.execute(f'drop trigger refuse on "{audit}".llm_results')
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r2", "n"))
+    finally:
+        engine.close()
+    after = sim.stats()
+    assert after["requests"] == 20  # what r1 paid for was replayed from the journal, not bought again
+    assert rep.cache_hits == paid["requests"] and rep.requests_done == 20
+    assert q(pg_conn, f'select count(*), sum(cost_usd)::float from "{audit}".llm_results')[0] == (
+        20, pytest.approx(after["cost_usd"], rel=1e-12))

@@ -1,0 +1,111 @@
+"""LlmFrameSession over pandas Series: same keys, cache and audit rows as fill_column (real PG + simulator)."""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pandas as pd
+import psycopg2
+import pytest
+
+from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache
+from dbt_pg_llm.pg.enrich import ColumnSpec, RunContext, fill_column
+from dbt_pg_llm.pg.frame import LlmFrameSession
+
+pytestmark = pytest.mark.functional
+
+AWKWARD = ["tab\there", "new\nline", "back\\slash", "quotes ' \" ", "café 日本語", "emoji 😀👍🏽", "",
+           "nul\x00inside"]
+
+
+@pytest.fixture
+def db(pg, pg_conn):
+    audit = f"{pg_conn.schema}_audit"
+
+    def connect():
+        return psycopg2.connect(**pg.connect_kwargs())
+
+    yield connect, pg_conn.schema, audit
+    with pg_conn.cursor() as cur:
+        cur.execute(f'drop schema if exists "{audit}" cascade')
+
+
+def make_engine(sim) -> Engine:
+    return Engine([Model("sim", {"api_url": sim.base_url, "model_version": "sim-small", "api_key": "sk-x-123456",
+                                 "retry": {"max_retries": 0}})],
+                  cache=ResultCache(MemoryBackend()), sinks=[BufferedSink()])
+
+
+def q(conn, sql, params=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def test_series_columns_are_aligned_cached_and_audited(db, pg_conn, simulator):
+    connect, schema, audit = db
+    simulator.reset()
+    values = ["good", "bad", None, float("nan"), "good", 42] + AWKWARD
+    series = pd.Series(values, index=[f"r{i}" for i in range(len(values))], name="review")
+    engine = make_engine(simulator)
+    run = RunContext("inv-py", "model.p.py_model")
+    try:
+        session = LlmFrameSession(connect, engine, audit, run, "sim")
+        summary = session.complete(series, system="Be brief.", max_tokens=40)
+        labels = session.classify(series, ["positive", "negative"], instructions="Judge the tone.")
+        facts = session.extract(series, {"type": "object", "properties": {"topic": {"type": "string"}},
+                                         "required": ["topic"]})
+        n_distinct = len({str(v).replace("\x00", "") for v in values if v is not None and not
+                          (isinstance(v, float) and math.isnan(v))})
+        assert simulator.stats()["requests"] == 3 * n_distinct
+        assert set(simulator.stats()["by_prompt_sha256"].values()) == {3}  # once per key per column kind
+
+        for out in (summary, labels, facts):
+            assert list(out.index) == list(series.index) and out.dtype == object
+            assert out["r2"] is None and out["r3"] is None  # None / NaN prompts: no answer, no request
+            assert out["r0"] == out["r4"]  # duplicates share one answer
+        assert all(isinstance(v, str) and v for k, v in summary.items() if k not in ("r2", "r3"))
+        assert set(labels.drop(["r2", "r3"])) <= {"positive", "negative"}
+        assert all(isinstance(v, dict) and "topic" in v for v in facts.drop(["r2", "r3"]))
+        assert session.reports[0].rows == len(values) and session.reports[0].requests_done == n_distinct
+
+        # the same prompts from SQL hit the same keys: zero new requests
+        with pg_conn.cursor() as cur:
+            cur.execute("create table src (body text)")
+            for v in series.tolist():
+                ok = v is not None and not (isinstance(v, float) and math.isnan(v))
+                cur.execute("insert into src values (%s)", (str(v).replace("\x00", "") if ok else None,))
+        spec = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body", "labels": ["positive", "negative"],
+                                     "instructions": "Judge the tone."}, "sim")
+        before = simulator.stats()["requests"]
+        rep = fill_column(connect, make_engine(simulator), f'"{schema}".src', spec, audit_schema=audit,
+                          run=RunContext("inv-sql", "model.p.sql"))
+        assert rep.requests_done == 0 and rep.cache_hits == n_distinct
+        assert simulator.stats()["requests"] == before
+
+        # a second session call is free too
+        again = session.classify(series, ["positive", "negative"], instructions="Judge the tone.")
+        assert again.equals(labels) and simulator.stats()["requests"] == before
+    finally:
+        engine.close()
+    runs = q(pg_conn, f'select rows, requests, cache_hits from "{audit}".llm_runs where run_id = %s', ("inv-py",))
+    assert runs == [(4 * len(values), 3 * n_distinct, n_distinct)]
+    calls = q(pg_conn, f"select operation, cached, count(*) from \"{audit}\".llm_calls where run_id = 'inv-py' "
+                       "and node_id = 'model.p.py_model' group by 1, 2 order by 1, 2")
+    assert calls == [("classify", False, n_distinct), ("classify", True, n_distinct),
+                     ("complete", False, n_distinct), ("extract", False, n_distinct)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_frame_prompts') == [(0,)]
+
+
+def test_empty_and_all_null_series_make_no_request(db, simulator):
+    connect, _, audit = db
+    simulator.reset()
+    engine = make_engine(simulator)
+    try:
+        session = LlmFrameSession(connect, engine, audit, RunContext("r"), "sim")
+        assert session.complete(pd.Series([], dtype=object)).empty
+        out = session.complete(pd.Series([None, float("nan")]))
+        assert out.tolist() == [None, None]
+    finally:
+        engine.close()
+    assert simulator.stats()["requests"] == 0
