@@ -7,7 +7,7 @@
   {%- if labels is string or labels | length == 0 -%}
     {{ exceptions.raise_compiler_error("pg_llm.classify: `labels` must be a non-empty list, e.g. labels=['positive', 'negative', 'neutral']") }}
   {%- endif -%}
-  {%- set spec = {'kind': 'classify', 'prompt': text_sql, 'labels': labels | list} -%}
+  {%- set spec = {'kind': 'classify', 'prompt_sql': text_sql, 'labels': labels | list} -%}
   {%- for key, value in [('instructions', instructions), ('model', model)] -%}
     {%- if value is not none -%}{%- do spec.update({key: value}) -%}{%- endif -%}
   {%- endfor -%}

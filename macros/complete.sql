@@ -4,7 +4,7 @@
 {%- endmacro %}
 
 {% macro default__complete(prompt_sql, system=none, model=none, max_tokens=none, temperature=none) -%}
-  {%- set spec = {'kind': 'complete', 'prompt': prompt_sql} -%}
+  {%- set spec = {'kind': 'complete', 'prompt_sql': prompt_sql} -%}
   {%- for key, value in [('system', system), ('model', model), ('max_tokens', max_tokens), ('temperature', temperature)] -%}
     {%- if value is not none -%}{%- do spec.update({key: value}) -%}{%- endif -%}
   {%- endfor -%}

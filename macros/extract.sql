@@ -7,7 +7,7 @@
   {%- if schema is not mapping -%}
     {{ exceptions.raise_compiler_error("pg_llm.extract: `schema` must be a JSON schema mapping, e.g. schema={'type': 'object', 'properties': {'product': {'type': 'string'}}}") }}
   {%- endif -%}
-  {%- set spec = {'kind': 'extract', 'prompt': text_sql, 'schema': schema if schema else {'type': 'object'}} -%}
+  {%- set spec = {'kind': 'extract', 'prompt_sql': text_sql, 'schema': schema if schema else {'type': 'object'}} -%}
   {%- for key, value in [('instructions', instructions), ('model', model)] -%}
     {%- if value is not none -%}{%- do spec.update({key: value}) -%}{%- endif -%}
   {%- endfor -%}

@@ -15,14 +15,19 @@
     {{ exceptions.raise_compiler_error("pg_llm.llm_enrich: `columns` must be a non-empty mapping of column name -> spec, e.g. {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative'])}") }}
   {%- endif -%}
   {%- if relation is string -%}
-    {%- set source_sql = relation | trim -%}
+    {#- a query: used as a parenthesized subquery -#}
+    {%- set source_sql = '(' ~ (relation | trim) ~ '\n)' -%}
   {%- else -%}
-    {%- set source_sql = 'select * from ' ~ relation -%}
+    {%- set source_sql = relation | string -%}
   {%- endif -%}
   {%- set resolved = [] -%}
   {%- for name, spec in columns.items() -%}
     {%- do resolved.append(adapter.llm_column(spec, default_model=model, name=name)) -%}
   {%- endfor -%}
+  {%- if execute -%}
+    {#- creates/migrates the audit schema the join reads (no LLM requests) -#}
+    {%- do adapter.llm_prepare() -%}
+  {%- endif -%}
   {%- if execute and flags.WHICH in ('run', 'build', 'retry') -%}
     {%- set node = context.get('model') -%}
     {%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=(node.unique_id if node else none)) -%}

@@ -35,9 +35,6 @@ ON_ERROR_MODES = ("null", "fail")
 # invocations (dbtRunner): its journal, HTTP pools and event loop outlive an adapter instance.
 _ENGINES: Dict[str, Any] = {}
 _ENGINES_LOCK = threading.Lock()
-# Money spent per invocation (for llm.max_cost_usd_per_run across models and columns).
-_SPENT: Dict[str, float] = {}
-_SPENT_LOCK = threading.Lock()
 
 
 def _settings_key(settings) -> str:
@@ -128,15 +125,19 @@ class PgLlmAdapter(PostgresAdapter):
     def _settings(self):
         return self._credentials.llm_settings()
 
-    def _spec(self, spec: Dict[str, Any], default_model: Optional[str]):
+    def _spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
         from dbt_pg_llm.errors import PgLlmError
         from dbt_pg_llm.pg.enrich import ColumnSpec
 
         settings = self._settings()
+        data = dict(spec)
+        if name and not data.get("name"):
+            data["name"] = name
         try:
-            return ColumnSpec.from_dict(dict(spec), default_model or settings.model_for_default)
+            return ColumnSpec.from_dict(data, default_model or settings.model_for_default,
+                                        path=f"columns.{name}" if name else "column")
         except PgLlmError as exc:
-            raise DbtRuntimeError(f"pg_llm: invalid column spec: {exc}") from None
+            raise DbtRuntimeError(f"pg_llm: {exc}") from None
 
     def _model_config(self, name: str):
         settings = self._settings()
@@ -172,23 +173,27 @@ class PgLlmAdapter(PostgresAdapter):
                 f"pg_llm: the spec of column '{name}' must be a mapping, e.g. pg_llm.classify(...); "
                 f"got {type(spec).__name__}"
             )
-        column_spec = self._spec(dict(spec, name=name) if name and "name" not in spec else spec, default_model)
-        model_config = self._model_config(column_spec.model)
-        fp = column_spec.fingerprint(model_config)
+        column_spec = self._spec(spec, default_model, name)
+        fp = column_spec.fingerprint(self._model_config(column_spec.model))
         return {
-            "name": name or getattr(column_spec, "name", None),
+            "name": name or column_spec.name,
             "spec": dict(spec),
             "default_model": default_model,
             "model": column_spec.model,
             "fingerprint": fp,
             "key_sql": column_spec.key_sql(fp),
-            "output_col": "output_json" if _is_json(column_spec, spec) else "output_text",
+            "output_col": column_spec.output_column,
         }
 
     @available
     def llm_fill(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
                  node_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Request the missing keys of every column (only when the model really executes)."""
+        """Request the missing keys of every column (only when the model really executes).
+
+        Runs on the adapter's own autocommit connections (paid answers survive a failing model).
+        on_error 'fail' -> DbtRuntimeError naming the first error; otherwise a warning with the
+        failed count (the rows get NULL or the literal default; the keys are retried next run).
+        """
         if not really_executing():
             return []
         from dbt_pg_llm.errors import PgLlmError, redact
@@ -199,37 +204,40 @@ class PgLlmAdapter(PostgresAdapter):
         run = self._run_context(node_id)
         reports = []
         for column in columns:
-            spec = self._spec(_spec_with_name(column), column.get("default_model"))
-            mode = self._on_error(column["spec"].get("on_error"), on_error)
+            spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
+            mode = self._on_error(on_error)
             label = f"{node_id or 'model'}.{column.get('name')}"
-            budget = self._remaining_budget(settings, run.run_id)
             started = time.monotonic()
-            progress = _ProgressLogger(label)
             try:
                 report = fill_column(
                     self._credentials.connect_autocommit, engine, str(source_sql), spec,
-                    audit_schema=settings.audit_schema, run=run, on_error=mode,
-                    cache_ttl_days=settings.cache_ttl_days, max_cost_usd=budget, progress=progress,
+                    audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
+                    cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
+                    progress=_ProgressLogger(label),
                 )
             except PgLlmError as exc:
-                raise DbtRuntimeError(f"pg_llm: filling {label} failed: {redact(str(exc))}") from None
+                raise DbtRuntimeError(f"{label}: {redact(str(exc))}") from None
             elapsed = time.monotonic() - started
-            self._spend(run.run_id, float(getattr(report, "cost_usd", 0.0) or 0.0))
-            summary = _report_dict(report)
-            logger.info(f"pg_llm: {label}: {_describe(summary)} in {elapsed:.2f}s")
-            failed = int(summary.get("failed", 0) or 0)
-            if failed:
-                first = redact(str(summary.get("first_error") or "see the dead-letter rows"))
-                if mode == "fail":
-                    raise DbtRuntimeError(
-                        f"pg_llm: {failed} value(s) of {label} failed (on_error='fail'); first error: {first}"
-                    )
+            logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
+            if report.stopped == "max_cost":
                 logger.warning(
-                    f"pg_llm: {failed} value(s) of {label} failed and are "
-                    f"{'NULL' if mode == 'null' else 'set to the on_error default'}; they are kept in "
-                    f"{settings.audit_schema}.llm_dead_letters and retried on the next run. First error: {first}"
+                    f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
+                    "the remaining keys were not requested"
                 )
-            reports.append(summary)
+            if report.errors:
+                first = report.first_error
+                first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
+                if mode == "fail":  # fill_column raises first; kept in case it returns
+                    raise DbtRuntimeError(
+                        f"{label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
+                    )
+                shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
+                logger.warning(
+                    f"{label}: {report.errors} key(s) failed; those rows get {shown}. The failures are "
+                    f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
+                    f"First error: {first_text}"
+                )
+            reports.append(report.as_progress())
         return reports
 
     @available
@@ -238,11 +246,27 @@ class PgLlmAdapter(PostgresAdapter):
         from dbt_pg_llm.pg.enrich import join_sql
 
         settings = self._settings()
-        pairs = []
+        triples = []
         for column in columns:
-            spec = self._spec(_spec_with_name(column), column.get("default_model"))
-            pairs.append((spec, column["fingerprint"]))
-        return join_sql(str(source_sql), pairs, settings.audit_schema, self._on_error(on_error))
+            spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
+            triples.append((column["name"], spec, column["fingerprint"]))
+        mode = self._on_error(on_error)
+        default = None if mode in ON_ERROR_MODES else mode
+        return join_sql(str(source_sql), triples, settings.audit_schema, default)
+
+    @available
+    def llm_prepare(self) -> str:
+        """Create/migrate the audit schema (no requests), so the join SQL of `compile` / `show` runs
+        on a fresh database. Called by llm_enrich only when `execute` is true; once per process."""
+        from dbt_pg_llm.pg.migrations import ensure_migrated
+
+        schema = self._settings().audit_schema
+        conn = self._credentials.connect_autocommit()
+        try:
+            ensure_migrated(conn, schema)
+        finally:
+            conn.close()
+        return ""
 
     @available
     def llm_audit_schema(self) -> str:
@@ -254,20 +278,6 @@ class PgLlmAdapter(PostgresAdapter):
         settings = self._settings()
         engine = _ENGINES.get(_settings_key(settings))
         return engine.metrics.report() if engine is not None else ""
-
-    # -- budget ----------------------------------------------------------------------------------
-    @staticmethod
-    def _remaining_budget(settings, run_id: str) -> Optional[float]:
-        limit = getattr(settings, "max_cost_usd_per_run", None)
-        if limit is None:
-            return None
-        with _SPENT_LOCK:
-            return max(0.0, float(limit) - _SPENT.get(run_id, 0.0))
-
-    @staticmethod
-    def _spend(run_id: str, amount: float) -> None:
-        with _SPENT_LOCK:
-            _SPENT[run_id] = _SPENT.get(run_id, 0.0) + amount
 
     # -- Python models ---------------------------------------------------------------------------
     def submit_python_job(self, parsed_model: dict, compiled_code: str) -> AdapterResponse:
@@ -295,58 +305,20 @@ class PgLlmAdapter(PostgresAdapter):
         )
 
 
-def _is_json(column_spec, spec: Dict[str, Any]) -> bool:
-    kind = getattr(column_spec, "kind", None) or spec.get("kind") or spec.get("type")
-    return kind in ("extract", "json")
-
-
-def _spec_with_name(column: Dict[str, Any]) -> Dict[str, Any]:
-    spec = dict(column["spec"])
-    if column.get("name") and "name" not in spec:
-        spec["name"] = column["name"]
-    return spec
-
-
-def _report_dict(report) -> Dict[str, Any]:
-    if isinstance(report, dict):
-        return dict(report)
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    if hasattr(report, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(report)
-    return dict(vars(report))
-
-
-def _describe(summary: Dict[str, Any]) -> str:
-    parts = []
-    for name in ("keys", "requested", "cached", "failed", "claimed_elsewhere"):
-        if name in summary:
-            parts.append(f"{summary[name]} {name.replace('_', ' ')}")
-    if summary.get("cost_usd"):
-        parts.append(f"${float(summary['cost_usd']):.4f}")
-    return ", ".join(parts) or "done"
-
-
 class _ProgressLogger:
-    """Progress callback for fill_column: one dbt log line at most every 2 seconds."""
+    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line."""
 
-    def __init__(self, label: str, every_s: float = 2.0):
+    def __init__(self, label: str):
         self.label = label
-        self.every_s = every_s
-        self._last = 0.0
 
-    def __call__(self, *args, **kwargs) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
-        if len(args) == 1 and not kwargs and isinstance(args[0], str):
-            text = args[0]
-        elif len(args) >= 2 and not kwargs:
-            text = f"{args[0]}/{args[1]} keys"
-        else:
-            items = [str(a) for a in args] + [f"{k}={v}" for k, v in kwargs.items()]
-            text = " ".join(items)
-        logger.info(f"pg_llm: {self.label}: {text}")
+    def __call__(self, progress: Dict[str, Any]) -> None:
+        p = progress
+        total, done = p.get("requests_total", 0) or 0, p.get("requests_done", 0) or 0
+        if not total or done >= total:
+            return  # nothing in flight: the summary line says it all
+        eta = p.get("eta_s")
+        logger.info(
+            f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
+            f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
+            f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta else "")
+        )
