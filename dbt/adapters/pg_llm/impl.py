@@ -299,9 +299,13 @@ class PgLlmAdapter(PostgresAdapter):
         from dbt_pg_llm.pg.frame import LlmFrameSession
 
         settings = self._settings()
+        mode = self._on_error(None)
         return LlmFrameSession(
             self._credentials.connect_autocommit, get_engine(self._credentials), settings.audit_schema,
             self._run_context(node_id), settings.model_for_default,
+            on_error="fail" if mode == "fail" else "null",
+            cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
+            progress=_ProgressLogger(f"{node_id or 'python model'}"),
         )
 
 

@@ -68,6 +68,22 @@ class Session:
             self._llm = self._adapter.llm_frame_session(self._model.get("unique_id"))
         return self._llm
 
+    def log_reports(self) -> None:
+        """One dbt log line per LLM column the model filled (like llm_enrich's)."""
+        if self._llm is None:
+            return
+        from dbt_pg_llm.errors import redact
+
+        for report in getattr(self._llm, "reports", ()):
+            logger.info(f"{self._model.get('unique_id')}: {redact(report.summary())}")
+            if report.errors:
+                first = report.first_error
+                logger.warning(
+                    f"{self._model.get('unique_id')}: {report.errors} key(s) failed; those values are None "
+                    f"and retried on the next run. First error: "
+                    f"{redact(f'{first.kind}: {first.message}') if first else '?'}"
+                )
+
     def __repr__(self) -> str:
         return f"<pg_llm session for {self._model.get('unique_id')}>"
 
@@ -102,6 +118,7 @@ def run_python_model(adapter, handle, parsed_model: dict, compiled_code: str) ->
         session = adapter.python_session(handle, parsed_model)
         dbt_obj = module.dbtObj(lambda relation: read_frame(handle, f"select * from {relation}"))
         result = module.model(dbt_obj, session)
+        session.log_reports()
         frame = to_pandas(result, identifier)
         rows = write_frame(handle, frame, target, temporary=temporary)
         logger.debug(f"pg_llm: Python model {identifier} wrote {rows} rows to {target}")
