@@ -30,7 +30,7 @@ import math
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -38,7 +38,7 @@ from ..config import check_keys
 from ..errors import ConfigError, ErrorKind, ModelError, PgLlmError, redact
 from ..keys import canonical_json, fingerprint_of, key_sql
 from ..model_io import ModelInput, ResponseFormat
-from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident, transaction
+from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
 
 __all__ = [
