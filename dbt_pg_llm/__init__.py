@@ -2,7 +2,8 @@
 
 The model layer: ModelConfig (validated settings), Model (one endpoint: call / batch_call),
 ModelRegistry, ModelStatus + CircuitBreaker, RetryPolicy (tenacity, the only retry layer),
-Failover, RequestPool (concurrency, RPM/TPM), ResultCache (memory or diskcache journal),
+Failover, InferenceStrategy (cascade on confidence, vote + merge, route by task),
+RequestPool (concurrency, RPM/TPM), ResultCache (memory or diskcache journal),
 ModelMetrics / ModelLog / ModelAlert, and Engine, which ties them together for the dbt adapter.
 Exceptions are documented in ``dbt_pg_llm.errors``; the cache key in ``dbt_pg_llm.keys``.
 """
@@ -23,12 +24,13 @@ from .registry import ModelRegistry
 from .retry import RetryPolicy
 from .settings import LlmSettings, build_engine
 from .status import CircuitBreaker, ModelStatus
+from .strategy import InferenceStrategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlertThresholds", "BatchInput", "BatchOutput", "BufferedSink", "CircuitBreaker", "ConfigError",
-    "DiskJournal", "Engine", "ErrorKind", "Failover", "LlmSettings", "LoggingSink", "MemoryBackend",
+    "DiskJournal", "Engine", "ErrorKind", "Failover", "InferenceStrategy", "LlmSettings", "LoggingSink", "MemoryBackend",
     "MemorySink", "MetricsRegistry", "Model", "ModelAlert", "ModelConfig", "ModelError", "ModelInput",
     "ModelLog", "ModelMetrics", "ModelOutput", "ModelRegistry", "ModelStatus", "PgLlmError", "RegistryError",
     "RequestPool", "ResponseFormat", "ResultCache", "RetryPolicy", "TokenUsage", "build_engine", "cache_key",
