@@ -1,0 +1,459 @@
+"""The dbt adapter end to end: dbtRunner in-process against embedded Postgres and the simulator.
+
+One copy of integration_tests/ (plus two small models under models/functional/) is seeded once per
+module; every test gets its own audit schema and journal directory (so its own cache and Engine),
+and reads the simulator's ledger to count what was paid for.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INTEGRATION = REPO / "integration_tests"
+LABELS = ("positive", "negative", "neutral")
+TOPICS = ("quality", "durability", "comfort", "performance", "price", "shipping", "other")
+NOT_FUNCTIONAL = ("--exclude", "path:models/functional")
+
+FUNCTIONAL_MODELS = {
+    # The prompt of 5-star reviews gets a prefix from a var: changing it changes only those keys.
+    "changing_sentiment.sql": """
+{{ pg_llm.llm_enrich(
+    "select review_id, rating, case when rating = 5 then '" ~ var('five_star_prefix', '') ~ "' || review_text"
+    ~ " else review_text end as prompt from " ~ ref('product_reviews'),
+    {'sentiment': pg_llm.classify('prompt', labels=['positive', 'negative', 'neutral'])}
+) }}
+""",
+    # Every 10th review of the first 100 carries a simulator fault marker in its prompt.
+    "faulty_reviews.sql": """
+{{ pg_llm.llm_enrich(
+    "select review_id, review_text, case when mod(review_id, 10) = 0 then review_text || ' "
+    ~ var('fault_marker', '[[fault:400*1]]') ~ "' else review_text end as prompt from "
+    ~ ref('product_reviews') ~ " where review_id <= 100 and review_text is not null",
+    {'sentiment': pg_llm.classify('prompt', labels=['positive', 'negative', 'neutral'])},
+    on_error=var('on_error', none)
+) }}
+""",
+}
+
+TIMINGS: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def patched_env(values: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Out:
+    def __init__(self, result, text: str):
+        self.result = result
+        self.success = result.success
+        self.text = text
+
+
+class DbtProject:
+    """A copy of integration_tests/ with the environment its profile reads."""
+
+    def __init__(self, path: Path, pg, api_url: str, schema: str):
+        self.path = path
+        self.pg = pg
+        self.schema = schema
+        self.base_env = {
+            "PGHOST": pg.host, "PGPORT": str(pg.port), "PGUSER": pg.user, "PGPASSWORD": pg.password or "",
+            "PGDATABASE": pg.dbname, "DBT_SCHEMA": schema, "DBT_THREADS": "4",
+            "LLM_API_URL": api_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key", "LLM_MODEL": "sim-1",
+            "LLM_ON_ERROR": "null", "LLM_TEMPERATURE": "0",
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        }
+        self.llm_env: dict[str, str] = {}
+
+    def env(self, **overrides) -> dict[str, str]:
+        return {**self.base_env, **self.llm_env, **overrides}
+
+    def run(self, *args: str, expect: bool | None = True, **env) -> Out:
+        from dbt.cli.main import dbtRunner
+
+        messages: list[str] = []
+
+        def collect(event) -> None:
+            messages.append(str(event.info.msg))
+
+        started = time.monotonic()
+        with patched_env(self.env(**env)):
+            result = dbtRunner(callbacks=[collect]).invoke(
+                [*args, "--project-dir", str(self.path), "--profiles-dir", str(self.path)])
+        TIMINGS[" ".join(args[:2])] = TIMINGS.get(" ".join(args[:2]), 0.0) + time.monotonic() - started
+        text = "\n".join(messages) + (f"\n{result.exception}" if result.exception else "")
+        if expect is not None:
+            assert result.success == expect, f"dbt {' '.join(args)}: success={result.success}\n{text[-6000:]}"
+        return Out(result, text)
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        import psycopg2
+
+        conn = psycopg2.connect(**self.pg.connect_kwargs())
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def scalar(self, sql: str, params=None):
+        return self.query(sql, params)[0][0]
+
+    @property
+    def audit(self) -> str:
+        return self.llm_env["LLM_AUDIT_SCHEMA"]
+
+    def seed_table(self) -> str:
+        return f'"{self.schema}".product_reviews'
+
+
+@pytest.fixture(scope="module")
+def project(pg, simulator, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dbt_project") / "integration_tests"
+    shutil.copytree(INTEGRATION, path, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", ".user.yml"))
+    (path / "models" / "functional").mkdir()
+    for name, sql in FUNCTIONAL_MODELS.items():
+        (path / "models" / "functional" / name).write_text(sql.lstrip())
+    proj = DbtProject(path, pg, simulator.base_url, schema=f"func_{uuid.uuid4().hex[:8]}")
+    proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_seed_{uuid.uuid4().hex[:8]}",
+                    "LLM_JOURNAL_DIR": str(tmp_path_factory.mktemp("journal_seed"))}
+    proj.run("seed")
+    extra_schemas: list[str] = []
+    proj.extra_schemas = extra_schemas
+    yield proj
+    from dbt.adapters.pg_llm.impl import close_engines
+
+    close_engines()
+    for schema in [proj.schema, proj.llm_env.get("LLM_AUDIT_SCHEMA"), *extra_schemas]:
+        if schema:
+            proj.query(f'drop schema if exists "{schema}" cascade')
+    print("\ndbt invocation times (s):", json.dumps({k: round(v, 2) for k, v in TIMINGS.items()}))
+
+
+@pytest.fixture
+def fresh_llm(project, simulator, tmp_path):
+    """A new audit schema + journal (so a new cache and Engine), and a zeroed simulator ledger."""
+    audit = f"llm_t_{uuid.uuid4().hex[:10]}"
+    project.llm_env = {"LLM_AUDIT_SCHEMA": audit, "LLM_JOURNAL_DIR": str(tmp_path / "journal")}
+    project.extra_schemas.append(audit)
+    simulator.reset()
+    yield project
+    project.query(f'drop schema if exists "{audit}" cascade')
+
+
+def distinct_texts(project, where: str = "true") -> int:
+    return project.scalar(
+        f"select count(distinct review_text) from {project.seed_table()} where review_text is not null and {where}")
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- paying once -------------------------------------------------------------------------------------
+
+def test_build_pays_once_per_distinct_key_and_warm_rerun_pays_nothing(fresh_llm, simulator):
+    project = fresh_llm
+    started = time.monotonic()
+    project.run("build", *NOT_FUNCTIONAL)
+    cold_s = time.monotonic() - started
+    seed = project.seed_table()
+    d_text = distinct_texts(project)
+    d_summary = project.scalar(
+        f"select count(distinct 'Summarize this review of ' || product_name || ' in one short sentence: ' "
+        f"|| review_text) from {seed} where review_text is not null")
+    d_facts = project.scalar(
+        f"select count(distinct 'Product: ' || product_name || E'\\n' || review_text) from {seed} "
+        "where review_text is not null")
+    # review_sentiment, reviews_enriched_incremental (sentiment + summary), review_topics: one key per
+    # distinct text each; review_summary and review_facts: one per distinct prompt.
+    expected = 4 * d_text + d_summary + d_facts
+    stats = simulator.stats()
+    assert stats["requests"] == expected
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected
+    assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment') == 1000
+    labels = {r[0] for r in project.query(f'select distinct sentiment from "{project.schema}".review_sentiment')}
+    assert labels - {None} <= set(LABELS)
+    nulls = project.scalar(f'select count(*) from "{project.schema}".review_sentiment where sentiment is null')
+    assert nulls == project.scalar(f"select count(*) from {seed} where review_text is null")
+
+    simulator.reset()
+    started = time.monotonic()
+    project.run("build", *NOT_FUNCTIONAL)
+    warm_s = time.monotonic() - started
+    assert simulator.stats()["requests"] == 0
+    runs = project.query(f'select requests, cache_hits from "{project.audit}".llm_runs order by started_at')
+    assert len(runs) == 2 and runs[-1][0] == 0 and runs[-1][1] > 0
+    print(f"\ncold build {cold_s:.1f}s ({expected} requests), warm build {warm_s:.1f}s (0 requests)")
+
+
+def test_parse_compile_docs_show_ls_make_no_requests(fresh_llm, simulator):
+    project = fresh_llm
+    project.run("parse")
+    project.run("compile")
+    project.run("compile", "-s", "review_topics")
+    project.run("docs", "generate")
+    out = project.run("show", "-s", "review_sentiment", "--limit", "3")
+    assert "sentiment" in out.text
+    project.run("ls")
+    assert simulator.stats()["requests"] == 0
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == 0
+    compiled = next((project.path / "target" / "compiled").rglob("review_sentiment.sql")).read_text()
+    assert f'"{project.audit}".llm_results' in compiled and "encode(sha256(" in compiled
+
+
+def test_changed_prompt_or_model_requests_only_changed_keys(fresh_llm, simulator):
+    project = fresh_llm
+    seed = project.seed_table()
+    project.run("run", "-s", "changing_sentiment")
+    assert simulator.stats()["requests"] == distinct_texts(project)
+
+    # New prompts for the 5-star reviews only.
+    simulator.reset()
+    prefix = "Five stars. "
+    project.run("run", "-s", "changing_sentiment", "--vars", json.dumps({"five_star_prefix": prefix}))
+    changed = {sha(prefix + r[0]) for r in project.query(
+        f"select distinct review_text from {seed} where rating = 5 and review_text is not null")}
+    stats = simulator.stats()
+    assert stats["requests"] == len(changed)
+    assert set(stats["by_prompt_sha256"]) == changed
+
+    # Another model version: every key of this column changes.
+    simulator.reset()
+    project.run("run", "-s", "changing_sentiment", "--vars", json.dumps({"five_star_prefix": prefix}),
+                LLM_MODEL="sim-2")
+    prompts = project.scalar(
+        f"select count(distinct case when rating = 5 then '{prefix}' || review_text else review_text end) "
+        f"from {seed} where review_text is not null")
+    assert simulator.stats()["requests"] == prompts
+
+    # Back to the first version: all cached.
+    simulator.reset()
+    project.run("run", "-s", "changing_sentiment", "--vars", json.dumps({"five_star_prefix": prefix}))
+    assert simulator.stats()["requests"] == 0
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+def _fault_keys(project) -> int:
+    return project.scalar(
+        f"select count(distinct review_text) from {project.seed_table()} "
+        "where review_id <= 100 and mod(review_id, 10) = 0 and review_text is not null")
+
+
+def test_on_error_null_keeps_dead_letters_and_retries_them_next_run(fresh_llm, simulator):
+    project = fresh_llm
+    out = project.run("run", "-s", "faulty_reviews")  # marker [[fault:400*1]]: fails once per prompt
+    n_fault = _fault_keys(project)
+    assert n_fault > 0
+    assert f"{n_fault} key(s) failed" in out.text and "invalid_input" in out.text
+    table = f'"{project.schema}".faulty_reviews'
+    assert project.scalar(f"select count(*) from {table} where sentiment is null") == \
+        project.scalar(f"select count(*) from {table} where mod(review_id, 10) = 0")
+    dead = project.query(f'select error_kind, resolved_at from "{project.audit}".llm_errors')
+    assert len(dead) == n_fault and all(kind == "invalid_input" and res is None for kind, res in dead)
+
+    before = simulator.stats()["requests"]
+    project.run("run", "-s", "faulty_reviews")
+    assert simulator.stats()["requests"] - before == n_fault  # only the dead letters are retried
+    assert project.scalar(f"select count(*) from {table} where sentiment is null") == 0
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_errors where resolved_at is null') == 0
+
+
+def test_on_error_fail_stops_the_model_with_the_first_error(fresh_llm, simulator):
+    project = fresh_llm
+    out = project.run("run", "-s", "faulty_reviews", "--vars",
+                      json.dumps({"fault_marker": "[[fault:400]]", "on_error": "fail"}), expect=False)
+    assert "on_error" in out.text and "invalid_input" in out.text
+    assert "first error" in out.text.lower()
+
+
+def test_on_error_literal_default_fills_failed_rows(fresh_llm, simulator):
+    project = fresh_llm
+    project.run("run", "-s", "faulty_reviews", "--vars",
+                json.dumps({"fault_marker": "[[fault:400]]", "on_error": "unknown"}))
+    table = f'"{project.schema}".faulty_reviews'
+    rows = dict(project.query(
+        f"select mod(review_id, 10) = 0, array_agg(distinct sentiment) from {table} group by 1"))
+    assert rows[True] == ["unknown"]
+    assert set(rows[False]) <= set(LABELS)
+
+
+@pytest.mark.xfail(reason="dbt_pg_llm.pg.enrich passes user SQL into a parametrized statement "
+                          "(_count_and_log_hits), so a '%' in the source or prompt SQL breaks the fill", strict=False)
+def test_percent_sign_in_source_sql(fresh_llm, simulator, tmp_path):
+    project = fresh_llm
+    model = project.path / "models" / "functional" / "percent_reviews.sql"
+    model.write_text(
+        "{{ pg_llm.llm_enrich(\"select review_id, review_text from \" ~ ref('product_reviews')"
+        " ~ \" where review_text like '%great%'\", "
+        "{'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative', 'neutral'])}) }}\n")
+    try:
+        project.run("run", "-s", "percent_reviews")
+        assert simulator.stats()["requests"] == distinct_texts(project, "review_text like '%great%'")
+    finally:
+        model.unlink()
+
+
+# -- concurrency -------------------------------------------------------------------------------------
+
+def test_two_concurrent_runs_pay_once_per_key(fresh_llm, simulator, tmp_path):
+    project = fresh_llm
+    other = f"func_b_{uuid.uuid4().hex[:8]}"
+    project.extra_schemas.append(other)
+    project.run("seed", DBT_SCHEMA=other)
+    simulator.reset()
+    simulator.configure(latency_ms=5)
+    dbt = str(Path(sys.executable).parent / "dbt")
+    procs = []
+    try:
+        for i, schema in enumerate((project.schema, other)):
+            env = project.env(DBT_SCHEMA=schema, LLM_JOURNAL_DIR=str(tmp_path / f"journal_{i}"))
+            procs.append(subprocess.Popen(
+                [dbt, "run", "-s", "review_sentiment", "--project-dir", str(project.path),
+                 "--profiles-dir", str(project.path), "--target-path", str(tmp_path / f"target_{i}"),
+                 "--log-path", str(tmp_path / f"logs_{i}")],
+                env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        simulator.configure(latency_ms=0)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text[-4000:]
+    stats = simulator.stats()
+    assert stats["requests"] == distinct_texts(project)
+    assert max(stats["by_prompt_sha256"].values()) == 1
+    runs = project.query(f'select requests from "{project.audit}".llm_runs')
+    assert len(runs) == 2 and sum(r[0] for r in runs) == stats["requests"]
+    for schema in (project.schema, other):
+        assert project.scalar(f'select count(*) from "{schema}".review_sentiment where sentiment is not null') \
+            == project.scalar(f'select count(*) from "{schema}".product_reviews where review_text is not null')
+
+
+# -- secrets -----------------------------------------------------------------------------------------
+
+def _files_containing(root: Path, needle: bytes) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                if needle in path.read_bytes():
+                    found.append(str(path))
+    return found
+
+
+def _tables_containing(project, schemas: list[str], needle: str) -> list[str]:
+    found = []
+    for schema, table in project.query(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema = any(%s) and table_type = 'BASE TABLE'", (schemas,)):
+        if project.scalar(f'select count(*) from "{schema}"."{table}" t where strpos(t::text, %s) > 0', (needle,)):
+            found.append(f"{schema}.{table}")
+    return found
+
+
+def test_api_keys_never_reach_artifacts_logs_audit_tables_or_errors(fresh_llm, simulator_factory, tmp_path):
+    from dbt_pg_llm.simulator import SimulatorConfig
+
+    project = fresh_llm
+    key = "sk-test-SECRET-" + uuid.uuid4().hex
+    wrong = "sk-test-WRONG-" + uuid.uuid4().hex
+    guarded = simulator_factory(SimulatorConfig(api_key=key))
+    texts = []
+    texts.append(project.run("build", "-s", "review_sentiment", "review_topics",
+                             LLM_API_URL=guarded.base_url, DBT_ENV_SECRET_LLM_API_KEY=key).text)
+    assert guarded.stats()["requests"] > 0 and guarded.stats().get("unauthorized", 0) == 0
+    texts.append(project.run("debug", LLM_API_URL=guarded.base_url, DBT_ENV_SECRET_LLM_API_KEY=key).text)
+    # A rejected key: the run fails, and neither key shows up in the error.
+    failed = project.run("run", "-s", "faulty_reviews", "--vars", json.dumps({"on_error": "fail"}),
+                         LLM_API_URL=guarded.base_url, DBT_ENV_SECRET_LLM_API_KEY=wrong, expect=False)
+    assert "api" in failed.text.lower()
+    texts.append(failed.text)
+    for secret in (key, wrong):
+        assert not [t for t in texts if secret in t]
+        assert _files_containing(project.path / "target", secret.encode()) == []
+        assert _files_containing(project.path / "logs", secret.encode()) == []
+        assert _files_containing(Path(project.llm_env["LLM_JOURNAL_DIR"]), secret.encode()) == []
+        assert _tables_containing(project, [project.audit, project.schema], secret) == []
+
+
+def test_dbt_debug_shows_pg_llm_and_no_secret(fresh_llm):
+    project = fresh_llm
+    key = "sk-test-DEBUG-" + uuid.uuid4().hex
+    out = project.run("debug", DBT_ENV_SECRET_LLM_API_KEY=key)
+    assert "adapter type: pg_llm" in out.text
+    assert "llm_models: sim (default: sim)" in out.text
+    assert "All checks passed" in out.text
+    assert key not in out.text and "api_url" not in out.text
+
+
+def test_invalid_llm_config_names_the_key_path(fresh_llm):
+    project = fresh_llm
+    out = project.run("parse", LLM_TEMPERATURE="3", expect=False)
+    assert "llm.models.sim.temperature" in out.text
+    assert "from 0 to 2" in out.text
+
+
+# -- Python and incremental models -------------------------------------------------------------------
+
+def test_python_model_classifies_each_distinct_text_once(fresh_llm, simulator):
+    project = fresh_llm
+    project.run("build", "-s", "review_topics")
+    assert simulator.stats()["requests"] == distinct_texts(project)
+    table = f'"{project.schema}".review_topics'
+    assert project.scalar(f"select count(*) from {table}") == \
+        project.scalar(f"select count(*) from {project.seed_table()} where review_text is not null")
+    topics = {r[0] for r in project.query(f"select distinct topic from {table}")}
+    assert topics <= set(TOPICS)
+    types = dict(project.query(
+        "select column_name, data_type from information_schema.columns where table_schema = %s "
+        "and table_name = 'review_topics'", (project.schema,)))
+    assert types == {"review_id": "bigint", "product_id": "text", "rating": "bigint", "topic": "text"}
+    simulator.reset()
+    project.run("run", "-s", "review_topics")
+    assert simulator.stats()["requests"] == 0
+
+
+def test_incremental_model_requests_only_new_rows(fresh_llm, simulator):
+    project = fresh_llm
+    seed = project.seed_table()
+    project.run("run", "-s", "reviews_enriched_incremental", "--full-refresh",
+                "--vars", json.dumps({"max_review_id": 900}))
+    table = f'"{project.schema}".reviews_enriched_incremental'
+    assert project.scalar(f"select count(*) from {table}") == 900
+    assert simulator.stats()["requests"] == 2 * distinct_texts(project, "review_id <= 900")
+
+    simulator.reset()
+    project.run("run", "-s", "reviews_enriched_incremental")
+    new_texts = project.scalar(
+        f"select count(distinct review_text) from {seed} where review_id > 900 and review_text is not null "
+        f"and review_text not in (select review_text from {seed} where review_id <= 900 "
+        "and review_text is not null)")
+    assert simulator.stats()["requests"] == 2 * new_texts  # sentiment + summary of the new texts only
+    assert project.scalar(f"select count(*) from {table}") == 1000
+    assert project.scalar(f"select count(*) from {table} where review_text is not null and sentiment is null") == 0
