@@ -216,7 +216,13 @@ class PgLlmAdapter(PostgresAdapter):
                     progress=_ProgressLogger(label),
                 )
             except PgLlmError as exc:
-                raise DbtRuntimeError(f"{label}: {redact(str(exc))}") from None
+                raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
+            except DbtRuntimeError:
+                raise
+            except Exception as exc:  # database errors & co: name them, never leak a key
+                raise DbtRuntimeError(
+                    f"pg_llm: {label}: filling the column failed: {type(exc).__name__}: {redact(str(exc))}"
+                ) from None
             elapsed = time.monotonic() - started
             logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
             if report.stopped == "max_cost":
@@ -229,7 +235,7 @@ class PgLlmAdapter(PostgresAdapter):
                 first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
                 if mode == "fail":  # fill_column raises first; kept in case it returns
                     raise DbtRuntimeError(
-                        f"{label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
+                        f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
                     )
                 shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
                 logger.warning(
