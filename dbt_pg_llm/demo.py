@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with contextlib.ExitStack() as stack:
-            with Step("starting embedded Postgres (.pg/)"):
+            with Step(f"starting embedded Postgres ({args.pg_data_dir or '.pg/'})"):
                 info = stack.enter_context(postgres(args.pg_data_dir))
                 print(f"   host={info.host} port={info.port} dbname={info.dbname}")
             with Step(f"starting the LLM API simulator ({args.latency_ms:g} ms per answer)"):
