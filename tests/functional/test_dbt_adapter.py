@@ -44,6 +44,27 @@ FUNCTIONAL_MODELS = {
     on_error=var('on_error', none)
 ) }}
 """,
+    # A Python incremental model: only reviews newer than the table's max id are classified.
+    "py_incremental_topics.py": """
+def model(dbt, session):
+    dbt.config(materialized="incremental", unique_key="review_id", incremental_strategy="delete+insert")
+    reviews = dbt.ref("product_reviews")
+    reviews = reviews[reviews["review_text"].notna()]
+    reviews = reviews[reviews["review_id"] <= int(dbt.config.get("max_review_id"))]
+    if dbt.is_incremental:
+        newest = session.sql(f"select coalesce(max(review_id), 0) as m from {dbt.this}")["m"][0]
+        reviews = reviews[reviews["review_id"] > newest]
+    reviews = reviews[["review_id", "review_text"]].copy()
+    reviews["topic"] = session.llm.classify(reviews["review_text"], labels=["quality", "price", "other"])
+    return reviews
+""",
+    "functional.yml": """
+version: 2
+models:
+  - name: py_incremental_topics
+    config:
+      max_review_id: "{{ var('max_review_id') }}"
+""",
 }
 
 TIMINGS: dict[str, float] = {}
@@ -135,8 +156,8 @@ def project(pg, simulator, tmp_path_factory):
     path = tmp_path_factory.mktemp("dbt_project") / "integration_tests"
     shutil.copytree(INTEGRATION, path, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", ".user.yml"))
     (path / "models" / "functional").mkdir()
-    for name, sql in FUNCTIONAL_MODELS.items():
-        (path / "models" / "functional" / name).write_text(sql.lstrip())
+    for name, text in FUNCTIONAL_MODELS.items():
+        (path / "models" / "functional" / name).write_text(text.lstrip())
     proj = DbtProject(path, pg, simulator.base_url, schema=f"func_{uuid.uuid4().hex[:8]}")
     proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_seed_{uuid.uuid4().hex[:8]}",
                     "LLM_JOURNAL_DIR": str(tmp_path_factory.mktemp("journal_seed"))}
@@ -457,3 +478,21 @@ def test_incremental_model_requests_only_new_rows(fresh_llm, simulator):
     assert simulator.stats()["requests"] == 2 * new_texts  # sentiment + summary of the new texts only
     assert project.scalar(f"select count(*) from {table}") == 1000
     assert project.scalar(f"select count(*) from {table} where review_text is not null and sentiment is null") == 0
+
+
+def test_python_incremental_model_classifies_only_new_rows(fresh_llm, simulator):
+    project = fresh_llm
+    seed = project.seed_table()
+    project.run("run", "-s", "py_incremental_topics", "--full-refresh", "--vars", json.dumps({"max_review_id": 900}))
+    table = f'"{project.schema}".py_incremental_topics'
+    assert simulator.stats()["requests"] == distinct_texts(project, "review_id <= 900")
+    simulator.reset()
+    project.run("run", "-s", "py_incremental_topics")
+    new_texts = project.scalar(
+        f"select count(distinct review_text) from {seed} where review_id > 900 and review_text is not null "
+        f"and review_text not in (select review_text from {seed} where review_id <= 900 "
+        "and review_text is not null)")
+    assert simulator.stats()["requests"] == new_texts
+    assert project.scalar(f"select count(*) from {table}") == \
+        project.scalar(f"select count(*) from {seed} where review_text is not null")
+    assert {r[0] for r in project.query(f"select distinct topic from {table}")} <= {"quality", "price", "other"}
