@@ -1,0 +1,83 @@
+"""dbt's adapter conformance suite (dbt-tests-adapter) on `pg_llm`: the overridden table/incremental
+materializations and everything inherited from dbt-postgres must behave like any adapter's.
+
+Skipped unless dbt-tests-adapter is installed (`pip install dbt-tests-adapter`); about 30 s.
+"""
+import pytest
+
+pytest.importorskip("dbt.tests.adapter.basic.test_base")
+
+from dbt.tests.fixtures.project import *  # noqa: E402,F401,F403  (dbt's `project` fixtures)
+from dbt.tests.adapter.basic.test_adapter_methods import BaseAdapterMethod  # noqa: E402
+from dbt.tests.adapter.basic.test_base import BaseSimpleMaterializations  # noqa: E402
+from dbt.tests.adapter.basic.test_empty import BaseEmpty  # noqa: E402
+from dbt.tests.adapter.basic.test_ephemeral import BaseEphemeral  # noqa: E402
+from dbt.tests.adapter.basic.test_generic_tests import BaseGenericTests  # noqa: E402
+from dbt.tests.adapter.basic.test_incremental import (  # noqa: E402
+    BaseIncremental,
+    BaseIncrementalNotSchemaChange,
+)
+from dbt.tests.adapter.basic.test_singular_tests import BaseSingularTests  # noqa: E402
+from dbt.tests.adapter.basic.test_snapshot_check_cols import BaseSnapshotCheckCols  # noqa: E402
+from dbt.tests.adapter.basic.test_snapshot_timestamp import BaseSnapshotTimestamp  # noqa: E402
+from dbt.tests.adapter.basic.test_table_materialization import BaseTableMaterialization  # noqa: E402
+from dbt.tests.adapter.basic.test_validate_connection import BaseValidateConnection  # noqa: E402
+
+
+@pytest.fixture(scope="class")
+def dbt_profile_target(pg, simulator, tmp_path_factory):
+    return {
+        "type": "pg_llm", "host": pg.host, "port": pg.port, "user": pg.user, "pass": pg.password or "",
+        "dbname": pg.dbname, "threads": 2,
+        "llm": {"default_model": "sim", "audit_schema": "llm_conformance",
+                "journal_dir": str(tmp_path_factory.mktemp("journal")),
+                "models": {"sim": {"api_url": simulator.base_url, "api_key": "sim-key", "model_version": "sim-1"}}},
+    }
+
+
+class TestSimpleMaterializations(BaseSimpleMaterializations):
+    pass
+
+
+class TestSingularTests(BaseSingularTests):
+    pass
+
+
+class TestEmpty(BaseEmpty):
+    pass
+
+
+class TestEphemeral(BaseEphemeral):
+    pass
+
+
+class TestIncremental(BaseIncremental):
+    pass
+
+
+class TestIncrementalNotSchemaChange(BaseIncrementalNotSchemaChange):
+    pass
+
+
+class TestGenericTests(BaseGenericTests):
+    pass
+
+
+class TestSnapshotCheckCols(BaseSnapshotCheckCols):
+    pass
+
+
+class TestSnapshotTimestamp(BaseSnapshotTimestamp):
+    pass
+
+
+class TestAdapterMethod(BaseAdapterMethod):
+    pass
+
+
+class TestTableMaterialization(BaseTableMaterialization):
+    pass
+
+
+class TestValidateConnection(BaseValidateConnection):
+    pass
