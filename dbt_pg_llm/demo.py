@@ -108,6 +108,8 @@ def run_dbt(project: Path, args: Sequence[str], verbose: bool):
 
     flags = [] if verbose else ["--quiet"]
     result = dbtRunner().invoke([*flags, *args, "--project-dir", str(project), "--profiles-dir", str(project)])
+    if isinstance(result.exception, KeyboardInterrupt):
+        raise KeyboardInterrupt
     if not result.success:
         raise SystemExit(f"dbt {' '.join(args)} failed: {result.exception or 'see the output above'}")
     return result
