@@ -347,7 +347,7 @@ def test_two_concurrent_runs_pay_once_per_key(fresh_llm, simulator, tmp_path):
     project.extra_schemas.append(other)
     project.run("seed", DBT_SCHEMA=other)
     simulator.reset()
-    simulator.configure(latency_ms=5)
+    simulator.configure(latency_ms=100)  # ~3 s of requests per run: the two runs overlap
     dbt = str(Path(sys.executable).parent / "dbt")
     procs = []
     try:
@@ -371,6 +371,8 @@ def test_two_concurrent_runs_pay_once_per_key(fresh_llm, simulator, tmp_path):
     assert max(stats["by_prompt_sha256"].values()) == 1
     runs = project.query(f'select requests from "{project.audit}".llm_runs')
     assert len(runs) == 2 and sum(r[0] for r in runs) == stats["requests"]
+    print(f"\nconcurrent runs paid {sorted(r[0] for r in runs)} requests")
+    assert min(r[0] for r in runs) > 0, "the runs did not overlap: nothing was shared"
     for schema in (project.schema, other):
         assert project.scalar(f'select count(*) from "{schema}".review_sentiment where sentiment is not null') \
             == project.scalar(f'select count(*) from "{schema}".product_reviews where review_text is not null')
