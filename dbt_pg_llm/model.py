@@ -84,19 +84,19 @@ class Model:
 
     async def acall(self, inp: ModelInput, *, context: dict | None = None, input_hash: str | None = None,
                     operation: str = "call") -> ModelOutput:
-        started = time.perf_counter()
         if not self.config.enabled:
             return self._finish_failure(ModelError(ErrorKind.API, f"model '{self.name}' is disabled (enabled: false)",
-                                                   recoverable=False, model=self.name), started, 0, TokenUsage(), 0.0)
+                                                   recoverable=False, model=self.name), 0.0, 0, TokenUsage(), 0.0)
         if not self.breaker.allow():
             return self._finish_failure(ModelError(ErrorKind.API, f"circuit open for model '{self.name}' after "
                                                    "repeated failures; it will be probed again later",
-                                                   model=self.name), started, 0, TokenUsage(), 0.0,
+                                                   model=self.name), 0.0, 0, TokenUsage(), 0.0,
                                         count_in_breaker=False)
         if inp.temperature is None or inp.max_tokens is None:
             inp = inp.with_defaults(self.config.temperature, self.config.max_tokens)
         input_hash = input_hash or self.key_of(inp)
-        paid = {"tokens": TokenUsage(), "cost": 0.0, "attempts": 0}
+        # latency = the last attempt's request time: pool queueing and retry waits are not the model's
+        paid = {"tokens": TokenUsage(), "cost": 0.0, "attempts": 0, "latency_ms": 0.0}
         estimate = len(inp.prompt) // 4 + len(inp.system_message or "") // 4 + (inp.max_tokens or 0)
 
         async def attempt() -> ModelOutput:
@@ -111,14 +111,14 @@ class Model:
                     slot.settle(result.prompt_tokens + result.completion_tokens)
                     output = self._to_output(result, inp)
                 except ModelError as error:
-                    latency = (time.perf_counter() - t0) * 1000
+                    latency = paid["latency_ms"] = (time.perf_counter() - t0) * 1000
                     self.status.request_finished(latency, error)
                     if error.kind is ErrorKind.RATE_LIMITED:
                         self.pool.record_rate_limited()
                     tokens, cost = self._charge(result, paid)
                     self._log(operation, input_hash, number, latency, tokens, cost, context, error=error)
                     raise
-            latency = (time.perf_counter() - t0) * 1000
+            latency = paid["latency_ms"] = (time.perf_counter() - t0) * 1000
             self.status.request_finished(latency, None)
             self.pool.record_success()
             output.tokens, output.cost_usd = self._charge(result, paid)
@@ -129,11 +129,11 @@ class Model:
         try:
             output, attempts = await self.config.retry.run(attempt)
         except ModelError as error:
-            return self._finish_failure(error, started, paid["attempts"], paid["tokens"], paid["cost"])
+            return self._finish_failure(error, paid["latency_ms"], paid["attempts"], paid["tokens"], paid["cost"])
         self.breaker.record_success()
         output.attempts = attempts
         output.tokens, output.cost_usd = paid["tokens"], paid["cost"]  # all attempts' paid tokens
-        output.latency_ms = (time.perf_counter() - started) * 1000
+        output.latency_ms = paid["latency_ms"]
         self.metrics.record(output)
         return output
 
@@ -164,12 +164,11 @@ class Model:
             confidence = confidence_from_logprobs(result.token_logprobs)
         return ModelOutput(text=text, value=value, confidence=confidence, truncated=truncated, model=self.name)
 
-    def _finish_failure(self, error: ModelError, started: float, attempts: int, tokens: TokenUsage, cost: float,
+    def _finish_failure(self, error: ModelError, latency_ms: float, attempts: int, tokens: TokenUsage, cost: float,
                         count_in_breaker: bool = True) -> ModelOutput:
         if count_in_breaker:
             self.breaker.record_failure(error)
-        output = ModelOutput.failure(error, model=self.name, latency_ms=(time.perf_counter() - started) * 1000,
-                                     attempts=attempts)
+        output = ModelOutput.failure(error, model=self.name, latency_ms=latency_ms, attempts=attempts)
         output.tokens, output.cost_usd = tokens, cost
         self.metrics.record(output)
         return output

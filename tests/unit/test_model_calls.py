@@ -256,3 +256,21 @@ def test_retry_policy_validation():
     assert RetryPolicy(max_retries=-1).problems()[0].startswith("retry.max_retries")
     with pytest.raises(ConfigError, match="retry.backof"):
         RetryPolicy.from_dict({"backof": 2})
+
+
+def test_latency_is_the_request_time_not_the_queue_wait():
+    class Slow(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request):
+            await asyncio.sleep(0.05)
+            return answer("ok")
+
+    model = Model("m", {"api_url": "http://x/v1", "model_version": "v", "max_concurrency": 1}, transport=Slow())
+
+    async def five():
+        return await asyncio.gather(*(model.acall(ModelInput(f"p{i}")) for i in range(5)))
+
+    from dbt_pg_llm.runtime import shared_loop
+    outs = shared_loop().run(five())
+    assert all(o.ok for o in outs)
+    assert max(o.latency_ms for o in outs) < 150  # the last one waited ~200 ms for the pool
+    assert model.metrics.avg_latency_ms < 150
