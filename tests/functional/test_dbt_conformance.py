@@ -1,11 +1,9 @@
 """dbt's adapter conformance suite (dbt-tests-adapter) on `pg_llm`: the overridden table/incremental
 materializations and everything inherited from dbt-postgres must behave like any adapter's.
 
-Skipped unless dbt-tests-adapter is installed (`pip install dbt-tests-adapter`); about 30 s.
+dbt-tests-adapter comes with the dev extra; about 30 s.
 """
 import pytest
-
-pytest.importorskip("dbt.tests.adapter.basic.test_base")
 
 from dbt.tests.fixtures.project import *  # noqa: E402,F401,F403  (dbt's `project` fixtures)
 from dbt.tests.adapter.basic.test_adapter_methods import BaseAdapterMethod  # noqa: E402
