@@ -2,7 +2,7 @@
 """Developer entry point (standard library only, Python >= 3.10).
 
     python3 dev.py test [PYTEST ARGS...]   run the test suite
-    python3 dev.py demo [ARGS...]          run the demo (python -m dbt_pg_llm.demo)
+    python3 dev.py demo [ARGS...]          run the demo (integration_tests/demo.py)
 
 Both create ``.venv`` in the repository if it is missing and (re)install the project into it with
 ``pip install -e ".[dev]"`` whenever pyproject.toml changed since the last install (a hash is kept in
@@ -104,7 +104,7 @@ def cmd_test(args: list[str]) -> int:
 
 def cmd_demo(args: list[str]) -> int:
     python = ensure_venv()
-    return run([str(python), "-m", "dbt_pg_llm.demo", *args])
+    return run([str(python), str(ROOT / "integration_tests" / "demo.py"), *args])
 
 
 COMMANDS = {"test": cmd_test, "demo": cmd_demo}

@@ -18,8 +18,7 @@ def test_all_is_explicit_and_importable():
 
 
 def test_engine_never_imports_dbt():
-    modules = [m.name for m in pkgutil.walk_packages(dbt_pg_llm.__path__, "dbt_pg_llm.")
-               if m.name not in ("dbt_pg_llm.demo",)]  # the demo drives dbt on purpose
+    modules = [m.name for m in pkgutil.walk_packages(dbt_pg_llm.__path__, "dbt_pg_llm.")]
     code = ("import importlib, sys\n"
             f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"

