@@ -21,6 +21,10 @@ The model's SQL is a plain join of its source to ``<audit>.llm_results`` on the 
 ``on_error``: "fail" stops submitting at the first failed key, writes what was paid and raises
 ModelError; anything else ("null", "default") dead-letters failures and carries on (the join
 then gives NULL, or the column's default).
+
+User SQL (the source SQL and the prompt SQL) may contain ``%`` (``LIKE '%x%'``, modulo), which
+psycopg2 reads as a placeholder whenever parameters are passed. Rule: a statement that embeds
+user SQL is executed WITHOUT parameters; its few values are inlined with ``quote_literal``.
 """
 from __future__ import annotations
 
@@ -524,8 +528,12 @@ class _Fill:
         return key_sql(self.fingerprint, column)
 
     def _count_and_log_hits(self, source_sql: str) -> None:
-        """One statement: rows, distinct keys, and the cached keys logged as cached llm_calls rows."""
+        """One statement: rows, distinct keys, and the cached keys logged as cached llm_calls rows.
+
+        It embeds user SQL, so it runs without parameters (values inlined with quote_literal)."""
         rep = self.report
+        run_id, node_id, model, op = (quote_literal(v) for v in (self.run_ctx.run_id, self.run_ctx.node_id,
+                                                                 self.spec.model, self.spec.kind))
         with self.writer.cursor() as cur:
             ensure_call_partitions(cur, self.schema, [datetime.now(timezone.utc)])
             cur.execute(f"""
@@ -535,15 +543,13 @@ class _Fill:
                               on r.key = k.k and {_fresh('r')}),
                      ins as (insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
                                  attempt, latency_ms, cost_usd, cached, saved_cost_usd)
-                             select now(), %(run_id)s, %(node_id)s, %(model)s, %(op)s, hits.key, 0, 0, 0, true,
+                             select now(), {run_id}, {node_id}, {model}, {op}, hits.key, 0, 0, 0, true,
                                     hits.cost_usd from hits
                              returning saved_cost_usd)
                 select (select count(*) from {source_sql} __llm_src),
                        (select count(*) from k),
                        (select count(*) from ins),
-                       (select coalesce(sum(saved_cost_usd), 0) from ins)""",
-                        {"run_id": self.run_ctx.run_id, "node_id": self.run_ctx.node_id, "model": self.spec.model,
-                         "op": self.spec.kind})
+                       (select coalesce(sum(saved_cost_usd), 0) from ins)""")
             rows, distinct, hits, saved = cur.fetchone()
         rep.rows, rep.distinct_keys, rep.cache_hits, rep.saved_cost_usd = int(rows), int(distinct), int(hits), float(saved)
         rep.requests_total = rep.distinct_keys - rep.cache_hits

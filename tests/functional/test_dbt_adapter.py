@@ -323,8 +323,6 @@ def test_on_error_literal_default_fills_failed_rows(fresh_llm, simulator):
     assert set(rows[False]) <= set(LABELS)
 
 
-@pytest.mark.xfail(reason="dbt_pg_llm.pg.enrich passes user SQL into a parametrized statement "
-                          "(_count_and_log_hits), so a '%' in the source or prompt SQL breaks the fill", strict=False)
 def test_percent_sign_in_source_sql(fresh_llm, simulator, tmp_path):
     project = fresh_llm
     model = project.path / "models" / "functional" / "percent_reviews.sql"

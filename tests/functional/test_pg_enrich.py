@@ -161,6 +161,35 @@ def test_one_request_per_distinct_key_then_zero(db, pg_conn, sim):
     assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
 
 
+def test_percent_signs_in_source_and_prompt_sql(db, pg_conn, sim):
+    """'%' in user SQL (LIKE patterns, the modulo operator) must reach Postgres untouched."""
+    connect, schema, audit = db
+    bodies = ["apple", "banana", "apple", "cherry", "date", None, "plum", "banana"]
+    table = make_source(pg_conn, schema, bodies)
+    source = f"(select * from {table} where body like '%a%')"
+    s = spec(prompt_sql="'Rate ' || (id % 3) || ': ' || body")
+    expected = {f"Rate {i % 3}: {b}" for i, b in enumerate(bodies, 1) if b is not None and "a" in b}
+    engine = make_engine(sim)
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("run-%1", "model.p.o'%s"))
+        fp = s.fingerprint(engine.registry.get("sim").config)
+    finally:
+        engine.close()
+    assert (rep.rows, rep.distinct_keys, rep.requests_done, rep.errors) == (5, len(expected), len(expected), 0)
+    assert set(sim.stats()["by_prompt_sha256"]) == {sha(p) for p in expected}
+    # second run: every key is a Postgres hit, logged with the run's (quoted) ids
+    engine2 = make_engine(sim)
+    try:
+        rep2 = fill_column(connect, engine2, source, s, audit_schema=audit, run=RunContext("run-%2", "model.p.o'%s"))
+    finally:
+        engine2.close()
+    assert (rep2.rows, rep2.cache_hits, rep2.requests_done) == (5, len(expected), 0)
+    assert q(pg_conn, f'select run_id, node_id, cached, count(*) from "{audit}".llm_calls group by 1, 2, 3 order by 1') \
+        == [("run-%1", "model.p.o'%s", False, len(expected)), ("run-%2", "model.p.o'%s", True, len(expected))]
+    rows = q(pg_conn, join_sql(source, [("rating", s, fp)], audit) + " order by id")
+    assert [r[0] for r in rows] == [1, 2, 3, 5, 8] and all(r[-1] is not None for r in rows)
+
+
 def test_classify_and_extract_columns_in_one_join(db, pg_conn, sim):
     connect, schema, audit = db
     source = make_source(pg_conn, schema, ["great product", "awful product", None, "it is ok"])
