@@ -164,3 +164,13 @@ def test_anthropic_provider_and_streaming(keyed_sim):
     plain = model_for(keyed_sim, name="plain")
     a, b = streaming.call(ModelInput("Summarize: sturdy and quiet")), plain.call(ModelInput("Summarize: sturdy and quiet"))
     assert a.ok and a.text == b.text and a.tokens == b.tokens
+
+
+def test_simulated_sentiment_follows_obvious_words(simulator):
+    engine = Engine()
+    engine.register(Model("s", {"api_url": simulator.base_url, "model_version": "sim-1"}))
+    fmt = ResponseFormat.one_of(["positive", "negative", "neutral"])
+    system = "Answer with exactly one of these labels and nothing else: positive | negative | neutral"
+    label = lambda text: engine.call("s", ModelInput(text, system_message=system, response_format=fmt)).value
+    assert label("Regret buying this. It broke after two days.") == "negative"
+    assert label("Exceeded my expectations, I love it.") == "positive"
