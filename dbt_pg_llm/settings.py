@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .alerts import AlertThresholds
 from .config import ModelConfig, check_keys
 from .errors import ConfigError
 
@@ -29,9 +30,10 @@ class LlmSettings:
     max_cost_usd_per_run: float | None = None
     journal_dir: str | None = None  # None = the user's cache dir (not target/: it must survive `dbt clean`)
     on_error: Any = "null"
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)  # when to write llm_alerts rows
 
     FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
-              "max_cost_usd_per_run", "journal_dir", "on_error")
+              "max_cost_usd_per_run", "journal_dir", "on_error", "alerts")
 
     @classmethod
     def from_dict(cls, data: dict | None, path: str = "llm") -> "LlmSettings":
@@ -52,6 +54,12 @@ class LlmSettings:
                 models[str(name)] = ModelConfig.from_dict(raw, f"{path}.models.{name}")
             except ConfigError as exc:
                 problems.extend(exc.problems)
+        if "alerts" in data:
+            try:
+                data["alerts"] = _thresholds(data["alerts"], f"{path}.alerts")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                data.pop("alerts")
         settings = cls(models=models, **data)
         problems.extend(settings.problems(path, known_models=set(raw_models)))
         if problems:
@@ -102,6 +110,21 @@ class LlmSettings:
         return {"default_model": self.model_for_default, "audit_schema": self.audit_schema,
                 "models": {n: {"provider": c.provider, "model_version": c.model_version, "api_url": c.base_url}
                            for n, c in self.models.items()}}
+
+
+def _thresholds(data, path: str) -> AlertThresholds:
+    if isinstance(data, AlertThresholds):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping, e.g. {{max_error_rate: 0.2, max_avg_latency_ms: 10000}}"])
+    names = ("max_error_rate", "max_avg_latency_ms", "max_cost_usd", "min_requests", "critical_factor")
+    check_keys(data, names, path)
+    problems = [f"{path}.{k}: {v!r} must be a number >= 0, or null to switch this alert off"
+                for k, v in data.items()
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0)]
+    if problems:
+        raise ConfigError(problems)
+    return AlertThresholds(**data)
 
 
 def build_engine(settings: LlmSettings, *, sinks=(), journal: bool = True, transport=None):

@@ -1,0 +1,43 @@
+"""The profile's llm: block: every problem reported at once with its key path and fix."""
+import pytest
+
+from dbt_pg_llm import ConfigError, LlmSettings
+from dbt_pg_llm.alerts import AlertThresholds
+
+GOOD = {"api_url": "http://localhost:11434/v1", "model_version": "llama3.2", "api_key": "sk-settings-secret-99"}
+
+
+def test_valid_block_and_defaults():
+    s = LlmSettings.from_dict({"models": {"local": GOOD}})
+    assert s.audit_schema == "llm_audit" and s.model_for_default == "local" and s.on_error == "null"
+    assert s.alerts == AlertThresholds()
+    assert "sk-settings-secret-99" not in repr(s.redacted()) and "sk-settings-secret-99" not in repr(s)
+
+
+def test_every_problem_named_with_its_key_path():
+    with pytest.raises(ConfigError) as info:
+        LlmSettings.from_dict({
+            "default_model": "gpt",
+            "audit_schema": "pg_llm",
+            "cache_ttl_days": -1,
+            "modles": {},
+            "alerts": {"max_error_rate": -0.5, "max_latency": 3},
+            "models": {"a": {**GOOD, "temperature": 9, "fallbacks": ["nope"]}, "b": {"provider": "azure"}},
+        })
+    problems = info.value.problems
+    expected = ["llm.modles: unknown key; did you mean 'models'?", "llm.models.a.temperature:",
+                "llm.models.b.provider:", "llm.models.b.api_url:", "llm.default_model:", "llm.audit_schema:",
+                "llm.cache_ttl_days:", "llm.alerts.max_latency: unknown key"]
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, problems)
+    assert "sk-settings-secret-99" not in str(info.value)
+
+
+def test_alert_thresholds_and_fallback_checks():
+    s = LlmSettings.from_dict({"default_model": "a", "alerts": {"max_error_rate": 0.5, "max_cost_usd": 10},
+                               "models": {"a": {**GOOD, "fallbacks": ["b"]}, "b": GOOD}})
+    assert s.alerts.max_error_rate == 0.5 and s.alerts.max_cost_usd == 10
+    with pytest.raises(ConfigError, match=r"llm.models.a.fallbacks: 'c' is not a defined model"):
+        LlmSettings.from_dict({"models": {"a": {**GOOD, "fallbacks": ["c"]}}})
+    with pytest.raises(ConfigError, match=r"llm.alerts.min_requests: -1"):
+        LlmSettings.from_dict({"models": {"a": GOOD}, "alerts": {"min_requests": -1}})
