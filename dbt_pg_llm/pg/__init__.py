@@ -5,13 +5,19 @@ Everything here talks to a DB-API (psycopg2) connection handed in by the caller 
 * ``migrations`` — ``migrate(conn, schema)``: versioned, idempotent, safe under concurrency;
   ``apply_retention(conn, schema, days)``.
 * ``writers``    — COPY-based bulk writers for results, calls, errors, alerts; ``record_run``.
-* ``enrich``     — ``ColumnSpec``, ``RunContext``, ``fill_column`` (pay once per distinct key),
-  ``join_sql`` (the model's SELECT), ``FillReport``.
+* ``spec``       — ``ColumnSpec`` (what an LLM column asks for), ``RunContext`` (where a fill comes from).
+* ``join``       — ``join_sql`` (the model's SELECT over ``llm_results``), ``quote_literal``.
+* ``fill``       — ``fill_column``: make ``llm_results`` hold every key the join needs, paying once per
+  distinct key; with ``claims`` (no key paid twice by concurrent runs) and ``budget`` (``max_cost_usd``).
+* ``report``     — ``FillReport`` / ``FillError``: what one fill did.
 * ``frame``      — ``LlmFrameSession``: the same fill over a pandas Series (Python models).
 """
-from .enrich import ColumnSpec, FillError, FillReport, RunContext, fill_column, join_sql
+from .fill import fill_column
 from .frame import LlmFrameSession
+from .join import join_sql
 from .migrations import apply_retention, ensure_migrated, migrate, quote_ident, validate_schema_name
+from .report import FillError, FillReport
+from .spec import ColumnSpec, RunContext
 from .writers import (ErrorRow, ResultRow, record_run, resolve_errors, write_alerts, write_calls, write_errors,
                       write_results)
 

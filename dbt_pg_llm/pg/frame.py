@@ -21,8 +21,11 @@ import uuid
 from typing import Any, Callable
 
 from ..keys import cache_key
-from .enrich import ColumnSpec, FillReport, RunContext, _Fill, _fresh
+from .fill import _Fill
+from .join import _fresh
 from .migrations import ensure_migrated, quote_ident, transaction
+from .report import FillReport
+from .spec import ColumnSpec, RunContext
 from .writers import copy_rows
 
 __all__ = ["LlmFrameSession"]

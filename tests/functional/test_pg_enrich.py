@@ -11,7 +11,7 @@ import pytest
 
 from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ModelError, ResultCache
 from dbt_pg_llm.keys import cache_key
-from dbt_pg_llm.pg.enrich import ColumnSpec, RunContext, fill_column, join_sql
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
 from dbt_pg_llm.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.functional

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 
 from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache
-from dbt_pg_llm.pg.enrich import ColumnSpec, RunContext, fill_column
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
 from dbt_pg_llm.pg.frame import LlmFrameSession
 
 pytestmark = pytest.mark.functional

@@ -127,7 +127,7 @@ class PgLlmAdapter(PostgresAdapter):
 
     def _spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
         from dbt_pg_llm.errors import PgLlmError
-        from dbt_pg_llm.pg.enrich import ColumnSpec
+        from dbt_pg_llm.pg.spec import ColumnSpec
 
         settings = self._settings()
         data = dict(spec)
@@ -150,7 +150,7 @@ class PgLlmAdapter(PostgresAdapter):
         return models[name]
 
     def _run_context(self, node_id: Optional[str]):
-        from dbt_pg_llm.pg.enrich import RunContext
+        from dbt_pg_llm.pg.spec import RunContext
 
         return RunContext(run_id=_invocation_id(), node_id=node_id or "", target=self.config.target_name)
 
@@ -197,7 +197,7 @@ class PgLlmAdapter(PostgresAdapter):
         if not really_executing():
             return []
         from dbt_pg_llm.errors import PgLlmError, redact
-        from dbt_pg_llm.pg.enrich import fill_column
+        from dbt_pg_llm.pg.fill import fill_column
 
         settings = self._settings()
         engine = get_engine(self._credentials)
@@ -249,7 +249,7 @@ class PgLlmAdapter(PostgresAdapter):
     @available
     def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None) -> str:
         """SQL selecting every column of the source plus the LLM columns, joined on their keys."""
-        from dbt_pg_llm.pg.enrich import join_sql
+        from dbt_pg_llm.pg.join import join_sql
 
         settings = self._settings()
         triples = []

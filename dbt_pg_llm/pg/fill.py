@@ -1,15 +1,15 @@
 """Fill a column with LLM output, paying once per distinct key: the algorithm behind ``llm_enrich``.
 
 The model's SQL is a plain join of its source to ``<audit>.llm_results`` on the per-row key
-(``join_sql``). Before that SQL runs, ``fill_column`` makes sure every key the join needs is in
-``llm_results``:
+(``join.join_sql``). Before that SQL runs, ``fill_column`` makes sure every key the join needs is
+in ``llm_results``:
 
 1. migrate the audit schema (once per process, database and schema);
 2. one statement counts rows and distinct keys, and logs the keys already cached as
    ``llm_calls`` rows with ``cached = true`` and ``saved_cost_usd`` = the stored cost;
 3. a server-side cursor streams the distinct ``(key, prompt)`` pairs not in ``llm_results``
-   (valid and unexpired); each batch is *claimed* in ``llm_claims`` (``ON CONFLICT DO NOTHING``)
-   so concurrent runs never pay twice for a key; keys claimed by someone else are set aside;
+   (valid and unexpired); each batch is *claimed* in ``llm_claims`` (``claims``) so concurrent
+   runs never pay twice for a key; keys claimed by someone else are set aside;
 4. claimed keys stream through ``engine.map_unordered`` (bounded in flight); answers are written
    with COPY in chunks as they arrive, on our own autocommit connection, so everything paid
    before a later failure is kept (and the engine journals every paid answer before returning);
@@ -20,337 +20,45 @@ The model's SQL is a plain join of its source to ``<audit>.llm_results`` on the 
 
 ``on_error``: "fail" stops submitting at the first failed key, writes what was paid and raises
 ModelError; anything else ("null", "default") dead-letters failures and carries on (the join
-then gives NULL, or the column's default).
+then gives NULL, or the column's default). ``max_cost_usd`` is shared by the fills of one run
+(``budget``).
 
 User SQL (the source SQL and the prompt SQL) may contain ``%`` (``LIKE '%x%'``, modulo), which
 psycopg2 reads as a placeholder whenever parameters are passed. Rule: a statement that embeds
 user SQL is executed WITHOUT parameters; its few values are inlined with ``quote_literal``.
+
+Here: ``fill_column`` and its ``_Fill`` (also driven by ``frame.LlmFrameSession``): counting,
+requesting, writing, progress and the final report; the engine's draining log sinks.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from ..config import check_keys
 from ..errors import ConfigError, ErrorKind, ModelError, PgLlmError, redact
-from ..keys import canonical_json, fingerprint_of, key_sql
-from ..model_io import ModelInput, ResponseFormat
+from ..keys import key_sql
+from ..model_io import ModelInput
+from .budget import _budgets
+from .claims import _Claims
+from .join import _fresh, quote_literal
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
+from .report import FillError, FillReport
+from .spec import ColumnSpec, RunContext
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
 
-__all__ = [
-    "ColumnSpec",
-    "RunContext",
-    "FillReport",
-    "FillError",
-    "fill_column",
-    "join_sql",
-    "quote_literal",
-    "CLASSIFY_PHRASE",
-    "EXTRACT_PHRASE",
-]
+__all__ = ["fill_column"]
 
 log = logging.getLogger("dbt_pg_llm")
 
-KINDS = ("complete", "classify", "extract")
-SPEC_KEYS = ("kind", "prompt_sql", "system", "model", "max_tokens", "temperature", "labels", "instructions",
-             "schema", "name")
-# The simulator (and good practice) recognise exactly these phrases.
-CLASSIFY_PHRASE = "Answer with exactly one of these labels and nothing else: "
-EXTRACT_PHRASE = "Reply with JSON only, matching this JSON schema: "
-
 PROGRESS_EVERY_S = 2.0
-HEARTBEAT_EVERY_S = 30.0
 
 
-# -- column specs ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ColumnSpec:
-    """What one LLM column asks for. Build it with ``from_dict`` (which validates)."""
-
-    kind: str
-    prompt_sql: str
-    model: str
-    system: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    labels: tuple[str, ...] = ()
-    instructions: str | None = None
-    schema: Any = None  # JSON schema (extract); a dict, kept as given
-    name: str | None = None  # the output column, when the caller puts it in the spec
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | "ColumnSpec", default_model: str | None = None,
-                  path: str = "column") -> "ColumnSpec":
-        """Validate a spec as the dbt macros pass it; ConfigError lists every problem with its fix."""
-        if isinstance(data, ColumnSpec):
-            return data
-        if not isinstance(data, Mapping):
-            raise ConfigError([f"{path}: expected a mapping like {{'kind': 'complete', 'prompt_sql': ...}}, "
-                               f"got {type(data).__name__}"], context="LLM column spec")
-        try:
-            check_keys(dict(data), SPEC_KEYS, path)
-        except ConfigError as exc:
-            raise ConfigError(exc.problems, context="LLM column spec") from None
-        problems: list[str] = []
-        kind = data.get("kind")
-        if kind not in KINDS:
-            problems.append(f"{path}.kind: {kind!r} is not a column kind; use one of {', '.join(KINDS)}")
-        prompt_sql = data.get("prompt_sql")
-        if not isinstance(prompt_sql, str) or not prompt_sql.strip():
-            problems.append(f"{path}.prompt_sql: missing; give the SQL expression of the prompt, "
-                            "e.g. 'Summarize: ' || body")
-        model = data.get("model") or default_model
-        if not isinstance(model, str) or not model:
-            problems.append(f"{path}.model: missing and no default model is configured; set model: <name> "
-                            "on the column or a default model in the profile's llm block")
-        system = data.get("system")
-        instructions = data.get("instructions")
-        labels = data.get("labels")
-        schema = data.get("schema")
-        for key, value in (("system", system), ("instructions", instructions)):
-            if value is not None and not isinstance(value, str):
-                problems.append(f"{path}.{key}: expected text, got {type(value).__name__}")
-        max_tokens = data.get("max_tokens")
-        if max_tokens is not None:
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, float)) or max_tokens <= 0 \
-                    or int(max_tokens) != max_tokens:
-                problems.append(f"{path}.max_tokens: {max_tokens!r} must be a positive whole number, e.g. 256")
-            else:
-                max_tokens = int(max_tokens)
-        temperature = data.get("temperature")
-        if temperature is not None:
-            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                    or not 0 <= temperature <= 2:
-                problems.append(f"{path}.temperature: {temperature!r} must be a number from 0 to 2")
-            else:
-                temperature = float(temperature)
-        label_tuple: tuple[str, ...] = ()
-        if kind == "classify":
-            if not labels or isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
-                problems.append(f"{path}.labels: classify needs a list of labels, e.g. labels: [positive, "
-                                "negative, neutral]")
-            else:
-                label_tuple = tuple(str(x) for x in labels)
-                if any(not x.strip() for x in label_tuple):
-                    problems.append(f"{path}.labels: labels must be non-empty text")
-                if len(set(label_tuple)) != len(label_tuple):
-                    problems.append(f"{path}.labels: labels must be distinct; remove the duplicates")
-        elif labels:
-            problems.append(f"{path}.labels: only used by kind 'classify'; remove it or change kind")
-        if kind == "extract":
-            if not isinstance(schema, Mapping) or not schema:
-                problems.append(f"{path}.schema: extract needs a JSON schema (a mapping), e.g. "
-                                "{type: object, properties: {city: {type: string}}}")
-        elif schema is not None:
-            problems.append(f"{path}.schema: only used by kind 'extract'; remove it or change kind")
-        if kind in ("classify", "extract") and system is not None:
-            problems.append(f"{path}.system: not used by kind '{kind}'; put extra guidance in 'instructions'")
-        if kind == "complete" and instructions is not None:
-            problems.append(f"{path}.instructions: not used by kind 'complete'; use 'system' for the system prompt")
-        name = data.get("name")
-        if name is not None and (not isinstance(name, str) or not name):
-            problems.append(f"{path}.name: expected the output column's name as text")
-        if problems:
-            raise ConfigError(problems, context="LLM column spec")
-        return cls(kind=kind, prompt_sql=prompt_sql, model=model, system=system, max_tokens=max_tokens,
-                   temperature=temperature, labels=label_tuple, instructions=instructions,
-                   schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name)
-
-    @property
-    def system_message(self) -> str | None:
-        prefix = (self.instructions + "\n\n") if self.instructions else ""
-        if self.kind == "classify":
-            return prefix + CLASSIFY_PHRASE + " | ".join(self.labels)
-        if self.kind == "extract":
-            return prefix + EXTRACT_PHRASE + canonical_json(self.schema)
-        return self.system
-
-    @property
-    def response_format(self) -> ResponseFormat:
-        if self.kind == "classify":
-            return ResponseFormat.one_of(self.labels)
-        if self.kind == "extract":
-            return ResponseFormat.json(self.schema)
-        return ResponseFormat.text()
-
-    def model_input(self, prompt: str) -> ModelInput:
-        return ModelInput(prompt=prompt, system_message=self.system_message, temperature=self.temperature,
-                          max_tokens=self.max_tokens, response_format=self.response_format)
-
-    def fingerprint(self, model_config) -> str:
-        return fingerprint_of(model_config, self.model_input(""))
-
-    def key_sql(self, fingerprint: str, prompt_sql: str | None = None) -> str:
-        """SQL of the per-row key (NULL for a NULL prompt) over the source's columns."""
-        return key_sql(fingerprint, self.prompt_sql if prompt_sql is None else prompt_sql)
-
-    @property
-    def output_column(self) -> str:
-        """The llm_results column holding this kind's answer."""
-        return "output_json" if self.kind == "extract" else "output_text"
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """Where a fill comes from: ``run_id`` (dbt's invocation_id), ``node_id``, ``target``."""
-
-    run_id: str
-    node_id: str | None = None
-    target: str | None = None
-
-    def as_context(self, **extra) -> dict:
-        out = {"run_id": self.run_id, "node_id": self.node_id}
-        out.update(extra)
-        return out
-
-
-@dataclass(frozen=True)
-class FillError:
-    key: str
-    kind: str
-    message: str
-
-
-@dataclass
-class FillReport:
-    """What one fill did. ``cache_hits`` counts distinct keys answered without paying now (cached
-    in Postgres at the start, written by a concurrent run meanwhile, or found in the engine's
-    journal); ``requests_done`` counts keys sent to the engine; ``cost_usd`` is what was paid now."""
-
-    model: str
-    node_id: str | None = None
-    rows: int = 0
-    distinct_keys: int = 0
-    cache_hits: int = 0
-    requests_total: int = 0
-    requests_done: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    saved_cost_usd: float = 0.0
-    elapsed_s: float = 0.0
-    eta_s: float | None = None
-    stopped: str | None = None  # None | "error" (on_error=fail) | "max_cost"
-    first_error: FillError | None = None
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def as_progress(self) -> dict:
-        return {
-            "model": self.model, "node_id": self.node_id, "rows": self.rows, "distinct_keys": self.distinct_keys,
-            "cache_hits": self.cache_hits, "requests_done": self.requests_done,
-            "requests_total": self.requests_total, "errors": self.errors, "tokens": self.tokens,
-            "cost_usd": round(self.cost_usd, 8), "eta_s": self.eta_s, "elapsed_s": round(self.elapsed_s, 3),
-        }
-
-    def summary(self) -> str:
-        text = (f"{self.model}: {self.rows} rows, {self.distinct_keys} distinct keys, {self.cache_hits} cached, "
-                f"{self.requests_done} requested, {self.errors} failed, {self.tokens} tokens, "
-                f"${self.cost_usd:.4f} paid, ${self.saved_cost_usd:.4f} saved, {self.elapsed_s:.1f}s")
-        if self.stopped:
-            text += f" (stopped: {self.stopped})"
-        return text
-
-
-# -- SQL helpers ----------------------------------------------------------------------------------
-def quote_literal(value: Any) -> str:
-    """A SQL literal for a string/number/bool/None (JSON values: give the JSON text)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return repr(value)
-    text = str(value).replace("\x00", "")
-    if "\\" in text:
-        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _fresh(alias: str) -> str:
-    return f"{alias}.valid and ({alias}.expires_at is null or {alias}.expires_at > now())"
-
-
-def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], audit_schema: str = "llm_audit",
-             on_error_default: Any = None, source_columns: Sequence[str] | None = None) -> str:
-    """SELECT of the source plus one column per spec, joined to ``llm_results`` on the row's key.
-
-    ``columns``: ``(output column name, spec, fingerprint)`` triples. complete/classify give text
-    (``output_text``), extract gives jsonb (``output_json``). Invalid or expired results count as
-    missing (NULL). ``on_error_default``: a literal (or a ``{column name: literal}`` mapping) used
-    where the prompt is not NULL but no answer exists (failed keys); for extract give JSON.
-    ``source_columns``: when given, the source columns are listed explicitly and those named like an
-    output column are left out (re-enriching a column replaces it); otherwise ``src.*``.
-    The keys are computed in a LATERAL subquery that sees only the source, so prompt expressions may
-    use any source column unqualified, even ones named like llm_results columns (key, model, ...).
-    """
-    if not columns:
-        raise ValueError("join_sql: give at least one (name, spec, fingerprint) column")
-    q = quote_ident(audit_schema)
-    names = [name for name, _, _ in columns]
-    if len(set(names)) != len(names):
-        raise ConfigError([f"columns: output column names must be distinct, got {names}"], context="LLM columns")
-    keys = ", ".join(f"{spec.key_sql(fp)} as __llm_k{i}" for i, (_, spec, fp) in enumerate(columns))
-    if source_columns is None:
-        select = ["__llm_src.*"]
-    else:
-        select = [f"__llm_src.{quote_ident(c)}" for c in source_columns if c not in names]
-    joins = []
-    for i, (name, spec, _) in enumerate(columns):
-        r = f"__llm_r{i}"
-        value = f"{r}.{spec.output_column}"
-        default = on_error_default.get(name) if isinstance(on_error_default, Mapping) else on_error_default
-        if default is not None:
-            if spec.kind == "extract":
-                literal = quote_literal(default if isinstance(default, str) else json.dumps(default)) + "::jsonb"
-            else:
-                literal = quote_literal(default) + "::text"
-            value = f"case when __llm_k.__llm_k{i} is not null then coalesce({value}, {literal}) end"
-        select.append(f"{value} as {quote_ident(name)}")
-        joins.append(f"left join {q}.llm_results {r} on {r}.key = __llm_k.__llm_k{i} and {_fresh(r)}")
-    return (f"select {', '.join(select)}\nfrom {source_sql} __llm_src\n"
-            f"cross join lateral (select {keys}) __llm_k\n" + "\n".join(joins))
-
-
-# -- shared run budget (max_cost_usd per dbt invocation) ------------------------------------------
-class _Budgets:
-    """Paid cost per (database, schema, run_id) in this process: concurrent fills of one dbt
-    invocation (dbt threads) share it live; a run seen for the first time starts from llm_runs."""
-
-    def __init__(self):
-        self._spent: dict[tuple, float] = {}
-        self._lock = threading.Lock()
-
-    def start(self, ident: tuple, load: Callable[[], float]) -> None:
-        with self._lock:
-            if ident in self._spent:
-                return
-        value = load()
-        with self._lock:
-            self._spent.setdefault(ident, value)
-
-    def add(self, ident: tuple, amount: float) -> float:
-        with self._lock:
-            self._spent[ident] = self._spent.get(ident, 0.0) + amount
-            return self._spent[ident]
-
-    def spent(self, ident: tuple) -> float:
-        with self._lock:
-            return self._spent.get(ident, 0.0)
-
-
-_budgets = _Budgets()
+# -- the engine's log sinks, connection errors -----------------------------------------------------
 _sink_lock = threading.Lock()
 
 
@@ -389,7 +97,7 @@ def _db_errors() -> tuple:
     return _DB_ERRORS
 
 
-# -- the fill -------------------------------------------------------------------------------------
+# -- the fill --------------------------------------------------------------------------------------
 def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: ColumnSpec | Mapping, *,
                 audit_schema: str = "llm_audit", run: RunContext, on_error: str = "null",
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
@@ -410,7 +118,7 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
                  wait_timeout_s=wait_timeout_s).run(source_sql)
 
 
-class _Fill:
+class _Fill(_Claims):
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
                  max_cost_usd, progress, window, chunk_rows, claim_stale_s, wait_timeout_s, poll_s=0.25):
         if not isinstance(run, RunContext):
@@ -560,82 +268,6 @@ class _Fill:
                                   from ({self._prompts_sql(source_sql)}) d where d.p is not null) c
             where not exists (select 1 from {self.q}.llm_results r where r.key = c.k and {_fresh('r')})"""
 
-    # -- claims -----------------------------------------------------------------------------------
-    def _claim(self, keys: list[str]) -> list[str]:
-        """Claim ``keys``; return those now ours that still need an answer (in input order)."""
-        with self.reader.cursor() as cur:
-            cur.execute(f"""
-                insert into {self.q}.llm_claims (key, run_id, claimed_at, claim_token, backend_pid)
-                select k, %s, now(), %s, pg_backend_pid() from unnest(%s::text[]) k
-                on conflict (key) do nothing returning key""", (self.run_ctx.run_id, self.token, keys))
-            mine = {row[0] for row in cur.fetchall()}
-        return self._drop_answered([k for k in keys if k in mine])
-
-    def _take_over(self, keys: list[str]) -> list[str]:
-        """Claim keys whose claim vanished, went stale, or whose claiming session is gone."""
-        with self.reader.cursor() as cur:
-            cur.execute(f"""
-                insert into {self.q}.llm_claims (key, run_id, claimed_at, claim_token, backend_pid)
-                select k, %s, now(), %s, pg_backend_pid() from unnest(%s::text[]) k
-                on conflict (key) do nothing returning key""", (self.run_ctx.run_id, self.token, keys))
-            mine = {row[0] for row in cur.fetchall()}
-            cur.execute(f"""
-                update {self.q}.llm_claims c
-                set run_id = %s, claim_token = %s, claimed_at = now(), backend_pid = pg_backend_pid()
-                where c.key = any(%s::text[]) and c.claim_token is distinct from %s
-                  and (c.claimed_at < now() - make_interval(secs => %s)
-                       or not exists (select 1 from pg_stat_activity a where a.pid = c.backend_pid))
-                returning c.key""",
-                        (self.run_ctx.run_id, self.token, keys, self.token, float(self.claim_stale_s)))
-            mine.update(row[0] for row in cur.fetchall())
-        return self._drop_answered([k for k in keys if k in mine])
-
-    def _drop_answered(self, keys: list[str]) -> list[str]:
-        """Keys just claimed may have been answered by the previous claimer in between (it writes
-        the result before releasing its claim): release and skip those."""
-        if not keys:
-            return keys
-        with self.reader.cursor() as cur:
-            cur.execute(f"select key from {self.q}.llm_results r where r.key = any(%s::text[]) and {_fresh('r')}",
-                        (keys,))
-            answered = {row[0] for row in cur.fetchall()}
-        if answered:
-            self._release(list(answered))
-            self._log_late_hits(list(answered))
-        return [k for k in keys if k not in answered]
-
-    def _release(self, keys: list[str]) -> None:
-        if not keys:
-            return
-        with self.reader.cursor() as cur:
-            cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s and key = any(%s::text[])",
-                        (self.token, keys))
-
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if now - self.last_heartbeat < HEARTBEAT_EVERY_S:
-            return
-        self.last_heartbeat = now
-        with self.reader.cursor() as cur:
-            cur.execute(f"update {self.q}.llm_claims set claimed_at = now() where claim_token = %s", (self.token,))
-
-    def _release_all(self) -> None:
-        for conn in (self.reader, self.writer):
-            if conn is None or conn.closed:
-                continue
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s", (self.token,))
-                break
-            except Exception:  # try the other connection; stale claims expire anyway
-                continue
-        for conn in (self.reader, self.writer):
-            if conn is not None and not conn.closed:
-                try:
-                    conn.close()
-                except Exception:
-                    pass
-
     # -- requesting -------------------------------------------------------------------------------
     def _claimed_inputs(self, cursor) -> Iterator[tuple[str, ModelInput]]:
         spec = self.spec
@@ -753,64 +385,6 @@ class _Fill:
                 break
             self._fail_keys([k for k, _ in batch], kind, message)
         self._flush()
-
-    # -- keys claimed by other runs ---------------------------------------------------------------
-    def _wait_for_others(self) -> None:
-        deadline = time.monotonic() + self.wait_timeout_s
-        delay = self.poll_s
-        while self.waiting:
-            if self.report.stopped == "error":
-                return  # failing anyway: don't wait
-            self._flush()
-            keys = list(self.waiting)
-            with self.reader.cursor() as cur:
-                cur.execute(f"select key from {self.q}.llm_results r where r.key = any(%s::text[]) and {_fresh('r')}",
-                            (keys,))
-                done = [row[0] for row in cur.fetchall()]
-            if done:
-                self._log_late_hits(done)
-                for key in done:
-                    self.waiting.pop(key, None)
-            if not self.waiting:
-                return
-            mine = self._take_over(list(self.waiting))
-            if mine:
-                prompts = {k: self.waiting.pop(k) for k in mine}
-                if self.report.stopped == "max_cost":
-                    self._release(mine)
-                    self._fail_keys(mine, ErrorKind.QUOTA, "max_cost_usd_per_run reached")
-                else:
-                    self._request((k, self.spec.model_input(p)) for k, p in prompts.items())
-                delay = self.poll_s
-                continue
-            if time.monotonic() >= deadline:
-                self._fail_keys(list(self.waiting), ErrorKind.TIMEOUT,
-                                f"gave up after {self.wait_timeout_s:.0f}s waiting for another run that "
-                                "claimed this key to answer it")
-                self.waiting.clear()
-                return
-            self._heartbeat()
-            self._emit_progress()
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
-
-    def _log_late_hits(self, keys: list[str]) -> None:
-        """Keys answered by a concurrent run while we waited: cache hits for us (one INSERT ... SELECT)."""
-        with self.writer.cursor() as cur:
-            ensure_call_partitions(cur, self.schema, [datetime.now(timezone.utc)])
-            cur.execute(f"""
-                with ins as (
-                    insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash, attempt,
-                                                   latency_ms, cost_usd, cached, saved_cost_usd)
-                    select now(), %s, %s, %s, %s, r.key, 0, 0, 0, true, r.cost_usd
-                    from {self.q}.llm_results r where r.key = any(%s::text[])
-                    returning saved_cost_usd)
-                select count(*), coalesce(sum(saved_cost_usd), 0) from ins""",
-                        (self.run_ctx.run_id, self.run_ctx.node_id, self.spec.model, self.spec.kind, keys))
-            hits, saved = cur.fetchone()
-        self.report.cache_hits += int(hits)
-        self.report.requests_total -= int(hits)
-        self.report.saved_cost_usd += float(saved)
 
     # -- writing ----------------------------------------------------------------------------------
     def _flush(self, final: bool = False) -> None:

@@ -1,0 +1,77 @@
+"""The model's SELECT: ``join_sql`` joins the source to ``<audit>.llm_results`` on each row's key.
+
+Also the SQL text helpers the fill shares with it: ``quote_literal`` (a value as a SQL literal,
+for statements that embed user SQL and so run without parameters) and ``_fresh`` (the predicate
+"this llm_results row is valid and unexpired", the one definition of a usable cached answer).
+Pure string building: nothing here executes SQL.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+from ..errors import ConfigError
+from .migrations import quote_ident
+from .spec import ColumnSpec
+
+__all__ = ["join_sql", "quote_literal"]
+
+
+def quote_literal(value: Any) -> str:
+    """A SQL literal for a string/number/bool/None (JSON values: give the JSON text)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return repr(value)
+    text = str(value).replace("\x00", "")
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _fresh(alias: str) -> str:
+    return f"{alias}.valid and ({alias}.expires_at is null or {alias}.expires_at > now())"
+
+
+def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], audit_schema: str = "llm_audit",
+             on_error_default: Any = None, source_columns: Sequence[str] | None = None) -> str:
+    """SELECT of the source plus one column per spec, joined to ``llm_results`` on the row's key.
+
+    ``columns``: ``(output column name, spec, fingerprint)`` triples. complete/classify give text
+    (``output_text``), extract gives jsonb (``output_json``). Invalid or expired results count as
+    missing (NULL). ``on_error_default``: a literal (or a ``{column name: literal}`` mapping) used
+    where the prompt is not NULL but no answer exists (failed keys); for extract give JSON.
+    ``source_columns``: when given, the source columns are listed explicitly and those named like an
+    output column are left out (re-enriching a column replaces it); otherwise ``src.*``.
+    The keys are computed in a LATERAL subquery that sees only the source, so prompt expressions may
+    use any source column unqualified, even ones named like llm_results columns (key, model, ...).
+    """
+    if not columns:
+        raise ValueError("join_sql: give at least one (name, spec, fingerprint) column")
+    q = quote_ident(audit_schema)
+    names = [name for name, _, _ in columns]
+    if len(set(names)) != len(names):
+        raise ConfigError([f"columns: output column names must be distinct, got {names}"], context="LLM columns")
+    keys = ", ".join(f"{spec.key_sql(fp)} as __llm_k{i}" for i, (_, spec, fp) in enumerate(columns))
+    if source_columns is None:
+        select = ["__llm_src.*"]
+    else:
+        select = [f"__llm_src.{quote_ident(c)}" for c in source_columns if c not in names]
+    joins = []
+    for i, (name, spec, _) in enumerate(columns):
+        r = f"__llm_r{i}"
+        value = f"{r}.{spec.output_column}"
+        default = on_error_default.get(name) if isinstance(on_error_default, Mapping) else on_error_default
+        if default is not None:
+            if spec.kind == "extract":
+                literal = quote_literal(default if isinstance(default, str) else json.dumps(default)) + "::jsonb"
+            else:
+                literal = quote_literal(default) + "::text"
+            value = f"case when __llm_k.__llm_k{i} is not null then coalesce({value}, {literal}) end"
+        select.append(f"{value} as {quote_ident(name)}")
+        joins.append(f"left join {q}.llm_results {r} on {r}.key = __llm_k.__llm_k{i} and {_fresh(r)}")
+    return (f"select {', '.join(select)}\nfrom {source_sql} __llm_src\n"
+            f"cross join lateral (select {keys}) __llm_k\n" + "\n".join(joins))

@@ -1,0 +1,168 @@
+"""What an LLM column asks for (``ColumnSpec``) and where a fill comes from (``RunContext``).
+
+These are the inputs of a fill, shared by the SQL path (``fill_column`` / ``join_sql``) and the
+DataFrame path (``LlmFrameSession``). ``ColumnSpec.from_dict`` validates a spec as the dbt macros
+pass it and turns it into the engine's ``ModelInput`` (system message, response format), its
+fingerprint and the SQL of its per-row key. ``CLASSIFY_PHRASE`` / ``EXTRACT_PHRASE`` are the fixed
+system-prompt phrases of classify / extract (the simulator recognises exactly these). No SQL runs here.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..config import check_keys
+from ..errors import ConfigError
+from ..keys import canonical_json, fingerprint_of, key_sql
+from ..model_io import ModelInput, ResponseFormat
+
+__all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE"]
+
+KINDS = ("complete", "classify", "extract")
+SPEC_KEYS = ("kind", "prompt_sql", "system", "model", "max_tokens", "temperature", "labels", "instructions",
+             "schema", "name")
+# The simulator (and good practice) recognise exactly these phrases.
+CLASSIFY_PHRASE = "Answer with exactly one of these labels and nothing else: "
+EXTRACT_PHRASE = "Reply with JSON only, matching this JSON schema: "
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """What one LLM column asks for. Build it with ``from_dict`` (which validates)."""
+
+    kind: str
+    prompt_sql: str
+    model: str
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    labels: tuple[str, ...] = ()
+    instructions: str | None = None
+    schema: Any = None  # JSON schema (extract); a dict, kept as given
+    name: str | None = None  # the output column, when the caller puts it in the spec
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | "ColumnSpec", default_model: str | None = None,
+                  path: str = "column") -> "ColumnSpec":
+        """Validate a spec as the dbt macros pass it; ConfigError lists every problem with its fix."""
+        if isinstance(data, ColumnSpec):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError([f"{path}: expected a mapping like {{'kind': 'complete', 'prompt_sql': ...}}, "
+                               f"got {type(data).__name__}"], context="LLM column spec")
+        try:
+            check_keys(dict(data), SPEC_KEYS, path)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, context="LLM column spec") from None
+        problems: list[str] = []
+        kind = data.get("kind")
+        if kind not in KINDS:
+            problems.append(f"{path}.kind: {kind!r} is not a column kind; use one of {', '.join(KINDS)}")
+        prompt_sql = data.get("prompt_sql")
+        if not isinstance(prompt_sql, str) or not prompt_sql.strip():
+            problems.append(f"{path}.prompt_sql: missing; give the SQL expression of the prompt, "
+                            "e.g. 'Summarize: ' || body")
+        model = data.get("model") or default_model
+        if not isinstance(model, str) or not model:
+            problems.append(f"{path}.model: missing and no default model is configured; set model: <name> "
+                            "on the column or a default model in the profile's llm block")
+        system = data.get("system")
+        instructions = data.get("instructions")
+        labels = data.get("labels")
+        schema = data.get("schema")
+        for key, value in (("system", system), ("instructions", instructions)):
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{path}.{key}: expected text, got {type(value).__name__}")
+        max_tokens = data.get("max_tokens")
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, float)) or max_tokens <= 0 \
+                    or int(max_tokens) != max_tokens:
+                problems.append(f"{path}.max_tokens: {max_tokens!r} must be a positive whole number, e.g. 256")
+            else:
+                max_tokens = int(max_tokens)
+        temperature = data.get("temperature")
+        if temperature is not None:
+            if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                    or not 0 <= temperature <= 2:
+                problems.append(f"{path}.temperature: {temperature!r} must be a number from 0 to 2")
+            else:
+                temperature = float(temperature)
+        label_tuple: tuple[str, ...] = ()
+        if kind == "classify":
+            if not labels or isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
+                problems.append(f"{path}.labels: classify needs a list of labels, e.g. labels: [positive, "
+                                "negative, neutral]")
+            else:
+                label_tuple = tuple(str(x) for x in labels)
+                if any(not x.strip() for x in label_tuple):
+                    problems.append(f"{path}.labels: labels must be non-empty text")
+                if len(set(label_tuple)) != len(label_tuple):
+                    problems.append(f"{path}.labels: labels must be distinct; remove the duplicates")
+        elif labels:
+            problems.append(f"{path}.labels: only used by kind 'classify'; remove it or change kind")
+        if kind == "extract":
+            if not isinstance(schema, Mapping) or not schema:
+                problems.append(f"{path}.schema: extract needs a JSON schema (a mapping), e.g. "
+                                "{type: object, properties: {city: {type: string}}}")
+        elif schema is not None:
+            problems.append(f"{path}.schema: only used by kind 'extract'; remove it or change kind")
+        if kind in ("classify", "extract") and system is not None:
+            problems.append(f"{path}.system: not used by kind '{kind}'; put extra guidance in 'instructions'")
+        if kind == "complete" and instructions is not None:
+            problems.append(f"{path}.instructions: not used by kind 'complete'; use 'system' for the system prompt")
+        name = data.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            problems.append(f"{path}.name: expected the output column's name as text")
+        if problems:
+            raise ConfigError(problems, context="LLM column spec")
+        return cls(kind=kind, prompt_sql=prompt_sql, model=model, system=system, max_tokens=max_tokens,
+                   temperature=temperature, labels=label_tuple, instructions=instructions,
+                   schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name)
+
+    @property
+    def system_message(self) -> str | None:
+        prefix = (self.instructions + "\n\n") if self.instructions else ""
+        if self.kind == "classify":
+            return prefix + CLASSIFY_PHRASE + " | ".join(self.labels)
+        if self.kind == "extract":
+            return prefix + EXTRACT_PHRASE + canonical_json(self.schema)
+        return self.system
+
+    @property
+    def response_format(self) -> ResponseFormat:
+        if self.kind == "classify":
+            return ResponseFormat.one_of(self.labels)
+        if self.kind == "extract":
+            return ResponseFormat.json(self.schema)
+        return ResponseFormat.text()
+
+    def model_input(self, prompt: str) -> ModelInput:
+        return ModelInput(prompt=prompt, system_message=self.system_message, temperature=self.temperature,
+                          max_tokens=self.max_tokens, response_format=self.response_format)
+
+    def fingerprint(self, model_config) -> str:
+        return fingerprint_of(model_config, self.model_input(""))
+
+    def key_sql(self, fingerprint: str, prompt_sql: str | None = None) -> str:
+        """SQL of the per-row key (NULL for a NULL prompt) over the source's columns."""
+        return key_sql(fingerprint, self.prompt_sql if prompt_sql is None else prompt_sql)
+
+    @property
+    def output_column(self) -> str:
+        """The llm_results column holding this kind's answer."""
+        return "output_json" if self.kind == "extract" else "output_text"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a fill comes from: ``run_id`` (dbt's invocation_id), ``node_id``, ``target``."""
+
+    run_id: str
+    node_id: str | None = None
+    target: str | None = None
+
+    def as_context(self, **extra) -> dict:
+        out = {"run_id": self.run_id, "node_id": self.node_id}
+        out.update(extra)
+        return out
