@@ -27,24 +27,24 @@ class _Claims:
     """The claims half of ``fill._Fill`` (see the module docstring for what it relies on)."""
 
     # -- claims -----------------------------------------------------------------------------------
+    def _insert_claims(self, cur, keys: list[str]) -> set[str]:
+        """Claim those of ``keys`` nobody holds a claim on; return them (now ours)."""
+        cur.execute(f"""
+            insert into {self.q}.llm_claims (key, run_id, claimed_at, claim_token, backend_pid)
+            select k, %s, now(), %s, pg_backend_pid() from unnest(%s::text[]) k
+            on conflict (key) do nothing returning key""", (self.run_ctx.run_id, self.token, keys))
+        return {row[0] for row in cur.fetchall()}
+
     def _claim(self, keys: list[str]) -> list[str]:
         """Claim ``keys``; return those now ours that still need an answer (in input order)."""
         with self.reader.cursor() as cur:
-            cur.execute(f"""
-                insert into {self.q}.llm_claims (key, run_id, claimed_at, claim_token, backend_pid)
-                select k, %s, now(), %s, pg_backend_pid() from unnest(%s::text[]) k
-                on conflict (key) do nothing returning key""", (self.run_ctx.run_id, self.token, keys))
-            mine = {row[0] for row in cur.fetchall()}
+            mine = self._insert_claims(cur, keys)
         return self._drop_answered([k for k in keys if k in mine])
 
     def _take_over(self, keys: list[str]) -> list[str]:
         """Claim keys whose claim vanished, went stale, or whose claiming session is gone."""
         with self.reader.cursor() as cur:
-            cur.execute(f"""
-                insert into {self.q}.llm_claims (key, run_id, claimed_at, claim_token, backend_pid)
-                select k, %s, now(), %s, pg_backend_pid() from unnest(%s::text[]) k
-                on conflict (key) do nothing returning key""", (self.run_ctx.run_id, self.token, keys))
-            mine = {row[0] for row in cur.fetchall()}
+            mine = self._insert_claims(cur, keys)
             cur.execute(f"""
                 update {self.q}.llm_claims c
                 set run_id = %s, claim_token = %s, claimed_at = now(), backend_pid = pg_backend_pid()
