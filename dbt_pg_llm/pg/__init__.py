@@ -11,6 +11,7 @@ Everything here talks to a DB-API (psycopg2) connection handed in by the caller 
   distinct key; with ``claims`` (no key paid twice by concurrent runs) and ``budget`` (``max_cost_usd``).
 * ``report``     — ``FillReport`` / ``FillError``: what one fill did.
 * ``frame``      — ``LlmFrameSession``: the same fill over a pandas Series (Python models).
+* ``upkeep``     — ``raise_alerts``: the engine's alerts into ``llm_alerts``, once per run/model/type.
 """
 from .fill import fill_column
 from .frame import LlmFrameSession
@@ -18,11 +19,12 @@ from .join import join_sql
 from .migrations import apply_retention, ensure_migrated, migrate, quote_ident, validate_schema_name
 from .report import FillError, FillReport
 from .spec import ColumnSpec, RunContext
+from .upkeep import raise_alerts
 from .writers import (ErrorRow, ResultRow, record_run, resolve_errors, write_alerts, write_calls, write_errors,
                       write_results)
 
 __all__ = [
     "ColumnSpec", "ErrorRow", "FillError", "FillReport", "LlmFrameSession", "ResultRow", "RunContext",
-    "apply_retention", "ensure_migrated", "fill_column", "join_sql", "migrate", "quote_ident", "record_run",
+    "apply_retention", "ensure_migrated", "fill_column", "join_sql", "migrate", "quote_ident", "raise_alerts", "record_run",
     "resolve_errors", "validate_schema_name", "write_alerts", "write_calls", "write_errors", "write_results",
 ]

@@ -496,3 +496,20 @@ def test_python_incremental_model_classifies_only_new_rows(fresh_llm, simulator)
     assert project.scalar(f"select count(*) from {table}") == \
         project.scalar(f"select count(*) from {seed} where review_text is not null")
     assert {r[0] for r in project.query(f"select distinct topic from {table}")} <= {"quality", "price", "other"}
+
+
+def test_alerts_and_retention_on_a_real_run(fresh_llm, simulator):
+    project = fresh_llm
+    project.run("run", "-s", "faulty_reviews", "--vars", json.dumps({"fault_marker": "[[fault:400]]"}),
+                LLM_ALERT_MAX_ERROR_RATE="0.05", LLM_ALERT_MIN_REQUESTS="5")
+    alerts = project.query(f'select model, alert_type, severity, message from "{project.audit}".llm_alerts')
+    assert [(m, t) for m, t, _, _ in alerts] == [("sim", "error_rate")]
+    assert "above 5.0%" in alerts[0][3]
+    # retention: an llm_calls row older than audit_retention_days is gone after the next real run
+    project.query(f'insert into "{project.audit}".llm_calls (ts, run_id, model, operation, cached) '
+                  "values (now() - interval '400 days', 'old-run', 'sim', 'classify', false)")
+    project.run("compile", "-s", "faulty_reviews", LLM_AUDIT_RETENTION_DAYS="30")  # compile deletes nothing
+    assert project.scalar(f"""select count(*) from "{project.audit}".llm_calls where run_id = 'old-run'""") == 1
+    project.run("run", "-s", "faulty_reviews", LLM_AUDIT_RETENTION_DAYS="30")
+    assert project.scalar(f"""select count(*) from "{project.audit}".llm_calls where run_id = 'old-run'""") == 0
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_calls') > 0

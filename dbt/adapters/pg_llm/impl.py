@@ -35,6 +35,7 @@ ON_ERROR_MODES = ("null", "fail")
 # invocations (dbtRunner): its journal, HTTP pools and event loop outlive an adapter instance.
 _ENGINES: Dict[str, Any] = {}
 _ENGINES_LOCK = threading.Lock()
+_RETENTION_DONE: set = set()  # (invocation_id, audit schema) pairs whose llm_calls retention ran
 
 
 def _settings_key(settings) -> str:
@@ -196,55 +197,80 @@ class PgLlmAdapter(PostgresAdapter):
         """
         if not really_executing():
             return []
+        engine = get_engine(self._credentials)
+        run = self._run_context(node_id)
+        reports = []
+        try:
+            for column in columns:
+                reports.append(self._fill_one(engine, run, str(source_sql), column, self._on_error(on_error), node_id))
+        finally:
+            self._raise_alerts(engine, run)  # also (above all) when a fill failed
+        return reports
+
+    def _fill_one(self, engine, run, source_sql: str, column: Dict[str, Any], mode: Any,
+                  node_id: Optional[str]) -> Dict[str, Any]:
+        """Fill one column; log its summary and warnings; raise DbtRuntimeError per on_error='fail'."""
         from dbt_pg_llm.errors import PgLlmError, redact
         from dbt_pg_llm.pg.fill import fill_column
 
         settings = self._settings()
-        engine = get_engine(self._credentials)
-        run = self._run_context(node_id)
-        reports = []
-        for column in columns:
-            spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
-            mode = self._on_error(on_error)
-            label = f"{node_id or 'model'}.{column.get('name')}"
-            started = time.monotonic()
-            try:
-                report = fill_column(
-                    self._credentials.connect_autocommit, engine, str(source_sql), spec,
-                    audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
-                    cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-                    progress=_ProgressLogger(label),
-                )
-            except PgLlmError as exc:
-                raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
-            except DbtRuntimeError:
-                raise
-            except Exception as exc:  # database errors & co: name them, never leak a key
+        spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
+        label = f"{node_id or 'model'}.{column.get('name')}"
+        started = time.monotonic()
+        try:
+            report = fill_column(
+                self._credentials.connect_autocommit, engine, source_sql, spec,
+                audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
+                cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
+                progress=_ProgressLogger(label),
+            )
+        except PgLlmError as exc:
+            raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
+        except DbtRuntimeError:
+            raise
+        except Exception as exc:  # database errors & co: name them, never leak a key
+            raise DbtRuntimeError(
+                f"pg_llm: {label}: filling the column failed: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
+        elapsed = time.monotonic() - started
+        logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
+        if report.stopped == "max_cost":
+            logger.warning(
+                f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
+                "the remaining keys were not requested"
+            )
+        if report.errors:
+            first = report.first_error
+            first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
+            if mode == "fail":  # fill_column raises first; kept in case it returns
                 raise DbtRuntimeError(
-                    f"pg_llm: {label}: filling the column failed: {type(exc).__name__}: {redact(str(exc))}"
-                ) from None
-            elapsed = time.monotonic() - started
-            logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
-            if report.stopped == "max_cost":
-                logger.warning(
-                    f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
-                    "the remaining keys were not requested"
+                    f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
                 )
-            if report.errors:
-                first = report.first_error
-                first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
-                if mode == "fail":  # fill_column raises first; kept in case it returns
-                    raise DbtRuntimeError(
-                        f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
-                    )
-                shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
-                logger.warning(
-                    f"{label}: {report.errors} key(s) failed; those rows get {shown}. The failures are "
-                    f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
-                    f"First error: {first_text}"
-                )
-            reports.append(report.as_progress())
-        return reports
+            shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
+            logger.warning(
+                f"{label}: {report.errors} key(s) failed; those rows get {shown}. The failures are "
+                f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
+                f"First error: {first_text}"
+            )
+        return report.as_progress()
+
+    def _raise_alerts(self, engine, run) -> None:
+        """Write the engine's new alerts to llm_alerts (once per run, model and type) and log them."""
+        from dbt_pg_llm.errors import redact
+        from dbt_pg_llm.pg.upkeep import raise_alerts
+
+        settings = self._settings()
+        try:
+            conn = self._credentials.connect_autocommit()
+            try:
+                alerts = raise_alerts(conn, settings.audit_schema, engine, run.run_id, settings.alerts)
+            finally:
+                conn.close()
+        except Exception as exc:  # alerting must never mask the fill's own outcome
+            logger.warning(f"pg_llm: could not write alerts: {type(exc).__name__}: {redact(str(exc))}")
+            return
+        for alert in alerts:
+            logger.warning(f"pg_llm alert: {redact(str(alert))}")
 
     @available
     def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None) -> str:
@@ -263,13 +289,26 @@ class PgLlmAdapter(PostgresAdapter):
     @available
     def llm_prepare(self) -> str:
         """Create/migrate the audit schema (no requests), so the join SQL of `compile` / `show` runs
-        on a fresh database. Called by llm_enrich only when `execute` is true; once per process."""
-        from dbt_pg_llm.pg.migrations import ensure_migrated
+        on a fresh database. Called by llm_enrich only when `execute` is true. On a real run, also
+        applies ``audit_retention_days`` to llm_calls, once per invocation."""
+        from dbt_pg_llm.pg.migrations import apply_retention, ensure_migrated
 
-        schema = self._settings().audit_schema
+        settings = self._settings()
+        schema = settings.audit_schema
         conn = self._credentials.connect_autocommit()
         try:
             ensure_migrated(conn, schema)
+            retention_key = (_invocation_id(), schema)
+            if settings.audit_retention_days and really_executing() and retention_key not in _RETENTION_DONE:
+                with _ENGINES_LOCK:
+                    first = retention_key not in _RETENTION_DONE
+                    _RETENTION_DONE.add(retention_key)
+                if first:
+                    done = apply_retention(conn, schema, settings.audit_retention_days)
+                    if done["dropped_partitions"] or done["deleted_rows"]:
+                        logger.info(f"pg_llm: retention ({settings.audit_retention_days} days) dropped "
+                                    f"{len(done['dropped_partitions'])} llm_calls partition(s) and deleted "
+                                    f"{done['deleted_rows']} older row(s)")
         finally:
             conn.close()
         return ""
