@@ -94,6 +94,22 @@ def pg_conn(pg: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def db(pg: Any, pg_conn: Any) -> Iterator[tuple]:
+    """(connect, source schema, audit schema) for fills: ``connect()`` opens a new connection each
+    call (as fill_column wants); the audit schema ``<source schema>_audit`` is dropped afterwards."""
+    import psycopg2
+
+    audit = f"{pg_conn.schema}_audit"
+
+    def connect() -> Any:
+        return psycopg2.connect(**pg.connect_kwargs())
+
+    yield connect, pg_conn.schema, audit
+    with pg_conn.cursor() as cur:
+        cur.execute(f'drop schema if exists "{audit}" cascade')
+
+
+@pytest.fixture
 def pg_schema(pg_conn: Any) -> str:
     """Name of the fresh schema `pg_conn` works in."""
     return pg_conn.schema

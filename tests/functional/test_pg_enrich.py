@@ -6,7 +6,6 @@ import threading
 import time
 import uuid
 
-import psycopg2
 import pytest
 
 from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ModelError, ResultCache
@@ -23,19 +22,6 @@ COST_IN, COST_OUT = 0.5, 1.5  # $ per 1k tokens, the same in the simulator and t
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@pytest.fixture
-def db(pg, pg_conn):
-    """(connect, source schema, audit schema); the audit schema is dropped afterwards."""
-    audit = f"{pg_conn.schema}_audit"
-
-    def connect():
-        return psycopg2.connect(**pg.connect_kwargs())
-
-    yield connect, pg_conn.schema, audit
-    with pg_conn.cursor() as cur:
-        cur.execute(f'drop schema if exists "{audit}" cascade')
 
 
 def make_engine(sim, *, name="sim", cost=False, max_retries=0, cache=True, **config) -> Engine:

@@ -5,7 +5,6 @@ import hashlib
 import math
 
 import pandas as pd
-import psycopg2
 import pytest
 
 from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache
@@ -16,18 +15,6 @@ pytestmark = pytest.mark.functional
 
 AWKWARD = ["tab\there", "new\nline", "back\\slash", "quotes ' \" ", "café 日本語", "emoji 😀👍🏽", "",
            "nul\x00inside"]
-
-
-@pytest.fixture
-def db(pg, pg_conn):
-    audit = f"{pg_conn.schema}_audit"
-
-    def connect():
-        return psycopg2.connect(**pg.connect_kwargs())
-
-    yield connect, pg_conn.schema, audit
-    with pg_conn.cursor() as cur:
-        cur.execute(f'drop schema if exists "{audit}" cascade')
 
 
 def make_engine(sim) -> Engine:
