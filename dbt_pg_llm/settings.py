@@ -2,7 +2,12 @@
 
 Every problem is reported at once with its key path and the fix, e.g.
 ``llm.models.gpt.temperature: 3.0 is out of range; use a number from 0 to 2``.
-``build_engine(settings)`` turns it into an Engine with models, failover chains and the journal.
+
+A ``models:`` entry with a ``strategy:`` key is a strategy model (cascade / vote / route over real
+models, see ``strategy.py``): it is kept in ``settings.strategies`` (``settings.models`` holds only
+real models' ModelConfig), may be the ``default_model``, and is used by name like a model.
+``config_for(name)`` gives the config of any name (the cache key is computed from it).
+``build_engine(settings)`` turns it into an Engine with models, strategies, failover chains and the journal.
 """
 from __future__ import annotations
 
@@ -12,7 +17,9 @@ from typing import Any
 
 from .alerts import AlertThresholds
 from .config import ModelConfig, check_keys
-from .errors import ConfigError
+from .errors import ConfigError, RegistryError
+from .strategy import InferenceStrategy
+from .strategy_model import StrategyConfig, StrategyModel
 
 __all__ = ["LlmSettings", "build_engine", "ON_ERROR_MODES"]
 
@@ -31,6 +38,7 @@ class LlmSettings:
     journal_dir: str | None = None  # None = the user's cache dir (not target/: it must survive `dbt clean`)
     on_error: Any = "null"
     alerts: AlertThresholds = field(default_factory=AlertThresholds)  # when to write llm_alerts rows
+    strategies: dict[str, InferenceStrategy] = field(default_factory=dict)  # from models: entries with strategy:
 
     FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
               "max_cost_usd_per_run", "journal_dir", "on_error", "alerts")
@@ -49,9 +57,16 @@ class LlmSettings:
         if not isinstance(raw_models, dict):
             problems.append(f"{path}.models: expected a mapping of model name -> settings")
             raw_models = {}
+        strategy_names = {str(n) for n, raw in raw_models.items() if isinstance(raw, dict) and "strategy" in raw}
+        real_names = {str(n) for n in raw_models} - strategy_names
+        strategies: dict[str, InferenceStrategy] = {}
         for name, raw in raw_models.items():
             try:
-                models[str(name)] = ModelConfig.from_dict(raw, f"{path}.models.{name}")
+                if str(name) in strategy_names:
+                    strategies[str(name)] = InferenceStrategy.from_dict(raw, f"{path}.models.{name}", real_names,
+                                                                        strategy_names)
+                else:
+                    models[str(name)] = ModelConfig.from_dict(raw, f"{path}.models.{name}")
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if "alerts" in data:
@@ -60,14 +75,18 @@ class LlmSettings:
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 data.pop("alerts")
-        settings = cls(models=models, **data)
-        problems.extend(settings.problems(path, known_models=set(raw_models)))
+        settings = cls(models=models, strategies=strategies, **data)
+        problems.extend(settings.problems(path, known_models=real_names, known_strategies=strategy_names))
         if problems:
             raise ConfigError(problems, context=f"'{path}' settings")
         return settings
 
-    def problems(self, path: str = "llm", known_models: set | None = None) -> list[str]:
-        names = set(self.models) | set(known_models or ())
+    def problems(self, path: str = "llm", known_models: set | None = None,
+                 known_strategies: set | None = None) -> list[str]:
+        """``known_models`` / ``known_strategies``: names defined even if their entry was invalid."""
+        real = set(self.models) | set(known_models or ())
+        strategies = set(self.strategies) | set(known_strategies or ())
+        names = real | strategies
         out = []
         if self.default_model is not None and self.default_model not in names:
             out.append(f"{path}.default_model: {self.default_model!r} is not one of the models "
@@ -86,7 +105,9 @@ class LlmSettings:
                 out.append(f"{path}.{key}: {value!r} must be a positive number, or omitted")
         for name, config in self.models.items():
             for backup in config.fallbacks:
-                if backup not in names:
+                if backup in strategies:  # a strategy may call this very model: a cycle
+                    out.append(f"{path}.models.{name}.fallbacks: {backup!r} is a strategy; fall back to real models")
+                elif backup not in names:
                     out.append(f"{path}.models.{name}.fallbacks: {backup!r} is not a defined model")
                 elif backup == name:
                     out.append(f"{path}.models.{name}.fallbacks: a model cannot fall back to itself")
@@ -98,6 +119,17 @@ class LlmSettings:
             return self.default_model
         return next(iter(self.models), None)
 
+    def config_for(self, name: str) -> ModelConfig | StrategyConfig:
+        """The config of a model or strategy name (what its cache key is computed from).
+
+        RegistryError (a KeyError) for an unknown name, listing every defined name."""
+        if name in self.models:
+            return self.models[name]
+        if name in self.strategies:
+            return StrategyConfig.of(self.strategies[name], self.models, name)
+        known = ", ".join(sorted({*self.models, *self.strategies})) or "(none)"
+        raise RegistryError(f"unknown model {name!r}; models configured under llm.models: {known}")
+
     def journal_path(self) -> Path:
         if self.journal_dir:
             return Path(self.journal_dir).expanduser()
@@ -107,9 +139,13 @@ class LlmSettings:
 
     def redacted(self) -> dict:
         """A printable summary (no API keys): for `dbt debug` and logs."""
-        return {"default_model": self.model_for_default, "audit_schema": self.audit_schema,
-                "models": {n: {"provider": c.provider, "model_version": c.model_version, "api_url": c.base_url}
-                           for n, c in self.models.items()}}
+        out = {"default_model": self.model_for_default, "audit_schema": self.audit_schema,
+               "models": {n: {"provider": c.provider, "model_version": c.model_version, "api_url": c.base_url}
+                          for n, c in self.models.items()}}
+        if self.strategies:
+            out["strategies"] = {n: {"strategy": s.kind, "models": list(s.members)}
+                                 for n, s in self.strategies.items()}
+        return out
 
 
 def _thresholds(data, path: str) -> AlertThresholds:
@@ -128,7 +164,8 @@ def _thresholds(data, path: str) -> AlertThresholds:
 
 
 def build_engine(settings: LlmSettings, *, sinks=(), journal: bool = True, transport=None):
-    """An Engine with every configured model registered; answers journaled to diskcache first."""
+    """An Engine with every configured model, then every strategy, registered; answers journaled
+    to diskcache first."""
     from .cache import DiskJournal, MemoryBackend, ResultCache
     from .engine import Engine
     from .model import Model
@@ -138,4 +175,6 @@ def build_engine(settings: LlmSettings, *, sinks=(), journal: bool = True, trans
     engine = Engine(cache=ResultCache(backend, ttl_s=ttl_s), sinks=sinks)
     for name, config in settings.models.items():
         engine.register(Model(name, config, transport=transport))
+    for name, strategy in settings.strategies.items():
+        engine.register(StrategyModel(name, strategy, engine))
     return engine

@@ -9,9 +9,22 @@
     InferenceStrategy.route({"classify": "small", "extract": "large"}, default="large")
         pick the model by task type (the column kind: complete / classify / extract).
 
+A profile names a strategy like a model (``settings.py`` parses it with ``from_dict``)::
+
+    models:
+      small: {provider: openai, api_url: ..., model_version: gpt-4o-mini}
+      large: {provider: openai, api_url: ..., model_version: gpt-4o}
+      smart: {strategy: cascade, models: [small, large], min_confidence: 0.8}
+      panel: {strategy: vote, models: [small, large, other]}
+      split: {strategy: route, routes: {classify: small, extract: large}, default: large}
+
+and ``strategy_model.StrategyModel`` registers it in the Engine under its name, so columns use it
+like any model. Members are real models (strategies do not nest).
+
 Fallback on failure is not a strategy here: it is each model's ``fallbacks`` (failover.py), and
 applies inside every strategy. Each model's answer is cached under its own key, so re-running a
-strategy pays only for what is new. The returned output's cost is the sum of every answer paid for.
+strategy pays only for what is new. The returned output's cost and tokens are the sum of every
+answer paid for now (cached answers count nothing).
 """
 from __future__ import annotations
 
@@ -19,21 +32,31 @@ import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
+from .config import check_keys
 from .errors import ConfigError, ModelError
 from .model_io import ModelInput, ModelOutput, TokenUsage
 
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["InferenceStrategy"]
+__all__ = ["InferenceStrategy", "TASKS", "task_of"]
+
+TASKS = ("complete", "classify", "extract")
+_TASK_OF_FORMAT = {"text": "complete", "labels": "classify", "json": "extract"}
+_KEYS = ("strategy", "models", "min_confidence", "routes", "default")
+
+
+def task_of(inp: ModelInput) -> str:
+    """The task type of a request, from its response format (labels: classify, JSON: extract)."""
+    return _TASK_OF_FORMAT.get(inp.response_format.type, "complete")
 
 
 @dataclass(frozen=True)
 class InferenceStrategy:
     kind: str
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # route: (default,)
     min_confidence: float = 0.8
     routes: Mapping[str, str] = field(default_factory=dict)
 
@@ -51,24 +74,114 @@ class InferenceStrategy:
     def route(cls, routes: Mapping[str, str], default: str) -> "InferenceStrategy":
         return cls("route", (default,), routes=dict(routes)).validate()
 
-    def validate(self) -> "InferenceStrategy":
-        problems = []
-        if self.kind not in self.KINDS:
-            problems.append(f"strategy.kind: {self.kind!r} is unknown; use one of {', '.join(self.KINDS)}")
-        if not self.models:
-            problems.append("strategy.models: give at least one model name")
+    @classmethod
+    def from_dict(cls, data: Mapping, path: str, models: Collection[str],
+                  strategies: Collection[str] = ()) -> "InferenceStrategy":
+        """A ``models:`` entry with a ``strategy:`` key. Members must be in ``models`` (real models);
+        naming one of ``strategies`` is an error (no nesting). ConfigError lists every problem."""
+        problems: list[str] = []
+        try:
+            check_keys(dict(data), _KEYS, path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        kind = data.get("strategy")
+        known = ", ".join(sorted(models)) or "none defined"
+
+        def member(value, where: str) -> str:
+            if not isinstance(value, str) or not value:
+                problems.append(f"{where}: {value!r} must be the name of a model")
+            elif value in strategies:
+                problems.append(f"{where}: {value!r} is a strategy; strategies do not nest, name real models")
+            elif value not in models:
+                problems.append(f"{where}: {value!r} is not a defined model (models: {known})")
+            return str(value)
+
+        names: tuple[str, ...] = ()
+        routes: dict[str, str] = {}
+        min_confidence = data.get("min_confidence", 0.8) if kind == "cascade" else 0.8
+        unused = {"route": ("models", "min_confidence"), "vote": ("routes", "default", "min_confidence"),
+                  "cascade": ("routes", "default")}
+        for key in unused.get(kind, ()):
+            if key in data:
+                problems.append(f"{path}.{key}: not used by strategy '{kind}'; remove it")
+        if kind not in cls.KINDS:
+            problems.append(f"{path}.strategy: {kind!r} is unknown; use one of {', '.join(cls.KINDS)}")
+        elif kind == "route":
+            raw_routes = data.get("routes") or {}
+            if not isinstance(raw_routes, Mapping):
+                problems.append(f"{path}.routes: expected a mapping of task -> model, e.g. {{classify: small}}")
+                raw_routes = {}
+            routes = {str(task): member(target, f"{path}.routes.{task}") for task, target in raw_routes.items()}
+            if data.get("default") is None:
+                problems.append(f"{path}.default: missing; name the model for tasks without a route")
+            else:
+                names = (member(data["default"], f"{path}.default"),)
+        else:
+            raw = data.get("models") or []  # missing: problems() asks for at least one
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, (list, tuple)):
+                problems.append(f"{path}.models: expected a list of model names, e.g. [small, large]")
+                raw = []
+            names = tuple(member(m, f"{path}.models") for m in raw)
+            if len(set(names)) != len(names):
+                problems.append(f"{path}.models: a model is listed twice; remove the duplicate")
+            if isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)):
+                problems.append(f"{path}.min_confidence: {min_confidence!r} must be a number from 0 to 1")
+                min_confidence = 0.8
+        if kind in cls.KINDS:
+            problems.extend(cls(kind, names, float(min_confidence), routes).problems(path, check_kind=False))
+        if problems:
+            raise ConfigError(problems)
+        return cls(kind, names, float(min_confidence), routes)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every model the strategy may call, in order, once each."""
+        return tuple(dict.fromkeys((*self.models, *self.routes.values())))
+
+    def problems(self, path: str = "strategy", check_kind: bool = True) -> list[str]:
+        out = []
+        if check_kind and self.kind not in self.KINDS:
+            out.append(f"{path}.kind: {self.kind!r} is unknown; use one of {', '.join(self.KINDS)}")
+        if not self.models and self.kind != "route":
+            out.append(f"{path}.models: give at least one model name")
         if self.kind == "vote" and len(self.models) < 2:
-            problems.append("strategy.models: a vote needs at least two models")
+            out.append(f"{path}.models: a vote needs at least two models")
         if not 0 <= self.min_confidence <= 1:
-            problems.append(f"strategy.min_confidence: {self.min_confidence!r} must be between 0 and 1")
+            out.append(f"{path}.min_confidence: {self.min_confidence!r} must be between 0 and 1")
+        for task in self.routes:
+            if task not in TASKS:
+                out.append(f"{path}.routes.{task}: unknown task; use one of {', '.join(TASKS)}")
+        return out
+
+    def validate(self, path: str = "strategy") -> "InferenceStrategy":
+        problems = self.problems(path)
         if problems:
             raise ConfigError(problems, context="inference strategy")
         return self
 
+    def describe(self, configs: Mapping[str, Any]) -> dict:
+        """What the answers depend on (part of the cache key): the kind, its parameters and each
+        member's provider, model_version and default temperature and max_tokens. Member names are
+        left out, as model names are."""
+        def who(name: str) -> dict:
+            c = configs[name]
+            return {"provider": c.provider, "model_version": c.model_version, "temperature": float(c.temperature),
+                    "max_tokens": int(c.max_tokens)}
+
+        if self.kind == "route":
+            return {"strategy": "route", "default": who(self.models[0]),
+                    "routes": {task: who(m) for task, m in sorted(self.routes.items())}}
+        out = {"strategy": self.kind, "models": [who(m) for m in self.models]}
+        if self.kind == "cascade":
+            out["min_confidence"] = float(self.min_confidence)
+        return out
+
     async def acall(self, engine: "Engine", inp: ModelInput, *, task: str | None = None,
                     context: dict | None = None) -> ModelOutput:
         if self.kind == "route":
-            return await engine.acall(self.routes.get(task or "", self.models[0]), inp, context=context)
+            return await engine.acall(self.routes.get(task or task_of(inp), self.models[0]), inp, context=context)
         if self.kind == "cascade":
             return await self._cascade(engine, inp, context)
         return await self._vote(engine, inp, context)
@@ -127,8 +240,11 @@ def _merge_objects(objects: list[dict]) -> dict:
 
 
 def _with_total_cost(output: ModelOutput, answers: list[ModelOutput]) -> ModelOutput:
-    """Paid is paid: the strategy's answer carries the cost and tokens of every answer it used."""
+    """Paid is paid: the strategy's answer carries the cost and tokens of every answer paid for now.
+    Cached answers cost nothing this time; the answer is ``cached`` only if every one was."""
     tokens = TokenUsage()
     for answer in answers:
-        tokens = tokens + answer.tokens
-    return replace(output, cost_usd=sum(a.cost_usd for a in answers), tokens=tokens)
+        if not answer.cached:
+            tokens = tokens + answer.tokens
+    return replace(output, cost_usd=sum(a.cost_usd for a in answers), tokens=tokens,
+                   cached=all(a.cached for a in answers))

@@ -141,14 +141,13 @@ class PgLlmAdapter(PostgresAdapter):
             raise DbtRuntimeError(f"pg_llm: {exc}") from None
 
     def _model_config(self, name: str):
-        settings = self._settings()
-        models = settings.models
-        if name not in models:
-            known = ", ".join(sorted(models)) or "(none)"
-            raise DbtRuntimeError(
-                f"pg_llm: unknown model '{name}'; models configured under llm.models: {known}"
-            )
-        return models[name]
+        """The config of a model or strategy name; an unknown name lists every defined one."""
+        from dbt_pg_llm.errors import RegistryError
+
+        try:
+            return self._settings().config_for(name)
+        except RegistryError as exc:
+            raise DbtRuntimeError(f"pg_llm: {exc}") from None
 
     def _run_context(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.spec import RunContext

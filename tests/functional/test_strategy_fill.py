@@ -1,0 +1,89 @@
+"""A cascade strategy model filling a column: real embedded Postgres, two simulator-backed members."""
+from __future__ import annotations
+
+import pytest
+
+from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
+from dbt_pg_llm.keys import cache_key
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
+from dbt_pg_llm.simulator import SimulatorConfig
+
+pytestmark = pytest.mark.functional
+
+COST_IN, COST_OUT = 0.5, 1.5
+MIN_CONFIDENCE = 0.5  # the simulator is sure of "positive" (0.59), not of "negative" / "neutral"
+PROMPTS = ["I love it, great value", "terrible, it broke", "it arrived on a tuesday", "best purchase, love it",
+           "awful and flimsy", "the box was blue", "works great", "meh", "I love it, great value", None, "meh"]
+
+
+def settings_for(small, large) -> LlmSettings:
+    def member(sim, version):
+        return {"api_url": sim.base_url, "model_version": version, "retry": {"max_retries": 0},
+                "cost_per_1k_input_tokens": COST_IN, "cost_per_1k_output_tokens": COST_OUT}
+    return LlmSettings.from_dict({"default_model": "smart", "models": {
+        "small": member(small, "sim-small"), "large": member(large, "sim-large"),
+        "smart": {"strategy": "cascade", "models": ["small", "large"], "min_confidence": MIN_CONFIDENCE}}})
+
+
+def q(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def test_cascade_fill_pays_members_once_then_nothing(db, pg_conn, simulator_factory):
+    connect, schema, audit = db
+    small, large = (simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+                    for _ in range(2))
+    with pg_conn.cursor() as cur:
+        cur.execute(f'create table "{schema}".reviews (id serial primary key, body text)')
+        cur.executemany(f'insert into "{schema}".reviews (body) values (%s)', [(p,) for p in PROMPTS])
+    source = f'"{schema}".reviews'
+    distinct = len({p for p in PROMPTS if p is not None})
+    settings = settings_for(small, large)
+    spec = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body",
+                                 "labels": ["positive", "negative", "neutral"]}, settings.model_for_default)
+    assert spec.model == "smart"
+    fp = spec.fingerprint(settings.config_for("smart"))  # what the adapter computes from the profile
+
+    engine = build_engine(settings, journal=False, sinks=[BufferedSink()])
+    try:
+        assert spec.fingerprint(engine.registry.get("smart").config) == fp  # ... and what the fill uses
+        rep = fill_column(connect, engine, source, spec, audit_schema=audit, run=RunContext("run-1", "model.p.r"))
+        # every member answer paid for once: small for every key, large for the unsure ones
+        results = q(pg_conn, f'select key, model, fingerprint, output_text, confidence, cost_usd '
+                             f'from "{audit}".llm_results')
+        unsure = sum(conf < MIN_CONFIDENCE for *_, conf, _ in results)
+        assert 0 < unsure < distinct
+        assert (rep.distinct_keys, rep.requests_done, rep.errors, rep.cache_hits) == (distinct, distinct, 0, 0)
+        assert (small.stats()["requests"], large.stats()["requests"]) == (distinct, unsure)
+        paid = small.stats()["cost_usd"] + large.stats()["cost_usd"]
+        assert rep.cost_usd == pytest.approx(paid) and paid > 0
+        # llm_results holds the strategy's answers, under the strategy's key and fingerprint
+        by_prompt = {p: cache_key(fp, p) for p in PROMPTS if p is not None}
+        assert {r[0] for r in results} == set(by_prompt.values()) and {r[2] for r in results} == {fp}
+        assert {r[1] for r in results} <= {"small", "large"}  # the member that answered
+        assert float(sum(r[5] for r in results)) == pytest.approx(paid)
+        # the calls log holds the members' requests
+        calls = q(pg_conn, f'select model, cached, count(*) from "{audit}".llm_calls group by 1, 2 order by 1')
+        assert calls == [("large", False, unsure), ("small", False, distinct)]
+        # the join gives every non-NULL prompt its label
+        rows = q(pg_conn, join_sql(source, [("sentiment", spec, fp)], audit) + " order by id")
+        assert [r[-1] is None for r in rows] == [p is None for p in PROMPTS]
+        # the members' answers are cached under their own keys: asking 'small' directly is free
+        direct = engine.call("small", spec.model_input(PROMPTS[0]))
+        assert direct.cached and small.stats()["requests"] == distinct
+        assert engine.call("smart", spec.model_input(PROMPTS[0])).cached
+    finally:
+        engine.close()
+
+    # a second fill (a fresh engine, empty memory cache): Postgres has every answer, nothing is paid
+    engine2 = build_engine(settings, journal=False, sinks=[BufferedSink()])
+    try:
+        rep2 = fill_column(connect, engine2, source, spec, audit_schema=audit, run=RunContext("run-2", "model.p.r"))
+    finally:
+        engine2.close()
+    assert (rep2.requests_done, rep2.cache_hits, rep2.cost_usd) == (0, distinct, 0.0)
+    assert (small.stats()["requests"], large.stats()["requests"]) == (distinct, unsure)
+    assert q(pg_conn, f"select model, count(*) from \"{audit}\".llm_calls where run_id = 'run-2' group by 1") \
+        == [("smart", distinct)]
