@@ -25,6 +25,7 @@ from .retry import RetryPolicy
 from .settings import LlmSettings, build_engine
 from .status import CircuitBreaker, ModelStatus
 from .strategy import InferenceStrategy
+from .strategy_model import StrategyConfig, StrategyModel
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,6 @@ __all__ = [
     "DiskJournal", "Engine", "ErrorKind", "Failover", "InferenceStrategy", "LlmSettings", "LoggingSink", "MemoryBackend",
     "MemorySink", "MetricsRegistry", "Model", "ModelAlert", "ModelConfig", "ModelError", "ModelInput",
     "ModelLog", "ModelMetrics", "ModelOutput", "ModelRegistry", "ModelStatus", "PgLlmError", "RegistryError",
-    "RequestPool", "ResponseFormat", "ResultCache", "RetryPolicy", "TokenUsage", "build_engine", "cache_key",
+    "RequestPool", "ResponseFormat", "ResultCache", "RetryPolicy", "StrategyConfig", "StrategyModel", "TokenUsage", "build_engine", "cache_key",
     "fingerprint", "should_alert",
 ]

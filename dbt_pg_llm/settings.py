@@ -113,6 +113,17 @@ class LlmSettings:
                     out.append(f"{path}.models.{name}.fallbacks: a model cannot fall back to itself")
         return out
 
+    def identity(self) -> str:
+        """A hash of everything that shapes an Engine built from these settings, API keys included
+        (a changed key must not reuse an engine holding the old one). Never printed."""
+        import hashlib
+        import json
+
+        data = {name: getattr(self, name) for name in self.FIELDS if name != "models"}
+        data["models"] = {n: c.to_dict(include_secret=True) for n, c in self.models.items()}
+        data["strategies"] = {n: repr(s) for n, s in self.strategies.items()}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
     @property
     def model_for_default(self) -> str | None:
         if self.default_model:

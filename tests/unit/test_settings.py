@@ -41,3 +41,16 @@ def test_alert_thresholds_and_fallback_checks():
         LlmSettings.from_dict({"models": {"a": {**GOOD, "fallbacks": ["c"]}}})
     with pytest.raises(ConfigError, match=r"llm.alerts.min_requests: -1"):
         LlmSettings.from_dict({"models": {"a": GOOD}, "alerts": {"min_requests": -1}})
+
+
+def test_identity_changes_with_keys_and_strategies_but_is_never_the_key():
+    base = {"models": {"a": GOOD, "b": {**GOOD, "model_version": "big"}}, "default_model": "a"}
+    smart = {"strategy": "cascade", "models": ["a", "b"], "min_confidence": 0.8}
+    one = LlmSettings.from_dict({**base, "models": {**base["models"], "smart": smart}})
+    same = LlmSettings.from_dict({**base, "models": {**base["models"], "smart": dict(smart)}})
+    other = LlmSettings.from_dict({**base, "models": {**base["models"], "smart": {**smart, "min_confidence": 0.5}}})
+    new_key = LlmSettings.from_dict({**base, "models": {"a": {**GOOD, "api_key": "sk-other-1234567"},
+                                                        "b": base["models"]["b"], "smart": smart}})
+    assert one.identity() == same.identity()
+    assert len({one.identity(), other.identity(), new_key.identity()}) == 3
+    assert "sk-settings-secret-99" not in one.identity()

@@ -38,20 +38,10 @@ _ENGINES_LOCK = threading.Lock()
 _RETENTION_DONE: set = set()  # (invocation_id, audit schema) pairs whose llm_calls retention ran
 
 
-def _settings_key(settings) -> str:
-    """Identity of an llm block, API keys included (a new key must not reuse an engine holding the old)."""
-    import hashlib
-    import json
-
-    data = {name: getattr(settings, name) for name in settings.FIELDS if name != "models"}
-    data["models"] = {n: c.to_dict(include_secret=True) for n, c in settings.models.items()}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
 def get_engine(credentials: PgLlmCredentials):
     """The process-wide Engine for these credentials' llm block (built on first use, thread-safe)."""
     settings = credentials.llm_settings()
-    key = _settings_key(settings)
+    key = settings.identity()
     engine = _ENGINES.get(key)
     if engine is not None:
         return engine
@@ -320,7 +310,7 @@ class PgLlmAdapter(PostgresAdapter):
     def llm_metrics_report(self) -> str:
         """The engine's in-process metrics (empty if no request was made in this process)."""
         settings = self._settings()
-        engine = _ENGINES.get(_settings_key(settings))
+        engine = _ENGINES.get(settings.identity())
         return engine.metrics.report() if engine is not None else ""
 
     # -- Python models ---------------------------------------------------------------------------
