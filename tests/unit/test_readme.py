@@ -1,0 +1,20 @@
+"""The README's profile example is a valid llm: block (docs that drift from the code mislead users)."""
+import re
+from pathlib import Path
+
+import yaml
+
+from dbt_pg_llm import LlmSettings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_profile_example_parses():
+    text = README.read_text(encoding="utf-8")
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    block = re.sub(r"\"\{\{.*?\}\}\"", '"from-env"', block)  # env_var(...) calls, as dbt would render them
+    profile = yaml.safe_load(block)
+    settings = LlmSettings.from_dict(profile["my_project"]["outputs"]["prod"]["llm"])
+    assert settings.model_for_default == "gpt"
+    assert set(settings.strategies) == {"smart", "panel", "by_task"}
+    assert settings.models["gpt"].fallbacks == ("claude",)
