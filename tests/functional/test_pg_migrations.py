@@ -22,11 +22,8 @@ VIEWS = {"llm_metrics", "llm_model_status"}
 
 
 @pytest.fixture
-def conn(pg):
-    c = psycopg2.connect(pg.dsn())
-    c.autocommit = True
-    yield c
-    c.close()
+def conn(pg_conn):
+    return pg_conn  # autocommit; the audit schemas under test are created and dropped by the tests
 
 
 @pytest.fixture

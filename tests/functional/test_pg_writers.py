@@ -5,7 +5,6 @@ import json
 import time
 import uuid
 
-import psycopg2
 import pytest
 
 from dbt_pg_llm.errors import register_secret
@@ -37,11 +36,8 @@ AWKWARD = [
 
 
 @pytest.fixture
-def conn(pg):
-    c = psycopg2.connect(pg.dsn())
-    c.autocommit = True
-    yield c
-    c.close()
+def conn(pg_conn):
+    return pg_conn  # autocommit; the audit schemas under test are created and dropped by the tests
 
 
 @pytest.fixture
