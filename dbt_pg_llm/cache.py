@@ -71,6 +71,7 @@ class CacheEntry:
             tokens=TokenUsage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0)),
             truncated=bool(data.get("truncated", False)), model=data.get("model"),
             latency_ms=0.0, cost_usd=0.0, cached=True, attempts=0,
+            saved_cost_usd=float(data.get("cost_usd") or 0.0),
         )
         return cls(output, float(data.get("created_at") or 0.0), data.get("expires_at"),
                    bool(data.get("valid", True)), float(data.get("cost_usd") or 0.0))
@@ -288,5 +289,5 @@ def _shared_copy(output: ModelOutput) -> ModelOutput:
     for someone else's request, so successes look like cache hits; failures stay failures."""
     if output.ok:
         return replace(output, value=copy.deepcopy(output.value), cached=True, cost_usd=0.0,
-                       latency_ms=0.0, attempts=0)
+                       latency_ms=0.0, attempts=0, saved_cost_usd=output.cost_usd)
     return replace(output, cost_usd=0.0, attempts=0)

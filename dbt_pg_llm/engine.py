@@ -87,9 +87,8 @@ class Engine:
         return output
 
     def _record_hit(self, model: Model, key: str, output: ModelOutput, context: dict | None) -> None:
-        entry = self.cache.get_entry(key) if self.cache is not None else None
-        saved = entry.original_cost_usd if entry is not None else 0.0
-        model.metrics.record(output, saved_cost_usd=saved)
+        saved = output.saved_cost_usd
+        model.metrics.record(output)
         if self.log.sinks:
             self.log.emit(ModelLog(timestamp=datetime.now(timezone.utc), model=model.name, operation="call",
                                    input_hash=key, attempt=0, cached=True, cost_usd=0.0,

@@ -3,8 +3,8 @@
 ``record(output)`` is the only writer. Semantics, so numbers add up:
 
 * a cache hit (``output.cached``) counts in ``cache_hits`` only: no request was made, no token or
-  dollar was spent; what it would have cost is added to ``saved_cost_usd`` when the caller knows it
-  (``record(out, saved_cost_usd=entry.original_cost_usd)``);
+  dollar was spent; what it cost when it was paid for (``output.saved_cost_usd``) is added to
+  ``saved_cost_usd``;
 * every other output is one request (``request_count``); a failed one is also an error
   (``error_count``, ``errors_by_kind``). Latency, tokens and cost are summed for all requests,
   failed or not, because a timeout is slow and a failed call may still have been billed.
@@ -49,12 +49,12 @@ class ModelMetrics:
         self._lock = threading.Lock()
 
     def record(self, output: ModelOutput, saved_cost_usd: float | None = None) -> None:
-        """Count one output. For a cache hit, ``saved_cost_usd`` is what the original call cost
-        (``CacheEntry.original_cost_usd``); when omitted, the output's own ``cost_usd`` is used."""
+        """Count one output. For a cache hit, ``saved_cost_usd`` (default: the output's own
+        ``saved_cost_usd``) is what the answer cost when it was paid for."""
         with self._lock:
             if output.cached:
                 self.cache_hits += 1
-                saved = output.cost_usd if saved_cost_usd is None else saved_cost_usd
+                saved = output.saved_cost_usd if saved_cost_usd is None else saved_cost_usd
                 self.saved_cost_usd += float(saved or 0.0)
                 return
             self.request_count += 1

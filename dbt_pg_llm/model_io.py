@@ -157,6 +157,7 @@ class ModelOutput:
     cached: bool = False
     attempts: int = 1
     recoverable: bool = False  # for failures: may another try (or another model) succeed?
+    saved_cost_usd: float = 0.0  # for cache hits: what the answer cost when it was paid for
 
     @property
     def ok(self) -> bool:

@@ -41,9 +41,9 @@ def test_record_counts_requests_errors_and_cache_hits():
     assert m.errors_by_kind == {"timeout": 1, "invalid_output": 1}
 
 
-def test_saved_cost_defaults_to_the_hit_outputs_cost():
+def test_saved_cost_defaults_to_the_hit_outputs_saved_cost():
     m = ModelMetrics()
-    m.record(ModelOutput(text="x", cached=True, cost_usd=0.5))
+    m.record(ModelOutput(text="x", cached=True, cost_usd=0.0, saved_cost_usd=0.5))
     assert m.saved_cost_usd == 0.5 and m.cost_usd == 0.0
 
 
