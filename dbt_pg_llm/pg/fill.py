@@ -301,15 +301,10 @@ class _Fill(_Claims):
                 self._flush()
             self._emit_progress()
 
-    def _stored_cost(self, key: str, output) -> float:
-        if not output.cached:
-            return float(output.cost_usd or 0.0)
-        cache = getattr(self.engine, "cache", None)
-        try:
-            entry = cache.get_entry(key) if cache is not None else None
-        except Exception:
-            entry = None
-        return float(getattr(entry, "original_cost_usd", 0.0) or 0.0)
+    @staticmethod
+    def _stored_cost(output) -> float:
+        """What the answer cost when paid for (a journal hit carries it as saved_cost_usd)."""
+        return float((output.saved_cost_usd if output.cached else output.cost_usd) or 0.0)
 
     def _model_version(self, name: str | None) -> str | None:
         if name is None:
@@ -330,7 +325,7 @@ class _Fill(_Claims):
             rep.completion_tokens += output.tokens.completion
             rep.cost_usd += paid
         if output.ok:
-            stored = self._stored_cost(key, output)
+            stored = self._stored_cost(output)
             if output.cached:  # from the engine's journal / a concurrent caller: nothing paid now
                 self.engine_hits += 1
                 rep.cache_hits += 1
