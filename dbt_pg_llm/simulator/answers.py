@@ -392,9 +392,13 @@ def compute_answer(system: str, user: str, response_format: str | None = None) -
 
 
 @lru_cache(maxsize=4096)
-def logprobs_for(answer: str, top_n: int = 0) -> list[dict]:
-    """OpenAI ``logprobs.content``: one entry per 4-character token, logprobs in (-1.5, 0)."""
-    rng = random.Random(hashlib.sha256(answer.encode("utf-8", "surrogatepass")).digest())
+def logprobs_for(answer: str, top_n: int = 0, seed: str = "") -> list[dict]:
+    """OpenAI ``logprobs.content``: one entry per 4-character token, logprobs in (-1.5, 0).
+
+    Seeded by ``seed`` (the wire layer passes model + prompt) and the answer, so the same label gets
+    a different confidence on different inputs and from different models, as from real ones: a
+    cascade on confidence escalates some rows, not all or none, and the bigger model can win."""
+    rng = random.Random(hashlib.sha256((seed + "\x00" + answer).encode("utf-8", "surrogatepass")).digest())
     out = []
     for i in range(0, len(answer), 4):
         token = answer[i: i + 4]

@@ -123,7 +123,7 @@ _ANTH_STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "ref
 
 
 def openai_body(req: Request, answer: str, finish: str, ptoks: int, ctoks: int, n: int) -> dict:
-    lp = {"content": A.logprobs_for(answer, req.top_logprobs), "refusal": None} if req.logprobs else None
+    lp = {"content": A.logprobs_for(answer, req.top_logprobs, req.model + "\x00" + req.user), "refusal": None} if req.logprobs else None
     return {
         "id": f"chatcmpl-sim{n:010x}",
         "object": "chat.completion",
@@ -164,7 +164,7 @@ def make_sse_openai(req: Request, answer: str, finish: str, stop_seq, ptoks: int
     """(event bytes, tokens in it) for each chunk; the last chunk has finish_reason and usage."""
     base = {"id": f"chatcmpl-sim{n:010x}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": req.model, "system_fingerprint": "fp_simulator"}
-    lps = A.logprobs_for(answer, req.top_logprobs) if req.logprobs else None
+    lps = A.logprobs_for(answer, req.top_logprobs, req.model + "\x00" + req.user) if req.logprobs else None
 
     def ev(choice: dict, usage=None) -> bytes:
         payload = {**base, "choices": [choice]}

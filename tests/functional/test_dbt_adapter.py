@@ -58,6 +58,12 @@ def model(dbt, session):
     reviews["topic"] = session.llm.classify(reviews["review_text"], labels=["quality", "price", "other"])
     return reviews
 """,
+    # A strategy model from the profile: sim first, sim_large when sim is unsure.
+    "cascade_sentiment.sql": """
+{{ pg_llm.llm_enrich(ref('product_reviews'),
+    {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative', 'neutral'], model='sim_cascade')}
+) }}
+""",
     "functional.yml": """
 version: 2
 models:
@@ -428,7 +434,7 @@ def test_dbt_debug_shows_pg_llm_and_no_secret(fresh_llm):
     key = "sk-test-DEBUG-" + uuid.uuid4().hex
     out = project.run("debug", DBT_ENV_SECRET_LLM_API_KEY=key)
     assert "adapter type: pg_llm" in out.text
-    assert "llm_models: sim (default: sim)" in out.text
+    assert "llm_models: sim, sim_cascade, sim_large (default: sim)" in out.text
     assert "All checks passed" in out.text
     assert key not in out.text and "api_url" not in out.text
 
@@ -513,3 +519,20 @@ def test_alerts_and_retention_on_a_real_run(fresh_llm, simulator):
     project.run("run", "-s", "faulty_reviews", LLM_AUDIT_RETENTION_DAYS="30")
     assert project.scalar(f"""select count(*) from "{project.audit}".llm_calls where run_id = 'old-run'""") == 0
     assert project.scalar(f'select count(*) from "{project.audit}".llm_calls') > 0
+
+
+def test_cascade_strategy_model_from_the_profile(fresh_llm, simulator):
+    project = fresh_llm
+    project.run("run", "-s", "cascade_sentiment")
+    texts = distinct_texts(project)
+    by_model = dict(project.query(f'select model, count(*) from "{project.audit}".llm_results group by 1'))
+    assert 0 < by_model.get("sim_large", 0) < texts and sum(by_model.values()) == texts, by_model
+    # every row sim was unsure of (< 0.8) went to sim_large too; the more confident answer was kept
+    escalated = project.scalar(f'select count(*) from "{project.audit}".llm_results '
+                               "where model = 'sim_large' or confidence < 0.8")
+    assert simulator.stats()["requests"] == texts + escalated
+    labels = {r[0] for r in project.query(f'select distinct sentiment from "{project.schema}".cascade_sentiment')}
+    assert labels - {None} <= set(LABELS)
+    simulator.reset()
+    project.run("run", "-s", "cascade_sentiment")
+    assert simulator.stats()["requests"] == 0
