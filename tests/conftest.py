@@ -110,6 +110,15 @@ def db(pg: Any, pg_conn: Any) -> Iterator[tuple]:
 
 
 @pytest.fixture
+def audit_schema_name(pg_conn: Any) -> Iterator[str]:
+    """A fresh name for an audit schema (not created); the schema is dropped afterwards if it exists."""
+    name = f"audit_{uuid.uuid4().hex[:10]}"
+    yield name
+    with pg_conn.cursor() as cur:
+        cur.execute(f'drop schema if exists "{name}" cascade')
+
+
+@pytest.fixture
 def pg_schema(pg_conn: Any) -> str:
     """Name of the fresh schema `pg_conn` works in."""
     return pg_conn.schema

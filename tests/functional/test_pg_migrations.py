@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import psycopg2
@@ -23,15 +22,12 @@ VIEWS = {"llm_metrics", "llm_model_status"}
 
 @pytest.fixture
 def conn(pg_conn):
-    return pg_conn  # autocommit; the audit schemas under test are created and dropped by the tests
+    return pg_conn  # autocommit
 
 
 @pytest.fixture
-def schema(conn):
-    name = f"audit_{uuid.uuid4().hex[:10]}"
-    yield name
-    with conn.cursor() as cur:
-        cur.execute(f'drop schema if exists "{name}" cascade')
+def schema(audit_schema_name):
+    return audit_schema_name  # not created yet: the tests migrate it
 
 
 def _relations(conn, schema):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
@@ -37,16 +36,13 @@ AWKWARD = [
 
 @pytest.fixture
 def conn(pg_conn):
-    return pg_conn  # autocommit; the audit schemas under test are created and dropped by the tests
+    return pg_conn  # autocommit
 
 
 @pytest.fixture
-def schema(conn):
-    name = f"audit_{uuid.uuid4().hex[:10]}"
-    migrate(conn, name)
-    yield name
-    with conn.cursor() as cur:
-        cur.execute(f'drop schema if exists "{name}" cascade')
+def schema(conn, audit_schema_name):
+    migrate(conn, audit_schema_name)
+    return audit_schema_name
 
 
 def _fetch(conn, sql, params=None):
