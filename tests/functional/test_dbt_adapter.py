@@ -196,6 +196,15 @@ def distinct_texts(project, where: str = "true") -> int:
         f"select count(distinct review_text) from {project.seed_table()} where review_text is not null and {where}")
 
 
+def texts_new_after(project, max_id: int) -> int:
+    """Distinct review texts of rows after ``max_id`` that no earlier row has: what an incremental run pays for."""
+    seed = project.seed_table()
+    return project.scalar(
+        f"select count(distinct review_text) from {seed} where review_id > {max_id} and review_text is not null "
+        f"and review_text not in (select review_text from {seed} where review_id <= {max_id} "
+        "and review_text is not null)")
+
+
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -468,7 +477,6 @@ def test_python_model_classifies_each_distinct_text_once(fresh_llm, simulator):
 
 def test_incremental_model_requests_only_new_rows(fresh_llm, simulator):
     project = fresh_llm
-    seed = project.seed_table()
     project.run("run", "-s", "reviews_enriched_incremental", "--full-refresh",
                 "--vars", json.dumps({"max_review_id": 900}))
     table = f'"{project.schema}".reviews_enriched_incremental'
@@ -477,10 +485,7 @@ def test_incremental_model_requests_only_new_rows(fresh_llm, simulator):
 
     simulator.reset()
     project.run("run", "-s", "reviews_enriched_incremental")
-    new_texts = project.scalar(
-        f"select count(distinct review_text) from {seed} where review_id > 900 and review_text is not null "
-        f"and review_text not in (select review_text from {seed} where review_id <= 900 "
-        "and review_text is not null)")
+    new_texts = texts_new_after(project, 900)
     assert simulator.stats()["requests"] == 2 * new_texts  # sentiment + summary of the new texts only
     assert project.scalar(f"select count(*) from {table}") == 1000
     assert project.scalar(f"select count(*) from {table} where review_text is not null and sentiment is null") == 0
@@ -494,10 +499,7 @@ def test_python_incremental_model_classifies_only_new_rows(fresh_llm, simulator)
     assert simulator.stats()["requests"] == distinct_texts(project, "review_id <= 900")
     simulator.reset()
     project.run("run", "-s", "py_incremental_topics")
-    new_texts = project.scalar(
-        f"select count(distinct review_text) from {seed} where review_id > 900 and review_text is not null "
-        f"and review_text not in (select review_text from {seed} where review_id <= 900 "
-        "and review_text is not null)")
+    new_texts = texts_new_after(project, 900)
     assert simulator.stats()["requests"] == new_texts
     assert project.scalar(f"select count(*) from {table}") == \
         project.scalar(f"select count(*) from {seed} where review_text is not null")

@@ -1,7 +1,6 @@
 """LlmFrameSession over pandas Series: same keys, cache and audit rows as fill_column (real PG + simulator)."""
 from __future__ import annotations
 
-import hashlib
 import math
 
 import pandas as pd

@@ -1,7 +1,6 @@
 """COPY writers against a real (embedded) Postgres: awkward text round-trips, upserts, throughput."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest

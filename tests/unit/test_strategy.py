@@ -1,6 +1,5 @@
 """Hybrid inference strategies, with injected transports (each model answers its own way)."""
 import json
-import math
 
 import httpx
 import pytest
