@@ -206,10 +206,13 @@ class ResultCache:
         or one that is itself a cache hit."""
         if not output.ok or output.cached:
             return False
-        now = self._clock()
-        expires = now + self.ttl_s if self.ttl_s is not None else None
-        self.backend.set(key, CacheEntry.serialize(output, now, expires))
+        self.backend.set(key, self._entry(output))
         return True
+
+    def _entry(self, output: ModelOutput) -> dict:
+        """The stored form of a paid output, stamped now and with this cache's TTL."""
+        now = self._clock()
+        return CacheEntry.serialize(output, now, now + self.ttl_s if self.ttl_s is not None else None)
 
     def invalidate(self, key: str) -> bool:
         """Mark the entry invalid (kept for audit, never served again); False if there is none."""
@@ -257,8 +260,7 @@ class ResultCache:
     async def _store(self, key: str, output: ModelOutput) -> None:
         """Group commit: every answer finished in the same loop iteration is written in one
         transaction on the next one; each caller resumes only once its answer is stored."""
-        now = self._clock()
-        entry = CacheEntry.serialize(output, now, now + self.ttl_s if self.ttl_s is not None else None)
+        entry = self._entry(output)
         if self._pending_writes is None:
             loop = asyncio.get_running_loop()
             self._pending_writes = ([], loop.create_future())

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from .cache import ResultCache
 from .failover import Failover
-from .keys import cache_key, fingerprint_of
+from .keys import request_key
 from .logs import LogDispatcher, ModelLog
 from .metrics import MetricsRegistry
 from .model import Model
@@ -63,7 +63,7 @@ class Engine:
         return self._attach(self.registry.get(name))
 
     def key_of(self, model_name: str, inp: ModelInput) -> str:
-        return cache_key(fingerprint_of(self.model(model_name).config, inp), inp.prompt)
+        return request_key(self.model(model_name).config, inp)
 
     # -- async core ----------------------------------------------------------------------------
     async def acall(self, model_name: str, inp: ModelInput, *, context: dict | None = None,
@@ -71,7 +71,7 @@ class Engine:
         """Never raises ModelError: a failure is an output with ``error_kind`` set."""
         model = self.model(model_name)
         inp = inp.with_defaults(model.config.temperature, model.config.max_tokens)
-        key = key or cache_key(fingerprint_of(model.config, inp), inp.prompt)
+        key = key or request_key(model.config, inp)
         failover = self._failover.get(model_name)
         if failover is None or failover.backup_models != model.config.fallbacks:  # configure() may change them
             failover = self._failover_for(model_name)

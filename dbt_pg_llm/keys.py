@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .config import ModelConfig
     from .model_io import ModelInput
 
-__all__ = ["canonical_json", "fingerprint", "fingerprint_of", "cache_key", "key_sql"]
+__all__ = ["canonical_json", "fingerprint", "fingerprint_of", "cache_key", "request_key", "key_sql"]
 
 
 def canonical_json(obj) -> str:
@@ -66,6 +66,11 @@ def fingerprint_of(config: "ModelConfig", inp: "ModelInput") -> str:
 
 def cache_key(fingerprint_hex: str, prompt: str) -> str:
     return _sha256_hex(fingerprint_hex + "\n" + prompt)
+
+
+def request_key(config: "ModelConfig", inp: "ModelInput") -> str:
+    """The cache key of one request to a model (what Model, Engine and the fill all mean by "key")."""
+    return cache_key(fingerprint_of(config, inp), inp.prompt)
 
 
 def key_sql(fingerprint_hex: str, prompt_sql: str) -> str:

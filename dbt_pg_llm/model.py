@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .config import ModelConfig
 from .errors import ConfigError, ErrorKind, ModelError
-from .keys import cache_key, fingerprint_of
+from .keys import request_key
 from .logs import LogDispatcher, ModelLog
 from .metrics import ModelMetrics
 from .model_io import ModelInput, ModelOutput, TokenUsage, confidence_from_logprobs
@@ -80,7 +80,7 @@ class Model:
                 + completion_tokens * self.config.cost_per_1k_output_tokens) / 1000.0
 
     def key_of(self, inp: ModelInput) -> str:
-        return cache_key(fingerprint_of(self.config, inp), inp.prompt)
+        return request_key(self.config, inp)
 
     async def acall(self, inp: ModelInput, *, context: dict | None = None, input_hash: str | None = None,
                     operation: str = "call") -> ModelOutput:
