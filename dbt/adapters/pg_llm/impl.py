@@ -313,6 +313,23 @@ class PgLlmAdapter(PostgresAdapter):
         engine = _ENGINES.get(settings.identity())
         return engine.metrics.report() if engine is not None else ""
 
+    @available
+    def llm_usage_report(self, days: Any = 7) -> str:
+        """The text of ``pg_llm.report``: per model usage over the last ``days`` days (read-only)."""
+        from dbt_pg_llm.pg.usage_report import audit_schema_exists, format_usage, usage_by_model
+
+        schema = self._settings().audit_schema
+        conn = self._credentials.connect_autocommit()
+        try:
+            if not audit_schema_exists(conn, schema):
+                return (f"pg_llm usage report: the audit schema {schema} does not exist yet; "
+                        "it is created by the first run of an LLM model")
+            return format_usage(usage_by_model(conn, schema, days), days, schema)
+        except ValueError as exc:
+            raise DbtRuntimeError(f"pg_llm.report: {exc}") from None
+        finally:
+            conn.close()
+
     # -- Python models ---------------------------------------------------------------------------
     def submit_python_job(self, parsed_model: dict, compiled_code: str) -> AdapterResponse:
         from dbt.adapters.pg_llm.python_model import run_python_model

@@ -1,0 +1,88 @@
+"""Operating the adapter (issue 9): the usage report, alert webhooks, the audit sources, `dbt debug`
+endpoint checks, the show/compile notice and dispatch under target.type pg_llm.
+
+One seeded copy of integration_tests/ per module (dbtRunner in-process, embedded Postgres, the
+simulator); each test gets its own audit schema and journal (``fresh_llm``).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from dbt_harness import copy_integration_project, drop_project_schemas
+
+OPS_MODELS = {
+    # Every 5th of the first 60 reviews carries a simulator fault marker: those keys always fail.
+    "flaky_reviews.sql": """
+{{ pg_llm.llm_enrich(
+    "select review_id, case when mod(review_id, 5) = 0 then review_text || ' [[fault:400]]' "
+    ~ "else review_text end as prompt from " ~ ref('product_reviews')
+    ~ " where review_id <= 60 and review_text is not null",
+    {'sentiment': pg_llm.classify('prompt', labels=['positive', 'negative', 'neutral'])}
+) }}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def project(pg, simulator, tmp_path_factory):
+    proj = copy_integration_project(tmp_path_factory, pg, simulator.base_url, OPS_MODELS)
+    yield proj
+    from dbt.adapters.pg_llm.impl import close_engines
+
+    close_engines()
+    drop_project_schemas(proj)
+
+
+@pytest.fixture
+def fresh_llm(project, simulator, tmp_path):
+    audit = f"llm_o_{uuid.uuid4().hex[:10]}"
+    project.llm_env = {"LLM_AUDIT_SCHEMA": audit, "LLM_JOURNAL_DIR": str(tmp_path / "journal")}
+    project.extra_schemas.append(audit)
+    simulator.reset()
+    yield project
+    project.query(f'drop schema if exists "{audit}" cascade')
+
+
+ALERTING = {"LLM_ALERT_MAX_ERROR_RATE": "0.05", "LLM_ALERT_MIN_REQUESTS": "5"}
+
+
+def _table_counts(project) -> dict[str, int]:
+    tables = [r[0] for r in project.query(
+        "select table_name from information_schema.tables where table_schema = %s and table_type = 'BASE TABLE'",
+        (project.audit,))]
+    return {t: project.scalar(f'select count(*) from "{project.audit}"."{t}"') for t in sorted(tables)}
+
+
+# -- the usage report ---------------------------------------------------------------------------------
+
+def test_report_run_operation_prints_per_model_usage_and_changes_nothing(fresh_llm, simulator):
+    project = fresh_llm
+    empty = project.run("run-operation", "pg_llm.report", "--args", "{days: 7}")
+    assert "does not exist yet" in empty.text
+
+    project.run("run", "-s", "flaky_reviews", **ALERTING)   # pays; the fault keys fail; an alert
+    project.run("run", "-s", "flaky_reviews", **ALERTING)   # cached keys are hits; fault keys fail again
+    audit = f'"{project.audit}"'
+    requests, errors, hits = project.query(
+        f"select count(*) filter (where not cached), count(*) filter (where error_kind is not null), "
+        f"count(*) filter (where cached) from {audit}.llm_calls")[0]
+    assert errors > 0 and hits > 0
+    cost, saved = project.query(f"select sum(cost_usd), sum(saved_cost_usd) from {audit}.llm_calls")[0]
+    dead = project.scalar(f"select count(*) from {audit}.llm_errors where resolved_at is null")
+    before, ledger = _table_counts(project), simulator.stats()["requests"]
+
+    out = project.run("run-operation", "pg_llm.report", "--args", "{days: 7}")
+    text = out.text
+    assert "model sim" in text
+    assert f"requests {requests:,}, errors {errors:,} (invalid_input={errors}), open dead letters {dead}" in text
+    assert f"cache hits {hits:,}, hit rate {hits / (hits + requests):.1%}, saved by the cache ${float(saved):,.4f}" in text
+    assert f"cost ${float(cost):,.4f}" in text
+    assert "latency p50 " in text and " ms, p95 " in text
+    assert "open alerts: 1" in text and "] error_rate: error rate" in text
+    # read-only: no table changed, nothing was requested
+    assert _table_counts(project) == before and simulator.stats()["requests"] == ledger
+
+    bad = project.run("run-operation", "pg_llm.report", "--args", "{days: -1}", expect=False)
+    assert "days: -1 must be a positive number" in bad.text
