@@ -22,6 +22,12 @@ OPS_MODELS = {
     {'sentiment': pg_llm.classify('prompt', labels=['positive', 'negative', 'neutral'])}
 ) }}
 """,
+    # A user model over the audit schema, through the sources the pg_llm package ships.
+    "audit_costs.sql": """
+select model, count(*) as calls, sum(cost_usd) as cost_usd
+from {{ source('pg_llm', 'llm_calls') }}
+group by model
+""",
 }
 
 
@@ -86,3 +92,34 @@ def test_report_run_operation_prints_per_model_usage_and_changes_nothing(fresh_l
 
     bad = project.run("run-operation", "pg_llm.report", "--args", "{days: -1}", expect=False)
     assert "days: -1 must be a positive number" in bad.text
+
+
+# -- the audit schema as dbt sources ------------------------------------------------------------------
+
+def test_audit_schema_is_documented_as_sources_users_can_select_from(fresh_llm):
+    project = fresh_llm
+    project.run("run", "-s", "flaky_reviews")
+    audit_var = json.dumps({"pg_llm_audit_schema": project.audit})
+    project.run("run", "-s", "audit_costs", "--vars", audit_var)
+    rows = project.query(f'select model, calls from "{project.schema}".audit_costs')
+    assert rows == [("sim", project.scalar(f'select count(*) from "{project.audit}".llm_calls'))]
+
+    project.run("docs", "generate", "--vars", audit_var)
+    manifest = json.loads((project.path / "target" / "manifest.json").read_text())
+    catalog = json.loads((project.path / "target" / "catalog.json").read_text())
+    sources = {s["name"]: s for s in manifest["sources"].values() if s["source_name"] == "pg_llm"}
+    # every table and view of the audit schema, and every column, is documented
+    actual: dict[str, set] = {}
+    for table, column in project.query(
+            "select c.table_name, c.column_name from information_schema.columns c "
+            "join information_schema.tables t using (table_schema, table_name) "
+            "where c.table_schema = %s and t.table_name not like 'llm_calls\\_%%'", (project.audit,)):
+        actual.setdefault(table, set()).add(column)
+    assert set(sources) == set(actual), "tables of the audit schema without a source entry (or the reverse)"
+    for table, columns in actual.items():
+        documented = sources[table]["columns"]
+        assert set(documented) == columns, f"{table}: columns not documented: {columns - set(documented)}"
+        assert sources[table]["description"] and all(c["description"] for c in documented.values()), table
+        assert sources[table]["schema"] == project.audit
+    assert "source.pg_llm.pg_llm.llm_calls" in catalog["sources"]
+    assert "saved_cost_usd" in catalog["sources"]["source.pg_llm.pg_llm.llm_calls"]["columns"]
