@@ -123,3 +123,88 @@ def test_audit_schema_is_documented_as_sources_users_can_select_from(fresh_llm):
         assert sources[table]["schema"] == project.audit
     assert "source.pg_llm.pg_llm.llm_calls" in catalog["sources"]
     assert "saved_cost_usd" in catalog["sources"]["source.pg_llm.pg_llm.llm_calls"]["columns"]
+
+
+# -- alerts that reach someone ------------------------------------------------------------------------
+
+class Receiver:
+    """A webhook receiver on loopback: records JSON bodies; ``mode`` = ok | 500 | slow."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        receiver = self
+        self.bodies: list[dict] = []
+        self.mode = "ok"
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("content-length") or 0)
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                if receiver.mode == "slow":
+                    import time
+                    time.sleep(2.0)
+                status = 500 if receiver.mode == "500" else 200
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"ok" if status == 200 else b"boom")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/B000/secret-token"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_alert_webhook_posts_each_new_alert_and_its_failures_never_fail_the_run(fresh_llm, receiver):
+    project = fresh_llm
+    env = {**ALERTING, "DBT_ENV_SECRET_LLM_ALERT_WEBHOOK_URL": receiver.url}
+    project.run("run", "-s", "flaky_reviews", **env)
+    assert len(receiver.bodies) == 1
+    body = receiver.bodies[0]
+    alert = body["alert"]
+    assert (alert["model"], alert["type"]) == ("sim", "error_rate") and alert["severity"] in ("warning", "critical")
+    assert body["text"].startswith("pg_llm alert [") and "error rate" in body["text"]
+    assert {f["title"] for f in body["attachments"][0]["fields"]} >= {"model", "type", "severity", "run_id"}
+    stored = project.query(f'select run_id, message from "{project.audit}".llm_alerts')
+    assert [(alert["run_id"], alert["message"])] == stored
+
+    # a failing webhook (HTTP 500, refused, timeout) is logged and the run succeeds
+    receiver.mode = "500"
+    out = project.run("run", "-s", "flaky_reviews", **env)
+    assert "alert webhook: could not deliver the error_rate alert of sim: the webhook answered HTTP 500" in out.text
+    refused = f"http://127.0.0.1:{_free_port()}/hook"
+    out = project.run("run", "-s", "flaky_reviews", **{**env, "DBT_ENV_SECRET_LLM_ALERT_WEBHOOK_URL": refused})
+    assert "alert webhook: could not deliver the error_rate alert of sim: ConnectError" in out.text
+    receiver.mode = "slow"
+    out = project.run("run", "-s", "flaky_reviews", LLM_ALERT_WEBHOOK_TIMEOUT_MS="300", **env)
+    assert "no answer within webhook_timeout_ms=300" in out.text
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_alerts') == 4
+    assert receiver.url not in out.text and "secret-token" not in out.text
+
+
+def test_alert_webhook_url_is_validated_with_key_path_and_fix(fresh_llm):
+    out = fresh_llm.run("parse", DBT_ENV_SECRET_LLM_ALERT_WEBHOOK_URL="hooks.slack.com/services/x", expect=False)
+    assert "llm.alerts.webhook_url:" in out.text and "is not an http(s) URL" in out.text

@@ -260,6 +260,10 @@ class PgLlmAdapter(PostgresAdapter):
             return
         for alert in alerts:
             logger.warning(f"pg_llm alert: {redact(str(alert))}")
+        if settings.alert_webhook is not None and alerts:
+            # never raises: a webhook that fails is logged and the run goes on
+            for problem in settings.alert_webhook.send(alerts, run_id=run.run_id, target=run.target):
+                logger.warning(f"pg_llm: alert webhook: {redact(problem)}; the run goes on")
 
     @available
     def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None) -> str:
