@@ -46,7 +46,7 @@ class DbtProject:
         self.base_env = {
             "PGHOST": pg.host, "PGPORT": str(pg.port), "PGUSER": pg.user, "PGPASSWORD": pg.password or "",
             "PGDATABASE": pg.dbname, "DBT_SCHEMA": schema, "DBT_THREADS": "4",
-            "LLM_API_URL": api_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key", "LLM_MODEL": "sim-1",
+            "LLM_API_URL": api_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key", "LLM_MODEL": "sim-small",
             "LLM_ON_ERROR": "null", "LLM_TEMPERATURE": "0",
             "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         }

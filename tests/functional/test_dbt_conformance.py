@@ -29,7 +29,7 @@ def dbt_profile_target(pg, simulator, tmp_path_factory):
         "dbname": pg.dbname, "threads": 2,
         "llm": {"default_model": "sim", "audit_schema": "llm_conformance",
                 "journal_dir": str(tmp_path_factory.mktemp("journal")),
-                "models": {"sim": {"api_url": simulator.base_url, "api_key": "sim-key", "model_version": "sim-1"}}},
+                "models": {"sim": {"api_url": simulator.base_url, "api_key": "sim-key", "model_version": "sim-small"}}},
     }
 
 

@@ -208,3 +208,36 @@ def test_alert_webhook_posts_each_new_alert_and_its_failures_never_fail_the_run(
 def test_alert_webhook_url_is_validated_with_key_path_and_fix(fresh_llm):
     out = fresh_llm.run("parse", DBT_ENV_SECRET_LLM_ALERT_WEBHOOK_URL="hooks.slack.com/services/x", expect=False)
     assert "llm.alerts.webhook_url:" in out.text and "is not an http(s) URL" in out.text
+
+
+# -- dbt debug checks each endpoint without paying ----------------------------------------------------
+
+def test_dbt_debug_checks_each_llm_endpoint_without_paying_or_printing_the_key(fresh_llm, simulator_factory):
+    from dbt_pg_llm.simulator import SimulatorConfig
+
+    project = fresh_llm
+    key = "sk-test-DEBUG-" + uuid.uuid4().hex
+    guarded = simulator_factory(SimulatorConfig(api_key=key))
+    env = {"LLM_API_URL": guarded.base_url, "DBT_ENV_SECRET_LLM_API_KEY": key}
+    texts = []
+
+    good = project.run("debug", **env)
+    texts.append(good.text)
+    assert "pg_llm endpoint sim: OK: reachable, key accepted, model 'sim-small' known" in good.text
+    assert "pg_llm endpoint sim_large: OK: reachable, key accepted, model 'sim-large' known" in good.text
+    assert "All checks passed" in good.text
+
+    wrong = project.run("debug", **{**env, "DBT_ENV_SECRET_LLM_API_KEY": "sk-test-WRONG-" + uuid.uuid4().hex},
+                        expect=False)
+    texts.append(wrong.text)
+    assert "sim: FAILED: key rejected (HTTP 401" in wrong.text and "check the model's api_key" in wrong.text
+
+    unknown = project.run("debug", LLM_MODEL="sim-nonexistent", **env, expect=False)
+    assert "sim: FAILED: reachable, key accepted, but model_version 'sim-nonexistent' is not among" in unknown.text
+    assert "sim_large: OK" in unknown.text
+
+    closed = project.run("debug", **{**env, "LLM_API_URL": f"http://127.0.0.1:{_free_port()}/v1"}, expect=False)
+    assert "sim: FAILED: unreachable: http://127.0.0.1:" in closed.text and "check api_url" in closed.text
+
+    assert guarded.stats()["requests"] == 0  # listing models is free: no completion was requested
+    assert not [t for t in texts if key in t]

@@ -108,6 +108,25 @@ class PgLlmAdapter(PostgresAdapter):
             model_adapter_details=cls._get_adapter_specific_run_info(config),
         )
 
+    def debug_query(self) -> None:
+        """`dbt debug`: the database check (dbt-postgres' ``select 1``), then one free GET per LLM
+        endpoint (reachable, key accepted, model known). A failure fails the connection test with
+        the endpoint's problem; the key is never shown."""
+        super().debug_query()
+        from dbt_pg_llm.endpoints import check_endpoint
+
+        failed = []
+        for name, config in self._settings().models.items():
+            if not config.enabled:
+                logger.info(f"pg_llm endpoint {name}: disabled (enabled: false), not checked")
+                continue
+            check = check_endpoint(name, config)
+            logger.info(f"pg_llm endpoint {check}")
+            if not check.ok:
+                failed.append(str(check))
+        if failed:
+            raise DbtRuntimeError("the database answered, but an LLM endpoint check failed: " + "; ".join(failed))
+
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def _credentials(self) -> PgLlmCredentials:
