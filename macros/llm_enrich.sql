@@ -31,6 +31,9 @@
   {%- if execute and flags.WHICH in ('run', 'build', 'retry') -%}
     {%- set node = context.get('model') -%}
     {%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=(node.unique_id if node else none)) -%}
+  {%- elif execute -%}
+    {#- show / compile: say (once per invocation) that uncached keys stay empty -#}
+    {%- do adapter.llm_note_unfilled() -%}
   {%- endif -%}
   {{ return(adapter.llm_join_sql(source_sql, resolved, on_error=on_error)) }}
 {%- endmacro %}

@@ -241,3 +241,19 @@ def test_dbt_debug_checks_each_llm_endpoint_without_paying_or_printing_the_key(f
 
     assert guarded.stats()["requests"] == 0  # listing models is free: no completion was requested
     assert not [t for t in texts if key in t]
+
+
+# -- show / compile say once that uncached keys stay empty ---------------------------------------------
+
+NOTE = "requests no LLM answers: the LLM columns of rows whose answers are not cached yet are empty (NULL)"
+
+
+def test_show_and_compile_say_once_that_uncached_llm_columns_stay_empty(fresh_llm, simulator):
+    project = fresh_llm
+    shown = project.run("show", "-s", "flaky_reviews", "--limit", "3")
+    assert shown.text.count(NOTE) == 1 and "`dbt show` " + NOTE in shown.text
+    compiled = project.run("compile")   # several LLM models: still once
+    assert compiled.text.count(NOTE) == 1 and "`dbt compile` " + NOTE in compiled.text
+    ran = project.run("run", "-s", "flaky_reviews")
+    assert NOTE not in ran.text
+    assert simulator.stats()["requests"] > 0

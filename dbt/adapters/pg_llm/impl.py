@@ -36,6 +36,9 @@ ON_ERROR_MODES = ("null", "fail")
 _ENGINES: Dict[str, Any] = {}
 _ENGINES_LOCK = threading.Lock()
 _RETENTION_DONE: set = set()  # (invocation_id, audit schema) pairs whose llm_calls retention ran
+_UNFILLED_NOTED: set = set()  # invocation ids that were told LLM columns stay empty outside run/build
+# Commands that render the join of an LLM model for the user to look at, without filling it.
+PREVIEW_COMMANDS = frozenset({"show", "compile"})
 
 
 def get_engine(credentials: PgLlmCredentials):
@@ -323,6 +326,27 @@ class PgLlmAdapter(PostgresAdapter):
                                     f"{done['deleted_rows']} older row(s)")
         finally:
             conn.close()
+        return ""
+
+    @available
+    def llm_note_unfilled(self) -> str:
+        """Say once per invocation of `dbt show` / `dbt compile` that LLM columns of keys not cached
+        yet stay empty (NULL): only run / build / retry request answers."""
+        try:
+            from dbt.flags import get_flags
+
+            which = getattr(get_flags(), "WHICH", None)
+        except Exception:
+            return ""
+        invocation = _invocation_id()
+        if which not in PREVIEW_COMMANDS or invocation in _UNFILLED_NOTED:
+            return ""
+        with _ENGINES_LOCK:
+            first = invocation not in _UNFILLED_NOTED
+            _UNFILLED_NOTED.add(invocation)
+        if first:
+            logger.info(f"pg_llm: `dbt {which}` requests no LLM answers: the LLM columns of rows whose "
+                        "answers are not cached yet are empty (NULL). `dbt run` or `dbt build` fills them.")
         return ""
 
     @available
