@@ -7,7 +7,11 @@ simulator); each test gets its own audit schema and journal (``fresh_llm``).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from dbt_harness import copy_integration_project, drop_project_schemas
@@ -257,3 +261,53 @@ def test_show_and_compile_say_once_that_uncached_llm_columns_stay_empty(fresh_ll
     ran = project.run("run", "-s", "flaky_reviews")
     assert NOTE not in ran.text
     assert simulator.stats()["requests"] > 0
+
+
+# -- the HTML report, rendered in headless Chromium ---------------------------------------------------
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "target" / "test-artifacts"
+CHARTS_JS = """JSON.stringify([...document.querySelectorAll('.js-plotly-plot')].map(d => ({
+    id: d.id, svg: d.querySelectorAll('.main-svg').length, traces: (d.data || []).length,
+    marks: d.querySelectorAll('.point, .bars path, .scatterlayer .trace').length})))"""
+
+
+def _cli(project, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dbt_pg_llm", *args, "--project-dir", str(project.path),
+                           "--profiles-dir", str(project.path)],
+                          env={**os.environ, **project.env()}, capture_output=True, text=True, timeout=300)
+
+
+def test_html_report_from_the_profile_renders_its_charts_in_headless_chromium(fresh_llm):
+    from headless_chromium import load_page
+
+    project = fresh_llm
+    project.run("run", "-s", "flaky_reviews", **ALERTING)
+    project.run("run", "-s", "flaky_reviews", **ALERTING)
+    text = _cli(project, "report", "--days", "7")
+    assert text.returncode == 0, text.stderr
+    assert "model sim" in text.stdout and "invalid_input=" in text.stdout and "open alerts: 1" in text.stdout
+
+    page = ARTIFACTS / "report.html"
+    made = _cli(project, "report", "--html", str(page))
+    assert made.returncode == 0, made.stderr
+    html = page.read_text()
+    assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js is inlined
+    shot = ARTIFACTS / "report.png"
+    result = load_page(page.as_uri(), CHARTS_JS, screenshot=shot)
+    assert result["errors"] == []
+    assert [u for u in result["requested"] if not u.startswith(("file:", "data:"))] == []  # works offline
+    charts = {c["id"]: c for c in json.loads(result["value"])}
+    assert set(charts) == {"cost_per_day", "latency_distribution", "error_kinds", "cache_hit_rate", "top_nodes"}
+    for chart in charts.values():
+        assert chart["svg"] >= 1 and chart["traces"] >= 1 and chart["marks"] >= 1, chart
+    assert shot.stat().st_size > 50_000
+    print(f"\nHTML report screenshot: {shot}")
+
+    # the browser check itself catches a broken page
+    broken = load_page("data:text/html,<script>console.error('boom'); undefinedFunction()</script>")
+    assert any("boom" in e for e in broken["errors"]) and any("undefinedFunction" in e for e in broken["errors"])
+
+
+def test_report_cli_names_a_wrong_target_with_the_fix(fresh_llm):
+    out = _cli(fresh_llm, "report", "--target", "nope")
+    assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
