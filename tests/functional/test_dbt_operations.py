@@ -311,3 +311,51 @@ def test_html_report_from_the_profile_renders_its_charts_in_headless_chromium(fr
 def test_report_cli_names_a_wrong_target_with_the_fix(fresh_llm):
     out = _cli(fresh_llm, "report", "--target", "nope")
     assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_chromium_fails_with_the_install_command(monkeypatch):
+    import headless_chromium
+
+    monkeypatch.setattr(headless_chromium.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match=r"Chromium is not installed.*apt-get install -y chromium"):
+        headless_chromium.chromium_binary()
+
+
+# -- target.type is pg_llm: adapter.dispatch falls back to a package's postgres__ macros ----------------
+
+TINY_PACKAGE = {
+    "dbt_project.yml": "name: tiny_pkg\nversion: '1.0.0'\nconfig-version: 2\nmacro-paths: ['macros']\n",
+    "macros/flavor.sql": """
+{% macro flavor() %}{{ return(adapter.dispatch('flavor', 'tiny_pkg')()) }}{% endmacro %}
+{% macro default__flavor() %}{{ return('default') }}{% endmacro %}
+{% macro postgres__flavor() %}{{ return('postgres') }}{% endmacro %}
+{% macro by_target_type() %}{{ return('postgres' if target.type == 'postgres' else 'other') }}{% endmacro %}
+{% macro by_target_type_fixed() %}{{ return('postgres' if target.type in ('postgres', 'pg_llm') else 'other') }}{% endmacro %}
+""",
+}
+
+
+def test_dispatch_of_a_packages_postgres_macro_works_under_pg_llm(pg, simulator, tmp_path):
+    from dbt_harness import INTEGRATION, DbtProject
+
+    package, root = tmp_path / "tiny_pkg", tmp_path / "proj"
+    for base, files in ((package, TINY_PACKAGE), (root, {
+        "dbt_project.yml": "name: uses_tiny\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
+                           "model-paths: ['models']\n",
+        "packages.yml": f"packages:\n  - local: {package}\n",
+        "profiles.yml": (INTEGRATION / "profiles.yml").read_text(),
+        "models/flavors.sql": "select '{{ target.type }}' as target_type, '{{ tiny_pkg.flavor() }}' as dispatched, "
+                              "'{{ tiny_pkg.by_target_type() }}' as naive, "
+                              "'{{ tiny_pkg.by_target_type_fixed() }}' as fixed",
+    })):
+        for name, text in files.items():
+            (base / name).parent.mkdir(parents=True, exist_ok=True)
+            (base / name).write_text(text)
+    project = DbtProject(root, pg, simulator.base_url, schema=f"disp_{uuid.uuid4().hex[:8]}")
+    project.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_d_{uuid.uuid4().hex[:8]}", "LLM_JOURNAL_DIR": str(tmp_path / "j")}
+    try:
+        project.run("deps")
+        project.run("run")
+        assert project.query(f'select * from "{project.schema}".flavors') == [("pg_llm", "postgres", "other", "postgres")]
+    finally:
+        project.query(f'drop schema if exists "{project.schema}" cascade')
