@@ -58,8 +58,10 @@ class AlertWebhook:
             register_secret(url)
             parsed = urlparse(url)
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
-                problems.append(f"{path}.webhook_url: {redact(url)!r} is not an http(s) URL; give the full URL "
-                                "of the webhook, e.g. https://hooks.slack.com/services/T000/B000/XXXX")
+                # the URL itself is a secret: name only what is wrong with it
+                what = f"its scheme is {parsed.scheme!r}" if parsed.scheme else "it has no scheme"
+                problems.append(f"{path}.webhook_url: not an http(s) URL ({what}); give the full URL of the "
+                                "webhook, e.g. https://hooks.slack.com/services/T000/B000/XXXX")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             problems.append(f"{path}.webhook_timeout_ms: {timeout!r} must be a positive number of milliseconds, "
                             "e.g. 5000")

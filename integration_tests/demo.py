@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("   !! the warm build made requests: something is not cached", file=sys.stderr)
                     warm_paid = True
 
-            with Step(f"sample of the enriched reviews ({MODEL_SCHEMA}.review_*): synthetic answers from the simulator"):
+            with Step(f"sample of the enriched reviews ({MODEL_SCHEMA}.review_*), answered by the simulator"):
                 headers, rows = query(info, SAMPLE_SQL % args.rows)
                 print(textwrap.indent(format_table(headers, rows, max_width=34), "   "))
 

@@ -211,7 +211,7 @@ def test_alert_webhook_posts_each_new_alert_and_its_failures_never_fail_the_run(
 
 def test_alert_webhook_url_is_validated_with_key_path_and_fix(fresh_llm):
     out = fresh_llm.run("parse", DBT_ENV_SECRET_LLM_ALERT_WEBHOOK_URL="hooks.slack.com/services/x", expect=False)
-    assert "llm.alerts.webhook_url:" in out.text and "is not an http(s) URL" in out.text
+    assert "llm.alerts.webhook_url: not an http(s) URL (it has no scheme)" in out.text
 
 
 # -- dbt debug checks each endpoint without paying ----------------------------------------------------

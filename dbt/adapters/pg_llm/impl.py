@@ -72,15 +72,19 @@ def close_engines() -> None:
 atexit.register(close_engines)
 
 
-def really_executing() -> bool:
-    """True when dbt is running models for real (run / build / retry), not compiling or showing them."""
+def dbt_command() -> Optional[str]:
+    """The dbt command being run (run, build, show, compile, ...), or None if unknown."""
     try:
         from dbt.flags import get_flags  # dbt-core; an adapter normally avoids it, but it is the truth
 
-        which = getattr(get_flags(), "WHICH", None)
+        return getattr(get_flags(), "WHICH", None)
     except Exception:
-        return False
-    return which in EXECUTING_COMMANDS
+        return None
+
+
+def really_executing() -> bool:
+    """True when dbt is running models for real (run / build / retry), not compiling or showing them."""
+    return dbt_command() in EXECUTING_COMMANDS
 
 
 def _invocation_id() -> str:
@@ -332,12 +336,7 @@ class PgLlmAdapter(PostgresAdapter):
     def llm_note_unfilled(self) -> str:
         """Say once per invocation of `dbt show` / `dbt compile` that LLM columns of keys not cached
         yet stay empty (NULL): only run / build / retry request answers."""
-        try:
-            from dbt.flags import get_flags
-
-            which = getattr(get_flags(), "WHICH", None)
-        except Exception:
-            return ""
+        which = dbt_command()
         invocation = _invocation_id()
         if which not in PREVIEW_COMMANDS or invocation in _UNFILLED_NOTED:
             return ""
