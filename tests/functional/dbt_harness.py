@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["DbtProject", "Out", "patched_env", "TIMINGS"]
+__all__ = ["DbtProject", "Out", "patched_env", "TIMINGS", "copy_integration_project", "seeded_project"]
 
 TIMINGS: dict[str, float] = {}
 
@@ -119,7 +119,14 @@ def copy_integration_project(tmp_path_factory, pg, api_url: str, extra_models: d
     return proj
 
 
-def drop_project_schemas(proj: DbtProject) -> None:
-    for schema in [proj.schema, proj.llm_env.get("LLM_AUDIT_SCHEMA"), *getattr(proj, "extra_schemas", [])]:
+def seeded_project(tmp_path_factory, pg, api_url: str, extra_models: dict[str, str]):
+    """For a module-scoped ``project`` fixture: ``yield from seeded_project(...)``. Afterwards the
+    engines are closed and every schema the project made is dropped."""
+    proj = copy_integration_project(tmp_path_factory, pg, api_url, extra_models)
+    yield proj
+    from dbt.adapters.pg_llm.impl import close_engines
+
+    close_engines()
+    for schema in [proj.schema, proj.llm_env.get("LLM_AUDIT_SCHEMA"), *proj.extra_schemas]:
         if schema:
             proj.query(f'drop schema if exists "{schema}" cascade')

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dbt_harness import TIMINGS, copy_integration_project, drop_project_schemas
+from dbt_harness import TIMINGS, seeded_project
 
 LABELS = ("positive", "negative", "neutral")
 TOPICS = ("quality", "durability", "comfort", "performance", "price", "shipping", "other")
@@ -74,24 +74,8 @@ models:
 
 @pytest.fixture(scope="module")
 def project(pg, simulator, tmp_path_factory):
-    proj = copy_integration_project(tmp_path_factory, pg, simulator.base_url, FUNCTIONAL_MODELS)
-    yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
-
-    close_engines()
-    drop_project_schemas(proj)
+    yield from seeded_project(tmp_path_factory, pg, simulator.base_url, FUNCTIONAL_MODELS)
     print("\ndbt invocation times (s):", json.dumps({k: round(v, 2) for k, v in TIMINGS.items()}))
-
-
-@pytest.fixture
-def fresh_llm(project, simulator, tmp_path):
-    """A new audit schema + journal (so a new cache and Engine), and a zeroed simulator ledger."""
-    audit = f"llm_t_{uuid.uuid4().hex[:10]}"
-    project.llm_env = {"LLM_AUDIT_SCHEMA": audit, "LLM_JOURNAL_DIR": str(tmp_path / "journal")}
-    project.extra_schemas.append(audit)
-    simulator.reset()
-    yield project
-    project.query(f'drop schema if exists "{audit}" cascade')
 
 
 def distinct_texts(project, where: str = "true") -> int:

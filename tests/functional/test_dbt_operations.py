@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dbt_harness import copy_integration_project, drop_project_schemas
+from dbt_harness import seeded_project
 
 OPS_MODELS = {
     # Every 5th of the first 60 reviews carries a simulator fault marker: those keys always fail.
@@ -37,22 +37,7 @@ group by model
 
 @pytest.fixture(scope="module")
 def project(pg, simulator, tmp_path_factory):
-    proj = copy_integration_project(tmp_path_factory, pg, simulator.base_url, OPS_MODELS)
-    yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
-
-    close_engines()
-    drop_project_schemas(proj)
-
-
-@pytest.fixture
-def fresh_llm(project, simulator, tmp_path):
-    audit = f"llm_o_{uuid.uuid4().hex[:10]}"
-    project.llm_env = {"LLM_AUDIT_SCHEMA": audit, "LLM_JOURNAL_DIR": str(tmp_path / "journal")}
-    project.extra_schemas.append(audit)
-    simulator.reset()
-    yield project
-    project.query(f'drop schema if exists "{audit}" cascade')
+    yield from seeded_project(tmp_path_factory, pg, simulator.base_url, OPS_MODELS)
 
 
 ALERTING = {"LLM_ALERT_MAX_ERROR_RATE": "0.05", "LLM_ALERT_MIN_REQUESTS": "5"}
