@@ -17,6 +17,9 @@ Sources:
   ``rate_limit_error`` with ``retry-after`` and ``anthropic-ratelimit-*`` headers (RFC 3339 resets);
   ``stop_reason: "refusal"``.
 * nginx's stock 502 page, as a gateway in front of any of them returns it.
+* LiteLLM's proxy refusing a parameter its backend lacks (BerriAI/litellm#17165, #4031):
+  ``litellm.UnsupportedParamsError: ... does not support parameters: ['logprobs'] ...`` with 400.
+* Ollama / llama.cpp server answers without ``usage`` or ``logprobs``; Azure OpenAI's deployment URL.
 """
 from __future__ import annotations
 
@@ -117,6 +120,16 @@ SCENARIOS = {
         (200, {}, {**ANTHROPIC_OK, "content": [], "stop_reason": "refusal",
                    "usage": {"input_tokens": 40, "output_tokens": 0}})],
     "gateway-502": [(502, {"content-type": "text/html"}, NGINX_502)],
+    # a LiteLLM proxy in front of Anthropic: every request carrying logprobs is refused
+    "litellm-anthropic": lambda body: (400, {}, {"error": {
+        "message": "litellm.UnsupportedParamsError: anthropic does not support parameters: ['logprobs', "
+                   "'top_logprobs'], for model=claude-3-5-haiku-20241022. To drop these, set "
+                   "`litellm.drop_params=True` or for proxy:\n\n`litellm_settings:\n drop_params: true`\n",
+        "type": "None", "param": None, "code": "400"}}) if "logprobs" in body else (200, {}, OPENAI_OK),
+    "ollama-no-usage": [(200, {}, {"id": "chatcmpl-7", "object": "chat.completion", "model": "llama3.2",
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "positive"},
+                                                "finish_reason": "stop"}]})],
+    "azure": [(200, {}, OPENAI_OK)],
 }
 
 
@@ -125,16 +138,21 @@ class DocumentedServer:
 
     def __init__(self):
         self.arrivals: dict[str, list[float]] = {}
+        self.requests: dict[str, list[tuple[str, dict, dict]]] = {}  # scenario -> (path, headers, body)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - the http.server API
-                self.rfile.read(int(self.headers.get("content-length") or 0))
+                sent = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
                 name = self.path.strip("/").split("/")[0]
                 seen = server.arrivals.setdefault(name, [])
                 seen.append(time.monotonic())
+                server.requests.setdefault(name, []).append((self.path, dict(self.headers), sent))
                 answers = SCENARIOS[name]
-                status, headers, body = answers[min(len(seen), len(answers)) - 1]
+                if callable(answers):
+                    status, headers, body = answers(sent)
+                else:
+                    status, headers, body = answers[min(len(seen), len(answers)) - 1]
                 headers = headers() if callable(headers) else dict(headers)
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
@@ -225,3 +243,31 @@ def test_finish_reason_length(documented):
     assert out.attempts == 1 and out.tokens.total == 14  # not retried; paid tokens kept
     text = call(documented, "openai-length")
     assert text.ok and text.truncated and text.text == '{"city": "Os'
+
+
+def test_litellm_rejecting_logprobs_is_asked_once_more_without_them_and_remembered(documented):
+    labels = ResponseFormat.one_of(["fine", "bad"])
+    model = Model("via-litellm", {"api_url": f"{documented.url}/litellm-anthropic/v1", "model_version": "claude",
+                                  "retry": {"max_retries": 0}})
+    try:
+        first = model.call(ModelInput("a", response_format=labels))
+        second = model.call(ModelInput("b", response_format=labels))
+    finally:
+        shared_loop().run(model.aclose())
+    assert first.ok and second.ok and first.value == "fine" and first.confidence is None
+    assert ["logprobs" in body for _, _, body in documented.requests["litellm-anthropic"]] == [True, False, False]
+
+
+def test_local_server_without_usage_or_logprobs(documented):
+    out = call(documented, "ollama-no-usage", inp=ModelInput("a", response_format=ResponseFormat.one_of(
+        ["positive", "negative"])))
+    assert out.ok and out.value == "positive" and out.confidence is None and out.tokens.total == 0
+
+
+def test_azure_openai_over_http(documented):
+    out = call(documented, "azure", provider="azure", api_url=f"{documented.url}/azure", deployment="prod-4o",
+               api_version="2024-10-21")
+    assert out.ok and out.text == "fine"
+    path, headers, _ = documented.requests["azure"][0]
+    assert path == "/azure/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
+    assert headers["api-key"] == "sk-test-0123456789" and "Authorization" not in headers
