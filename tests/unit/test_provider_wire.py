@@ -14,8 +14,8 @@ import httpx
 import pytest
 from test_model_calls import SECRET, Script, answer, make_model
 
-from dbt_pg_llm import (BatchInput, ConfigError, Engine, ErrorKind, InferenceStrategy, ModelConfig, ModelInput,
-                        ResponseFormat, RetryPolicy)
+from dbt_pg_llm import (BatchInput, ConfigError, Engine, ErrorKind, InferenceStrategy, MemorySink, ModelConfig,
+                        ModelInput, ResponseFormat, RetryPolicy)
 from dbt_pg_llm.errors import ModelError
 from dbt_pg_llm.keys import request_key
 from dbt_pg_llm.pool import RequestPool
@@ -393,8 +393,11 @@ def test_packed_batch_rows_carry_every_paid_request():
         return response
 
     model = make_model(Script(handler))
+    audit = MemorySink()
+    model.log.add(audit)
     inputs = [ModelInput(f"row {i}", response_format=fmt) for i in range(7)]
     out = model.batch_call(BatchInput(inputs, batch_size=4))
+    assert sum(log.cost_usd for log in audit.logs) == pytest.approx(sum(paid))  # llm_calls: every request
     assert out.failed_count == 0 and out.packed_requests == 2
     assert len(paid) == 2 + 1 + 3  # two packed requests, one row and three rows falling back
     assert sum(o.cost_usd for o in out.outputs) == pytest.approx(sum(paid))
@@ -440,3 +443,19 @@ def test_local_server_without_usage_or_logprobs_records_zero_tokens_and_says_so(
     assert out.tokens.total == 0 and out.cost_usd == 0
     warnings = [r.getMessage() for r in caplog.records if "reports no token usage" in r.getMessage()]
     assert len(warnings) == 1 and "'ollama'" in warnings[0]
+
+
+def test_anthropic_without_tool_support_falls_back_to_the_prompt():
+    def handler(request):
+        if "tools" in json.loads(request.content):
+            return httpx.Response(400, json={"type": "error", "error": {
+                "type": "invalid_request_error", "message": "tools: Extra inputs are not permitted"}})
+        return httpx.Response(200, json={"content": [{"type": "text", "text": '{"city": "Bern"}'}],
+                                         "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 4}})
+
+    script = Script(handler)
+    model = make_model(script, provider="anthropic")
+    out = model.call(ModelInput("a", response_format=ResponseFormat.json(STRICT)))
+    assert out.ok and out.value == {"city": "Bern"} and out.attempts == 1
+    assert model.call(ModelInput("b", response_format=ResponseFormat.json(STRICT))).ok
+    assert ["tools" in r for r in script.requests] == [True, False, False]
