@@ -55,7 +55,12 @@ class Model:
 
     def _observe_rate_limits(self, state: "RateLimitState") -> None:
         """The provider's remaining-budget headers: slow the pool down before it answers 429."""
-        self.pool.observe_budget(state.remaining_requests, state.exhausted_for_s)
+        self.pool.observe_budget(state.remaining_requests, self._holdable(state.exhausted_for_s))
+
+    def _holdable(self, seconds: float | None) -> float | None:
+        """A wait the pool may hold every request for: not one beyond retry.max_retry_after_s (a daily
+        budget spent for hours): then each request fails at once as rate_limited instead."""
+        return seconds if seconds is not None and seconds <= self.config.retry.max_retry_after_s else None
 
     # -- the attributes of the C struct, as read-only views of the config ---------------------
     version = property(lambda self: self.config.model_version)
@@ -121,7 +126,7 @@ class Model:
                     latency = paid["latency_ms"] = (time.perf_counter() - t0) * 1000
                     self.status.request_finished(latency, error)
                     if error.kind is ErrorKind.RATE_LIMITED:
-                        self.pool.record_rate_limited(error.retry_after)
+                        self.pool.record_rate_limited(self._holdable(error.retry_after))
                     tokens, cost = self._charge(result, paid)
                     self._log(operation, input_hash, number, latency, tokens, cost, context, error=error)
                     raise

@@ -130,6 +130,11 @@ class RequestPool:
         return self._limit
 
     @property
+    def held_s(self) -> float:
+        """Seconds before a new request may start because the provider said to wait (0: none)."""
+        return max(0.0, self._hold_until - self._clock()) if self._hold_until else 0.0
+
+    @property
     def waiting(self) -> int:
         return len(self._waiters)
 

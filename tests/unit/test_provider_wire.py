@@ -90,6 +90,14 @@ def test_retry_after_beyond_max_retry_after_s_fails_at_once_as_rate_limited():
     assert out.error_kind is ErrorKind.RATE_LIMITED and out.attempts == 1 and len(script.requests) == 1
     assert "300 s" in out.error_message and "max_retry_after_s=120" in out.error_message
     assert not out.recoverable
+    assert model.pool.held_s == 0  # the other keys fail at once too, not after a 300 s hold
+
+
+def test_a_budget_spent_for_hours_does_not_hold_the_pool():
+    spent = httpx.Response(200, headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6h0m0s"},
+                           json=answer("ok").json())
+    model = make_model(Script(spent))
+    assert model.call(ModelInput("a")).ok and model.pool.held_s == 0
 
 
 def test_max_retry_after_s_is_validated_with_its_key_path():
@@ -129,7 +137,7 @@ def test_remaining_headers_reach_the_pool_before_any_429():
 def test_a_429_holds_the_other_queued_requests_too():
     pool = RequestPool(4)
     pool.record_rate_limited(retry_after=5)
-    assert pool._rate_delay(0) == pytest.approx(5, abs=0.1)
+    assert pool.held_s == pytest.approx(5, abs=0.1)
 
 
 def test_rate_limit_state_reads_anthropic_and_openai_remaining():
