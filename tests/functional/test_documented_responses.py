@@ -271,3 +271,26 @@ def test_azure_openai_over_http(documented):
     path, headers, _ = documented.requests["azure"][0]
     assert path == "/azure/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
     assert headers["api-key"] == "sk-test-0123456789" and "Authorization" not in headers
+
+
+def test_a_refusal_reaches_llm_errors_with_the_providers_words_and_its_cost(documented, db, pg_conn):
+    from types import SimpleNamespace
+
+    from test_pg_enrich import make_engine, make_source, q, spec
+
+    from dbt_pg_llm.pg import RunContext, fill_column
+
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["something forbidden"])
+    engine = make_engine(SimpleNamespace(base_url=f"{documented.url}/openai-refusal/v1"), cost=True)
+    try:
+        report = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "model.p.x"))
+    finally:
+        engine.close()
+    assert report.errors == 1
+    assert q(pg_conn, f'select error_kind, message, attempts from "{audit}".llm_errors') == [
+        ("refused", "the model refused: I'm sorry, I cannot assist with that request.", 1)]
+    calls = q(pg_conn, f'select error_kind, prompt_tokens, completion_tokens, cost_usd > 0 from "{audit}".llm_calls '
+                       "where not cached")
+    assert calls == [("refused", 12, 2, True)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(0,)]  # nothing failed is cached
