@@ -105,6 +105,8 @@ class RateLimitState:
 def rate_limit_state(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> RateLimitState | None:
     """The remaining budgets and their resets from any answer's headers; None when it sent none.
     Several token budgets (Anthropic input/output): the smallest remaining and the longest reset."""
+    if not any(name.lower().startswith(("x-ratelimit-", "anthropic-ratelimit-")) for name in headers.keys()):
+        return None  # most answers of most servers: no lookups, no clock
     found: dict[str, list] = {"requests": [], "tokens": []}
     t = now()
     for dim, remaining_name, reset_name, form in _BUDGETS:
