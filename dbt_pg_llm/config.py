@@ -154,6 +154,9 @@ class ModelConfig:
             out.append(f"{path}.max_tokens: {self.max_tokens!r} must be a positive integer, e.g. 256")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
             out.append(f"{path}.temperature: {self.temperature!r} is out of range; use a number from 0 to 2")
+        elif self.provider == "anthropic" and self.temperature > 1:  # Anthropic answers 400 above 1
+            out.append(f"{path}.temperature: {self.temperature!r} is out of range for provider 'anthropic'; "
+                       "use a number from 0 to 1")
         if not isinstance(self.max_concurrency, int) or self.max_concurrency <= 0:
             out.append(f"{path}.max_concurrency: {self.max_concurrency!r} must be a positive integer, e.g. 16")
         for name in ("rpm", "tpm"):

@@ -467,3 +467,9 @@ def test_anthropic_without_tool_support_falls_back_to_the_prompt():
     assert out.ok and out.value == {"city": "Bern"} and out.attempts == 1
     assert model.call(ModelInput("b", response_format=ResponseFormat.json(STRICT))).ok
     assert ["tools" in r for r in script.requests] == [True, False, False]
+
+
+def test_anthropic_temperature_above_1_is_a_config_error_not_a_400_per_row():
+    with pytest.raises(ConfigError, match=r"models.c.temperature: 1.5 is out of range for provider 'anthropic'; "
+                                          r"use a number from 0 to 1"):
+        ModelConfig.from_dict({"provider": "anthropic", "model_version": "claude", "temperature": 1.5}, "models.c")
