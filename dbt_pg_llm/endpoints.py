@@ -5,8 +5,9 @@ One free GET per model, on the provider's model listing:
 * OpenAI-compatible (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, the simulator): ``GET {api_url}/models``
   with ``Authorization: Bearer <key>``; the model is known if ``model_version`` is one of ``data[].id``.
 * Anthropic: ``GET {api_url}/models`` (``/v1/models``) with ``x-api-key`` and ``anthropic-version``.
-* Azure OpenAI: ``GET {api_url}/openai/deployments/{deployment}?api-version=...`` with ``api-key``:
-  200 means the deployment exists.
+* Azure OpenAI: ``GET {api_url}/openai/models?api-version=...`` with ``api-key``: reachable and key
+  accepted. Azure lists the resource's models, not its deployments, so the deployment itself is
+  only checked by the first real request (said in the result).
 
 The headers are the provider's own (``provider_for(config).headers()``), so the check sends the key
 exactly as a real call would. Results never contain the key: messages are built from the status
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -40,9 +42,7 @@ def _request(config: Any, name: str) -> tuple[str, dict[str, str]]:
     headers = {k: v for k, v in provider_for(config, name).headers().items() if k.lower() != "content-type"}
     base = (config.base_url or "").rstrip("/")
     if config.provider == "azure":
-        deployment = getattr(config, "deployment", None) or config.model_version
-        version = getattr(config, "api_version", None) or ""
-        return f"{base}/openai/deployments/{deployment}?api-version={version}", headers
+        return f"{base}/openai/models?api-version={quote(getattr(config, 'api_version', None) or '', safe='')}", headers
     return f"{base}/models", headers
 
 
@@ -75,12 +75,10 @@ def check_endpoint(name: str, config: Any, *, timeout_s: float = 10.0,
     if status in (401, 403):
         return EndpointCheck(name, False, f"key rejected (HTTP {status} from {shown}); check the model's api_key")
     if config.provider == "azure":
-        if status == 404:
-            return EndpointCheck(name, False, f"reachable, key accepted, but deployment of model_version "
-                                              f"{config.model_version!r} not found (HTTP 404); check deployment")
         if status >= 300:
             return EndpointCheck(name, False, f"HTTP {status} from {shown}; check api_url and api_version")
-        return EndpointCheck(name, True, "reachable, key accepted, deployment found")
+        return EndpointCheck(name, True, "reachable, key accepted (Azure lists models, not deployments: "
+                                         "the deployment is checked by the first request)")
     if status >= 300:
         return EndpointCheck(name, False, f"HTTP {status} from {shown}; check api_url (the base URL, e.g. "
                                           "https://api.openai.com/v1)")

@@ -213,6 +213,8 @@ class InferenceStrategy:
         if self.kind == "route":
             return await engine.acall(self._usable(engine, self.candidates(task or task_of(inp))), inp,
                                       context=context)
+        # cascade and vote decide on each member's confidence: ask the members for it
+        inp = replace(inp, want_confidence=True)
         if self.kind == "cascade":
             return await self._cascade(engine, inp, context)
         return await self._vote(engine, inp, context)

@@ -37,3 +37,22 @@ def test_openai_compatible_model_known_with_ollama_tags_and_unknown_models_liste
     assert check_endpoint("local", config, transport=httpx.MockTransport(handler)).ok
     missing = check_endpoint("local", config.replace(model_version="mistral"), transport=httpx.MockTransport(handler))
     assert not missing.ok and "'mistral' is not among the endpoint's models (llama3.2:latest, qwen2.5:7b)" in missing.detail
+
+
+def test_azure_lists_models_with_the_api_key_header_and_api_version():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        ok = request.headers.get("api-key") == "azure-key-0123456789"
+        return httpx.Response(200 if ok else 401, json={"data": [{"id": "gpt-4o-mini"}]} if ok else {})
+
+    config = ModelConfig(provider="azure", api_url="https://res.openai.azure.com", api_key="azure-key-0123456789",
+                         model_version="gpt-4o-mini", deployment="prod-mini", api_version="2024-10-21")
+    ok = check_endpoint("azure_gpt", config, transport=httpx.MockTransport(handler))
+    assert ok.ok and "key accepted" in ok.detail and "deployment is checked by the first request" in ok.detail
+    assert str(seen[0].url) == "https://res.openai.azure.com/openai/models?api-version=2024-10-21"
+    assert "authorization" not in seen[0].headers
+    bad = check_endpoint("azure_gpt", config.replace(api_key="azure-wrong-0123456789"),
+                         transport=httpx.MockTransport(handler))
+    assert not bad.ok and "key rejected (HTTP 401" in bad.detail and "azure-wrong" not in str(bad)
