@@ -86,7 +86,7 @@ def test_spec_validation_names_key_and_fix():
                               "schema": None, "instructions": "Be brief.", "model": None}, "m")
     assert s.model == "m"
     assert s.model_input("p").system_message == (
-        "Be brief.\n\nAnswer with exactly one of these labels and nothing else: a | b")
+        'Be brief.\n\nAnswer with exactly one of these labels and nothing else: ["a", "b"]')
     e = ColumnSpec.from_dict({"kind": "extract", "prompt_sql": "x", "schema": {"type": "object"}}, "m")
     assert e.model_input("p").system_message == 'Reply with JSON only, matching this JSON schema: {"type":"object"}'
     assert e.model_input("p").response_format.type == "json"
