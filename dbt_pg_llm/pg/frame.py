@@ -81,13 +81,14 @@ class LlmFrameSession:
                                      "model": model})
 
     # -- internals --------------------------------------------------------------------------------
-    def spec(self, spec_dict: dict) -> ColumnSpec:
-        return ColumnSpec.from_dict({**spec_dict, "prompt_sql": "prompt"}, self.default_model)
+    def spec(self, spec_dict: dict, path: str = "column") -> ColumnSpec:
+        """The checked spec (ConfigError naming ``path`` and the fix, before anything is requested)."""
+        return ColumnSpec.from_dict({**spec_dict, "prompt_sql": "prompt"}, self.default_model, path=path)
 
     def _column(self, series, spec_dict: dict):
         import pandas as pd
 
-        spec = self.spec(spec_dict)
+        spec = self.spec(spec_dict, path=f"session.llm.{spec_dict['kind']}({series.name or 'series'})")
         prompts = [None if _is_missing(v) else (v if isinstance(v, str) else str(v)).replace("\x00", "")
                    for v in series.tolist()]
         distinct = list(dict.fromkeys(p for p in prompts if p is not None))

@@ -455,6 +455,36 @@ def test_invalid_llm_config_names_the_key_path(fresh_llm):
     assert "from 0 to 2" in out.text
 
 
+
+def test_bad_schema_or_labels_fail_parse_and_compile_before_any_request(fresh_llm, simulator):
+    """An invalid extract schema, a remote $ref or a non-text label: a compilation error naming the
+    model, the column and the problem, from `dbt parse` on; nothing requested, nothing stored."""
+    project = fresh_llm
+    model = project.path / "models" / "functional" / "bad_input.sql"
+    body = ("{{{{ pg_llm.llm_enrich(ref('product_reviews'), {{'{column}': {spec}}}) }}}}\n")
+    cases = [
+        ("facts", "pg_llm.extract('review_text', schema={'type': 'objekt'})",
+         ["columns.facts.schema/type", "'objekt'"]),
+        ("facts", "pg_llm.extract('review_text', schema={'properties': {'a': {'$ref': 'http://127.0.0.1:9/a.json'}}})",
+         ["columns.facts.schema/properties/a/$ref", "refers outside this schema"]),
+        ("mood", "pg_llm.classify('review_text', labels=['a', 3])", ["columns.mood.labels[1]: 3 is int"]),
+    ]
+    try:
+        for i, (column, spec, expected) in enumerate(cases):
+            model.write_text(body.format(column=column, spec=spec))
+            commands = [("parse",), ("compile", "-s", "bad_input")] if i == 0 else [("parse",)]
+            if i == 0:
+                commands.append(("run", "-s", "bad_input"))
+            for command in commands:
+                out = project.run(*command, expect=False)
+                assert "Compilation Error in model bad_input" in out.text, out.text[-3000:]
+                for text in expected:
+                    assert text in out.text, (command, out.text[-3000:])
+    finally:
+        model.unlink()
+    assert simulator.stats()["requests"] == 0
+    assert project.scalar("select count(*) from pg_namespace where nspname = %s", (project.audit,)) == 0
+
 # -- Python and incremental models -------------------------------------------------------------------
 
 def test_python_model_classifies_each_distinct_text_once(fresh_llm, simulator):

@@ -212,6 +212,21 @@ def test_classify_and_extract_columns_in_one_join(db, pg_conn, sim):
     assert {r[1] for r in q(pg_conn, sql)} <= set(labels) | {None}
 
 
+def test_a_label_holding_the_old_delimiter_is_answered_as_itself(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["maybe | unsure about this one", "yes, love it", "no way"])
+    s = spec("classify", labels=["maybe | unsure", "yes", "no"])
+    engine = make_engine(sim)
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r"))
+        fp = s.fingerprint(engine.registry.get("sim").config)
+    finally:
+        engine.close()
+    assert rep.errors == 0 and rep.requests_done == 3
+    rows = dict(q(pg_conn, f"select body, a from ({join_sql(source, [('a', s, fp)], audit)}) j"))
+    assert rows == {"maybe | unsure about this one": "maybe | unsure", "yes, love it": "yes", "no way": "no"}
+
+
 def test_errors_are_dead_lettered_not_cached_retried_and_resolved(db, pg_conn, sim):
     connect, schema, audit = db
     flaky, broken = "flaky [[fault:500*1]]", "broken [[fault:500]]"

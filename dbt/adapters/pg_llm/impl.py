@@ -20,7 +20,7 @@ from dbt.adapters.base import available
 from dbt.adapters.contracts.connection import AdapterResponse
 from dbt.adapters.events.logging import AdapterLogger
 from dbt.adapters.postgres import PostgresAdapter
-from dbt_common.exceptions import DbtRuntimeError
+from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
@@ -117,6 +117,8 @@ class PgLlmAdapter(PostgresAdapter):
         return self._credentials.llm_settings()
 
     def _spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
+        """The checked ColumnSpec. A bad spec is a CompilationError: raised while dbt renders the
+        model (parse, compile, run), dbt names the model, so nothing is ever requested for it."""
         from dbt_pg_llm.errors import PgLlmError
         from dbt_pg_llm.pg.spec import ColumnSpec
 
@@ -128,7 +130,7 @@ class PgLlmAdapter(PostgresAdapter):
             return ColumnSpec.from_dict(data, default_model or settings.model_for_default,
                                         path=f"columns.{name}" if name else "column")
         except PgLlmError as exc:
-            raise DbtRuntimeError(f"pg_llm: {exc}") from None
+            raise CompilationError(f"pg_llm: {exc}") from None
 
     def _model_config(self, name: str):
         """The config of a model or strategy name; an unknown name lists every defined one."""
@@ -137,7 +139,7 @@ class PgLlmAdapter(PostgresAdapter):
         try:
             return self._settings().config_for(name)
         except RegistryError as exc:
-            raise DbtRuntimeError(f"pg_llm: {exc}") from None
+            raise CompilationError(f"pg_llm: {exc}") from None
 
     def _run_context(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.spec import RunContext
