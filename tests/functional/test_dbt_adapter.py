@@ -391,6 +391,35 @@ def test_two_concurrent_runs_pay_once_per_key(fresh_llm, simulator, tmp_path):
             == project.scalar(f'select count(*) from "{schema}".product_reviews where review_text is not null')
 
 
+
+def test_a_run_waiting_for_held_claims_says_who_and_takes_over_after_claim_timeout_s(fresh_llm, simulator):
+    import psycopg2
+
+    project = fresh_llm
+    project.run("run", "-s", "review_sentiment")
+    held = [r[0] for r in project.query(f'delete from "{project.audit}".llm_results where key in (select key from '
+                                        f'"{project.audit}".llm_results order by key limit 5) returning key')]
+    holder = psycopg2.connect(**project.pg.connect_kwargs(), application_name="stuck-etl")
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:  # another "run" claims 5 keys, then its connection idles
+            cur.execute(f'insert into "{project.audit}".llm_claims (key, run_id, claim_token, backend_pid, node_id) '
+                        "select k, 'idle-run', 'idle', pg_backend_pid(), 'model.x.idle' from unnest(%s::text[]) k",
+                        (held,))
+        simulator.reset()
+        started = time.monotonic()
+        out = project.run("run", "-s", "review_sentiment", LLM_CLAIM_TIMEOUT_S="2")
+        elapsed = time.monotonic() - started
+    finally:
+        holder.close()
+    assert "waiting for 5 key(s) claimed by another run: 5 by run idle-run (node model.x.idle, stuck-etl) since " \
+        in out.text, out.text[-3000:]
+    assert "llm.claim_timeout_s=2s" in out.text and elapsed < 30
+    # taken over and answered from the engine's journal (the first run paid for them): nothing paid twice
+    assert simulator.stats()["requests"] == 0
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results where key = any(%s)', (held,)) == 5
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_claims') == 0
+
 # -- secrets -----------------------------------------------------------------------------------------
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:
