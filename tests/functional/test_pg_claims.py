@@ -60,6 +60,14 @@ def claims_of(pg_conn, audit, run_id) -> int:
     return q(pg_conn, f'select count(*) from "{audit}".llm_claims where run_id = %s', (run_id,))[0][0]
 
 
+def timed_fill(connect, engine, source, audit, run_id: str, claim_timeout_s: float, progress: list):
+    """A fill that waits for other runs' claims: (its report, how long it took)."""
+    started = time.monotonic()
+    rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext(run_id, "n"),
+                      claim_timeout_s=claim_timeout_s, wait_timeout_s=60, progress=progress.append)
+    return rep, time.monotonic() - started
+
+
 def migrate_audit(connect, sim, source, audit):
     engine = make_engine(sim)
     try:
@@ -86,10 +94,7 @@ def test_a_frozen_claimer_loses_its_claims_after_claim_timeout_s(db, pg, pg_conn
                  60, "the claimer's claims")
         assert claimer.poll() is None, claimer.communicate()[0]
         os.kill(claimer.pid, signal.SIGSTOP)  # frozen: its session stays open, its heartbeat stops
-        started = time.monotonic()
-        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("taker", "n"),
-                          claim_timeout_s=2, wait_timeout_s=60, progress=progress.append)
-        elapsed = time.monotonic() - started
+        rep, elapsed = timed_fill(connect, engine, source, audit, "taker", 2, progress)
     finally:
         engine.close()
         claimer.kill()  # SIGKILL ends a stopped process too
@@ -119,10 +124,7 @@ def test_a_claim_held_by_an_idle_connection_expires_and_the_wait_says_who(db, pg
             cur.execute(f'insert into "{audit}".llm_claims (key, run_id, claim_token, backend_pid, node_id) '
                         "select k, 'idle-run', 'idle', pg_backend_pid(), 'model.p.idle' from unnest(%s::text[]) k",
                         ([cache_key(fp, p) for p in PROMPTS[:4]],))
-        started = time.monotonic()
-        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("me", "n"),
-                          claim_timeout_s=1.5, wait_timeout_s=60, progress=progress.append)
-        elapsed = time.monotonic() - started
+        rep, elapsed = timed_fill(connect, engine, source, audit, "me", 1.5, progress)
     finally:
         engine.close()
         holder.close()
