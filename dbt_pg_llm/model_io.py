@@ -80,8 +80,9 @@ class ResponseFormat:
 
     @classmethod
     def one_of(cls, labels) -> "ResponseFormat":
-        """One label of ``labels`` (distinct non-empty text; anything else is a ConfigError)."""
-        return cls("labels", labels=tuple(labels) if isinstance(labels, (list, tuple)) else labels)
+        """One label of ``labels``, an iterable of distinct non-empty text (else a ConfigError)."""
+        iterable = hasattr(labels, "__iter__") and not isinstance(labels, (str, bytes, dict))
+        return cls("labels", labels=tuple(labels) if iterable else labels)
 
     @classmethod
     def json(cls, schema: dict | None = None) -> "ResponseFormat":
