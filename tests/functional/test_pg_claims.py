@@ -145,21 +145,21 @@ def test_a_claim_held_by_an_idle_connection_expires_and_the_wait_says_who(db, pg
 def test_a_live_claimer_keeps_its_claims_however_slow_its_requests(db, pg_conn, sim, simulator_factory):
     connect, schema, audit = db
     source = make_source(pg_conn, schema, PROMPTS)
-    slow = simulator_factory(SimulatorConfig(latency_ms=3000))  # each request outlasts claim_timeout_s
+    slow = simulator_factory(SimulatorConfig(latency_ms=4000))  # each request outlasts claim_timeout_s
     migrate_audit(connect, sim, source, audit)
     first_engine, second_engine = make_engine(slow, timeout_ms=60000), make_engine(sim)
     reports: dict = {}
 
     def first_run():
         reports["first"] = fill_column(connect, first_engine, source, spec(), audit_schema=audit,
-                                       run=RunContext("slow-run", "n"), claim_timeout_s=1)
+                                       run=RunContext("slow-run", "n"), claim_timeout_s=1.5)
 
     worker = threading.Thread(target=first_run)
     try:
         worker.start()
         wait_for(lambda: claims_of(pg_conn, audit, "slow-run") == len(PROMPTS), 30, "the slow run's claims")
         reports["second"] = fill_column(connect, second_engine, source, spec(), audit_schema=audit,
-                                        run=RunContext("patient-run", "n"), claim_timeout_s=1, wait_timeout_s=60)
+                                        run=RunContext("patient-run", "n"), claim_timeout_s=1.5, wait_timeout_s=60)
         worker.join(60)
     finally:
         first_engine.close()
