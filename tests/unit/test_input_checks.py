@@ -116,6 +116,7 @@ def test_a_remote_ref_is_refused_at_once_and_never_fetched():
         elapsed = time.monotonic() - started
         assert outcome.get("done"), f"not refused within 10 s: {outcome}"
         assert elapsed < 2.0
+        print(f"\n{len(schemas)} remote references refused in {elapsed * 1000:.0f} ms, 0 connections")
         time.sleep(0.2)  # a connection attempt would have been accepted by now
         assert server.accepted == 0
     finally:
