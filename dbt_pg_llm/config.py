@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable
 from urllib.parse import urlparse
 
+from .batch_policy import BatchPolicy
 from .errors import ConfigError, register_secret
 from .retry import RetryPolicy
 
@@ -50,6 +51,7 @@ class ModelConfig:
     enabled: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fallbacks: tuple[str, ...] = ()
+    batch: BatchPolicy = field(default_factory=BatchPolicy)  # provider batch APIs for big backfills
 
     def __post_init__(self):
         register_secret(self.api_key)
@@ -84,6 +86,15 @@ class ModelConfig:
             except (TypeError, ValueError) as exc:
                 problems.append(f"{path}.retry: {exc}")
                 kwargs.pop("retry")
+        if "batch" in kwargs:
+            try:
+                kwargs["batch"] = BatchPolicy.from_dict(kwargs["batch"], f"{path}.batch")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                kwargs.pop("batch")
+            except TypeError as exc:
+                problems.append(f"{path}.batch: {exc}")
+                kwargs.pop("batch")
         if "fallbacks" in kwargs:
             fb = kwargs["fallbacks"]
             if isinstance(fb, str):
@@ -108,6 +119,7 @@ class ModelConfig:
         out["retry"] = {k: getattr(self.retry, k) for k in RetryPolicy.FIELDS}
         out["retry"]["retryable_errors"] = sorted(k.value for k in self.retry.retryable_errors)
         out["fallbacks"] = list(self.fallbacks)
+        out["batch"] = {f.name: getattr(self.batch, f.name) for f in fields(BatchPolicy)}
         if not include_secret:
             out["api_key"] = "***" if self.api_key else None
         return out
@@ -159,6 +171,10 @@ class ModelConfig:
             out.append(f"{path}.retry: must be a mapping of retry settings")
         else:
             out.extend(self.retry.problems(f"{path}.retry"))
+        if not isinstance(self.batch, BatchPolicy):
+            out.append(f"{path}.batch: must be a mapping like {{enabled: true, min_keys: 1000, max_wait_s: 0}}")
+        else:
+            out.extend(self.batch.problems(f"{path}.batch"))
         if self.provider == "anthropic" and self.stream:
             pass  # streaming is accepted and read to the end by both providers
         return out
