@@ -89,7 +89,9 @@ def fill_column_batched(connect: Callable[[], Any], engine, source_sql: str, spe
     conn.autocommit = True
     try:
         ensure_migrated(conn, audit_schema)
-        todo, waiting = _count(conn, audit_schema, source_sql, key_expr)
+        todo = waiting = 0
+        if policy is not None or _any_open(conn, audit_schema):  # else: the plain fill, no extra scan
+            todo, waiting = _count(conn, audit_schema, source_sql, key_expr)
         if policy is not None and getattr(model.config, "batch", None) is not None and todo >= policy.min_keys:
             mine = _Submitter(connect, engine, collector, spec, fingerprint, policy, audit_schema, run,
                               fill_kwargs.get("claim_stale_s", 600.0)).submit(source_sql, out)
@@ -127,6 +129,12 @@ def _count(conn, schema: str, source_sql: str, key_expr: str) -> tuple[int, int]
                    count(*) filter (where {store.in_open_batch_sql(schema, 'm.k')}) from m""")
         todo, waiting = cur.fetchone()
     return int(todo), int(waiting)
+
+
+def _any_open(conn, schema: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(f"select exists (select 1 from {quote_ident(schema)}.llm_batches where open)")
+        return bool(cur.fetchone()[0])
 
 
 def _rows(connect, source_sql: str) -> int:

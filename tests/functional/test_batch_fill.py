@@ -78,12 +78,13 @@ def bsim(simulator_factory):
 
 
 def test_submit_in_one_run_collect_in_the_next_each_key_paid_once(db, pg_conn, bsim):
-    bsim.configure(batch_delay_s=0.3)
+    bsim.configure(batch_delay_s=2.0)  # long enough for two runs under load
     engine = make_engine(bsim)
     texts = prompts(12)
     source = make_source(pg_conn, pg_conn.schema, texts + texts[:3])  # duplicates: one key each
     audit = db[2]
 
+    started = time.monotonic()
     first = fill(db, engine, source)
     assert len(first.submitted) == 1 and first.pending_keys == 12
     assert first.open_batches and "submitting" not in first.open_batches[0]
@@ -94,7 +95,7 @@ def test_submit_in_one_run_collect_in_the_next_each_key_paid_once(db, pg_conn, b
 
     again = fill(db, engine, source)  # not ended yet: nothing resubmitted, nothing requested
     assert again.submitted == [] and again.pending_keys == 12
-    time.sleep(0.35)
+    time.sleep(max(0.0, 2.05 - (time.monotonic() - started)))
     second = fill(db, engine, source, run_id="collector-run")
     assert second.collected and second.pending_keys == 0 and second.open_batches == []
     stats = bsim.stats()
