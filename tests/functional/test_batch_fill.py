@@ -274,3 +274,18 @@ def test_two_concurrent_runs_never_submit_the_same_key(db, pg_conn, bsim, monkey
     stats = bsim.stats()
     assert stats["requests"] == 0 and set(stats["batch_by_prompt_sha256"].values()) == {1}
     assert len(stats["batch_by_prompt_sha256"]) == 60
+
+
+def test_a_normal_mode_fill_never_requests_keys_of_an_open_batch(db, pg_conn, bsim):
+    bsim.configure(batch_delay_s=3600)
+    engine = make_engine(bsim)
+    texts = prompts(6)
+    source = make_source(pg_conn, pg_conn.schema, texts)
+    fill(db, engine, source)
+    with pg_conn.cursor() as cur:
+        cur.executemany(f'insert into "{pg_conn.schema}".src (body) values (%s)', [("one more",), (None,)])
+    normal = fill_column_batched(db[0], engine, source, SPEC, policy=None, audit_schema=db[2],
+                                 run=RunContext(run_id="normal-run", node_id="model.t.m"))
+    stats = bsim.stats()
+    assert stats["requests"] == 1 and stats["by_prompt_sha256"] == {sha("one more"): 1}
+    assert normal.pending_keys == 6 and normal.report.rows == 8 and normal.report.distinct_keys == 7
