@@ -77,24 +77,17 @@ class ModelConfig:
         check_keys(data, names, path)
         kwargs: dict[str, Any] = dict(data)
         problems = []
-        if "retry" in kwargs:
+        for name, parse in (("retry", RetryPolicy.from_dict), ("batch", BatchPolicy.from_dict)):
+            if name not in kwargs:
+                continue
             try:
-                kwargs["retry"] = RetryPolicy.from_dict(kwargs["retry"], f"{path}.retry")
+                kwargs[name] = parse(kwargs[name], f"{path}.{name}")
             except ConfigError as exc:
                 problems.extend(exc.problems)
-                kwargs.pop("retry")
+                kwargs.pop(name)
             except (TypeError, ValueError) as exc:
-                problems.append(f"{path}.retry: {exc}")
-                kwargs.pop("retry")
-        if "batch" in kwargs:
-            try:
-                kwargs["batch"] = BatchPolicy.from_dict(kwargs["batch"], f"{path}.batch")
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-                kwargs.pop("batch")
-            except TypeError as exc:
-                problems.append(f"{path}.batch: {exc}")
-                kwargs.pop("batch")
+                problems.append(f"{path}.{name}: {exc}")
+                kwargs.pop(name)
         if "fallbacks" in kwargs:
             fb = kwargs["fallbacks"]
             if isinstance(fb, str):

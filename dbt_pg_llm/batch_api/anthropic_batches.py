@@ -30,6 +30,8 @@ class AnthropicBatchClient(BatchClient):
     provider = "anthropic"
     max_requests = 100_000
     max_bytes = 256 * 1024 * 1024 - 64 * 1024  # room for the envelope
+    batches_path = "/messages/batches"
+    cursor_param = "after_id"
 
     def encode(self, custom_id: str, body: dict) -> bytes:
         return json.dumps({"custom_id": custom_id, "params": body}, ensure_ascii=False,
@@ -50,25 +52,6 @@ class AnthropicBatchClient(BatchClient):
         counts = data.get("request_counts") or {}
         return BatchInfo(id=data["id"], status=data["processing_status"], created_at=_epoch(data.get("created_at")),
                          total=sum(int(v or 0) for v in counts.values()), raw=data)
-
-    def retrieve(self, batch_id: str) -> BatchInfo:
-        return self.info(self.json("GET", f"/messages/batches/{batch_id}"))
-
-    def cancel(self, batch_id: str) -> BatchInfo:
-        return self.info(self.json("POST", f"/messages/batches/{batch_id}/cancel"))
-
-    def list(self, since: float) -> Iterator[BatchInfo]:
-        after = None
-        while True:
-            page = self.json("GET", "/messages/batches", params={"limit": 100, **({"after_id": after} if after else {})})
-            for item in page.get("data") or []:
-                info = self.info(item)
-                if info.created_at < since:
-                    return
-                yield info
-            if not page.get("has_more") or not page.get("data"):
-                return
-            after = page.get("last_id") or page["data"][-1]["id"]
 
     def find(self, tag: str, since: float, count: int, custom_ids: set[str],
              known_ids: set[str] = frozenset()) -> BatchInfo | None:

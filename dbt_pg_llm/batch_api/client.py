@@ -61,6 +61,8 @@ class BatchClient:
     max_requests = 0
     max_bytes = 0
     attempts = 4
+    batches_path = ""  # "/batches" or "/messages/batches"
+    cursor_param = ""  # the list endpoint's "after this id" parameter
 
     def __init__(self, config: ModelConfig, model_name: str, transport: httpx.BaseTransport | None = None):
         self.config = config
@@ -102,15 +104,32 @@ class BatchClient:
     def submit(self, tag: str, chunk: list[tuple[str, dict, bytes]]) -> BatchInfo:  # pragma: no cover
         raise NotImplementedError
 
-    def retrieve(self, batch_id: str) -> BatchInfo:  # pragma: no cover
+    @staticmethod
+    def info(data: dict) -> BatchInfo:  # pragma: no cover - abstract
+        """A batch object of the protocol -> BatchInfo."""
         raise NotImplementedError
 
-    def cancel(self, batch_id: str) -> BatchInfo:  # pragma: no cover
-        raise NotImplementedError
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        return self.info(self.json("GET", f"{self.batches_path}/{batch_id}"))
 
-    def list(self, since: float) -> Iterator[BatchInfo]:  # pragma: no cover
-        """Batches created at or after ``since`` (epoch seconds), newest first."""
-        raise NotImplementedError
+    def cancel(self, batch_id: str) -> BatchInfo:
+        return self.info(self.json("POST", f"{self.batches_path}/{batch_id}/cancel"))
+
+    def list(self, since: float) -> Iterator[BatchInfo]:
+        """Batches created at or after ``since`` (epoch seconds), newest first (both APIs page
+        newest first with a cursor: the last id of the previous page)."""
+        after = None
+        while True:
+            page = self.json("GET", self.batches_path,
+                             params={"limit": 100, **({self.cursor_param: after} if after else {})})
+            for item in page.get("data") or []:
+                info = self.info(item)
+                if info.created_at < since:
+                    return
+                yield info
+            if not page.get("has_more") or not page.get("data"):
+                return
+            after = page["data"][-1]["id"]
 
     def results(self, info: BatchInfo) -> Iterator[BatchLine]:  # pragma: no cover
         raise NotImplementedError

@@ -26,6 +26,8 @@ class OpenAIBatchClient(BatchClient):
     provider = "openai"
     max_requests = 50_000
     max_bytes = 200 * 1024 * 1024
+    batches_path = "/batches"
+    cursor_param = "after"
 
     def encode(self, custom_id: str, body: dict) -> bytes:
         line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
@@ -53,25 +55,6 @@ class OpenAIBatchClient(BatchClient):
         counts = data.get("request_counts") or {}
         return BatchInfo(id=data["id"], status=data["status"], created_at=float(data.get("created_at") or 0),
                          total=int(counts.get("total") or 0), tag=(data.get("metadata") or {}).get(TAG_KEY), raw=data)
-
-    def retrieve(self, batch_id: str) -> BatchInfo:
-        return self.info(self.json("GET", f"/batches/{batch_id}"))
-
-    def cancel(self, batch_id: str) -> BatchInfo:
-        return self.info(self.json("POST", f"/batches/{batch_id}/cancel"))
-
-    def list(self, since: float) -> Iterator[BatchInfo]:
-        after = None
-        while True:
-            page = self.json("GET", "/batches", params={"limit": 100, **({"after": after} if after else {})})
-            for item in page.get("data") or []:
-                info = self.info(item)
-                if info.created_at < since:
-                    return
-                yield info
-            if not page.get("has_more") or not page.get("data"):
-                return
-            after = page["data"][-1]["id"]
 
     def find(self, tag: str, since: float, count: int, custom_ids: set[str],
              known_ids: set[str] = frozenset()) -> BatchInfo | None:
