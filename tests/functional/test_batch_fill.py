@@ -181,8 +181,9 @@ def test_partial_failure_dead_letters_and_retries_the_failed_keys_normally(db, p
     assert len(dead) == failed and all(kind == "api" and resolved for kind, resolved in dead)
 
 
-def test_kill_between_submit_and_record_never_duplicates_the_batch(db, pg_conn, bsim, pg, tmp_path):
-    engine_settings = model_settings(bsim)
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_kill_between_submit_and_record_never_duplicates_the_batch(db, pg_conn, bsim, pg, tmp_path, provider):
+    engine_settings = model_settings(bsim, provider)
     texts = prompts(8)
     source = make_source(pg_conn, pg_conn.schema, texts)
     audit = db[2]
@@ -210,7 +211,7 @@ def test_kill_between_submit_and_record_never_duplicates_the_batch(db, pg_conn, 
         if not q(pg_conn, "select 1 from pg_stat_activity where pid = %s", (row[0][2],)):
             break
         time.sleep(0.05)
-    rerun = fill(db, make_engine(bsim), source)
+    rerun = fill(db, make_engine(bsim, provider), source)
     assert rerun.submitted == [] and rerun.collected and rerun.pending_keys == 0
     stats = bsim.stats()
     assert stats["batches_created"] == 1 and stats["requests"] == 0
