@@ -63,6 +63,7 @@ class BatchClient:
     attempts = 4
     batches_path = ""  # "/batches" or "/messages/batches"
     cursor_param = ""  # the list endpoint's "after this id" parameter
+    page_size = 100
 
     def __init__(self, config: ModelConfig, model_name: str, transport: httpx.BaseTransport | None = None):
         self.config = config
@@ -121,7 +122,7 @@ class BatchClient:
         after = None
         while True:
             page = self.json("GET", self.batches_path,
-                             params={"limit": 100, **({self.cursor_param: after} if after else {})})
+                             params={"limit": self.page_size, **({self.cursor_param: after} if after else {})})
             for item in page.get("data") or []:
                 info = self.info(item)
                 if info.created_at < since:

@@ -358,12 +358,13 @@ class BatchApi:
     async def list_openai(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request, False)) is not None:
             return denied
-        items = self._listed(request, False, "after")
+        items, more = self._listed(request, False, "after")
         data = [self._openai_object(b) for b in items]
         return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                                  "last_id": data[-1]["id"] if data else None, "has_more": self._more})
+                                  "last_id": data[-1]["id"] if data else None, "has_more": more})
 
-    def _listed(self, request: web.Request, anth: bool, cursor: str) -> list:
+    def _listed(self, request: web.Request, anth: bool, cursor: str) -> tuple[list, bool]:
+        """One page of batches, newest first, after the cursor id; and whether more follow."""
         newest_first = sorted((b for b in self.batches.values() if b.anthropic == anth),
                               key=lambda b: b.created, reverse=True)
         after = request.query.get(cursor)
@@ -371,11 +372,10 @@ class BatchApi:
             ids = [b.id for b in newest_first]
             newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
         limit = max(1, min(int(request.query.get("limit", 20)), 1000))
-        self._more = len(newest_first) > limit
         items = newest_first[:limit]
         for b in items:
             self._advance(b)
-        return items
+        return items, len(newest_first) > limit
 
     async def create_anthropic(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request, True)) is not None:
@@ -421,8 +421,9 @@ class BatchApi:
     async def list_anthropic(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request, True)) is not None:
             return denied
-        data = [self._anthropic_object(b, request) for b in self._listed(request, True, "after_id")]
-        return web.json_response({"data": data, "has_more": self._more,
+        items, more = self._listed(request, True, "after_id")
+        data = [self._anthropic_object(b, request) for b in items]
+        return web.json_response({"data": data, "has_more": more,
                                   "first_id": data[0]["id"] if data else None,
                                   "last_id": data[-1]["id"] if data else None})
 

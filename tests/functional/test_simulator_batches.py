@@ -104,3 +104,32 @@ def test_batch_knobs_are_validated_and_reach_the_command_line():
                                                          "--batch-expire-rate", "0.2", "--batch-discount", "0.4"]))
     assert (config.batch_delay_s, config.batch_error_rate, config.batch_expire_rate, config.batch_discount) == \
         (5.0, 0.1, 0.2, 0.4)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_engine_batch_clients_page_through_batches_and_find_one_by_its_idempotency_id(provider):
+    from dbt_pg_llm import ModelInput
+    from dbt_pg_llm.batch_api import client_for
+    from dbt_pg_llm.config import ModelConfig
+
+    with SimulatorServer() as s:
+        client = client_for(ModelConfig.from_dict({"provider": provider, "api_url": s.base_url,
+                                                   "model_version": "sim-small"}), "sim")
+        try:
+            client.page_size = 2
+            submitted = []
+            for n in range(3):
+                keys = [f"{'k' * 8}{n}{i}" for i in range(n + 1)]
+                items = [(k, client.request_body(ModelInput(f"prompt {k}"))) for k in keys]
+                (chunk,) = client.chunks(items)
+                submitted.append((client.submit(f"tag{n}", chunk), set(keys)))
+            listed = list(client.list(since=0))
+            assert [i.id for i in listed] == [info.id for info, _ in reversed(submitted)]
+            info, keys = submitted[1]
+            found = client.find("tag1", since=0, count=2, custom_ids=keys, known_ids={submitted[2][0].id})
+            assert found is not None and found.id == info.id
+            assert client.find("nope", since=0, count=9, custom_ids=set()) is None
+            lines = list(client.results(client.retrieve(info.id)))
+            assert {line.custom_id for line in lines} == keys and all(line.body for line in lines)
+        finally:
+            client.close()
