@@ -290,3 +290,30 @@ def test_a_normal_mode_fill_never_requests_keys_of_an_open_batch(db, pg_conn, bs
     stats = bsim.stats()
     assert stats["requests"] == 1 and stats["by_prompt_sha256"] == {sha("one more"): 1}
     assert normal.pending_keys == 6 and normal.report.rows == 8 and normal.report.distinct_keys == 7
+
+
+def test_answers_are_journaled_before_they_are_applied_and_a_failed_apply_loses_nothing(db, pg_conn, bsim,
+                                                                                         monkeypatch):
+    from dbt_pg_llm.pg import batch_collect
+
+    engine = make_engine(bsim)
+    texts = prompts(6)
+    source = make_source(pg_conn, pg_conn.schema, texts)
+    audit = db[2]
+    fill(db, engine, source)
+
+    def database_down(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(batch_collect, "write_results", database_down)
+    with pytest.raises(RuntimeError, match="went away"):
+        fill(db, engine, source)
+    keys = [k for (k,) in q(pg_conn, f'select key from "{audit}".llm_batch_keys')]
+    assert all(engine.cache.get(k) is not None for k in keys)  # in the journal before the write failed
+    assert q(pg_conn, f'select open from "{audit}".llm_batches') == [(True,)]
+    monkeypatch.undo()
+    fill(db, make_engine(bsim), source)  # a new engine (its journal empty): the provider's file again
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0] == 6
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where not cached')[0][0] == 6
+    stats = bsim.stats()
+    assert stats["batches_created"] == 1 and set(stats["batch_by_prompt_sha256"].values()) == {1}
