@@ -9,9 +9,10 @@ from dataclasses import dataclass, fields, replace
 
 from .errors import ConfigError
 
-__all__ = ["BatchPolicy", "COLUMN_MODES"]
+__all__ = ["BatchPolicy", "COLUMN_MODES", "BATCH_PROVIDERS"]
 
 COLUMN_MODES = ("batch", "normal")
+BATCH_PROVIDERS = ("openai", "anthropic")  # the wire protocols with a batch client (batch_api/)
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class BatchClient:
     # -- requests ---------------------------------------------------------------------------------
     def request_body(self, inp: ModelInput) -> dict:
         inp = inp.with_defaults(self.config.temperature, self.config.max_tokens)
-        body = self._provider.build_body(inp)
+        body, _ = self._provider.build_body(inp)
         body.pop("stream", None)  # batch answers are whole objects
         body.pop("stream_options", None)
         return body

@@ -21,7 +21,9 @@ def output_of_line(line: BatchLine, model: Model, inp: ModelInput, discount: flo
                            line.message or "no answer in the batch", http_status=line.http_status, model=model.name)
         return ModelOutput.failure(error, model=model.name, attempts=1)
     try:
-        result = model.provider.parse_body(line.body, 200)
+        # what the request used (structured-output schema, ...) depends on its response format only
+        _, used = model.provider.build_body(inp.with_defaults(model.config.temperature, model.config.max_tokens))
+        result = model.provider.parse_body(line.body, 200, used)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         error = ModelError(ErrorKind.API, f"unexpected answer shape in batch ({type(exc).__name__}: {exc})",
                            model=model.name)

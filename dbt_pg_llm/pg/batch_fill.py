@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..batch_api import BatchClient
-from ..batch_policy import BatchPolicy
+from ..batch_policy import BATCH_PROVIDERS, BatchPolicy
 from ..errors import ModelError, redact
 from ..keys import key_sql
 from . import batch_store as store
@@ -92,7 +92,11 @@ def fill_column_batched(connect: Callable[[], Any], engine, source_sql: str, spe
         todo = waiting = 0
         if policy is not None or _any_open(conn, audit_schema):  # else: the plain fill, no extra scan
             todo, waiting = _count(conn, audit_schema, source_sql, key_expr)
-        if policy is not None and getattr(model.config, "batch", None) is not None and todo >= policy.min_keys:
+        if policy is not None and getattr(model.config, "provider", None) not in BATCH_PROVIDERS:
+            out.problems.append(f"model '{spec.model}': mode='batch' needs a provider with a batch API "
+                                f"({', '.join(BATCH_PROVIDERS)}); this column uses the normal path")
+            policy = None
+        if policy is not None and todo >= policy.min_keys:
             mine = _Submitter(connect, engine, collector, spec, fingerprint, policy, audit_schema, run,
                               fill_kwargs.get("claim_stale_s", 600.0)).submit(source_sql, out)
             if mine and policy.max_wait_s > 0:

@@ -317,3 +317,18 @@ def test_answers_are_journaled_before_they_are_applied_and_a_failed_apply_loses_
     assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where not cached')[0][0] == 6
     stats = bsim.stats()
     assert stats["batches_created"] == 1 and set(stats["batch_by_prompt_sha256"].values()) == {1}
+
+
+def test_batch_mode_on_a_strategy_model_falls_back_to_the_normal_path_and_says_so(db, pg_conn, bsim):
+    from dbt_pg_llm import LlmSettings, build_engine
+
+    member = {k: v for k, v in model_settings(bsim).items() if k != "batch"}
+    engine = build_engine(LlmSettings.from_dict({"default_model": "smart", "models": {
+        "a": member, "b": member, "smart": {"strategy": "cascade", "models": ["a", "b"], "min_confidence": 0.0}}}),
+        journal=False)
+    source = make_source(pg_conn, pg_conn.schema, prompts(6))
+    spec = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body", "labels": LABELS, "mode": "batch"},
+                                default_model="smart")
+    out = fill(db, engine, source, spec=spec, policy=BatchPolicy(enabled=True, min_keys=1))
+    assert out.submitted == [] and "needs a provider with a batch API" in out.problems[0]
+    assert bsim.stats()["batches_created"] == 0 and bsim.stats()["requests"] == 6

@@ -60,3 +60,9 @@ def test_batches_respect_the_provider_request_and_byte_limits(provider, max_requ
         assert all(sum(len(e) for _, _, e in c) <= one * 2 for c in chunks)
     finally:
         client.close()
+
+
+def test_batch_on_a_provider_without_a_batch_client_is_a_config_error():
+    azure = {**BASE, "provider": "azure", "api_version": "2024-10-21", "batch": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"models.az.batch.enabled: provider 'azure' has no batch API support"):
+        ModelConfig.from_dict(azure, "models.az")
