@@ -24,6 +24,7 @@ requests left unprocessed when the batch ends; > 0 makes an OpenAI batch end ``e
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -257,11 +258,15 @@ class BatchApi:
         return {"custom_id": custom_id, "result": {"type": kind}}
 
     # -- handlers -----------------------------------------------------------------------------------
-    def _denied(self, request: web.Request, anth: bool) -> web.Response | None:
-        if self.sim._authorized(request):
-            return None
-        self.sim.unauthorized += 1
-        return self._err(anth, 401, "invalid x-api-key" if anth else "Incorrect API key provided.")
+    def guarded(self, handler, anth: bool):
+        """``handler`` behind the simulator's API-key check (401 in the protocol's error shape)."""
+        async def guard(request: web.Request) -> web.StreamResponse:
+            if not self.sim._authorized(request):
+                self.sim.unauthorized += 1
+                return self._err(anth, 401, "invalid x-api-key" if anth else "Incorrect API key provided.")
+            return await handler(request)
+
+        return guard
 
     @staticmethod
     def _err(anth: bool, status: int, message: str) -> web.Response:
@@ -269,8 +274,6 @@ class BatchApi:
         return web.Response(status=status, body=body, content_type=_JSON)
 
     async def upload_file(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, False)) is not None:
-            return denied
         form = await request.post()
         upload = form.get("file")
         if form.get("purpose") != "batch" or upload is None or not hasattr(upload, "file"):
@@ -292,16 +295,12 @@ class BatchApi:
         return web.json_response(self._file_object(f["id"]))
 
     async def file_content(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, False)) is not None:
-            return denied
         f = self.files.get(request.match_info["file_id"])
         if f is None:
             return self._err(False, 404, "No such File object.")
         return web.Response(body=f["data"], content_type="application/octet-stream")
 
     async def create_openai(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, False)) is not None:
-            return denied
         body = await request.json()
         f = self.files.get(body.get("input_file_id") or "")
         if f is None:
@@ -339,25 +338,24 @@ class BatchApi:
         self._advance(b)
         return b
 
-    async def retrieve_openai(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, False)) is not None:
-            return denied
-        b = self._get(request, False)
-        return web.json_response(self._openai_object(b)) if b else self._err(False, 404, "No such batch.")
+    def _object(self, b: _Batch, request: web.Request) -> dict:
+        return self._anthropic_object(b, request) if b.anthropic else self._openai_object(b)
 
-    async def cancel_openai(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, False)) is not None:
-            return denied
-        b = self._get(request, False)
+    async def _retrieve(self, request: web.Request, anth: bool) -> web.Response:
+        b = self._get(request, anth)
+        return web.json_response(self._object(b, request)) if b else self._err(anth, 404, "No such batch.")
+
+    async def _cancel(self, request: web.Request, anth: bool) -> web.Response:
+        b = self._get(request, anth)
         if b is None:
-            return self._err(False, 404, "No such batch.")
+            return self._err(anth, 404, "No such batch.")
         if b.ended_at is None and b.cancel_at is None:
-            b.cancel_at, b.status = time.time(), "cancelling"
-        return web.json_response(self._openai_object(b))
+            b.cancel_at = time.time()
+            if not anth:
+                b.status = "cancelling"
+        return web.json_response(self._object(b, request))
 
     async def list_openai(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, False)) is not None:
-            return denied
         items, more = self._listed(request, False, "after")
         data = [self._openai_object(b) for b in items]
         return web.json_response({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
@@ -378,8 +376,6 @@ class BatchApi:
         return items, len(newest_first) > limit
 
     async def create_anthropic(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, True)) is not None:
-            return denied
         raw = await request.read()
         if len(raw) > ANTHROPIC_MAX_BYTES:
             return self._err(True, 413, f"Batch is larger than {ANTHROPIC_MAX_BYTES} bytes.")
@@ -402,25 +398,7 @@ class BatchApi:
         b.status = "in_progress"
         return web.json_response(self._anthropic_object(b, request))
 
-    async def retrieve_anthropic(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, True)) is not None:
-            return denied
-        b = self._get(request, True)
-        return web.json_response(self._anthropic_object(b, request)) if b else self._err(True, 404, "No such batch.")
-
-    async def cancel_anthropic(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, True)) is not None:
-            return denied
-        b = self._get(request, True)
-        if b is None:
-            return self._err(True, 404, "No such batch.")
-        if b.ended_at is None and b.cancel_at is None:
-            b.cancel_at = time.time()
-        return web.json_response(self._anthropic_object(b, request))
-
     async def list_anthropic(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, True)) is not None:
-            return denied
         items, more = self._listed(request, True, "after_id")
         data = [self._anthropic_object(b, request) for b in items]
         return web.json_response({"data": data, "has_more": more,
@@ -428,8 +406,6 @@ class BatchApi:
                                   "last_id": data[-1]["id"] if data else None})
 
     async def results_anthropic(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, True)) is not None:
-            return denied
         b = self._get(request, True)
         if b is None:
             return self._err(True, 404, "No such batch.")
@@ -440,17 +416,17 @@ class BatchApi:
 
 
 def add_batch_routes(app: web.Application, api: BatchApi) -> None:
-    r = app.router
+    openai_routes = [("POST", "/files", api.upload_file), ("GET", "/files/{file_id}", api.get_file),
+                     ("GET", "/files/{file_id}/content", api.file_content), ("POST", "/batches", api.create_openai),
+                     ("GET", "/batches", api.list_openai),
+                     ("GET", "/batches/{batch_id}", functools.partial(api._retrieve, anth=False)),
+                     ("POST", "/batches/{batch_id}/cancel", functools.partial(api._cancel, anth=False))]
+    anthropic_routes = [("POST", "/messages/batches", api.create_anthropic),
+                        ("GET", "/messages/batches", api.list_anthropic),
+                        ("GET", "/messages/batches/{batch_id}", functools.partial(api._retrieve, anth=True)),
+                        ("POST", "/messages/batches/{batch_id}/cancel", functools.partial(api._cancel, anth=True)),
+                        ("GET", "/messages/batches/{batch_id}/results", api.results_anthropic)]
     for prefix in ("/v1", ""):
-        r.add_post(prefix + "/files", api.upload_file)
-        r.add_get(prefix + "/files/{file_id}", api.get_file)
-        r.add_get(prefix + "/files/{file_id}/content", api.file_content)
-        r.add_post(prefix + "/batches", api.create_openai)
-        r.add_get(prefix + "/batches", api.list_openai)
-        r.add_get(prefix + "/batches/{batch_id}", api.retrieve_openai)
-        r.add_post(prefix + "/batches/{batch_id}/cancel", api.cancel_openai)
-        r.add_post(prefix + "/messages/batches", api.create_anthropic)
-        r.add_get(prefix + "/messages/batches", api.list_anthropic)
-        r.add_get(prefix + "/messages/batches/{batch_id}", api.retrieve_anthropic)
-        r.add_post(prefix + "/messages/batches/{batch_id}/cancel", api.cancel_anthropic)
-        r.add_get(prefix + "/messages/batches/{batch_id}/results", api.results_anthropic)
+        for anth, routes in ((False, openai_routes), (True, anthropic_routes)):
+            for method, path, handler in routes:
+                app.router.add_route(method, prefix + path, api.guarded(handler, anth))

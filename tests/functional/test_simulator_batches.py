@@ -133,3 +133,13 @@ def test_engine_batch_clients_page_through_batches_and_find_one_by_its_idempoten
             assert {line.custom_id for line in lines} == keys and all(line.body for line in lines)
         finally:
             client.close()
+
+
+def test_batch_endpoints_check_the_api_key_in_each_protocol_shape():
+    with SimulatorServer(SimulatorConfig(api_key="sk-batch-key")) as s, httpx.Client(base_url=s.base_url) as c:
+        denied = c.get("/batches")
+        assert denied.status_code == 401 and denied.json()["error"]["message"].startswith("Incorrect API key")
+        assert c.get("/messages/batches").json()["error"]["type"] == "authentication_error"
+        assert c.get("/batches", headers={"Authorization": "Bearer sk-batch-key"}).json()["object"] == "list"
+        assert c.get("/messages/batches", headers={"x-api-key": "sk-batch-key"}).json()["data"] == []
+        assert s.stats()["unauthorized"] == 2
