@@ -63,6 +63,19 @@ class BatchCollector:
         self.run = run
         self.ttl = timedelta(days=cache_ttl_days) if cache_ttl_days else None
         self.clients = clients if clients is not None else {}
+        self._own_clients = clients is None  # close only the HTTP clients made here
+
+    def close(self) -> None:
+        if self._own_clients:
+            for client in self.clients.values():
+                client.close()
+            self.clients.clear()
+
+    def __enter__(self) -> "BatchCollector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def client(self, model_name: str) -> BatchClient:
         client = self.clients.get(model_name)

@@ -75,8 +75,13 @@ def fill_column_batched(connect: Callable[[], Any], engine, source_sql: str, spe
     batches, but finished ones are still collected and open ones never requested twice.
     ``fill_kwargs`` go to ``fill_column`` (on_error, cache_ttl_days, max_cost_usd, progress, ...)."""
     spec = ColumnSpec.from_dict(spec, default_model)
-    collector = BatchCollector(connect, engine, audit_schema, run,
-                               cache_ttl_days=fill_kwargs.get("cache_ttl_days"), clients=clients)
+    with BatchCollector(connect, engine, audit_schema, run, cache_ttl_days=fill_kwargs.get("cache_ttl_days"),
+                        clients=clients) as collector:
+        return _fill(connect, engine, source_sql, spec, policy, audit_schema, run, say, collector, fill_kwargs)
+
+
+def _fill(connect, engine, source_sql: str, spec: ColumnSpec, policy: BatchPolicy | None, audit_schema: str,
+          run: RunContext, say, collector: BatchCollector, fill_kwargs: dict) -> BatchedFill:
     out = BatchedFill(report=FillReport(model=spec.model, node_id=run.node_id))
     first = collect_once(collector)
     if first is not None:

@@ -332,3 +332,14 @@ def test_batch_mode_on_a_strategy_model_falls_back_to_the_normal_path_and_says_s
     out = fill(db, engine, source, spec=spec, policy=BatchPolicy(enabled=True, min_keys=1))
     assert out.submitted == [] and "needs a provider with a batch API" in out.problems[0]
     assert bsim.stats()["batches_created"] == 0 and bsim.stats()["requests"] == 6
+
+
+def test_the_fill_closes_the_batch_http_clients_it_opened(db, pg_conn, bsim, monkeypatch):
+    from dbt_pg_llm.batch_api.client import BatchClient
+
+    closed = []
+    original = BatchClient.close
+    monkeypatch.setattr(BatchClient, "close", lambda self: (closed.append(self), original(self)))
+    source = make_source(pg_conn, pg_conn.schema, prompts(6))
+    fill(db, make_engine(bsim), source)
+    assert len(closed) == 1 and closed[0]._http_client.is_closed

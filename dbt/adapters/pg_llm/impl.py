@@ -266,10 +266,10 @@ class PgLlmAdapter(PostgresAdapter):
         run = self._run_context("operation")
         try:
             if cancel:
-                collector = BatchCollector(self._credentials.connect_autocommit, get_engine(self._credentials),
-                                           settings.audit_schema, run)
-                for line in collector.cancel():
-                    logger.info(f"pg_llm: cancelled {line}")
+                with BatchCollector(self._credentials.connect_autocommit, get_engine(self._credentials),
+                                    settings.audit_schema, run) as collector:
+                    for line in collector.cancel():
+                        logger.info(f"pg_llm: cancelled {line}")
             conn = self._credentials.connect_autocommit()
             try:
                 rows = open_batches(conn, settings.audit_schema)
