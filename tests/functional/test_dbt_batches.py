@@ -46,12 +46,12 @@ def batch_project(pg, simulator_factory, tmp_path):
 
 def test_batch_mode_submits_then_a_later_run_collects_and_operations_list_and_cancel(batch_project):
     project, sim = batch_project
-    first = project.run("run")
+    first = project.run("run", LLM_ON_ERROR="pending")  # rows waiting for a batch get the on_error default
     stats = sim.stats()
     assert stats["batches_created"] == 1 and stats["requests"] == 0
     batch_id = project.scalar(f'select provider_batch_id from "{project.audit}".llm_batches')
     assert "wait in open provider batches" in first.text and batch_id in first.text
-    assert project.scalar(f'select count(*) from "{project.schema}".batch_sentiment where sentiment is null') == 12
+    assert project.scalar(f"select count(*) from \"{project.schema}\".batch_sentiment where sentiment = 'pending'") == 12
 
     listed = project.run("run-operation", "pg_llm.batches")
     assert "1 open provider batch(es)" in listed.text and batch_id in listed.text
