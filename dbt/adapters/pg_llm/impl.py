@@ -155,7 +155,7 @@ class PgLlmAdapter(PostgresAdapter):
     # -- Jinja API -------------------------------------------------------------------------------
     @available
     def llm_column(self, spec: Dict[str, Any], default_model: Optional[str] = None,
-                   name: Optional[str] = None) -> Dict[str, Any]:
+                   name: Optional[str] = None, mode: Optional[str] = None) -> Dict[str, Any]:
         """Resolve one column spec: {"name", "spec", "model", "fingerprint", "key_sql", "output_col"}.
 
         Needs only the validated settings (no engine, no database), so parse/compile pay nothing.
@@ -165,6 +165,8 @@ class PgLlmAdapter(PostgresAdapter):
                 f"pg_llm: the spec of column '{name}' must be a mapping, e.g. pg_llm.classify(...); "
                 f"got {type(spec).__name__}"
             )
+        if mode is not None and "mode" not in spec:  # llm_enrich(mode=...) for columns without their own
+            spec = {**spec, "mode": mode}
         column_spec = self._spec(spec, default_model, name)
         fp = column_spec.fingerprint(self._model_config(column_spec.model))
         return {
@@ -202,19 +204,21 @@ class PgLlmAdapter(PostgresAdapter):
                   node_id: Optional[str]) -> Dict[str, Any]:
         """Fill one column; log its summary and warnings; raise DbtRuntimeError per on_error='fail'."""
         from dbt_pg_llm.errors import PgLlmError, redact
-        from dbt_pg_llm.pg.fill import fill_column
+        from dbt_pg_llm.pg.batch_fill import fill_column_batched
 
         settings = self._settings()
         spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
         label = f"{node_id or 'model'}.{column.get('name')}"
         started = time.monotonic()
         try:
-            report = fill_column(
+            batched = fill_column_batched(  # the normal fill, plus provider batches (issue 11)
                 self._credentials.connect_autocommit, engine, source_sql, spec,
+                policy=self._batch_policy(spec), say=lambda line: logger.info(f"{label}: {line}"),
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
                 progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
             )
+            report = batched.report
         except PgLlmError as exc:
             raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
         except DbtRuntimeError:
@@ -225,6 +229,7 @@ class PgLlmAdapter(PostgresAdapter):
             ) from None
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
+        _log_batches(label, batched, settings.audit_schema)
         if report.stopped == "max_cost":
             logger.warning(
                 f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
@@ -244,6 +249,39 @@ class PgLlmAdapter(PostgresAdapter):
                 f"First error: {first_text}"
             )
         return report.as_progress()
+
+    def _batch_policy(self, spec):
+        """The column's batch policy: the model's ``batch:`` setting, switched by ``mode=``."""
+        config = self._model_config(spec.model)
+        policy = getattr(config, "batch", None)  # strategies have none
+        return policy.for_column(spec.mode) if policy is not None else None
+
+    @available
+    def llm_batches(self, cancel: bool = False) -> List[Dict[str, Any]]:
+        """Open provider batches of the audit schema (``pg_llm.batches``); with ``cancel``, ask the
+        provider to cancel them first (``pg_llm.cancel_batches``). Returns one dict per batch."""
+        from dbt_pg_llm.errors import PgLlmError, redact
+        from dbt_pg_llm.pg.batch_collect import BatchCollector
+        from dbt_pg_llm.pg.batch_store import open_batches
+
+        settings = self._settings()
+        run = self._run_context("operation")
+        try:
+            if cancel:
+                with BatchCollector(self._credentials.connect_autocommit, get_engine(self._credentials),
+                                    settings.audit_schema, run) as collector:
+                    for line in collector.cancel():
+                        logger.info(f"pg_llm: cancelled {line}")
+            conn = self._credentials.connect_autocommit()
+            try:
+                rows = open_batches(conn, settings.audit_schema)
+            finally:
+                conn.close()
+        except PgLlmError as exc:
+            raise DbtRuntimeError(f"pg_llm: {redact(str(exc))}") from None
+        return [{"batch": r.provider_batch_id or r.batch_uid, "provider": r.provider, "model": r.model,
+                 "status": r.status, "keys": r.key_count, "submitted_at": str(r.submitted_at),
+                 "node_id": r.node_id} for r in rows]
 
     def _raise_alerts(self, engine, run) -> None:
         """Write the engine's new alerts to llm_alerts (once per run, model and type) and log them."""
@@ -343,6 +381,25 @@ class PgLlmAdapter(PostgresAdapter):
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
             claim_timeout_s=settings.claim_timeout_s,
+        )
+
+
+def _log_batches(label: str, batched, audit_schema: str) -> None:
+    """The batch side of a fill: what was submitted / collected, and a warning naming open batches."""
+    from dbt_pg_llm.errors import redact
+
+    if batched.submitted:
+        logger.info(f"{label}: submitted provider batch(es) {', '.join(batched.submitted)}")
+    if batched.collected:
+        logger.info(f"{label}: collected provider batch(es) {', '.join(batched.collected)}")
+    for problem in batched.problems:
+        logger.warning(f"{label}: {redact(problem)}")
+    if batched.pending_keys or batched.open_batches:
+        logger.warning(
+            f"{label}: {batched.pending_keys} key(s) wait in open provider batches: "
+            f"{'; '.join(batched.open_batches) or 'see the batches list'}. Their rows are NULL (or the on_error "
+            f"default) until a later run collects the answers (`dbt run-operation pg_llm.batches` lists the "
+            f"open batches of {audit_schema})"
         )
 
 
