@@ -29,7 +29,7 @@ from ..errors import ModelError, redact
 from ..keys import key_sql
 from . import batch_store as store
 from .batch_collect import BatchCollector, CollectReport
-from .claims import _Claims
+from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .fill import fill_column
 from .join import _fresh
 from .migrations import ensure_migrated, quote_ident
@@ -103,7 +103,7 @@ def _fill(connect, engine, source_sql: str, spec: ColumnSpec, policy: BatchPolic
             policy = None
         if policy is not None and todo >= policy.min_keys:
             mine = _Submitter(connect, engine, collector, spec, fingerprint, policy, audit_schema, run,
-                              fill_kwargs.get("claim_stale_s", 600.0)).submit(source_sql, out)
+                              fill_kwargs.get("claim_timeout_s", 120.0)).submit(source_sql, out)
             if mine and policy.max_wait_s > 0:
                 waited = collector.wait(mine, policy.max_wait_s, policy.poll_s, say)
                 out.collected += waited.collected
@@ -160,21 +160,24 @@ class _SubmitClaims(_Claims):
     """The claims mechanism of ``fill`` (``claims._Claims``) on the submitter's connections."""
 
     def __init__(self, reader, writer, schema: str, run: RunContext, spec: ColumnSpec, report: FillReport,
-                 claim_stale_s: float):
+                 claim_timeout_s: float, connect):
         self.reader, self.writer, self.schema, self.q = reader, writer, schema, quote_ident(schema)
         self.run_ctx, self.spec, self.report = run, spec, report
         self.token = uuid.uuid4().hex
-        self.claim_stale_s = claim_stale_s
+        self.claim_timeout_s = claim_timeout_s
+        # submitting a big batch (upload + create) can outlast claim_timeout_s: keep the claims alive
+        self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
+        self.heartbeat.start()
 
 
 class _Submitter:
     CLAIM_BATCH = 1000
 
     def __init__(self, connect, engine, collector: BatchCollector, spec: ColumnSpec, fingerprint: str,
-                 policy: BatchPolicy, schema: str, run: RunContext, claim_stale_s: float):
+                 policy: BatchPolicy, schema: str, run: RunContext, claim_timeout_s: float):
         self.connect, self.engine, self.collector = connect, engine, collector
         self.spec, self.fingerprint, self.policy, self.schema, self.run = spec, fingerprint, policy, schema, run
-        self.claim_stale_s = claim_stale_s
+        self.claim_timeout_s = claim_timeout_s
         self.client = collector.client(spec.model)
         self.model = engine.model(spec.model)
 
@@ -182,7 +185,8 @@ class _Submitter:
         """Claim and submit the column's uncached keys that no open batch holds; returns batch uids."""
         reader, writer = self.connect(), self.connect()
         reader.autocommit = writer.autocommit = True
-        claims = _SubmitClaims(reader, writer, self.schema, self.run, self.spec, out.report, self.claim_stale_s)
+        claims = _SubmitClaims(reader, writer, self.schema, self.run, self.spec, out.report, self.claim_timeout_s,
+                               self.connect)
         uids: list[str] = []
         try:
             cursor = reader.cursor(name=f"llm_batch_{claims.token}", withhold=True)
