@@ -48,6 +48,7 @@ from .claims import _Claims
 from .join import _fresh, quote_literal
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
 from .report import FillError, FillReport
+from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
 
@@ -56,6 +57,7 @@ __all__ = ["fill_column"]
 log = logging.getLogger("dbt_pg_llm")
 
 PROGRESS_EVERY_S = 2.0
+RUN_HEARTBEAT_EVERY_S = 10.0
 
 
 # -- the engine's log sinks, connection errors -----------------------------------------------------
@@ -103,24 +105,26 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
                 claim_stale_s: float = 600.0, wait_timeout_s: float = 900.0,
-                default_model: str | None = None) -> FillReport:
+                default_model: str | None = None, max_error_rate: float | None = None) -> FillReport:
     """Make sure ``llm_results`` holds an answer for every distinct non-NULL prompt of ``source_sql``.
 
     ``connect()`` must return a NEW psycopg2 connection (two are opened: a reader holding the
     candidate cursor and the claims, and an autocommit writer); they are closed at the end.
     ``source_sql``: a relation (``"analytics"."reviews"``) or a parenthesized subquery.
-    Returns a FillReport; with ``on_error="fail"`` raises ModelError after writing what was paid.
+    Returns a FillReport; with ``on_error="fail"`` raises ModelError after writing what was paid,
+    as it does when more than ``max_error_rate`` (0..1) of the distinct keys failed or were skipped.
     """
     spec = ColumnSpec.from_dict(spec, default_model)
     return _Fill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
                  cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
                  chunk_rows=chunk_rows, claim_stale_s=claim_stale_s,
-                 wait_timeout_s=wait_timeout_s).run(source_sql)
+                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate).run(source_sql)
 
 
 class _Fill(_Claims):
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
-                 max_cost_usd, progress, window, chunk_rows, claim_stale_s, wait_timeout_s, poll_s=0.25):
+                 max_cost_usd, progress, window, chunk_rows, claim_stale_s, wait_timeout_s, poll_s=0.25,
+                 max_error_rate: float | None = None):
         if not isinstance(run, RunContext):
             raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
         if window < 1 or chunk_rows < 1:
@@ -129,6 +133,9 @@ class _Fill(_Claims):
             raise ConfigError([f"max_cost_usd: {max_cost_usd!r} must be a number > 0, or unset for no limit"])
         if cache_ttl_days is not None and (not isinstance(cache_ttl_days, (int, float)) or cache_ttl_days <= 0):
             raise ConfigError([f"cache_ttl_days: {cache_ttl_days!r} must be a number of days > 0, or unset"])
+        if max_error_rate is not None and (isinstance(max_error_rate, bool) or not 0 <= max_error_rate <= 1):
+            raise ConfigError([f"max_error_rate: {max_error_rate!r} must be a share from 0 to 1, or unset"])
+        self.max_error_rate = max_error_rate
         self.connect = connect
         self.engine = engine
         self.spec = spec
@@ -167,6 +174,8 @@ class _Fill(_Claims):
         self.budget_id: tuple | None = None
         self.engine_hits = 0
         self.answers_written = 0
+        self.run_open = False  # our llm_runs row says running (run_started) and must be closed
+        self.last_run_heartbeat = time.monotonic()
 
     # -- connections ------------------------------------------------------------------------------
     def _open(self):
@@ -193,6 +202,8 @@ class _Fill(_Claims):
         try:
             self.writer = self._open()
             ensure_migrated(self.writer, self.schema)
+            run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
+            self.run_open = True
             self.reader = self._open()
             if self.max_cost is not None:
                 self.budget_id = _db_identity(self.writer, self.schema) + (self.run_ctx.run_id,)
@@ -217,6 +228,7 @@ class _Fill(_Claims):
             self._flush(final=True)
         except BaseException:
             self._salvage()
+            self._record_failed_run()
             raise
         finally:
             self._release_all()
@@ -296,10 +308,20 @@ class _Fill(_Claims):
         for key, output in self.engine.map_unordered(self.spec.model, inputs, window=self.window,
                                                      context=self.context):
             self._on_output(key, output)
-            if len(self._results) + len(self._errors) >= self.chunk_rows \
+            if self._journal_error() is not None and self._results:
+                self._flush()  # not journaled: into llm_results before the next request goes out
+            elif len(self._results) + len(self._errors) >= self.chunk_rows \
                     or time.monotonic() - self.last_flush >= PROGRESS_EVERY_S:
                 self._flush()
             self._emit_progress()
+
+    def _journal_error(self):
+        """The engine journal's write failure (answers are no longer kept there), or None."""
+        error = getattr(getattr(self.engine, "cache", None), "write_error", None)
+        if error is not None and self.report.journal_error is None:
+            self.report.journal_error = str(error)
+            log.warning("%s; answers are written to %s.llm_results one by one from now on", error, self.schema)
+        return error
 
     @staticmethod
     def _stored_cost(output) -> float:
@@ -321,6 +343,7 @@ class _Fill(_Claims):
         rep.requests_done += 1
         paid = 0.0 if output.cached else float(output.cost_usd or 0.0)
         if not output.cached:
+            rep.requests_sent += output.attempts  # HTTP requests really made (0: refused by an open circuit)
             rep.prompt_tokens += output.tokens.prompt
             rep.completion_tokens += output.tokens.completion
             rep.cost_usd += paid
@@ -343,7 +366,8 @@ class _Fill(_Claims):
                 run_id=self.run_ctx.run_id))
             self._ok_keys.append(key)
         else:
-            self._add_error(key, str(output.error_kind), output.error_message or "")
+            self._add_error(key, str(output.error_kind), output.error_message or "",
+                            attempts=0 if output.cached else output.attempts)
         if paid and self.budget_id is not None:
             spent = _budgets.add(self.budget_id, paid)
             if self.max_cost is not None and spent >= self.max_cost and not rep.stopped:
@@ -351,12 +375,13 @@ class _Fill(_Claims):
                 log.warning("max_cost_usd %.4f reached (run has paid %.4f): no more requests for %s",
                             self.max_cost, spent, self.run_ctx.node_id or self.spec.model)
 
-    def _add_error(self, key: str, kind: str, message: str) -> None:
+    def _add_error(self, key: str, kind: str, message: str, attempts: int = 0) -> None:
         rep = self.report
         rep.errors += 1
         message = redact(message)
         self._errors.append(ErrorRow(key=key, node_id=self.run_ctx.node_id, model=self.spec.model,
-                                     error_kind=kind, message=message, run_id=self.run_ctx.run_id))
+                                     error_kind=kind, message=message, run_id=self.run_ctx.run_id,
+                                     attempts=attempts))
         if rep.first_error is None:
             rep.first_error = FillError(key=key, kind=kind, message=message)
         if self.fail_fast and not rep.stopped:
@@ -393,11 +418,10 @@ class _Fill(_Claims):
                 self._ok_keys = ok_keys + self._ok_keys
                 if not isinstance(exc, Exception):
                     raise
-                kept = ("they are kept in the engine's journal and the next run reuses them without paying"
-                        if getattr(self.engine, "cache", None) is not None else
-                        "the engine has no result cache configured, so they may have to be requested again")
+                self._salvaged = True  # _salvage would only fail the same way and say it twice
                 raise PgLlmError(f"could not write {len(results)} answer(s) of model '{self.spec.model}' to "
-                                 f"{self.schema}.llm_results: {redact(str(exc)).strip()}; {kept}") from exc
+                                 f"{self.schema}.llm_results: {redact(str(exc)).strip()}; "
+                                 f"{self._where_kept(results)}") from exc
         if ok_keys:
             self._write(resolve_errors, ok_keys)
         if errors:
@@ -405,7 +429,24 @@ class _Fill(_Claims):
         self._release(ok_keys + [e.key for e in errors])  # results are committed: let others see them
         self._drain_logs()
         self._heartbeat()
+        if self.run_open and time.monotonic() - self.last_run_heartbeat >= RUN_HEARTBEAT_EVERY_S:
+            self.last_run_heartbeat = time.monotonic()
+            self._write(run_heartbeat, self.run_ctx.run_id)
         self.last_flush = time.monotonic()
+
+    def _where_kept(self, results: list[ResultRow]) -> str:
+        """The truth about answers that could not be written to llm_results: how many the journal
+        really holds, and what happens to the others."""
+        cache = getattr(self.engine, "cache", None)
+        keys = [r.key for r in results]
+        kept = len(cache.holds(keys)) if cache is not None and hasattr(cache, "holds") else 0
+        if kept == len(keys):
+            return "they are kept in the engine's journal and the next run reuses them without paying"
+        lost = len(keys) - kept
+        why = (str(cache.write_error) if getattr(cache, "write_error", None) is not None else
+               "the engine has no journal on disk (llm.journal_dir)")
+        return (f"{kept} of them are kept in the engine's journal; {lost} paid answer(s) are kept nowhere and "
+                f"will be requested (and paid) again: {why}")
 
     def _drain_logs(self) -> None:
         for sink in self.sinks:
@@ -415,7 +456,7 @@ class _Fill(_Claims):
 
     def _salvage(self) -> None:
         """On the way out after an error: write what was paid if at all possible."""
-        if not self._results:
+        if not self._results or getattr(self, "_salvaged", False):
             return
         try:
             if self.writer is None or self.writer.closed:
@@ -423,9 +464,31 @@ class _Fill(_Claims):
             self.answers_written += self._write(write_results, self._results)
             self._results = []
         except Exception as exc:
-            log.error("could not write %d paid answers to %s.llm_results (%s); they are kept in the "
-                      "engine's journal and the next run reuses them without paying",
-                      len(self._results), self.schema, redact(str(exc)).strip())
+            log.error("could not write %d paid answers to %s.llm_results (%s); %s", len(self._results),
+                      self.schema, redact(str(exc)).strip(), self._where_kept(self._results))
+
+    def _record_failed_run(self) -> None:
+        """On the way out after an error: the call logs (every paid request) and the run's counts,
+        status failed, if the database still answers; best effort, the error itself is raised."""
+        if not self.run_open:
+            return
+        try:
+            if self.writer is None or self.writer.closed:
+                self.writer = self._open()
+            self._drain_logs()
+            self._record_run("failed")
+        except Exception as exc:
+            log.error("could not record the failed fill in %s.llm_calls / llm_runs: %s", self.schema,
+                      redact(str(exc)).strip())
+
+    def _record_run(self, status: str, conn=None) -> None:
+        rep = self.report
+        record_run(conn or self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target,
+                   status=status, finished_fill=self.run_open, rows=rep.rows, distinct_keys=rep.distinct_keys,
+                   requests=rep.requests_sent, cache_hits=rep.cache_hits, errors=rep.errors,
+                   prompt_tokens=rep.prompt_tokens, completion_tokens=rep.completion_tokens, cost_usd=rep.cost_usd,
+                   saved_cost_usd=rep.saved_cost_usd)
+        self.run_open = False
 
     def _emit_progress(self, force: bool = False) -> None:
         if self.progress_cb is None:
@@ -456,16 +519,12 @@ class _Fill(_Claims):
         rep = self.report
         rep.elapsed_s = time.monotonic() - self.started
         rep.eta_s = 0.0 if not rep.stopped else None
-        failed = self.fail_fast and rep.first_error is not None
+        too_many = self._too_many_errors()
+        failed = (self.fail_fast and rep.first_error is not None) or too_many
         try:
             writer = self._open()
             try:
-                record_run(writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target,
-                           status="error" if failed else "success", rows=rep.rows,
-                           distinct_keys=rep.distinct_keys, requests=rep.requests_done - self.engine_hits,
-                           cache_hits=rep.cache_hits, errors=rep.errors, prompt_tokens=rep.prompt_tokens,
-                           completion_tokens=rep.completion_tokens, cost_usd=rep.cost_usd,
-                           saved_cost_usd=rep.saved_cost_usd)
+                self._record_run("failed" if failed else "partial" if rep.errors else "success", writer)
             finally:
                 writer.close()
         except Exception as exc:
@@ -473,9 +532,19 @@ class _Fill(_Claims):
         if self.progress_cb is not None:
             self.last_progress = 0.0
             self._emit_progress(force=True)
+        if too_many and not self.fail_fast:
+            err = rep.first_error
+            raise ModelError(
+                err.kind,
+                f"{self._who()}model '{self.spec.model}': {rep.errors} of {rep.distinct_keys} distinct key(s) "
+                f"({rep.errors / rep.distinct_keys:.0%}) failed or were not requested, more than "
+                f"llm.max_error_rate ({self.max_error_rate:g}); first error, for key {err.key[:16]}: {err.kind}: "
+                f"{err.message}. The {self.answers_written} answer(s) received were kept in "
+                f"{self.schema}.llm_results and the failed keys are retried on the next run.",
+                model=self.spec.model)
         if failed:
             err = rep.first_error
-            who = f"{self.run_ctx.node_id}: " if self.run_ctx.node_id else ""
+            who = self._who()
             raise ModelError(
                 err.kind,
                 f"{who}model '{self.spec.model}': {rep.errors} key(s) failed and on_error is 'fail', so the fill "
@@ -483,3 +552,11 @@ class _Fill(_Claims):
                 f"{err.key[:16]}: {err.kind}: {err.message}. The {self.answers_written} answer(s) already "
                 f"received were kept in {self.schema}.llm_results (set on_error: 'null' to keep going).",
                 model=self.spec.model)
+
+    def _who(self) -> str:
+        return f"{self.run_ctx.node_id}: " if self.run_ctx.node_id else ""
+
+    def _too_many_errors(self) -> bool:
+        rep = self.report
+        return (self.max_error_rate is not None and rep.errors > 0 and rep.distinct_keys > 0
+                and rep.errors / rep.distinct_keys > self.max_error_rate)

@@ -264,7 +264,7 @@ def test_on_error_fail_raises_and_keeps_paid_answers(db, pg_conn, sim):
     stored = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
     assert stored == paid - 1  # everything answered before the failure was written (and nothing after)
     assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
-    assert q(pg_conn, f'select status, errors from "{audit}".llm_runs') == [("error", 1)]
+    assert q(pg_conn, f'select status, errors from "{audit}".llm_runs') == [("failed", 1)]
 
 
 def test_costs_and_tokens_equal_the_simulator_ledger(db, pg_conn, simulator_factory):
@@ -286,10 +286,18 @@ def test_costs_and_tokens_equal_the_simulator_ledger(db, pg_conn, simulator_fact
     # 500s carry no usage, so the failed key costs nothing: every ledger figure is in llm_results too
     assert (res[0], res[1]) == (ledger["prompt_tokens"], ledger["completion_tokens"])
     assert (calls[0], calls[1], calls[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], 42)
-    assert (runs[0], runs[1], runs[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], 41)
+    # "requested" = HTTP requests really sent, retries included: exactly the ledger's count
+    assert (runs[0], runs[1], runs[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], ledger["requests"])
+    assert rep.requests_sent == ledger["requests"] and f"{ledger['requests']} requested" in rep.summary()
+    assert q(pg_conn, f'select attempts from "{audit}".llm_errors') == [(2,)]  # the real number of attempts
     assert (rep.prompt_tokens, rep.completion_tokens) == (ledger["prompt_tokens"], ledger["completion_tokens"])
     for value in (res[2], calls[2], runs[2], rep.cost_usd):
         assert value == pytest.approx(ledger["cost_usd"], rel=1e-12, abs=1e-15)
+    # costs are exact decimals (no binary float tails such as 0.0027599999999999764)
+    stored = q(pg_conn, f'select cost_usd::text from "{audit}".llm_runs union all '
+                        f'select cost_usd::text from "{audit}".llm_results union all '
+                        f'select cost_usd::text from "{audit}".llm_calls')
+    assert all(len(text.partition(".")[2]) <= 10 for (text,) in stored), stored
     assert ledger["cost_usd"] > 0
 
 

@@ -124,17 +124,18 @@ def test_write_calls_from_model_logs(conn, schema):
 
 def test_dead_letters_upsert_resolve_and_redact(conn, schema):
     register_secret("sk-supersecret-123456")
-    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "api", "failed with key sk-supersecret-123456", "r1"),
-                                ErrorRow("k2", None, "m", "timeout", "slow", "r1")])
-    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "invalid_output", "bad label", "r2")])
+    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "api", "failed with key sk-supersecret-123456", "r1", 1),
+                                ErrorRow("k2", None, "m", "timeout", "slow", "r1", 3)])
+    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "invalid_output", "bad label", "r2", 2)])
     rows = _fetch(conn, f"select key, node_id, error_kind, message, attempts, run_id, resolved_at is null "
                         f"from {schema}.llm_errors order by key")
-    assert rows == [("k1", "node.a", "invalid_output", "bad label", 2, "r2", True),
-                    ("k2", "", "timeout", "slow", 1, "r1", True)]
+    # attempts: the HTTP requests really made, added up over runs
+    assert rows == [("k1", "node.a", "invalid_output", "bad label", 3, "r2", True),
+                    ("k2", "", "timeout", "slow", 3, "r1", True)]
     assert resolve_errors(conn, schema, ["k1", "nope"]) == 1
     assert resolve_errors(conn, schema, ["k1"]) == 0  # already resolved
     write_errors(conn, schema, [ErrorRow("k2", "", "m", "api", "Bearer abcdefghijkl", "r3")])
-    assert _fetch(conn, f"select message, attempts from {schema}.llm_errors where key = 'k2'") == [("Bearer ***", 2)]
+    assert _fetch(conn, f"select message, attempts from {schema}.llm_errors where key = 'k2'") == [("Bearer ***", 3)]  # 3 + 0 attempts (never sent)
 
 
 def test_alerts_and_runs(conn, schema):
@@ -149,7 +150,7 @@ def test_alerts_and_runs(conn, schema):
     record_run(conn, schema, "inv1", status="success", rows=1)
     assert _fetch(conn, f"select target, status, rows, requests, errors, cost_usd::float, saved_cost_usd::float, "
                         f"ended_at is not null from {schema}.llm_runs") == [
-        ("dev", "error", 16, 3, 1, 0.75, 1.0, True)]
+        ("dev", "failed", 16, 3, 1, 0.75, 1.0, True)]
 
 
 def test_write_results_throughput(conn, schema, record_property):

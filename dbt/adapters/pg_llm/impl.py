@@ -22,9 +22,11 @@ from dbt.adapters.events.logging import AdapterLogger
 from dbt.adapters.postgres import PostgresAdapter
 from dbt_common.exceptions import DbtRuntimeError
 
+from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
 logger = AdapterLogger("pg_llm")
+log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
 
 # Commands that really execute models. compile / show / docs generate also render models with
 # execute=True, so `execute` alone is not enough to decide to pay for requests.
@@ -48,9 +50,13 @@ def get_engine(credentials: PgLlmCredentials):
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
+            from dbt_pg_llm.errors import PgLlmError
             from dbt_pg_llm.settings import build_engine
 
-            engine = build_engine(settings)
+            try:
+                engine = build_engine(settings)
+            except PgLlmError as exc:  # e.g. the journal cannot be opened: name llm.journal_dir
+                raise DbtRuntimeError(f"pg_llm: {exc}") from None
             _ENGINES[key] = engine
     return engine
 
@@ -211,7 +217,7 @@ class PgLlmAdapter(PostgresAdapter):
                 self._credentials.connect_autocommit, engine, source_sql, spec,
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-                progress=_ProgressLogger(label),
+                progress=_ProgressLogger(label), max_error_rate=settings.max_error_rate,
             )
         except PgLlmError as exc:
             raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
@@ -223,8 +229,11 @@ class PgLlmAdapter(PostgresAdapter):
             ) from None
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
+        if report.journal_error:
+            warn_or_error(f"{label}: {redact(report.journal_error)}; the answers of this run were written "
+                          f"straight to {settings.audit_schema}.llm_results instead")
         if report.stopped == "max_cost":
-            logger.warning(
+            warn_or_error(
                 f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
                 "the remaining keys were not requested"
             )
@@ -236,8 +245,9 @@ class PgLlmAdapter(PostgresAdapter):
                     f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
                 )
             shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
-            logger.warning(
-                f"{label}: {report.errors} key(s) failed; those rows get {shown}. The failures are "
+            warn_or_error(
+                f"{label}: {report.errors} of {report.distinct_keys} key(s) failed (llm.max_error_rate "
+                f"{settings.max_error_rate:g} not exceeded); those rows get {shown}. The failures are "
                 f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
                 f"First error: {first_text}"
             )
@@ -341,6 +351,15 @@ class PgLlmAdapter(PostgresAdapter):
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=_ProgressLogger(f"{node_id or 'python model'}"),
         )
+
+
+def warn_or_error(message: str) -> None:
+    """A dbt warning through dbt's own warn_or_error: shown as a warning, and an error under
+    ``--warn-error`` (or ``--warn-error-options '{"error": ["AdapterEventWarning"]}'``)."""
+    from dbt.adapters.events.types import AdapterEventWarning
+    from dbt_common.events.functions import warn_or_error as fire
+
+    fire(AdapterEventWarning(name=logger.name, base_msg=message, args=()))
 
 
 class _ProgressLogger:
