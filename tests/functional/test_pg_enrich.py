@@ -453,3 +453,96 @@ def test_a_failed_write_loses_nothing_paid(db, pg_conn, simulator_factory, tmp_p
     assert rep.cache_hits == paid["requests"] and rep.requests_done == 20
     assert q(pg_conn, f'select count(*), sum(cost_usd)::float from "{audit}".llm_results')[0] == (
         20, pytest.approx(after["cost_usd"], rel=1e-12))
+
+
+# -- durability under real faults -------------------------------------------------------------------
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 4 MB tmpfs, mounted for the test (we run as root), for a journal to fill up."""
+    import subprocess
+
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill_up(directory) -> None:
+    """Write a filler file until the file system says ENOSPC (a real full disk, not a mock)."""
+    import errno
+
+    try:
+        with open(directory / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+
+
+def _ledger_line(label, ledger, stored) -> str:
+    paid_twice = sum(1 for n in ledger["by_prompt_sha256"].values() if n > 1)
+    return (f"\n[ledger] {label}: simulator requests={ledger['requests']} distinct prompts paid="
+            f"{len(ledger['by_prompt_sha256'])} paid twice={paid_twice} llm_results={stored}")
+
+
+def test_a_full_journal_disk_mid_run_is_reported_once_and_loses_nothing(db, pg_conn, sim, full_disk, caplog):
+    from dbt_pg_llm import DiskJournal
+
+    connect, schema, audit = db
+    prompts = [f"journal full prompt {i} " + "x" * 200 for i in range(150)]
+    source = make_source(pg_conn, schema, prompts)
+    engine = make_engine(sim)
+    engine.cache = ResultCache(DiskJournal(str(full_disk / "journal")))
+    _fill_up(full_disk)
+    try:
+        with caplog.at_level("DEBUG", logger="dbt_pg_llm"):
+            rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r1", "n"),
+                              window=8)
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    stored = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
+    print(_ledger_line("journal disk full mid-run", ledger, stored))
+    assert rep.journal_error and "llm.journal_dir" in rep.journal_error and "disk is full" in rep.journal_error
+    # one clear message, not one traceback per answer
+    journal_records = [r for r in caplog.records if "journal" in r.getMessage()]
+    assert len(journal_records) <= 2 and not any(r.exc_info for r in caplog.records), \
+        [r.getMessage()[:120] for r in caplog.records][:5]
+    assert stored == ledger["requests"] == len(prompts)  # every paid answer is in llm_results: 0 lost
+    assert max(ledger["by_prompt_sha256"].values()) == 1  # 0 paid twice
+
+
+def test_when_neither_journal_nor_database_can_keep_answers_the_fill_stops_at_once(db, pg_conn, sim, full_disk):
+    from dbt_pg_llm import DiskJournal, PgLlmError
+
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, [f"nowhere to keep {i}" for i in range(300)])
+    engine = make_engine(sim)
+    engine.cache = ResultCache(DiskJournal(str(full_disk / "journal")))
+    try:
+        fill_column(connect, engine, f"(select body from {source} where false)", spec(), audit_schema=audit,
+                    run=RunContext("setup"))  # creates the audit schema
+        with pg_conn.cursor() as cur:  # the database refuses every answer too (a real error)
+            cur.execute(f"""create function "{audit}".refuse() returns trigger language plpgsql as
+                            $$ begin raise exception 'could not extend file: No space left on device'; end $$;
+                            create trigger refuse before insert or update on "{audit}".llm_results
+                            for each row execute function "{audit}".refuse()""")
+        _fill_up(full_disk)
+        with pytest.raises(PgLlmError) as info:
+            fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r1", "n"), window=4)
+    finally:
+        engine.close()
+    text = str(info.value)
+    ledger = sim.stats()
+    print(_ledger_line("journal full and database refusing", ledger, 0))
+    assert "llm.journal_dir" in text and "disk is full" in text and "kept nowhere" in text, text
+    assert "they are kept in the engine's journal" not in text
+    assert ledger["requests"] <= 4 + 1  # stopped at once: the first answer, plus what was in flight
+    # the paid requests are in llm_calls and the run says failed, although the answers had nowhere to go
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where run_id = %s', ("r1",)) == [(ledger["requests"],)]
+    assert q(pg_conn, f'select status from "{audit}".llm_runs where run_id = %s', ("r1",)) == [("failed",)]
