@@ -54,3 +54,25 @@ def test_identity_changes_with_keys_and_strategies_but_is_never_the_key():
     assert one.identity() == same.identity()
     assert len({one.identity(), other.identity(), new_key.identity()}) == 3
     assert "sk-settings-secret-99" not in one.identity()
+
+
+def test_max_error_rate_defaults_to_half_and_is_validated_with_its_key_path():
+    assert LlmSettings.from_dict({"models": {"local": GOOD}}).max_error_rate == 0.5
+    assert LlmSettings.from_dict({"models": {"local": GOOD}, "max_error_rate": 0}).max_error_rate == 0
+    for bad in (1.5, -0.1, "half", True):
+        with pytest.raises(ConfigError) as info:
+            LlmSettings.from_dict({"models": {"local": GOOD}, "max_error_rate": bad})
+        assert any(p.startswith("llm.max_error_rate:") and "from 0 to 1" in p for p in info.value.problems)
+
+
+def test_a_journal_dir_that_cannot_be_opened_names_llm_journal_dir(tmp_path):
+    from dbt_pg_llm import PgLlmError
+    from dbt_pg_llm.settings import build_engine
+
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("in the way")  # a real OS error (ENOTDIR), also when running as root
+    settings = LlmSettings.from_dict({"models": {"local": GOOD}, "journal_dir": str(not_a_dir / "journal")})
+    with pytest.raises(PgLlmError) as info:
+        build_engine(settings)
+    text = str(info.value)
+    assert "llm.journal_dir" in text and str(not_a_dir / "journal") in text and "writable directory" in text

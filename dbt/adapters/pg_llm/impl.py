@@ -114,6 +114,20 @@ class PgLlmAdapter(PostgresAdapter):
             model_adapter_details=cls._get_adapter_specific_run_info(config),
         )
 
+    def clear_transaction(self) -> None:
+        """dbt-core calls this around on-run-* hooks; its RunTask.after_run reports a DbtRuntimeError
+        raised here as "Exited because of keyboard interrupt" (dbt-core 1.11, task/run.py). When the
+        database went away during the run, the models already failed with the real error: with
+        nothing to clear, log the connection failure instead of turning it into a fake Ctrl-C.
+        Hooks, if any, still fail on their own connection with their own error."""
+        from dbt.adapters.exceptions.connection import FailedToConnectError
+
+        try:
+            super().clear_transaction()
+        except FailedToConnectError as exc:
+            logger.warning(f"pg_llm: the database is unreachable ({str(exc).strip()}); "
+                           "the failed models above say what was kept")
+
     # -- helpers ---------------------------------------------------------------------------------
     @property
     def _credentials(self) -> PgLlmCredentials:
