@@ -451,6 +451,9 @@ def test_a_failed_write_loses_nothing_paid(db, pg_conn, simulator_factory, tmp_p
     after = sim.stats()
     assert after["requests"] == 20  # what r1 paid for was replayed from the journal, not bought again
     assert rep.cache_hits == paid["requests"] and rep.requests_done == 20
+    new = after["requests"] - paid["requests"]  # "N requested" excludes the journal hits
+    assert rep.requests_sent == new and f" {new} requested" in rep.summary()
+    assert q(pg_conn, f'select requests from "{audit}".llm_runs where run_id = %s', ("r2",)) == [(new,)]
     assert q(pg_conn, f'select count(*), sum(cost_usd)::float from "{audit}".llm_results')[0] == (
         20, pytest.approx(after["cost_usd"], rel=1e-12))
 
@@ -546,3 +549,39 @@ def test_when_neither_journal_nor_database_can_keep_answers_the_fill_stops_at_on
     # the paid requests are in llm_calls and the run says failed, although the answers had nowhere to go
     assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where run_id = %s', ("r1",)) == [(ledger["requests"],)]
     assert q(pg_conn, f'select status from "{audit}".llm_runs where run_id = %s', ("r1",)) == [("failed",)]
+
+
+# -- counters match the simulator's ledger ----------------------------------------------------------
+
+def test_calls_refused_by_an_open_circuit_are_not_counted_as_requests(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, [f"down {i} [[fault:500]]" for i in range(40)])
+    engine = make_engine(sim, max_concurrency=1)
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"), window=1,
+                          max_error_rate=1.0)
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    assert ledger["requests"] < 40  # the breaker opened: most keys were never sent
+    assert rep.errors == 40 and rep.requests_sent == ledger["requests"]
+    assert f"{ledger['requests']} requested" in rep.summary()
+    assert q(pg_conn, f'select requests, status from "{audit}".llm_runs') == [(ledger["requests"], "partial")]
+    assert q(pg_conn, f'select sum(attempts)::int from "{audit}".llm_errors') == [(ledger["requests"],)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where not cached') == [(ledger["requests"],)]
+
+
+def test_rejected_answers_are_paid_requests_in_llm_calls(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["fine one", "fine two", "withheld [[fault:content_filter]]"])
+    engine = make_engine(sim, max_retries=1)
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"))
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    assert rep.errors == 1 and rep.requests_sent == ledger["requests"]
+    calls = q(pg_conn, f'select count(*), count(*) filter (where error_kind is not null) from "{audit}".llm_calls')
+    assert calls == [(ledger["requests"], ledger["requests"] - 2)]
+    assert q(pg_conn, f'select error_kind, attempts from "{audit}".llm_errors') == [
+        ("invalid_output", ledger["requests"] - 2)]
