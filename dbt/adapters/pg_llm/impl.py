@@ -363,7 +363,7 @@ class PgLlmAdapter(PostgresAdapter):
             self._run_context(node_id), settings.model_for_default,
             on_error="fail" if mode == "fail" else "null",
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-            progress=_ProgressLogger(f"{node_id or 'python model'}"),
+            progress=_ProgressLogger(f"{node_id or 'python model'}"), max_error_rate=settings.max_error_rate,
         )
 
 
