@@ -28,13 +28,12 @@ psycopg2 reads as a placeholder whenever parameters are passed. Rule: a statemen
 user SQL is executed WITHOUT parameters; its few values are inlined with ``quote_literal``.
 
 Here: ``fill_column`` and its ``_Fill`` (also driven by ``frame.LlmFrameSession``): counting,
-requesting, writing, progress and the final report; the engine's draining log sinks.
+requesting, writing, progress and the final report.
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -45,8 +44,10 @@ from ..keys import key_sql
 from ..model_io import ModelInput
 from .budget import _budgets
 from .claims import _Claims
+from .connectivity import buffered_sinks, db_errors
 from .join import _fresh, quote_literal
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
+from .outcome import error_rate_exceeded, too_many_errors, where_kept
 from .report import FillError, FillReport
 from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext
@@ -58,45 +59,6 @@ log = logging.getLogger("dbt_pg_llm")
 
 PROGRESS_EVERY_S = 2.0
 RUN_HEARTBEAT_EVERY_S = 10.0
-
-
-# -- the engine's log sinks, connection errors -----------------------------------------------------
-_sink_lock = threading.Lock()
-
-
-def _buffered_sinks(engine) -> list:
-    """The engine's draining sinks (BufferedSink); one is added if it has none."""
-    sinks = getattr(engine, "sinks", None)
-    dispatcher = getattr(engine, "log", None)
-    if sinks is None:
-        sinks = getattr(dispatcher, "sinks", ())
-    found = [s for s in sinks if callable(getattr(s, "drain", None))]
-    if found or dispatcher is None or not hasattr(dispatcher, "add"):
-        return found
-    with _sink_lock:
-        found = [s for s in dispatcher.sinks if callable(getattr(s, "drain", None))]
-        if not found:
-            from ..logs import BufferedSink
-
-            sink = BufferedSink()
-            dispatcher.add(sink)
-            found = [sink]
-    return found
-
-
-_DB_ERRORS: tuple = ()
-
-
-def _db_errors() -> tuple:
-    global _DB_ERRORS
-    if not _DB_ERRORS:
-        try:
-            import psycopg2
-
-            _DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-        except ImportError:  # pragma: no cover - psycopg2 comes with dbt-postgres
-            _DB_ERRORS = (OSError,)
-    return _DB_ERRORS
 
 
 # -- the fill --------------------------------------------------------------------------------------
@@ -158,7 +120,7 @@ class _Fill(_Claims):
         self.model_config = model.config
         self.fingerprint = spec.fingerprint(self.model_config)
         self.report = FillReport(model=spec.model, node_id=run.node_id)
-        self.sinks = _buffered_sinks(engine)
+        self.sinks = buffered_sinks(engine)
         self.reader = self.writer = None
         self.started = time.monotonic()
         self.last_progress = 0.0
@@ -174,6 +136,7 @@ class _Fill(_Claims):
         self.budget_id: tuple | None = None
         self.engine_hits = 0
         self.answers_written = 0
+        self._salvaged = False  # a failed write already said where the answers are
         self.run_open = False  # our llm_runs row says running (run_started) and must be closed
         self.last_run_heartbeat = time.monotonic()
 
@@ -187,7 +150,7 @@ class _Fill(_Claims):
         """Run a writer on the writer connection; reconnect and retry once if the connection broke."""
         try:
             return fn(self.writer, self.schema, *args, **kwargs)
-        except _db_errors() as exc:
+        except db_errors() as exc:
             log.warning("audit write failed (%s); reconnecting and retrying once", redact(str(exc)).strip())
             try:
                 self.writer.close()
@@ -421,7 +384,7 @@ class _Fill(_Claims):
                 self._salvaged = True  # _salvage would only fail the same way and say it twice
                 raise PgLlmError(f"could not write {len(results)} answer(s) of model '{self.spec.model}' to "
                                  f"{self.schema}.llm_results: {redact(str(exc)).strip()}; "
-                                 f"{self._where_kept(results)}") from exc
+                                 f"{where_kept(self.engine, [r.key for r in results])}") from exc
         if ok_keys:
             self._write(resolve_errors, ok_keys)
         if errors:
@@ -434,20 +397,6 @@ class _Fill(_Claims):
             self._write(run_heartbeat, self.run_ctx.run_id)
         self.last_flush = time.monotonic()
 
-    def _where_kept(self, results: list[ResultRow]) -> str:
-        """The truth about answers that could not be written to llm_results: how many the journal
-        really holds, and what happens to the others."""
-        cache = getattr(self.engine, "cache", None)
-        keys = [r.key for r in results]
-        kept = len(cache.holds(keys)) if cache is not None and hasattr(cache, "holds") else 0
-        if kept == len(keys):
-            return "they are kept in the engine's journal and the next run reuses them without paying"
-        lost = len(keys) - kept
-        why = (str(cache.write_error) if getattr(cache, "write_error", None) is not None else
-               "the engine has no journal on disk (llm.journal_dir)")
-        return (f"{kept} of them are kept in the engine's journal; {lost} paid answer(s) are kept nowhere and "
-                f"will be requested (and paid) again: {why}")
-
     def _drain_logs(self) -> None:
         for sink in self.sinks:
             logs = sink.drain()
@@ -456,7 +405,7 @@ class _Fill(_Claims):
 
     def _salvage(self) -> None:
         """On the way out after an error: write what was paid if at all possible."""
-        if not self._results or getattr(self, "_salvaged", False):
+        if not self._results or self._salvaged:
             return
         try:
             if self.writer is None or self.writer.closed:
@@ -465,7 +414,7 @@ class _Fill(_Claims):
             self._results = []
         except Exception as exc:
             log.error("could not write %d paid answers to %s.llm_results (%s); %s", len(self._results),
-                      self.schema, redact(str(exc)).strip(), self._where_kept(self._results))
+                      self.schema, redact(str(exc)).strip(), where_kept(self.engine, [r.key for r in self._results]))
 
     def _record_failed_run(self) -> None:
         """On the way out after an error: the call logs (every paid request) and the run's counts,
@@ -519,7 +468,7 @@ class _Fill(_Claims):
         rep = self.report
         rep.elapsed_s = time.monotonic() - self.started
         rep.eta_s = 0.0 if not rep.stopped else None
-        too_many = self._too_many_errors()
+        too_many = too_many_errors(rep, self.max_error_rate)
         failed = (self.fail_fast and rep.first_error is not None) or too_many
         try:
             writer = self._open()
@@ -533,18 +482,10 @@ class _Fill(_Claims):
             self.last_progress = 0.0
             self._emit_progress(force=True)
         if too_many and not self.fail_fast:
-            err = rep.first_error
-            raise ModelError(
-                err.kind,
-                f"{self._who()}model '{self.spec.model}': {rep.errors} of {rep.distinct_keys} distinct key(s) "
-                f"({rep.errors / rep.distinct_keys:.0%}) failed or were not requested, more than "
-                f"llm.max_error_rate ({self.max_error_rate:g}); first error, for key {err.key[:16]}: {err.kind}: "
-                f"{err.message}. The {self.answers_written} answer(s) received were kept in "
-                f"{self.schema}.llm_results and the failed keys are retried on the next run.",
-                model=self.spec.model)
+            raise error_rate_exceeded(rep, self.max_error_rate, self.schema, self.answers_written)
         if failed:
             err = rep.first_error
-            who = self._who()
+            who = f"{self.run_ctx.node_id}: " if self.run_ctx.node_id else ""
             raise ModelError(
                 err.kind,
                 f"{who}model '{self.spec.model}': {rep.errors} key(s) failed and on_error is 'fail', so the fill "
@@ -553,10 +494,3 @@ class _Fill(_Claims):
                 f"received were kept in {self.schema}.llm_results (set on_error: 'null' to keep going).",
                 model=self.spec.model)
 
-    def _who(self) -> str:
-        return f"{self.run_ctx.node_id}: " if self.run_ctx.node_id else ""
-
-    def _too_many_errors(self) -> bool:
-        rep = self.report
-        return (self.max_error_rate is not None and rep.errors > 0 and rep.distinct_keys > 0
-                and rep.errors / rep.distinct_keys > self.max_error_rate)

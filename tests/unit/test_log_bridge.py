@@ -6,16 +6,19 @@ from dbt_common.events.functions import get_event_manager
 
 
 def test_engine_log_records_become_dbt_events_not_stderr_lines(capfd):
-    import dbt.adapters.pg_llm.impl  # noqa: F401  (loading the adapter installs the bridge)
+    from dbt.adapters.pg_llm import log_bridge
+    from dbt.adapters.pg_llm.impl import logger
 
     events = []
     manager = get_event_manager()
     manager.add_callback(events.append)
+    log_bridge.install(logger)  # what PgLlmAdapter.__init__ does
     try:
         logging.getLogger("dbt_pg_llm").warning("journal almost %s", "full")
         logging.getLogger("dbt_pg_llm.cache").error("could not store %d answers", 3)
     finally:
         manager.callbacks.remove(events.append)
+        log_bridge.uninstall()
     messages = [(e.info.level, e.info.msg) for e in events]
     assert (EventLevel.WARN.value, "pg_llm adapter: journal almost full") in messages, messages
     assert (EventLevel.ERROR.value, "pg_llm adapter: could not store 3 answers") in messages, messages

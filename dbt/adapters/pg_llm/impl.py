@@ -26,7 +26,6 @@ from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
 logger = AdapterLogger("pg_llm")
-log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
 
 # Commands that really execute models. compile / show / docs generate also render models with
 # execute=True, so `execute` alone is not enough to decide to pay for requests.
@@ -98,6 +97,10 @@ def _invocation_id() -> str:
 class PgLlmAdapter(PostgresAdapter):
     ConnectionManager = PgLlmConnectionManager
     connections: PgLlmConnectionManager
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
 
     @classmethod
     def get_adapter_run_info(cls, config):
