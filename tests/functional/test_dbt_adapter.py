@@ -309,7 +309,7 @@ def test_on_error_null_keeps_dead_letters_and_retries_them_next_run(fresh_llm, s
     out = project.run("run", "-s", "faulty_reviews")  # marker [[fault:400*1]]: fails once per prompt
     n_fault = _fault_keys(project)
     assert n_fault > 0
-    assert f"{n_fault} key(s) failed" in out.text and "invalid_input" in out.text
+    assert f"{n_fault} of " in out.text and "key(s) failed" in out.text and "invalid_input" in out.text
     table = f'"{project.schema}".faulty_reviews'
     assert project.scalar(f"select count(*) from {table} where sentiment is null") == \
         project.scalar(f"select count(*) from {table} where mod(review_id, 10) = 0")
