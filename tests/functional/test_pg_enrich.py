@@ -513,8 +513,8 @@ def test_a_full_journal_disk_mid_run_is_reported_once_and_loses_nothing(db, pg_c
     print(_ledger_line("journal disk full mid-run", ledger, stored))
     assert rep.journal_error and "llm.journal_dir" in rep.journal_error and "disk is full" in rep.journal_error
     # one clear message, not one traceback per answer
-    journal_records = [r for r in caplog.records if "journal" in r.getMessage()]
-    assert len(journal_records) <= 2 and not any(r.exc_info for r in caplog.records), \
+    journal_records = [r for r in caplog.records if r.name.startswith("dbt_pg_llm") and "journal" in r.getMessage()]
+    assert len(journal_records) <= 2 and not any(r.exc_info for r in journal_records), \
         [r.getMessage()[:120] for r in caplog.records][:5]
     assert stored == ledger["requests"] == len(prompts)  # every paid answer is in llm_results: 0 lost
     assert max(ledger["by_prompt_sha256"].values()) == 1  # 0 paid twice
