@@ -189,9 +189,16 @@ class _Fill(_Claims):
                     pass
             self._wait_for_others()
             self._flush(final=True)
-        except BaseException:
+        except BaseException as exc:
             self._salvage()
             self._record_failed_run()
+            if isinstance(exc, db_errors()):  # say what became of the paid answers, not just the driver error
+                left = [r.key for r in self._results]
+                kept = (f"{len(left)} paid answer(s) could not be written to {self.schema}.llm_results: "
+                        f"{where_kept(self.engine, left)}" if left else
+                        f"the answers received were written to {self.schema}.llm_results")
+                raise PgLlmError(f"the database connection broke while filling with model '{self.spec.model}': "
+                                 f"{' '.join(redact(str(exc)).split())}; {kept}") from exc
             raise
         finally:
             self._release_all()
