@@ -169,3 +169,23 @@ def test_write_results_throughput(conn, schema, record_property):
     write_results(conn, schema, rows)  # all conflicts -> updates
     print(f"write_results (all updates): {n / (time.perf_counter() - started):,.0f} rows/s")
     assert rate > 5_000
+
+
+def test_run_row_is_running_while_fills_are_active_then_takes_the_worst_outcome(conn, schema):
+    from dbt_pg_llm.pg.runs import mark_crashed_runs, run_started
+
+    run_started(conn, schema, "inv", target="dev")  # two models of one invocation (dbt threads)
+    run_started(conn, schema, "inv")
+    record_run(conn, schema, "inv", status="partial", finished_fill=True, requests=2, cost_usd=0.1 + 0.2)
+    row = "select status, outcome, active_fills, ended_at is null, cost_usd::text from {}.llm_runs where run_id = 'inv'"
+    assert _fetch(conn, row.format(schema)) == [("running", "partial", 1, True, "0.3")]  # not 0.30000000000000004
+    record_run(conn, schema, "inv", status="success", finished_fill=True, requests=1)
+    assert _fetch(conn, row.format(schema)) == [("partial", "partial", 0, False, "0.3")]
+    # a run that died while running is marked crashed by a later run, once its heartbeat is old
+    run_started(conn, schema, "dead")
+    assert mark_crashed_runs(conn, schema, dead_after_s=3600) == 0
+    with conn.cursor() as cur:
+        cur.execute(f"update {schema}.llm_runs set heartbeat_at = now() - interval '2 hours' where run_id = 'dead'")
+    run_started(conn, schema, "next")
+    assert dict(_fetch(conn, f"select run_id, status from {schema}.llm_runs")) == {
+        "inv": "partial", "dead": "crashed", "next": "running"}
