@@ -103,7 +103,9 @@ def test_postgres_stopped_mid_run_then_rerun_pays_nothing_twice(project, tmp_pat
     assert proc.returncode != 0
     assert "keyboard interrupt" not in output.lower(), output[-3000:]
     assert "Traceback" not in output, output[-3000:]
-    assert "the database connection broke" in output and "kept in the engine's journal" in output, output[-3000:]
+    # whichever connection noticed first (the writer or the reader), the error says where the answers are
+    assert ("the database connection broke" in output or "could not write" in output) \
+        and "kept in the engine's journal" in output, output[-3000:]
     assert "WARNING:dbt_pg_llm" not in output and "ERROR:dbt_pg_llm" not in output  # all through dbt's logger
     project.run("run", "-s", "review_sentiment")
     after = _ledger(project, "after Postgres restart and rerun")
