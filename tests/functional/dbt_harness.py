@@ -30,10 +30,11 @@ def patched_env(values: dict[str, str]):
 
 
 class Out:
-    def __init__(self, result, text: str):
+    def __init__(self, result, text: str, warnings: list[str] | None = None):
         self.result = result
         self.success = result.success
         self.text = text
+        self.warnings = warnings or []  # messages of warn-level events (what dbt shows as warnings)
 
 
 class DbtProject:
@@ -59,9 +60,12 @@ class DbtProject:
         from dbt.cli.main import dbtRunner
 
         messages: list[str] = []
+        warnings: list[str] = []
 
         def collect(event) -> None:
             messages.append(str(event.info.msg))
+            if event.info.level == "warn":
+                warnings.append(str(event.info.msg))
 
         started = time.monotonic()
         with patched_env(self.env(**env)):
@@ -71,7 +75,7 @@ class DbtProject:
         text = "\n".join(messages) + (f"\n{result.exception}" if result.exception else "")
         if expect is not None:
             assert result.success == expect, f"dbt {' '.join(args)}: success={result.success}\n{text[-6000:]}"
-        return Out(result, text)
+        return Out(result, text, warnings)
 
     def query(self, sql: str, params=None) -> list[tuple]:
         import psycopg2
