@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from dbt_harness import TIMINGS, seeded_project
+from dbt_harness import INTEGRATION, DbtProject  # noqa: F401  (older test modules import them from here)
 
 LABELS = ("positive", "negative", "neutral")
 TOPICS = ("quality", "durability", "comfort", "performance", "price", "shipping", "other")
