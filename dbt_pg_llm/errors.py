@@ -17,6 +17,10 @@ Every failure the engine reports is one of these, so callers can catch at the le
             INVALID_OUTPUT     the answer violated its response format: label not in the list,
                                JSON not matching the schema, empty text, content filtered
             INTERNAL           a bug or unexpected state inside the engine
+            BUDGET             not sent: the request's worst-case cost does not fit in the active
+                               spend limit (``llm.max_cost_usd_per_run``, see spend.py); nothing
+                               was paid, and the key is requested again on the next run (not
+                               recoverable, no failover, not counted by the circuit breaker)
 
 ``recoverable`` tells the retry layer (``RetryPolicy``) whether the same request may succeed later.
 Messages never contain API keys: ``redact()`` is applied to every message built from a response.
@@ -48,6 +52,7 @@ class ErrorKind(str, enum.Enum):
     INVALID_INPUT = "invalid_input"
     INVALID_OUTPUT = "invalid_output"
     INTERNAL = "internal"
+    BUDGET = "budget"
 
     def __str__(self) -> str:  # so f"{kind}" gives "timeout", not "ErrorKind.TIMEOUT"
         return self.value
@@ -63,6 +68,7 @@ _RECOVERABLE_BY_DEFAULT = {
     ErrorKind.INVALID_INPUT: False,
     ErrorKind.INVALID_OUTPUT: False,
     ErrorKind.INTERNAL: False,
+    ErrorKind.BUDGET: False,
 }
 
 _SECRET_PATTERNS = [

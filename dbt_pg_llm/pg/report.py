@@ -21,7 +21,12 @@ class FillError:
 class FillReport:
     """What one fill did. ``cache_hits`` counts distinct keys answered without paying now (cached
     in Postgres at the start, written by a concurrent run meanwhile, or found in the engine's
-    journal); ``requests_done`` counts keys sent to the engine; ``cost_usd`` is what was paid now."""
+    journal); ``requests_done`` counts keys sent to the engine; ``cost_usd`` is what was paid now.
+
+    The spend cap (``max_cost_usd``): ``budget_skipped`` keys were not answered because the run's
+    spend limit stopped them (dead letters of kind ``budget``, also counted in ``errors``);
+    ``budget_cap_usd`` / ``budget_spent_usd`` are the cap and what the whole run has spent against
+    it (every fill of the run, settled; None without a cap)."""
 
     model: str
     node_id: str | None = None
@@ -39,6 +44,9 @@ class FillReport:
     eta_s: float | None = None
     stopped: str | None = None  # None | "error" (on_error=fail) | "max_cost"
     first_error: FillError | None = None
+    budget_skipped: int = 0
+    budget_cap_usd: float | None = None
+    budget_spent_usd: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -50,7 +58,16 @@ class FillReport:
             "cache_hits": self.cache_hits, "requests_done": self.requests_done,
             "requests_total": self.requests_total, "errors": self.errors, "tokens": self.tokens,
             "cost_usd": round(self.cost_usd, 8), "eta_s": self.eta_s, "elapsed_s": round(self.elapsed_s, 3),
+            "budget_skipped": self.budget_skipped, "budget_cap_usd": self.budget_cap_usd,
+            "budget_spent_usd": None if self.budget_spent_usd is None else round(self.budget_spent_usd, 8),
         }
+
+    def budget_text(self) -> str:
+        """'$0.0009 of the $0.0010 cap spent, 35 key(s) skipped for budget' ('' without a cap)."""
+        if self.budget_cap_usd is None:
+            return ""
+        text = f"{_usd(self.budget_spent_usd or 0.0)} of the {_usd(self.budget_cap_usd)} cap spent"
+        return text + (f", {self.budget_skipped} key(s) skipped for budget" if self.budget_skipped else "")
 
     def summary(self) -> str:
         text = (f"{self.model}: {self.rows} rows, {self.distinct_keys} distinct keys, {self.cache_hits} cached, "
@@ -58,4 +75,11 @@ class FillReport:
                 f"${self.cost_usd:.4f} paid, ${self.saved_cost_usd:.4f} saved, {self.elapsed_s:.1f}s")
         if self.stopped:
             text += f" (stopped: {self.stopped})"
+        if self.budget_cap_usd is not None:
+            text += f"; budget: {self.budget_text()}"
         return text
+
+
+def _usd(amount: float) -> str:
+    """Dollars with enough digits for tiny caps ($0.000800) and plain cents for big ones ($12.3400)."""
+    return f"${amount:.4f}" if amount >= 0.01 else f"${amount:.6f}"

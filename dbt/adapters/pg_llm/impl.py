@@ -223,11 +223,13 @@ class PgLlmAdapter(PostgresAdapter):
             ) from None
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
-        if report.stopped == "max_cost":
-            logger.warning(
-                f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
-                "the remaining keys were not requested"
-            )
+        if report.budget_skipped:
+            budget = (f"{label}: llm.max_cost_usd_per_run reached: {redact(report.budget_text())}; those keys were "
+                      f"not requested (NULL now, dead letters of kind 'budget' in {settings.audit_schema}.llm_errors, "
+                      "requested on the next run)")
+            if settings.on_budget == "fail":
+                raise DbtRuntimeError(f"pg_llm: {budget} (llm.on_budget is 'fail')")
+            logger.warning(budget)
         if report.errors:
             first = report.first_error
             first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
@@ -358,5 +360,7 @@ class _ProgressLogger:
         logger.info(
             f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
             f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
-            f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta else "")
+            + (f"{p['budget_skipped']} skipped for budget (${float(p.get('budget_spent_usd') or 0):.6f} of the "
+               f"${float(p.get('budget_cap_usd') or 0):.6f} cap spent), " if p.get("budget_skipped") else "")
+            + f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta else "")
         )
