@@ -139,8 +139,10 @@ class Model:
         try:
             output, attempts = await self.config.retry.run(attempt)
         except ModelError as error:
+            # a request the spend limit kept from being sent is not the model's failure
+            sent = error.kind is not ErrorKind.BUDGET
             return self._finish_failure(error, paid["latency_ms"], paid["attempts"], paid["tokens"], paid["cost"],
-                                        count_in_breaker=error.kind is not ErrorKind.BUDGET)
+                                        count_in_breaker=sent, count_in_metrics=sent or paid["attempts"] > 0)
         self.breaker.record_success()
         output.attempts = attempts
         output.tokens, output.cost_usd = paid["tokens"], paid["cost"]  # all attempts' paid tokens
@@ -200,12 +202,13 @@ class Model:
         return ModelOutput(text=text, value=value, confidence=confidence, truncated=truncated, model=self.name)
 
     def _finish_failure(self, error: ModelError, latency_ms: float, attempts: int, tokens: TokenUsage, cost: float,
-                        count_in_breaker: bool = True) -> ModelOutput:
+                        count_in_breaker: bool = True, count_in_metrics: bool = True) -> ModelOutput:
         if count_in_breaker:
             self.breaker.record_failure(error)
         output = ModelOutput.failure(error, model=self.name, latency_ms=latency_ms, attempts=attempts)
         output.tokens, output.cost_usd = tokens, cost
-        self.metrics.record(output)
+        if count_in_metrics:
+            self.metrics.record(output)
         return output
 
     def _log(self, operation, input_hash, attempt, latency_ms, tokens: TokenUsage, cost, context, *,

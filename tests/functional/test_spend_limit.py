@@ -80,6 +80,9 @@ def test_256_in_flight_never_bill_more_than_the_cap(simulator_factory):
     assert all(o.attempts == 0 and o.cost_usd == 0 for o in skipped)  # refused: never sent, nothing paid
     assert ledger["requests"] == len(answered)
     assert sum(o.cost_usd for o in answered) == pytest.approx(ledger["cost_usd"])
+    metrics = engine.model("small").metrics  # refusals are not model failures: no error-rate alert, breaker closed
+    assert metrics.request_count == len(answered) + 1 and metrics.error_count == 0  # + the probe
+    assert engine.model("small").breaker.allow()
     # the cap is used, not just respected: it refuses only when the next worst case no longer fits
     assert ledger["cost_usd"] > cap - worst_case(engine, "small", max(items, key=len))
 
