@@ -4,6 +4,9 @@
 (a numbered JSON array in, a JSON array out). A reply that does not parse to exactly that many valid
 items falls back to single calls for the rows whose item was missing or invalid, so packing can
 only save requests, never lose rows. The cost of a packed request is split evenly over its rows.
+
+Every request, packed or single, is sent by ``Model.acall``, so each reserves its worst case (a
+packed one: ``max_tokens`` times its rows) from the active spend limit first (spend.py).
 """
 from __future__ import annotations
 

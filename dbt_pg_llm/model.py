@@ -20,7 +20,7 @@ from .metrics import ModelMetrics
 from .model_io import ModelInput, ModelOutput, TokenUsage, confidence_from_logprobs
 from .pool import RequestPool
 from .providers import ProviderResult, provider_for
-from .spend import Reservation, SpendLimit, active_limit, estimate_cost
+from .spend import Reservation, SpendLimit, active_limit, estimate_cost, using_limit
 from .status import CircuitBreaker, ModelStatus
 
 if TYPE_CHECKING:
@@ -230,10 +230,13 @@ class Model:
 
         return shared_loop().run(self.acall(inp, **kwargs))
 
-    async def abatch_call(self, batch: "BatchInput", *, context: dict | None = None) -> "BatchOutput":
+    async def abatch_call(self, batch: "BatchInput", *, context: dict | None = None,
+                          spend_limit: SpendLimit | None = None) -> "BatchOutput":
+        """``spend_limit``: each request of the batch (packed or single) reserves its worst case there."""
         from .batch import run_batch
 
-        return await run_batch(self, batch, context=context)
+        with using_limit(spend_limit):
+            return await run_batch(self, batch, context=context)
 
     def batch_call(self, batch: "BatchInput", **kwargs) -> "BatchOutput":
         from .runtime import shared_loop

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from dbt_pg_llm import (Engine, ErrorKind, InferenceStrategy, MemoryBackend, Model, ModelInput, ResponseFormat,
+from dbt_pg_llm import (BatchInput, Engine, ErrorKind, InferenceStrategy, MemoryBackend, Model, ModelInput, ResponseFormat,
                         ResultCache, SpendLimit, StrategyModel, estimate_cost)
+from dbt_pg_llm.batch import pack_prompt
 from dbt_pg_llm.simulator import SimulatorConfig
 from dbt_pg_llm.simulator.answers import LABELS_PHRASE
 
@@ -168,3 +169,16 @@ def test_two_threads_filling_two_models_share_one_limit(simulator_factory):
         assert any(o.ok for o in results[name]) and any(o.error_kind is ErrorKind.BUDGET for o in results[name])
     assert billed(sim_a, sim_b) <= limit.cap_usd
     assert limit.spent_usd == pytest.approx(billed(sim_a, sim_b)) and limit.reserved_usd == pytest.approx(0.0)
+
+
+def test_packed_batch_requests_reserve_their_worst_case(simulator_factory):
+    sim = priced_sim(simulator_factory, latency_ms=10)
+    small = model("small", sim)
+    items = prompts(200, "batch")
+    packed_worst = estimate_cost(small.config, ModelInput(pack_prompt(items[:8], ResponseFormat.text()), max_tokens=32 * 8))
+    limit = SpendLimit(4 * packed_worst)
+    out = small.batch_call(BatchInput([ModelInput(p) for p in items], batch_size=8), spend_limit=limit)
+    ledger = sim.stats()
+    assert out.packed_requests > 0 and any(o.ok for o in out.outputs)
+    assert any(o.error_kind is ErrorKind.BUDGET for o in out.outputs)
+    assert 0 < ledger["cost_usd"] <= limit.cap_usd
