@@ -362,7 +362,7 @@ def test_max_cost_with_256_in_flight_never_bills_more_than_the_cap(db, pg_conn, 
     assert rep.budget_skipped + ledger["requests"] == 1500
 
 
-def test_two_concurrent_fills_of_one_run_share_its_cap(db, pg_conn, simulator_factory):
+def test_two_concurrent_fills_of_one_run_share_its_cap(db, pg_conn, simulator_factory, in_threads):
     """Two dbt threads of one invocation (same run_id), two models: one budget between them."""
     connect, schema, audit = db
     sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=30))
@@ -371,58 +371,30 @@ def test_two_concurrent_fills_of_one_run_share_its_cap(db, pg_conn, simulator_fa
     engine = make_engine(sim, cost=True, max_concurrency=64, max_tokens=16)
     cap = 400 * cost_of_one(engine, "thread 0 review 399 text")  # half of what the 800 keys cost
     sim.reset()
-    reports, errors = [], []
-    barrier = threading.Barrier(2)
-
-    def worker(source):
-        try:
-            barrier.wait()
-            reports.append(fill_column(connect, engine, source, spec(), audit_schema=audit,
-                                       run=RunContext("one-run", source), max_cost_usd=cap, window=64))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in sources]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        reports = in_threads(lambda source: fill_column(
+            connect, engine, source, spec(), audit_schema=audit, run=RunContext("one-run", source), max_cost_usd=cap,
+            window=64), [(s,) for s in sources])
     finally:
         engine.close()
-    assert not errors and len(reports) == 2
     assert all(r.budget_skipped > 0 and r.requests_done > 0 for r in reports)
     assert sim.stats()["cost_usd"] <= cap
     assert q(pg_conn, f'select cost_usd::float from "{audit}".llm_runs') == [(pytest.approx(sim.stats()["cost_usd"]),)]
 
 
-def test_two_concurrent_fills_pay_once_per_key(db, pg_conn, simulator_factory):
+def test_two_concurrent_fills_pay_once_per_key(db, pg_conn, simulator_factory, in_threads):
     connect, schema, audit = db
     sim = simulator_factory(SimulatorConfig(latency_ms=5, jitter_ms=5))
     prompts = [f"concurrent prompt {i}" for i in range(300)]
     source = make_source(pg_conn, schema, prompts + prompts[:50])
     engines = [make_engine(sim), make_engine(sim)]  # separate engines: no shared in-process cache
-    reports, errors = [], []
-    barrier = threading.Barrier(2)
-
-    def worker(engine, n):
-        try:
-            barrier.wait()
-            reports.append(fill_column(connect, engine, source, spec(), audit_schema=audit,
-                                       run=RunContext(f"run-{n}", "n"), window=16, wait_timeout_s=60))
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(e, i)) for i, e in enumerate(engines)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        reports = in_threads(lambda engine, n: fill_column(
+            connect, engine, source, spec(), audit_schema=audit, run=RunContext(f"run-{n}", "n"), window=16,
+            wait_timeout_s=60), [(e, i) for i, e in enumerate(engines)])
     finally:
         for e in engines:
             e.close()
-    assert errors == []
     stats = sim.stats()
     assert stats["requests"] == 300
     assert set(stats["by_prompt_sha256"].values()) == {1}

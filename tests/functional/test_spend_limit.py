@@ -3,7 +3,6 @@ than the SpendLimit's cap -- with 256 requests in flight, retries of billed atte
 simulator bills later, failover to a backup model, a cascade strategy and two threads sharing it."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -145,26 +144,16 @@ def test_cascade_strategy_members_share_the_cap(simulator_factory):
     assert billed(small_sim, large_sim) <= cap
 
 
-def test_two_threads_filling_two_models_share_one_limit(simulator_factory):
+def test_two_threads_filling_two_models_share_one_limit(simulator_factory, in_threads):
     sim_a = priced_sim(simulator_factory, latency_ms=20)
     sim_b = priced_sim(simulator_factory, "large", latency_ms=20)
     engine = engine_of(model("a", sim_a), model("b", sim_b, "large"))
     limit = SpendLimit(150 * worst_case(engine, "b", prompts(1)[0]) / 2)
-    results: dict[str, list] = {}
-    barrier = threading.Barrier(2)
-
-    def fill(name):
-        barrier.wait()
-        results[name] = run(engine, name, prompts(600, name), limit)
-
-    threads = [threading.Thread(target=fill, args=(n,)) for n in ("a", "b")]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        both = in_threads(lambda name: run(engine, name, prompts(600, name), limit), [("a",), ("b",)])
     finally:
         engine.close()
+    results = dict(zip("ab", both))
     for name in ("a", "b"):
         assert any(o.ok for o in results[name]) and any(o.error_kind is ErrorKind.BUDGET for o in results[name])
     assert billed(sim_a, sim_b) <= limit.cap_usd
