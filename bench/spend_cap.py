@@ -17,9 +17,9 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from dbt_pg_llm import BufferedSink, Engine, Model  # noqa: E402
-from dbt_pg_llm.embedded_pg import EmbeddedPostgres  # noqa: E402
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column  # noqa: E402
 from dbt_pg_llm.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
+from bench_db import bench_db  # noqa: E402
 
 PRICE_IN, PRICE_OUT = 0.00015, 0.0006
 
@@ -32,20 +32,10 @@ def main(argv=None) -> int:
     parser.add_argument("--caps", type=float, nargs="+", default=[0.001, 0.05, 0.5])
     args = parser.parse_args(argv)
 
-    import psycopg2
-
-    server = EmbeddedPostgres()
-    info = server.start()
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-
-    def connect():
-        return psycopg2.connect(**info.connect_kwargs())
-
-    admin = connect()
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"create schema {schema}")
+    over = 0
+    with bench_db() as db:
+        connect, schema = db.connect, db.schema()
+        with db.admin.cursor() as cur:
             cur.execute(f"create table {schema}.reviews as select g as id, 'Review number ' || g || "
                         "': sturdy, quiet, arrives on time, but the lid squeaks a little.' as body "
                         "from generate_series(1, %s) g", (args.keys,))
@@ -53,7 +43,7 @@ def main(argv=None) -> int:
         spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body"}, default_model="sim")
         with SimulatorServer(config) as sim:
             for cap in args.caps:
-                audit = f"bench_audit_{uuid.uuid4().hex[:8]}"
+                audit = db.schema("bench_audit", create=False)
                 engine = Engine([Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 200,
                                                "max_concurrency": args.window, "cost_per_1k_input_tokens": PRICE_IN,
                                                "cost_per_1k_output_tokens": PRICE_OUT})], sinks=[BufferedSink()])
@@ -66,17 +56,11 @@ def main(argv=None) -> int:
                     engine.close()
                 ledger = sim.stats()
                 verdict = "OK" if ledger["cost_usd"] <= cap else "OVER"
+                over += verdict == "OVER"
                 print(f"cap ${cap:.6f} billed ${ledger['cost_usd']:.6f} ({verdict}; {ledger['requests']} requests of "
                       f"{args.keys} keys, {getattr(report, 'budget_skipped', report.errors)} skipped, "
                       f"max in flight {ledger['max_in_flight']})", flush=True)
-                with admin.cursor() as cur:
-                    cur.execute(f"drop schema {audit} cascade")
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"drop schema if exists {schema} cascade")
-        admin.close()
-        server.release()
-    return 0
+    return 1 if over else 0
 
 
 if __name__ == "__main__":
