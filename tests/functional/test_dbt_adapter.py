@@ -590,3 +590,11 @@ def test_on_budget_fail_fails_the_model_naming_cap_spent_and_skipped_keys(fresh_
     skipped = project.scalar(f"select count(*) from \"{project.audit}\".llm_errors where error_kind = 'budget'")
     assert skipped > 0
     assert "on_budget" in out.text and "$0.001000 cap" in out.text and f"{skipped} key(s) skipped for budget" in out.text
+    # a Python model too: the same cap, the same failure
+    simulator.reset()
+    with priced(simulator):
+        out = project.run("run", "-s", "py_incremental_topics", "--full-refresh", "--vars",
+                          json.dumps({"max_review_id": 300}), LLM_MAX_COST_USD_PER_RUN="0.0005", LLM_ON_BUDGET="fail",
+                          expect=False)
+        assert 0 < simulator.stats()["cost_usd"] <= 0.0005
+    assert "on_budget" in out.text and "$0.000500 cap" in out.text and "skipped for budget" in out.text

@@ -223,13 +223,7 @@ class PgLlmAdapter(PostgresAdapter):
             ) from None
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
-        if report.budget_skipped:
-            budget = (f"{label}: llm.max_cost_usd_per_run reached: {redact(report.budget_text())}; those keys were "
-                      f"not requested (NULL now, dead letters of kind 'budget' in {settings.audit_schema}.llm_errors, "
-                      "requested on the next run)")
-            if settings.on_budget == "fail":
-                raise DbtRuntimeError(f"pg_llm: {budget} (llm.on_budget is 'fail')")
-            logger.warning(budget)
+        self.llm_report_budget(label, report)
         if report.errors:
             first = report.first_error
             first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
@@ -244,6 +238,21 @@ class PgLlmAdapter(PostgresAdapter):
                 f"First error: {first_text}"
             )
         return report.as_progress()
+
+    def llm_report_budget(self, label: str, report) -> None:
+        """Keys the spend cap stopped (a FillReport's ``budget_skipped``): a warning, or
+        DbtRuntimeError naming the cap, the spent amount and the skipped keys with ``llm.on_budget: fail``."""
+        if not report.budget_skipped:
+            return
+        from dbt_pg_llm.errors import redact
+
+        settings = self._settings()
+        budget = (f"{label}: llm.max_cost_usd_per_run reached: {redact(report.budget_text())}; those keys were "
+                  f"not requested (NULL now, dead letters of kind 'budget' in {settings.audit_schema}.llm_errors, "
+                  "requested on the next run)")
+        if settings.on_budget == "fail":
+            raise DbtRuntimeError(f"pg_llm: {budget} (llm.on_budget is 'fail')")
+        logger.warning(budget)
 
     def _raise_alerts(self, engine, run) -> None:
         """Write the engine's new alerts to llm_alerts (once per run, model and type) and log them."""
