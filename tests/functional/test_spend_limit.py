@@ -130,7 +130,7 @@ def test_cascade_strategy_members_share_the_cap(simulator_factory):
     small_sim = priced_sim(simulator_factory, latency_ms=10)
     large_sim = priced_sim(simulator_factory, "large", latency_ms=10)
     engine = engine_of(model("small", small_sim), model("large", large_sim, "large"))
-    engine.register(StrategyModel("smart", InferenceStrategy.cascade(["small", "large"], min_confidence=0.999), engine))
+    engine.register(StrategyModel("smart", InferenceStrategy.cascade(["small", "large"], min_confidence=1.0), engine))
     labels = ["positive", "negative", "neutral"]
     system = f"{LABELS_PHRASE}{' | '.join(labels)}"
     items = prompts(500, "cascade")
@@ -142,6 +142,8 @@ def test_cascade_strategy_members_share_the_cap(simulator_factory):
     assert large_sim.stats()["requests"] > 0 and small_sim.stats()["requests"] > 0  # it escalated
     assert any(o.error_kind is ErrorKind.BUDGET for o in outputs) and any(o.ok for o in outputs)
     assert billed(small_sim, large_sim) <= cap
+    # every key escalates (min_confidence 1.0): an answer without the large model's is not the cascade's
+    assert sum(o.ok for o in outputs) <= large_sim.stats()["requests"]
 
 
 def test_two_threads_filling_two_models_share_one_limit(simulator_factory, in_threads):
