@@ -570,6 +570,7 @@ def test_max_cost_is_a_hard_cap_budget_dead_letters_and_a_rerun_fills_the_skippe
         assert 0 < ledger["cost_usd"] <= 0.001 and skipped > 0
         assert project.scalar(f"select count(*) from {audit}.llm_errors where error_kind <> 'budget'") == 0
         assert f"{skipped} key(s) skipped for budget" in out.text and "max_cost_usd_per_run" in out.text
+        assert f"{skipped} skipped for budget ($" in out.text  # the progress line
         assert project.scalar(f"select count(distinct review_text) from {table} where sentiment is null "
                               "and review_text is not null") == skipped
         assert project.scalar(f"select count(*) from {audit}.llm_results") == ledger["requests"]

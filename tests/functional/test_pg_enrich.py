@@ -311,9 +311,10 @@ def test_max_cost_is_a_hard_cap_and_skipped_keys_are_budget_dead_letters(db, pg_
     engine = make_engine(sim, cost=True, max_tokens=16)
     cap = 20 * cost_of_one(engine, prompts[-1])  # half of what the 40 keys cost
     sim.reset()
+    progress = []
     try:
         rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"),
-                          max_cost_usd=cap, window=1)
+                          max_cost_usd=cap, window=1, progress=progress.append)
     finally:
         engine.close()
     ledger = sim.stats()
@@ -323,6 +324,9 @@ def test_max_cost_is_a_hard_cap_and_skipped_keys_are_budget_dead_letters(db, pg_
     assert ledger["cost_usd"] > cap - worst_case(engine, prompts[-1])  # stopped only when the next could not fit
     assert rep.budget_skipped == rep.errors == 40 - rep.requests_done and rep.budget_cap_usd == cap
     assert f"{rep.budget_skipped} key(s) skipped for budget" in rep.summary() and "cap spent" in rep.summary()
+    assert progress[0]["budget_skipped"] == 0 and progress[0]["budget_cap_usd"] == cap
+    assert (progress[-1]["budget_skipped"], progress[-1]["budget_spent_usd"]) == (
+        rep.budget_skipped, pytest.approx(ledger["cost_usd"]))
     assert q(pg_conn, f'select error_kind, count(*) from "{audit}".llm_errors group by 1') == [
         ("budget", rep.budget_skipped)]
     assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(rep.requests_done,)]
