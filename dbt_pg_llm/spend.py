@@ -15,14 +15,17 @@ cache's single-flight computation) reserves from the same limit without passing 
 
 The worst case of one request (``estimate_cost``)::
 
-    prompt tokens <= UTF-8 bytes of every message (system, user; the JSON schema of an
-                     ``extract`` request) + PER_MESSAGE_TOKENS per message + REPLY_TOKENS
+    prompt tokens <= UTF-8 bytes of every message (system, user) + PER_MESSAGE_TOKENS each
+                     + REPLY_TOKENS
+                     + for labels / JSON: the labels' or schema's bytes + STRUCTURED_OUTPUT_TOKENS
     cost = prompt tokens * input price + max_tokens * output price
 
 The byte count is an upper bound for every byte-level BPE tokenizer (OpenAI's tiktoken encodings,
 Anthropic's): a token covers at least one byte. An exact tokenizer would reserve less, but
 tiktoken downloads its encodings at first use, which an offline machine cannot do (decision 0009).
-The simulator bills ``ceil(chars / 4) + 3`` per message, always below the bound.
+A labels or JSON request may carry its schema as a ``response_format`` or a forced tool call, and
+Anthropic bills a tool-use system prompt of its own (~350 tokens): STRUCTURED_OUTPUT_TOKENS covers
+that. The simulator bills ``ceil(chars / 4) + 3`` per message, always below the bound.
 
 Settling an attempt: an answer read -> its real cost; an HTTP error status (the provider said
 no: 4xx / 5xx) -> nothing; no answer we could read (timeout, dropped connection, unreadable body,
@@ -43,10 +46,11 @@ if TYPE_CHECKING:
     from .config import ModelConfig
 
 __all__ = ["SpendLimit", "Reservation", "estimate_cost", "estimate_prompt_tokens", "active_limit", "using_limit",
-           "PER_MESSAGE_TOKENS", "REPLY_TOKENS"]
+           "PER_MESSAGE_TOKENS", "REPLY_TOKENS", "STRUCTURED_OUTPUT_TOKENS"]
 
 PER_MESSAGE_TOKENS = 8  # role and separators of one message (OpenAI documents 3-4)
 REPLY_TOKENS = 8  # the tokens that prime the reply (OpenAI documents 3)
+STRUCTURED_OUTPUT_TOKENS = 512  # a schema sent as response_format / a tool (Anthropic's tool prompt: ~350)
 
 
 def estimate_prompt_tokens(inp: ModelInput) -> int:
@@ -56,8 +60,9 @@ def estimate_prompt_tokens(inp: ModelInput) -> int:
     if not messages:
         tokens += PER_MESSAGE_TOKENS
     fmt = inp.response_format
-    if fmt.type == "json" and fmt.json_schema:  # sent as response_format; providers bill it as prompt
-        tokens += len(json.dumps(fmt.json_schema, ensure_ascii=False).encode("utf-8")) + PER_MESSAGE_TOKENS
+    if fmt.type != "text":  # the labels / schema may be sent as a schema or tool, billed as prompt
+        shape = fmt.json_schema if fmt.type == "json" else list(fmt.labels)
+        tokens += len(json.dumps(shape, ensure_ascii=False).encode("utf-8")) + STRUCTURED_OUTPUT_TOKENS
     return tokens + REPLY_TOKENS
 
 
@@ -80,6 +85,7 @@ class SpendLimit:
         self.cap_usd = None if cap_usd is None else float(cap_usd)
         self._spent = float(spent_usd or 0.0)
         self._reserved = 0.0
+        self._outstanding = 0  # reservations not settled yet (counted: float sums leave residues)
         self.refused = 0
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
@@ -113,8 +119,9 @@ class SpendLimit:
         with self._lock:
             if self.cap_usd is None or self._spent + self._reserved + amount <= self.cap_usd:
                 self._reserved += amount
+                self._outstanding += 1
                 return Reservation(self, amount), None
-            if not wait or self._spent + amount > self.cap_usd or self._reserved <= 0:
+            if not wait or self._spent + amount > self.cap_usd or not self._outstanding:
                 self.refused += 1
                 return None, None
             loop = asyncio.get_running_loop()
@@ -124,7 +131,9 @@ class SpendLimit:
 
     def _settle(self, reserved: float, actual: float) -> None:
         with self._lock:
-            self._reserved = max(0.0, self._reserved - reserved)
+            self._outstanding -= 1
+            # exactly 0 once nothing is in flight: a float residue must never make a waiter wait forever
+            self._reserved = max(0.0, self._reserved - reserved) if self._outstanding else 0.0
             self._spent += actual
             waiters, self._waiters = self._waiters, []
         for loop, waiter in waiters:  # every waiter tries again; those that still do not fit wait again

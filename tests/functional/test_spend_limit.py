@@ -88,21 +88,24 @@ def test_256_in_flight_never_bill_more_than_the_cap(simulator_factory):
 
 
 def test_retries_of_billed_attempts_and_late_billed_timeouts_stay_under_the_cap(simulator_factory):
-    # "length" answers are billed and (as invalid JSON) retried; "stall" answers come after our
-    # timeout, and the simulator bills them anyway: their reservation must stay spent.
-    sim = priced_sim(simulator_factory, latency_ms=5, stall_s=0.4, faults={"length": 0.3, "500": 0.2, "stall": 0.05})
-    engine = engine_of(model("small", sim, timeout_ms=150, retry={
+    # 500s are retried and cost nothing; "stall" answers come after our timeout (retried too), and
+    # the simulator bills them anyway: their reservation must stay spent; "length" answers are
+    # billed and rejected (invalid JSON).
+    sim = priced_sim(simulator_factory, latency_ms=5)
+    engine = engine_of(model("small", sim, timeout_ms=1000, retry={
         "max_retries": 3, "base_delay_ms": 1, "max_delay_ms": 5, "retryable_errors": ["invalid_output", "api", "timeout"]}))
     fmt = ResponseFormat.json(SCHEMA)
     items = prompts(600, "retry")
-    cap = 300 * worst_case(engine, "small", items[0], fmt) / 4
+    cap = 400 * engine.call("small", ModelInput(items[0], response_format=fmt), use_cache=False).cost_usd
+    sim.configure(stall_s=1.5, faults={"length": 0.1, "500": 0.3, "stall": 0.03})
+    sim.reset()
     try:
         outputs = run(engine, "small", items, SpendLimit(cap), fmt)
     finally:
         engine.close()
-    time.sleep(0.6)  # the stalled requests are billed when the simulator finally answers them
+    time.sleep(1.7)  # the stalled requests are billed when the simulator finally answers them
     ledger = sim.stats()
-    assert ledger["faults"].get("length", 0) > 10 and ledger["faults"].get("stall", 0) > 0
+    assert ledger["faults"].get("stall", 0) > 0 and ledger["faults"].get("length", 0) > 0
     assert sum(1 for o in outputs if o.attempts > 1) > 10  # retries happened
     assert any(o.error_kind is ErrorKind.BUDGET for o in outputs)
     assert ledger["cost_usd"] <= cap
@@ -114,7 +117,8 @@ def test_failover_to_a_backup_model_shares_the_cap(simulator_factory):
     engine = engine_of(model("primary", primary_sim, fallbacks=["backup"]), model("backup", backup_sim, "large"))
     fmt = ResponseFormat.json(SCHEMA)
     items = prompts(400, "failover")
-    cap = 150 * worst_case(engine, "backup", items[0], fmt) / 3
+    cap = 150 * engine.call("backup", ModelInput(items[0], response_format=fmt), use_cache=False).cost_usd
+    backup_sim.reset()
     try:
         outputs = run(engine, "primary", items, SpendLimit(cap), fmt)
     finally:

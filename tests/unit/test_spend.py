@@ -1,6 +1,7 @@
 """spend.py: the worst-case estimate is never below what is billed, and SpendLimit never lets
 spent + reserved exceed its cap (across threads, with waiting reservations)."""
 import asyncio
+import json
 import random
 import threading
 
@@ -8,7 +9,7 @@ import pytest
 
 from dbt_pg_llm import ModelConfig, ModelInput, ResponseFormat, SpendLimit, estimate_cost
 from dbt_pg_llm.simulator import answers as sim_answers
-from dbt_pg_llm.spend import active_limit, estimate_prompt_tokens, using_limit
+from dbt_pg_llm.spend import STRUCTURED_OUTPUT_TOKENS, active_limit, estimate_prompt_tokens, using_limit
 
 AWKWARD = ["", "a", "tab\there", "café 日本語", "emoji 😀👍🏽", "x" * 1001, "  spaced  ", "\x00nul", "é" * 37]
 
@@ -23,10 +24,15 @@ def test_prompt_estimate_is_never_below_the_simulators_count(system, prompt):
     assert estimate_prompt_tokens(inp) >= len(prompt.encode("utf-8")) + len((system or "").encode("utf-8"))
 
 
-def test_json_schema_counts_in_the_estimate():
+def test_schemas_and_labels_count_in_the_estimate_with_a_tool_prompt_allowance():
     schema = {"type": "object", "properties": {"product": {"type": "string"}}}
-    plain, extract = ModelInput("x"), ModelInput("x", response_format=ResponseFormat.json(schema))
-    assert estimate_prompt_tokens(extract) > estimate_prompt_tokens(plain) + len(str(schema)) // 2
+    plain = ModelInput("x")
+    extract = ModelInput("x", response_format=ResponseFormat.json(schema))
+    classify = ModelInput("x", response_format=ResponseFormat.one_of(["positive", "négatif"]))
+    extra = STRUCTURED_OUTPUT_TOKENS
+    assert estimate_prompt_tokens(extract) >= estimate_prompt_tokens(plain) + len(json.dumps(schema)) + extra
+    assert estimate_prompt_tokens(classify) >= estimate_prompt_tokens(plain) + len('["positive", "négatif"]') + extra
+    assert STRUCTURED_OUTPUT_TOKENS >= 350  # Anthropic's tool-use system prompt is billed as input
 
 
 def test_estimate_cost_is_prompt_bound_plus_max_tokens_at_their_prices():
@@ -77,6 +83,14 @@ def test_reserve_waits_for_in_flight_refunds_and_refuses_what_can_never_fit():
 
     limit = asyncio.run(scenario())
     assert limit.spent_usd == pytest.approx(0.8) and limit.reserved_usd == 0.0
+
+
+def test_nothing_reserved_once_nothing_is_in_flight_whatever_the_float_residue():
+    limit = SpendLimit(1.0)
+    first, second = limit.try_reserve(0.1), limit.try_reserve(0.2)
+    first.release()
+    second.release()  # 0.1 + 0.2 - 0.1 - 0.2 is 2.8e-17 in floats: a waiter would wait for nobody
+    assert limit.reserved_usd == 0.0
 
 
 def test_threads_never_push_spent_plus_reserved_over_the_cap():
