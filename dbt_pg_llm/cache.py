@@ -209,6 +209,14 @@ class ResultCache:
         self.backend.set(key, self._entry(output))
         return True
 
+    def put_many(self, items) -> int:
+        """``put`` for many (key, output) pairs in one backend transaction (a batch's result file is
+        journaled this way before it is applied); returns how many were stored."""
+        rows = [(key, self._entry(output)) for key, output in items if output.ok and not output.cached]
+        if rows:
+            self.backend.set_many(rows)
+        return len(rows)
+
     def _entry(self, output: ModelOutput) -> dict:
         """The stored form of a paid output, stamped now and with this cache's TTL."""
         now = self._clock()

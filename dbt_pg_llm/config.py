@@ -10,13 +10,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable
 from urllib.parse import urlparse
 
+from .batch_policy import BATCH_PROVIDERS, BatchPolicy
 from .errors import ConfigError, register_secret
 from .retry import RetryPolicy
 
 __all__ = ["ModelConfig", "PROVIDERS", "check_keys"]
 
-PROVIDERS = ("openai", "anthropic")
+PROVIDERS = ("openai", "anthropic", "azure")
 _DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1"}
+LOGPROBS_MODES = ("auto", "always", "never")
+STRUCTURED_MODES = {"openai": ("auto", "json_schema", "json_object", "prompt"),
+                    "azure": ("auto", "json_schema", "json_object", "prompt"),
+                    "anthropic": ("auto", "tool", "prompt")}
 
 
 def check_keys(data: dict, allowed: Iterable[str], path: str) -> None:
@@ -50,6 +55,11 @@ class ModelConfig:
     enabled: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fallbacks: tuple[str, ...] = ()
+    batch: BatchPolicy = field(default_factory=BatchPolicy)  # provider batch APIs for big backfills
+    logprobs: str = "auto"  # auto: only when a confidence is wanted, dropped after a 400 naming it
+    structured_output: str = "auto"  # how JSON/labels are asked for; see providers/features.py
+    deployment: str | None = None  # azure: the deployment name (default: model_version)
+    api_version: str | None = None  # azure: the api-version query parameter, e.g. 2024-10-21
 
     def __post_init__(self):
         register_secret(self.api_key)
@@ -75,15 +85,17 @@ class ModelConfig:
         check_keys(data, names, path)
         kwargs: dict[str, Any] = dict(data)
         problems = []
-        if "retry" in kwargs:
+        for name, parse in (("retry", RetryPolicy.from_dict), ("batch", BatchPolicy.from_dict)):
+            if name not in kwargs:
+                continue
             try:
-                kwargs["retry"] = RetryPolicy.from_dict(kwargs["retry"], f"{path}.retry")
+                kwargs[name] = parse(kwargs[name], f"{path}.{name}")
             except ConfigError as exc:
                 problems.extend(exc.problems)
-                kwargs.pop("retry")
+                kwargs.pop(name)
             except (TypeError, ValueError) as exc:
-                problems.append(f"{path}.retry: {exc}")
-                kwargs.pop("retry")
+                problems.append(f"{path}.{name}: {exc}")
+                kwargs.pop(name)
         if "fallbacks" in kwargs:
             fb = kwargs["fallbacks"]
             if isinstance(fb, str):
@@ -108,6 +120,7 @@ class ModelConfig:
         out["retry"] = {k: getattr(self.retry, k) for k in RetryPolicy.FIELDS}
         out["retry"]["retryable_errors"] = sorted(k.value for k in self.retry.retryable_errors)
         out["fallbacks"] = list(self.fallbacks)
+        out["batch"] = {f.name: getattr(self.batch, f.name) for f in fields(BatchPolicy)}
         if not include_secret:
             out["api_key"] = "***" if self.api_key else None
         return out
@@ -132,6 +145,9 @@ class ModelConfig:
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 out.append(f"{path}.api_url: {self.base_url!r} is not an http(s) URL; "
                            "give a base URL like http://localhost:11434/v1")
+            elif self.provider == "azure" and "/openai/deployments" in parsed.path:
+                out.append(f"{path}.api_url: give the resource URL only (e.g. https://<resource>.openai.azure.com); "
+                           "the deployment goes in 'deployment' and the provider builds the path")
             elif parsed.path.rstrip("/").endswith("/chat/completions") or parsed.path.rstrip("/").endswith("/messages"):
                 out.append(f"{path}.api_url: give the base URL without the endpoint path "
                            f"(e.g. {self.base_url.rsplit('/', 2)[0]}); the provider appends it")
@@ -143,6 +159,9 @@ class ModelConfig:
             out.append(f"{path}.max_tokens: {self.max_tokens!r} must be a positive integer, e.g. 256")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
             out.append(f"{path}.temperature: {self.temperature!r} is out of range; use a number from 0 to 2")
+        elif self.provider == "anthropic" and self.temperature > 1:  # Anthropic answers 400 above 1
+            out.append(f"{path}.temperature: {self.temperature!r} is out of range for provider 'anthropic'; "
+                       "use a number from 0 to 1")
         if not isinstance(self.max_concurrency, int) or self.max_concurrency <= 0:
             out.append(f"{path}.max_concurrency: {self.max_concurrency!r} must be a positive integer, e.g. 16")
         for name in ("rpm", "tpm"):
@@ -159,8 +178,28 @@ class ModelConfig:
             out.append(f"{path}.retry: must be a mapping of retry settings")
         else:
             out.extend(self.retry.problems(f"{path}.retry"))
-        if self.provider == "anthropic" and self.stream:
-            pass  # streaming is accepted and read to the end by both providers
+        if not isinstance(self.batch, BatchPolicy):
+            out.append(f"{path}.batch: must be a mapping like {{enabled: true, min_keys: 1000, max_wait_s: 0}}")
+        else:
+            out.extend(self.batch.problems(f"{path}.batch"))
+            if self.batch.enabled is True and self.provider not in BATCH_PROVIDERS:
+                out.append(f"{path}.batch.enabled: provider {self.provider!r} has no batch API support here; "
+                           f"set enabled: false, or use provider {' or '.join(BATCH_PROVIDERS)}")
+        if self.logprobs not in LOGPROBS_MODES:
+            out.append(f"{path}.logprobs: {self.logprobs!r} is not a mode; use auto (ask only when a confidence "
+                       "is used, stop after the server rejects it), always or never")
+        modes = STRUCTURED_MODES.get(self.provider, STRUCTURED_MODES["openai"])
+        if self.structured_output not in modes:
+            out.append(f"{path}.structured_output: {self.structured_output!r} is not available for provider "
+                       f"{self.provider!r}; use one of {', '.join(modes)}")
+        if self.provider == "azure":
+            if not self.api_version:
+                out.append(f"{path}.api_version: missing; Azure OpenAI needs the api-version query parameter, "
+                           "e.g. api_version: '2024-10-21'")
+        else:
+            for name in ("deployment", "api_version"):
+                if getattr(self, name) is not None:
+                    out.append(f"{path}.{name}: only used by provider 'azure'; remove it or set provider: azure")
         return out
 
     def validate(self, path: str = "model") -> "ModelConfig":

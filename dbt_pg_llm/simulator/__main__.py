@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"random fault, repeatable; KIND one of {', '.join(FAULT_KINDS)}; RATE in 0..1")
     p.add_argument("--stall-s", type=float, default=300.0, help="how long a 'stall' fault sleeps")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
+    p.add_argument("--batch-delay-s", type=float, default=0.0, help="batch APIs: a batch ends this long after creation")
+    p.add_argument("--batch-error-rate", type=float, default=0.0, help="batch APIs: share of requests that error")
+    p.add_argument("--batch-expire-rate", type=float, default=0.0,
+                   help="batch APIs: share of requests left unprocessed (expired) when a batch ends")
+    p.add_argument("--batch-discount", type=float, default=0.5, help="batch price = list price x this")
     return p
 
 
@@ -45,7 +50,8 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, per_token_ms=ns.per_token_ms,
         max_concurrency=ns.max_concurrency, rpm=ns.rpm, tpm=ns.tpm, api_key=ns.api_key,
         cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
-        faults=faults, seed=ns.seed, stall_s=ns.stall_s,
+        faults=faults, seed=ns.seed, stall_s=ns.stall_s, batch_delay_s=ns.batch_delay_s,
+        batch_error_rate=ns.batch_error_rate, batch_expire_rate=ns.batch_expire_rate, batch_discount=ns.batch_discount,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from aiohttp import web
 
 from . import answers as A
+from .batch_api import BatchApi, add_batch_routes
 from .faults import FaultPicker, RateLimiter, check_faults, retry_after_headers
 from .wire import (Request, anthropic_body, anthropic_error, make_sse_anthropic, make_sse_openai, openai_body,
                    openai_error, parse_request)
@@ -44,9 +45,16 @@ class SimulatorConfig:
     faults: dict[str, float] = field(default_factory=dict)
     seed: int | None = 0
     stall_s: float = 300.0
+    batch_delay_s: float = 0.0  # batch APIs (batch_api.py): a batch ends this long after creation
+    batch_error_rate: float = 0.0  # share of batch requests answered with an error
+    batch_expire_rate: float = 0.0  # share of batch requests left unprocessed (expired) at the end
+    batch_discount: float = 0.5  # batch price = list price x this
 
     def __post_init__(self):
         self.faults = check_faults(self.faults)
+        for name in ("batch_error_rate", "batch_expire_rate", "batch_discount"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name}: {getattr(self, name)!r} must be between 0 and 1")
 
 
 class Simulator:
@@ -55,6 +63,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig | None = None):
         self.config = config or SimulatorConfig()
         self._apply_config()
+        self.batches = BatchApi(self)
         self.reset()
 
     # -- configuration / ledger -------------------------------------------------------------------
@@ -91,6 +100,7 @@ class Simulator:
         self.active = 0  # requests past the max_concurrency semaphore
         self.max_active = 0
         self.picker.reset()
+        self.batches.reset()
         self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
         self.jitter_rng = random.Random(self.config.seed)
 
@@ -109,6 +119,7 @@ class Simulator:
             "max_in_flight": self.max_in_flight,
             "active": self.active,
             "max_active": self.max_active,
+            **self.batches.stats(),
         }
 
     # -- the request path -------------------------------------------------------------------------
@@ -341,13 +352,14 @@ def _drop(request: web.Request, hard: bool = True) -> None:
 
 
 def make_app(sim: Simulator) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=300 * 1024 * 1024)  # batch input files: up to 256 MB
     app[SIMULATOR_KEY] = sim
     r = app.router
     for prefix in ("/v1", ""):
         r.add_post(prefix + "/chat/completions", sim.openai)
         r.add_post(prefix + "/messages", sim.anthropic)
         r.add_get(prefix + "/models", sim.models)
+    add_batch_routes(app, sim.batches)
     r.add_get("/_stats", sim.get_stats)
     r.add_post("/_reset", sim.post_reset)
     r.add_post("/_config", sim.post_config)

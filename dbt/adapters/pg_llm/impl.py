@@ -20,7 +20,7 @@ from dbt.adapters.base import available
 from dbt.adapters.contracts.connection import AdapterResponse
 from dbt.adapters.events.logging import AdapterLogger
 from dbt.adapters.postgres import PostgresAdapter
-from dbt_common.exceptions import DbtRuntimeError
+from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
@@ -117,6 +117,8 @@ class PgLlmAdapter(PostgresAdapter):
         return self._credentials.llm_settings()
 
     def _spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
+        """The checked ColumnSpec. A bad spec is a CompilationError: raised while dbt renders the
+        model (parse, compile, run), dbt names the model, so nothing is ever requested for it."""
         from dbt_pg_llm.errors import PgLlmError
         from dbt_pg_llm.pg.spec import ColumnSpec
 
@@ -128,7 +130,7 @@ class PgLlmAdapter(PostgresAdapter):
             return ColumnSpec.from_dict(data, default_model or settings.model_for_default,
                                         path=f"columns.{name}" if name else "column")
         except PgLlmError as exc:
-            raise DbtRuntimeError(f"pg_llm: {exc}") from None
+            raise CompilationError(f"pg_llm: {exc}") from None
 
     def _model_config(self, name: str):
         """The config of a model or strategy name; an unknown name lists every defined one."""
@@ -137,7 +139,7 @@ class PgLlmAdapter(PostgresAdapter):
         try:
             return self._settings().config_for(name)
         except RegistryError as exc:
-            raise DbtRuntimeError(f"pg_llm: {exc}") from None
+            raise CompilationError(f"pg_llm: {exc}") from None
 
     def _run_context(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.spec import RunContext
@@ -153,7 +155,7 @@ class PgLlmAdapter(PostgresAdapter):
     # -- Jinja API -------------------------------------------------------------------------------
     @available
     def llm_column(self, spec: Dict[str, Any], default_model: Optional[str] = None,
-                   name: Optional[str] = None) -> Dict[str, Any]:
+                   name: Optional[str] = None, mode: Optional[str] = None) -> Dict[str, Any]:
         """Resolve one column spec: {"name", "spec", "model", "fingerprint", "key_sql", "output_col"}.
 
         Needs only the validated settings (no engine, no database), so parse/compile pay nothing.
@@ -163,6 +165,8 @@ class PgLlmAdapter(PostgresAdapter):
                 f"pg_llm: the spec of column '{name}' must be a mapping, e.g. pg_llm.classify(...); "
                 f"got {type(spec).__name__}"
             )
+        if mode is not None and "mode" not in spec:  # llm_enrich(mode=...) for columns without their own
+            spec = {**spec, "mode": mode}
         column_spec = self._spec(spec, default_model, name)
         fp = column_spec.fingerprint(self._model_config(column_spec.model))
         return {
@@ -200,19 +204,21 @@ class PgLlmAdapter(PostgresAdapter):
                   node_id: Optional[str]) -> Dict[str, Any]:
         """Fill one column; log its summary and warnings; raise DbtRuntimeError per on_error='fail'."""
         from dbt_pg_llm.errors import PgLlmError, redact
-        from dbt_pg_llm.pg.fill import fill_column
+        from dbt_pg_llm.pg.batch_fill import fill_column_batched
 
         settings = self._settings()
         spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
         label = f"{node_id or 'model'}.{column.get('name')}"
         started = time.monotonic()
         try:
-            report = fill_column(
+            batched = fill_column_batched(  # the normal fill, plus provider batches (issue 11)
                 self._credentials.connect_autocommit, engine, source_sql, spec,
+                policy=self._batch_policy(spec), say=lambda line: logger.info(f"{label}: {line}"),
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-                progress=_ProgressLogger(label),
+                progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
             )
+            report = batched.report
         except PgLlmError as exc:
             raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
         except DbtRuntimeError:
@@ -223,6 +229,7 @@ class PgLlmAdapter(PostgresAdapter):
             ) from None
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
+        _log_batches(label, batched, settings.audit_schema)
         self.llm_report_budget(label, report)
         if report.errors:
             first = report.first_error
@@ -253,6 +260,39 @@ class PgLlmAdapter(PostgresAdapter):
         if settings.on_budget == "fail":
             raise DbtRuntimeError(f"pg_llm: {budget} (llm.on_budget is 'fail')")
         logger.warning(budget)
+
+    def _batch_policy(self, spec):
+        """The column's batch policy: the model's ``batch:`` setting, switched by ``mode=``."""
+        config = self._model_config(spec.model)
+        policy = getattr(config, "batch", None)  # strategies have none
+        return policy.for_column(spec.mode) if policy is not None else None
+
+    @available
+    def llm_batches(self, cancel: bool = False) -> List[Dict[str, Any]]:
+        """Open provider batches of the audit schema (``pg_llm.batches``); with ``cancel``, ask the
+        provider to cancel them first (``pg_llm.cancel_batches``). Returns one dict per batch."""
+        from dbt_pg_llm.errors import PgLlmError, redact
+        from dbt_pg_llm.pg.batch_collect import BatchCollector
+        from dbt_pg_llm.pg.batch_store import open_batches
+
+        settings = self._settings()
+        run = self._run_context("operation")
+        try:
+            if cancel:
+                with BatchCollector(self._credentials.connect_autocommit, get_engine(self._credentials),
+                                    settings.audit_schema, run) as collector:
+                    for line in collector.cancel():
+                        logger.info(f"pg_llm: cancelled {line}")
+            conn = self._credentials.connect_autocommit()
+            try:
+                rows = open_batches(conn, settings.audit_schema)
+            finally:
+                conn.close()
+        except PgLlmError as exc:
+            raise DbtRuntimeError(f"pg_llm: {redact(str(exc))}") from None
+        return [{"batch": r.provider_batch_id or r.batch_uid, "provider": r.provider, "model": r.model,
+                 "status": r.status, "keys": r.key_count, "submitted_at": str(r.submitted_at),
+                 "node_id": r.node_id} for r in rows]
 
     def _raise_alerts(self, engine, run) -> None:
         """Write the engine's new alerts to llm_alerts (once per run, model and type) and log them."""
@@ -350,26 +390,58 @@ class PgLlmAdapter(PostgresAdapter):
             self._run_context(node_id), settings.model_for_default,
             on_error="fail" if mode == "fail" else "null",
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-            progress=_ProgressLogger(f"{node_id or 'python model'}"),
+            progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
+            claim_timeout_s=settings.claim_timeout_s,
+        )
+
+
+def _log_batches(label: str, batched, audit_schema: str) -> None:
+    """The batch side of a fill: what was submitted / collected, and a warning naming open batches."""
+    from dbt_pg_llm.errors import redact
+
+    if batched.submitted:
+        logger.info(f"{label}: submitted provider batch(es) {', '.join(batched.submitted)}")
+    if batched.collected:
+        logger.info(f"{label}: collected provider batch(es) {', '.join(batched.collected)}")
+    for problem in batched.problems:
+        logger.warning(f"{label}: {redact(problem)}")
+    if batched.pending_keys or batched.open_batches:
+        logger.warning(
+            f"{label}: {batched.pending_keys} key(s) wait in open provider batches: "
+            f"{'; '.join(batched.open_batches) or 'see the batches list'}. Their rows are NULL (or the on_error "
+            f"default) until a later run collects the answers (`dbt run-operation pg_llm.batches` lists the "
+            f"open batches of {audit_schema})"
         )
 
 
 class _ProgressLogger:
-    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line."""
+    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line. While the fill waits
+    for keys claimed by another run, the line says who holds them, since when, and how many."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, claim_timeout_s: Optional[float] = None):
         self.label = label
+        self.claim_timeout_s = claim_timeout_s
 
     def __call__(self, progress: Dict[str, Any]) -> None:
+        from dbt_pg_llm.pg.report import waiting_text
+
         p = progress
         total, done = p.get("requests_total", 0) or 0, p.get("requests_done", 0) or 0
-        if not total or done >= total:
+        blocked = bool(p.get("waiting_on"))  # our requests are done; we wait for another run's
+        if not blocked and (not total or done >= total):
             return  # nothing in flight: the summary line says it all
         eta = p.get("eta_s")
-        logger.info(
+        line = (
             f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
             f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
             + (f"{p['budget_skipped']} skipped for budget (${float(p.get('budget_spent_usd') or 0):.6f} of the "
                f"${float(p.get('budget_cap_usd') or 0):.6f} cap spent), " if p.get("budget_skipped") else "")
-            + f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta else "")
+            + f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta and not blocked else "")
         )
+        waiting = waiting_text(p)
+        if waiting:
+            line += f"; {waiting}"
+        if blocked and self.claim_timeout_s:
+            line += (f" (its keys are taken over if its heartbeat stops for "
+                     f"llm.claim_timeout_s={self.claim_timeout_s:g}s)")
+        logger.info(line)
