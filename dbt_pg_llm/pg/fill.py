@@ -22,7 +22,7 @@ in ``llm_results``:
 ``on_error``: "fail" stops submitting at the first failed key, writes what was paid and raises
 ModelError; anything else ("null", "default") dead-letters failures and carries on (the join
 then gives NULL, or the column's default). ``max_cost_usd`` is a hard cap shared by the fills of
-one run (``budget.run_budget``, a ``spend.SpendLimit``): every request reserves its worst case
+one run (``budget.run_spend_limit``, a ``spend.SpendLimit``): every request reserves its worst case
 before it is sent; once one does not fit, the fill stops submitting and every key left is a
 dead letter of kind ``budget`` (NULL now, requested on the next run), counted in
 ``FillReport.budget_skipped``. Whether that fails the model is the caller's choice (``on_budget``).
@@ -47,10 +47,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ..errors import ConfigError, ErrorKind, ModelError, PgLlmError, redact
 from ..keys import key_sql
 from ..model_io import ModelInput
-from .budget import run_budget
+from .budget import run_spend_limit
 from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .join import _fresh, quote_literal
-from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
+from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .report import FillError, FillReport
 from .spec import ColumnSpec, RunContext
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
@@ -202,8 +202,7 @@ class _Fill(_Claims):
             self.reader = self._open()
             self.heartbeat.start()
             if self.max_cost is not None:
-                budget_id = _db_identity(self.writer, self.schema) + (self.run_ctx.run_id,)
-                self.spend_limit = run_budget(budget_id, self.max_cost, self._load_run_cost)
+                self.spend_limit = run_spend_limit(self.writer, self.schema, self.run_ctx.run_id, self.max_cost)
                 self.report.budget_cap_usd = float(self.max_cost)
             self._count_and_log_hits(source_sql)
             if rows_hint is not None:
@@ -230,12 +229,6 @@ class _Fill(_Claims):
             self._release_all()
         self._finish()
         return rep
-
-    def _load_run_cost(self) -> float:
-        with self.writer.cursor() as cur:
-            cur.execute(f"select cost_usd from {self.q}.llm_runs where run_id = %s", (self.run_ctx.run_id,))
-            row = cur.fetchone()
-        return float(row[0]) if row else 0.0
 
     def _prompts_sql(self, source_sql: str) -> str:
         return f"select distinct ({self.spec.prompt_sql})::text as p from {source_sql} __llm_src"
