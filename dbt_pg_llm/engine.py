@@ -147,7 +147,7 @@ class Engine:
         results: queue.SimpleQueue = queue.SimpleQueue()
         in_flight = [0]  # shared with _pump, read by _settle
         try:
-            yield from self._pump(model_name, iter(items), window, context, results, in_flight)
+            yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit)
         finally:
             self._settle(results, in_flight[0])
 
@@ -165,7 +165,7 @@ class Engine:
             if time.monotonic() >= deadline:
                 return
 
-    def _pump(self, model_name, source, window, context, results, counter):
+    def _pump(self, model_name, source, window, context, results, counter, spend_limit):
         chunk_size = max(1, window // 4)
         in_flight = 0
         exhausted = False
