@@ -172,7 +172,10 @@ def test_packed_batch_requests_reserve_their_worst_case(simulator_factory):
     items = prompts(200, "batch")
     packed_worst = estimate_cost(small.config, ModelInput(pack_prompt(items[:8], ResponseFormat.text()), max_tokens=32 * 8))
     limit = SpendLimit(4 * packed_worst)
-    out = small.batch_call(BatchInput([ModelInput(p) for p in items], batch_size=8), spend_limit=limit)
+    try:
+        out = small.batch_call(BatchInput([ModelInput(p) for p in items], batch_size=8), spend_limit=limit)
+    finally:
+        engine_of(small).close()  # closes the model's HTTP client
     ledger = sim.stats()
     assert out.packed_requests > 0 and any(o.ok for o in out.outputs)
     assert any(o.error_kind is ErrorKind.BUDGET for o in out.outputs)
