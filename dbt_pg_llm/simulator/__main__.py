@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
                    help=f"random fault, repeatable; KIND one of {', '.join(FAULT_KINDS)}; RATE in 0..1")
     p.add_argument("--stall-s", type=float, default=300.0, help="how long a 'stall' fault sleeps")
+    p.add_argument("--fault-retry-after-s", type=float, default=1.0, help="the wait a '429' fault asks for")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
     p.add_argument("--models", default=None, metavar="A,B",
                    help="model names served; any other gets 404 model_not_found (default: accept every name)")
@@ -55,6 +56,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
         faults=faults, seed=ns.seed, stall_s=ns.stall_s, models=ns.models,
         reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,
+        fault_retry_after_s=ns.fault_retry_after_s,
     )
 
 

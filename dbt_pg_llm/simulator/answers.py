@@ -135,6 +135,21 @@ def _schema_from_system(system: str) -> Any:
     return schema if isinstance(schema, (dict, bool)) else {"type": "object"}
 
 
+_LIMIT_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength",
+               "minItems", "maxItems")
+_DESCRIBED_RE = re.compile(r"\b(" + "|".join(_LIMIT_KEYS) + r")\s*:\s*(-?\d+(?:\.\d+)?)")
+
+
+def _with_described_limits(schema: dict) -> dict:
+    """Limits a client moved into the description, as a model reads them: the anthropic SDK's
+    structured outputs turn ``minimum: 1`` into ``"description": "{maximum: 5, minimum: 1}"``."""
+    description = schema.get("description")
+    if not isinstance(description, str) or ":" not in description:
+        return schema
+    found = {k: (float(v) if "." in v else int(v)) for k, v in _DESCRIBED_RE.findall(description) if k not in schema}
+    return {**schema, **found} if found else schema
+
+
 class _Gen:
     """Builds one value valid for a JSON schema, deterministically from a digest and the prompt words."""
 
@@ -174,7 +189,7 @@ class _Gen:
             return self.string({}, path)
         if schema is False or not isinstance(schema, dict):
             return None
-        schema = self.resolve(schema)
+        schema = _with_described_limits(self.resolve(schema))
         if "allOf" in schema and isinstance(schema["allOf"], list):
             schema = self.merge(schema)
         if "const" in schema:

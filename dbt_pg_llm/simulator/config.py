@@ -45,11 +45,14 @@ class SimulatorConfig:
     models: tuple[str, ...] | None = None
     reject_params: tuple[str, ...] = ()
     rate_limit_headers: str = "retry-after"
+    fault_retry_after_s: float = 1.0  # the wait a scripted/random `429` fault asks for
 
     def __post_init__(self):
         self.faults = check_faults(self.faults)
         self.models = _names(self.models, "models")
         self.reject_params = _names(self.reject_params, "reject_params") or ()
+        if not isinstance(self.fault_retry_after_s, (int, float)) or self.fault_retry_after_s <= 0:
+            raise ValueError(f"fault_retry_after_s: {self.fault_retry_after_s!r} must be a number of seconds > 0")
         if self.rate_limit_headers not in RATE_LIMIT_HEADER_MODES:
             raise ValueError(f"rate_limit_headers: {self.rate_limit_headers!r} is not one of "
                              f"{', '.join(RATE_LIMIT_HEADER_MODES)}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from .faults import go_duration
+
 __all__ = ["ApiError", "openai_error", "anthropic_error", "anthropic_type_for", "fault_error", "BAD_GATEWAY_HTML"]
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
@@ -73,10 +75,11 @@ BAD_GATEWAY_HTML = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<
              b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 
 
-def fault_error(kind: str, anthropic: bool, ptoks: int, wait_headers: dict[str, str]) -> ApiError | None:
+def fault_error(kind: str, anthropic: bool, ptoks: int, wait_s: float,
+                wait_headers: dict[str, str]) -> ApiError | None:
     """The error a real provider answers for fault ``kind`` (None: not an HTTP-error fault)."""
     if kind == "429":
-        return ApiError(429, "Rate limit reached for requests. Please try again in 1s.",
+        return ApiError(429, f"Rate limit reached for requests. Please try again in {go_duration(wait_s)}.",
                         "This request would exceed your organization's rate limit. Please try again later.",
                         kind="requests", code="rate_limit_exceeded", headers=wait_headers)
     if kind == "insufficient_quota":

@@ -251,8 +251,9 @@ class Simulator:
 
     async def _fault_response(self, request: web.Request, req: Request, anth: bool, rid: str, reply: Reply,
                               fault: str) -> web.StreamResponse:
-        wait_headers = rate_limit_headers(self.config.rate_limit_headers, anth, 1.0, "requests", None, 0)
-        error = fault_error(fault, anth, reply.ptoks, wait_headers)
+        wait = self.config.fault_retry_after_s
+        wait_headers = rate_limit_headers(self.config.rate_limit_headers, anth, wait, "requests", None, 0)
+        error = fault_error(fault, anth, reply.ptoks, wait, wait_headers)
         if error is not None:
             return self._error(anth, rid, error)
         ids = self._id_headers(anth, rid)

@@ -26,7 +26,8 @@ OPENAI_PARAMS = frozenset((
     "verbosity").split())
 ANTHROPIC_PARAMS = frozenset((
     "model messages max_tokens system stop_sequences stream temperature top_p top_k tools tool_choice "
-    "metadata thinking service_tier container mcp_servers").split())
+    "metadata thinking service_tier container mcp_servers output_config cache_control context_management "
+    "diagnostics inference_geo speed").split())
 _OPENAI_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 
 

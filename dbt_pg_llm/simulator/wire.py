@@ -63,6 +63,20 @@ def _text(content) -> str:
     return str(content)
 
 
+def _json_format(name: str, schema: dict) -> str:
+    """An OpenAI-shaped json_schema format as canonical text: the answer key of a JSON request, so a
+    forced Anthropic tool, Anthropic's output_config and OpenAI's response_format agree on one schema."""
+    return json.dumps({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}, sort_keys=True)
+
+
+def _output_config_format(body: dict) -> str | None:
+    """Anthropic structured outputs: ``output_config: {"format": {"type": "json_schema", "schema": ...}}``."""
+    fmt = (body.get("output_config") or {}).get("format") or {}
+    if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return _json_format("output", fmt["schema"])
+    return None
+
+
 def _forced_tool(body: dict) -> tuple[str | None, str | None]:
     """Anthropic ``tool_choice`` tool/any: (tool name, its input_schema as an OpenAI json_schema format)."""
     choice = body.get("tool_choice") or {}
@@ -74,8 +88,7 @@ def _forced_tool(body: dict) -> tuple[str | None, str | None]:
     if not tools:
         return None, None
     tool = tools[0]
-    rf = {"type": "json_schema", "json_schema": {"name": tool["name"], "schema": tool["input_schema"]}}
-    return tool["name"], json.dumps(rf, sort_keys=True)
+    return tool["name"], _json_format(tool["name"], tool["input_schema"])
 
 
 def parse_request(body: dict, anthropic: bool) -> Request:
@@ -103,6 +116,8 @@ def parse_request(body: dict, anthropic: bool) -> Request:
         stop = (stop,)
     stop = tuple(s for s in stop or () if isinstance(s, str) and s)
     tool_name, rf_text = _forced_tool(body) if anthropic else (None, None)
+    if anthropic and tool_name is None:
+        rf_text = _output_config_format(body)
     rf = None if anthropic else body.get("response_format")
     if isinstance(rf, dict) and rf.get("type") in ("json_schema", "json_object"):
         rf_text = json.dumps(rf, sort_keys=True)
