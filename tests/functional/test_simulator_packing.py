@@ -9,6 +9,7 @@ import pytest
 
 from dbt_pg_llm import BatchInput, Model, ModelInput, ResponseFormat
 from dbt_pg_llm.batch import pack_prompt
+from dbt_pg_llm.runtime import shared_loop
 from dbt_pg_llm.simulator.answers import JSON_PHRASE, LABELS_PHRASE
 from dbt_pg_llm.simulator.packing import answer, packed_inputs
 
@@ -24,9 +25,13 @@ FORMATS = {
 }
 
 
-def model_for(sim, name: str) -> Model:
-    return Model(name, {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 64, "timeout_ms": 5000,
-                        "retry": {"max_retries": 0}})
+def batch_call(sim, batch: BatchInput):
+    model = Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 64, "timeout_ms": 5000,
+                          "retry": {"max_retries": 0}})
+    try:
+        return model.batch_call(batch)
+    finally:
+        shared_loop().run(model.aclose())
 
 
 @pytest.mark.parametrize("kind", sorted(FORMATS))
@@ -35,10 +40,10 @@ def test_packed_batch_gives_single_call_values_in_fewer_requests(simulator, kind
     system, fmt = FORMATS[kind]
     inputs = [ModelInput(r, system_message=system, response_format=fmt) for r in REVIEWS]
     simulator.reset()
-    single = model_for(simulator, "single").batch_call(BatchInput(inputs))
+    single = batch_call(simulator, BatchInput(inputs))
     assert single.failed_count == 0 and simulator.stats()["requests"] == len(inputs)
     simulator.reset()
-    packed = model_for(simulator, "packed").batch_call(BatchInput(inputs, batch_size=batch_size))
+    packed = batch_call(simulator, BatchInput(inputs, batch_size=batch_size))
     assert packed.failed_count == 0
     assert [o.value for o in packed.outputs] == [o.value for o in single.outputs]
     assert simulator.stats()["requests"] == math.ceil(len(inputs) / batch_size)  # no row fell back
