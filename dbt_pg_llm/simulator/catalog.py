@@ -5,7 +5,8 @@ Without it every model name is accepted (old behaviour; the list shows the defau
 """
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MODELS", "openai_model_list", "anthropic_model_list", "display_name"]
+__all__ = ["DEFAULT_MODELS", "openai_model", "openai_model_list", "anthropic_model", "anthropic_model_list",
+           "display_name"]
 
 DEFAULT_MODELS = ("sim-small", "sim-large", "gpt-4o-mini", "claude-3-5-haiku-latest")
 _CREATED_AT = "2024-10-22T00:00:00Z"  # a fixed release date: the catalogue is deterministic
@@ -17,10 +18,12 @@ def display_name(model_id: str) -> str:
     return " ".join(part.capitalize() for part in model_id.replace("_", "-").split("-") if part)
 
 
+def openai_model(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": _CREATED_UNIX, "owned_by": "dbt-pg-llm-simulator"}
+
+
 def openai_model_list(models: tuple[str, ...]) -> dict:
-    data = [{"id": m, "object": "model", "created": _CREATED_UNIX, "owned_by": "dbt-pg-llm-simulator"}
-            for m in models]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [openai_model(m) for m in models]}
 
 
 def anthropic_model(model_id: str) -> dict:

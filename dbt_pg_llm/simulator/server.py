@@ -17,12 +17,12 @@ from aiohttp import web
 
 from . import answers as A
 from . import packing
-from .catalog import DEFAULT_MODELS, anthropic_model_list, openai_model_list
+from .catalog import DEFAULT_MODELS, anthropic_model, anthropic_model_list, openai_model, openai_model_list
 from .config import SimulatorConfig
 from .errors import BAD_GATEWAY_HTML, ApiError, fault_error
 from .faults import FaultPicker, RateLimiter, go_duration, rate_limit_headers
 from .streams import anthropic_error_event, make_sse_anthropic, make_sse_openai, openai_error_event
-from .validate import check_request
+from .validate import check_request, model_not_found
 from .wire import REFUSAL_TEXT, Reply, Request, anthropic_body, openai_body, parse_request
 
 __all__ = ["SimulatorConfig", "Simulator", "make_app", "start_runner", "MODELS"]
@@ -325,6 +325,12 @@ class Simulator:
         if not self._authorized(request):
             msg = "invalid x-api-key" if anth else "Incorrect API key provided."
             return self._error(anth, rid, ApiError(401, msg, code="invalid_api_key"))
+        model_id = request.match_info.get("model_id")
+        if model_id is not None:  # GET /v1/models/{id}
+            if self.config.models is not None and model_id not in self.config.models:
+                return self._error(anth, rid, model_not_found(model_id))
+            payload = anthropic_model(model_id) if anth else openai_model(model_id)
+            return web.json_response(payload, headers=self._id_headers(anth, rid))
         if anth:
             q = request.query
             try:
@@ -360,6 +366,7 @@ def make_app(sim: Simulator) -> web.Application:
         r.add_post(prefix + "/chat/completions", sim.openai)
         r.add_post(prefix + "/messages", sim.anthropic)
         r.add_get(prefix + "/models", sim.models)
+        r.add_get(prefix + "/models/{model_id}", sim.models)
     r.add_get("/_stats", sim.get_stats)
     r.add_post("/_reset", sim.post_reset)
     r.add_post("/_config", sim.post_config)

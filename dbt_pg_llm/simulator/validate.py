@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import ApiError
 
-__all__ = ["check_request", "strict_schema_problem", "OPENAI_PARAMS", "ANTHROPIC_PARAMS"]
+__all__ = ["check_request", "strict_schema_problem", "rejected_param", "model_not_found", "OPENAI_PARAMS",
+           "ANTHROPIC_PARAMS"]
 
 OPENAI_PARAMS = frozenset((
     "model messages temperature top_p n stream stream_options stop max_tokens max_completion_tokens "
@@ -133,6 +134,10 @@ def _check_openai(body: dict) -> ApiError | None:
             problem = _range_error(name, body[name], lo, hi, False, integer)
             if problem:
                 return problem
+    stop = body.get("stop")
+    if isinstance(stop, list) and len(stop) > 4:
+        return ApiError(400, f"Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
+                             f"array with length {len(stop)} instead.", param="stop", code="array_above_max_length")
     if body.get("top_logprobs") is not None and not body.get("logprobs"):
         return ApiError(400, "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled.",
                         param="top_logprobs")

@@ -123,8 +123,11 @@ def test_openai_stream_with_include_usage(oai):
     assert final.usage.completion_tokens == plain.usage.completion_tokens
 
 
-def test_openai_models_list(oai):
+def test_openai_models_list_and_retrieve(oai):
     assert [m.id for m in oai.models.list()] == list(MODELS)
+    assert oai.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("gpt-nope")
 
 
 @pytest.mark.parametrize("kwargs,prompt,exc,status,code", [
@@ -235,6 +238,9 @@ def test_anthropic_models_list_pages(claude):
     assert [m.id for m in claude.models.list(limit=1)] == list(MODELS)  # auto-pagination via last_id
     first = page.data[0]
     no_extras(first)
+    assert claude.models.retrieve("claude-sim-haiku").display_name == "Claude Sim Haiku"
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("claude-nope")
     assert first.type == "model" and first.display_name and first.created_at.year >= 2024
 
 

@@ -67,6 +67,8 @@ def test_openai_requests_are_validated(client, strict_sim):
     assert err["param"] == "stream_options"
     err = openai_error(post(model="gpt-test", messages=USER, bogus=1), 400)
     assert err["message"] == "Unrecognized request argument supplied: bogus"
+    err = openai_error(post(model="gpt-test", messages=USER, stop=["a", "b", "c", "d", "e"]), 400)
+    assert err["param"] == "stop" and err["code"] == "array_above_max_length"
     err = openai_error(post(model="gpt-test", messages=[{"role": "robot", "content": "x"}]), 400)
     assert err["code"] == "invalid_value" and err["param"] == "messages[0].role"
     rf = {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}
@@ -80,7 +82,7 @@ def test_openai_requests_are_validated(client, strict_sim):
     assert post(model="gpt-test", messages=USER, response_format=rf).status_code == 200
     assert post(model="gpt-test", messages=USER, logprobs=True, top_logprobs=2, temperature=2).status_code == 200
     stats = strict_sim.stats()
-    assert stats["rejected"] == 10 and stats["answered"] == 2 and stats["prompt_tokens"] > 0
+    assert stats["rejected"] == 11 and stats["answered"] == 2 and stats["prompt_tokens"] > 0
 
 
 def test_anthropic_requests_are_validated(client):
