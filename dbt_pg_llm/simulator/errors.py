@@ -71,8 +71,9 @@ class ApiError:
 
 # -- faults answered with an HTTP error (see faults.py for how a fault is picked) ---------------------
 _CONTEXT_WINDOW = 128_000
-BAD_GATEWAY_HTML = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
-             b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+BAD_GATEWAY_HTML = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                    b"</body>\r\n</html>\r\n")
 
 
 def fault_error(kind: str, anthropic: bool, ptoks: int, wait_s: float,

@@ -119,7 +119,8 @@ class Simulator:
 
     async def _handle(self, request: web.Request, anth: bool) -> web.StreamResponse:
         self.requests += 1
-        rid = f"req_sim{self.requests:016x}"
+        seq = self.requests
+        rid = f"req_sim{seq:016x}"
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
             self.max_in_flight = self.in_flight
@@ -133,6 +134,7 @@ class Simulator:
             problem = check_request(body, anth, cfg.models, cfg.reject_params)
             req = parse_request(body, anth) if problem is None else None
             if req is not None:
+                req.seq = seq
                 sha = A.prompt_sha256(req.user)
                 self.by_prompt[sha] = self.by_prompt.get(sha, 0) + 1
             if not self._authorized(request):
@@ -230,8 +232,8 @@ class Simulator:
             headers.update(self.limiter.state_headers(anth))
         if req.stream:
             make = make_sse_anthropic if anth else make_sse_openai
-            return await self._stream(request, make(req, reply, self.requests), headers)
-        payload = anthropic_body(req, reply, self.requests) if anth else openai_body(req, reply, self.requests)
+            return await self._stream(request, make(req, reply), headers)
+        payload = anthropic_body(req, reply) if anth else openai_body(req, reply)
         return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=_JSON,
                             headers=headers)
 
@@ -259,7 +261,7 @@ class Simulator:
         ids = self._id_headers(anth, rid)
         if fault == "error_body":  # an error inside a 200 answer (or a stream that fails after it started)
             if req.stream:
-                data = (anthropic_error_event(req, self.requests, "overloaded_error", "Overloaded", reply.ptoks) if anth
+                data = (anthropic_error_event(req, "overloaded_error", "Overloaded", reply.ptoks) if anth
                         else openai_error_event(ApiError(500, "The server had an error while processing your "
                                                               "request.").body(False)))
                 return await self._raw_stream(request, data, ids)
@@ -271,10 +273,10 @@ class Simulator:
         if fault == "truncated":
             if req.stream:
                 make = make_sse_anthropic if anth else make_sse_openai
-                data = b"".join(ev for ev, _ in make(req, reply, self.requests))
+                data = b"".join(ev for ev, _ in make(req, reply))
                 resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **ids})
             else:
-                payload = anthropic_body(req, reply, self.requests) if anth else openai_body(req, reply, self.requests)
+                payload = anthropic_body(req, reply) if anth else openai_body(req, reply)
                 data = json.dumps(payload).encode()
                 resp = web.StreamResponse(headers={"Content-Type": _JSON, **ids})
                 resp.content_length = len(data)

@@ -32,8 +32,8 @@ def _event(name: str, payload: dict) -> bytes:
     return f"event: {name}\ndata: ".encode() + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
-def make_sse_openai(req: Request, reply: Reply, seq: int) -> list[tuple[bytes, int]]:
-    base = {"id": f"chatcmpl-sim{seq:010x}", "object": "chat.completion.chunk", "created": int(time.time()),
+def make_sse_openai(req: Request, reply: Reply) -> list[tuple[bytes, int]]:
+    base = {"id": f"chatcmpl-sim{req.seq:010x}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": req.model, "service_tier": "default", "system_fingerprint": "fp_simulator"}
     if req.include_usage:
         base["usage"] = None
@@ -58,15 +58,15 @@ def make_sse_openai(req: Request, reply: Reply, seq: int) -> list[tuple[bytes, i
     return out
 
 
-def message_start(req: Request, ptoks: int, seq: int) -> bytes:
-    message = {"id": f"msg_sim{seq:010x}", "type": "message", "role": "assistant", "model": req.model,
+def message_start(req: Request, ptoks: int) -> bytes:
+    message = {"id": f"msg_sim{req.seq:010x}", "type": "message", "role": "assistant", "model": req.model,
                "content": [], "stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(ptoks, 1)}
     return _event("message_start", {"type": "message_start", "message": message})
 
 
-def make_sse_anthropic(req: Request, reply: Reply, seq: int) -> list[tuple[bytes, int]]:
-    out = [(message_start(req, reply.ptoks, seq), 0)]
-    for index, block in enumerate(anthropic_content(req, reply, seq)):
+def make_sse_anthropic(req: Request, reply: Reply) -> list[tuple[bytes, int]]:
+    out = [(message_start(req, reply.ptoks), 0)]
+    for index, block in enumerate(anthropic_content(req, reply)):
         if block["type"] == "tool_use":
             start = {**block, "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": p}
@@ -92,9 +92,9 @@ def make_sse_anthropic(req: Request, reply: Reply, seq: int) -> list[tuple[bytes
     return out
 
 
-def anthropic_error_event(req: Request, seq: int, kind: str, message: str, ptoks: int) -> bytes:
+def anthropic_error_event(req: Request, kind: str, message: str, ptoks: int) -> bytes:
     """A stream that starts and then fails, as Anthropic's do (e.g. overloaded mid-stream)."""
-    return message_start(req, ptoks, seq) + _event("error", {"type": "error", "error": {"type": kind,
+    return message_start(req, ptoks) + _event("error", {"type": "error", "error": {"type": kind,
                                                                                         "message": message}})
 
 

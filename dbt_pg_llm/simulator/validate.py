@@ -40,7 +40,7 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _range_error(name: str, value: Any, lo: float, hi: float, anthropic: bool, integer: bool = False) -> ApiError | None:
+def _range_error(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> ApiError | None:
     """OpenAI: "Invalid 'x': decimal above maximum value. ..."; Anthropic: "x: Input should be ..."."""
     kind = "integer" if integer else "decimal"
     if not (_integer(value) if integer else _number(value)):
@@ -131,7 +131,7 @@ def _check_openai(body: dict) -> ApiError | None:
               ("top_logprobs", 0, 20, True), ("max_tokens", 1, 10**7, True), ("max_completion_tokens", 1, 10**7, True)]
     for name, lo, hi, integer in checks:
         if body.get(name) is not None:
-            problem = _range_error(name, body[name], lo, hi, False, integer)
+            problem = _range_error(name, body[name], lo, hi, integer)
             if problem:
                 return problem
     stop = body.get("stop")
@@ -219,7 +219,7 @@ def _check_anthropic(body: dict) -> ApiError | None:
     for name, lo, hi, integer in (("max_tokens", 1, 10**7, True), ("temperature", 0, 1, False),
                                   ("top_p", 0, 1, False), ("top_k", 0, 10**6, True)):
         if body.get(name) is not None:
-            problem = _range_error(name, body[name], lo, hi, True, integer)
+            problem = _range_error(name, body[name], lo, hi, integer)
             if problem:
                 return problem
     tools = body.get("tools")

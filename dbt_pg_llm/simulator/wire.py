@@ -32,6 +32,7 @@ class Request:
     response_format: str | None  # the JSON format asked for, as canonical JSON text (OpenAI shape)
     n: int = 1
     tool_name: str | None = None  # Anthropic: the tool the model is made to call (tool_choice tool/any)
+    seq: int = 0  # the server's request number: ids of the answer (chatcmpl-…, msg_…, toolu_…)
 
 
 @dataclass(slots=True)
@@ -158,7 +159,7 @@ def openai_logprobs(req: Request, text: str) -> list[dict] | None:
     return A.logprobs_for(text, req.top_logprobs, req.model + "\x00" + req.user) if req.logprobs else None
 
 
-def openai_body(req: Request, reply: Reply, seq: int) -> dict:
+def openai_body(req: Request, reply: Reply) -> dict:
     refused = reply.finish == "refusal"
     message = {"role": "assistant", "content": None if refused else reply.text,
                "refusal": reply.text if refused else None, "annotations": []}
@@ -166,7 +167,7 @@ def openai_body(req: Request, reply: Reply, seq: int) -> dict:
     choice = {"message": message, "logprobs": {"content": lps, "refusal": None} if lps is not None else None,
               "finish_reason": "stop" if refused else reply.finish}
     return {
-        "id": f"chatcmpl-sim{seq:010x}",
+        "id": f"chatcmpl-sim{req.seq:010x}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": req.model,
@@ -197,21 +198,22 @@ def tool_input(reply: Reply) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def anthropic_content(req: Request, reply: Reply, seq: int) -> list[dict]:
+def anthropic_content(req: Request, reply: Reply) -> list[dict]:
     if reply.finish == "content_filter":
         return []
     if req.tool_name and reply.finish != "refusal":
-        return [{"type": "tool_use", "id": f"toolu_sim{seq:010x}", "name": req.tool_name, "input": tool_input(reply)}]
+        return [{"type": "tool_use", "id": f"toolu_sim{req.seq:010x}", "name": req.tool_name,
+                 "input": tool_input(reply)}]
     return [{"type": "text", "text": reply.text}]
 
 
-def anthropic_body(req: Request, reply: Reply, seq: int) -> dict:
+def anthropic_body(req: Request, reply: Reply) -> dict:
     return {
-        "id": f"msg_sim{seq:010x}",
+        "id": f"msg_sim{req.seq:010x}",
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": anthropic_content(req, reply, seq),
+        "content": anthropic_content(req, reply),
         "stop_reason": anthropic_stop_reason(req, reply),
         "stop_sequence": reply.stop_seq,
         "usage": anthropic_usage(reply.ptoks, reply.ctoks),

@@ -239,8 +239,8 @@ def test_refusal_is_billed_and_shaped_per_provider(client, strict_sim):
     choice = r.json()["choices"][0]
     assert choice["message"]["content"] is None and choice["message"]["refusal"]
     assert choice["finish_reason"] == "stop" and r.json()["usage"]["completion_tokens"] > 0
-    with client.stream("POST", "/chat/completions", json={
-            "model": "gpt-test", "stream": True, "messages": [{"role": "user", "content": "y [[fault:refusal]]"}]}) as s:
+    with client.stream("POST", "/chat/completions", json={"model": "gpt-test", "stream": True, "messages": [
+            {"role": "user", "content": "y [[fault:refusal]]"}]}) as s:
         chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["delta"].get("refusal") or "" for c in chunks) == choice["message"]["refusal"]
     assert all(not c["choices"][0]["delta"].get("content") for c in chunks)
@@ -302,7 +302,8 @@ def test_rate_limit_header_modes():
     assert DURATION.match(h["x-ratelimit-reset-requests"]) and h["x-ratelimit-remaining-requests"] == "0"
     assert h["x-ratelimit-limit-requests"] == "1" and "x-ratelimit-remaining-requests" in ok
     ok, h, body = limited("x-ratelimit", True)
-    reset = datetime.strptime(h["anthropic-ratelimit-requests-reset"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    reset = datetime.strptime(h["anthropic-ratelimit-requests-reset"], "%Y-%m-%dT%H:%M:%SZ")
+    reset = reset.replace(tzinfo=timezone.utc)
     assert 0 < reset.timestamp() - time.time() <= 62
     assert h["anthropic-ratelimit-requests-remaining"] == "0" and "retry-after" not in h
     assert body["error"]["type"] == "rate_limit_error" and "anthropic-ratelimit-requests-limit" in ok
