@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 from datetime import datetime, timezone
 
 import httpx
@@ -120,6 +121,19 @@ def test_reject_params_mimics_servers_without_them(client):
                        json={"model": "m", "messages": USER, "logprobs": True, "top_logprobs": 1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
         assert httpx.post(s.base_url + "/chat/completions", json={"model": "m", "messages": USER}).status_code == 200
+
+
+def test_knobs_change_live_over_http():
+    with SimulatorProcess() as proc:
+        shown = proc.configure(models=["live-model"], reject_params=["seed"], rate_limit_headers="none")
+        assert shown["models"] == ["live-model"] and shown["reject_params"] == ["seed"]
+        body = {"model": "live-model", "messages": USER}
+        assert httpx.post(proc.base_url + "/chat/completions", json=body).status_code == 200
+        assert httpx.post(proc.base_url + "/chat/completions", json=body | {"seed": 1}).status_code == 400
+        assert httpx.post(proc.base_url + "/chat/completions", json=body | {"model": "x"}).status_code == 404
+        with pytest.raises(urllib.error.HTTPError) as info:  # a bad value is refused, naming the knob
+            proc.configure(rate_limit_headers="sometimes")
+        assert info.value.code == 400 and b"rate_limit_headers" in info.value.read()
 
 
 def test_command_line_flags_for_models_params_and_headers():
@@ -307,6 +321,15 @@ def test_rate_limit_header_modes():
     assert 0 < reset.timestamp() - time.time() <= 62
     assert h["anthropic-ratelimit-requests-remaining"] == "0" and "retry-after" not in h
     assert body["error"]["type"] == "rate_limit_error" and "anthropic-ratelimit-requests-limit" in ok
+    with SimulatorServer(SimulatorConfig(tpm=40, rate_limit_headers="x-ratelimit")) as s:
+        statuses = []
+        for _ in range(3):
+            r = httpx.post(s.base_url + "/chat/completions", json={"model": "m", "messages": [
+                {"role": "user", "content": "a fairly long prompt " * 4}]})
+            statuses.append(r.status_code)
+        assert statuses[0] == 200 and statuses[-1] == 429
+        assert DURATION.match(r.headers["x-ratelimit-reset-tokens"]) and r.json()["error"]["type"] == "tokens"
+        assert r.headers["x-ratelimit-limit-tokens"] == "40"
     _, h, body = limited("none", False)
     assert not [k for k in h if "retry" in k.lower() or "ratelimit" in k.lower()]
     assert "Please try again in" in body["error"]["message"]  # the message still says it, as OpenAI's does
