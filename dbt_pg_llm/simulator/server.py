@@ -167,10 +167,12 @@ class Simulator:
         cfg = self.config
         reply = self._reply(req)
         if self.limiter.active:
-            wait, which = self.limiter.admit(reply.ptoks + reply.ctoks * req.n)
+            tokens = reply.ptoks + reply.ctoks * req.n
+            wait, which = self.limiter.admit(tokens)
             if wait > 0:
                 self.rate_limited += 1
-                return self._error(anth, rid, self._rate_limited(req, anth, wait, which))
+                requested = 1 if which == "requests" else tokens
+                return self._error(anth, rid, self._rate_limited(req, anth, wait, which, requested))
 
         fault = self.picker.pick(req.user)
         if fault is not None:
@@ -188,12 +190,12 @@ class Simulator:
             finally:
                 self.active -= 1
 
-    def _rate_limited(self, req: Request, anth: bool, wait: float, which: str) -> ApiError:
+    def _rate_limited(self, req: Request, anth: bool, wait: float, which: str, requested: int) -> ApiError:
         bucket = self.limiter.bucket(which)
         limit = int(bucket.capacity)
         unit = "RPM" if which == "requests" else "TPM"
         message = (f"Rate limit reached for {req.model} in organization org-simulator on {which} per min ({unit}): "
-                   f"Limit {limit}, Used {limit - max(0, int(bucket.level))}, Requested 1. "
+                   f"Limit {limit}, Used {limit - max(0, int(bucket.level))}, Requested {requested}. "
                    f"Please try again in {go_duration(wait)}. Visit https://platform.openai.com/account/rate-limits "
                    "to learn more.")
         anth_message = (f"This request would exceed the rate limit for your organization of {limit} {which} per "
