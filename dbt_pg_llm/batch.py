@@ -3,7 +3,9 @@
 ``batch_size > 1`` packs that many short prompts that share their parameters into one request
 (a numbered JSON array in, a JSON array out). A reply that does not parse to exactly that many valid
 items falls back to single calls for the rows whose item was missing or invalid, so packing can
-only save requests, never lose rows. The cost of a packed request is split evenly over its rows.
+only save requests, never lose rows. Paid is paid: the cost and tokens of a packed request (its
+failed attempts included) are split evenly over all its rows, also over the rows whose item was
+unusable, which then add the cost of their own single call; the rows' costs sum to what was paid.
 """
 from __future__ import annotations
 
@@ -38,6 +40,11 @@ class BatchOutput:
     failed_count: int = 0
     error: str | None = None  # first error, "kind: message", when any row failed
     packed_requests: int = 0  # requests that carried more than one row
+
+    @property
+    def cost_usd(self) -> float:
+        """Everything paid for this batch (packed requests, their retries, fallback single calls)."""
+        return sum(o.cost_usd for o in self.outputs)
 
 
 _SHAPES = {"text": "each answer a string", "labels": "each answer exactly one of the labels, as a string",
@@ -84,15 +91,18 @@ async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None =
         answer = await model.acall(request, context=context, operation="batch_packed")
         packed_requests += 1
         parsed = unpack_answer(answer.text, len(indexes), first.response_format) if answer.ok else [None] * len(indexes)
-        share = len(indexes)
-        for index, item in zip(indexes, parsed):
+        shares = _split(answer.tokens, len(indexes))
+        cost_share = answer.cost_usd / len(indexes)
+        for index, item, tokens in zip(indexes, parsed, shares):
             if item is not None:
                 outputs[index] = ModelOutput(
                     text=item[0], value=item[1], model=answer.model, latency_ms=answer.latency_ms,
-                    tokens=TokenUsage(answer.tokens.prompt // share, answer.tokens.completion // share),
-                    cost_usd=answer.cost_usd / share, truncated=answer.truncated, attempts=answer.attempts)
-        retry = [i for i in indexes if outputs[i] is None]
-        await _gather_or_loop([single(i) for i in retry], batch.parallel)
+                    tokens=tokens, cost_usd=cost_share, truncated=answer.truncated, attempts=answer.attempts)
+        retry = [(i, tokens) for i, tokens in zip(indexes, shares) if outputs[i] is None]
+        await _gather_or_loop([single(i) for i, _ in retry], batch.parallel)
+        for index, tokens in retry:  # the packed request was paid for these rows too
+            out = outputs[index]
+            outputs[index] = replace(out, tokens=out.tokens + tokens, cost_usd=out.cost_usd + cost_share)
 
     jobs = []
     if batch.batch_size > 1:
@@ -107,6 +117,13 @@ async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None =
     failed = [o for o in done if not o.ok]
     first_error = f"{failed[0].error_kind.value}: {failed[0].error_message}" if failed else None
     return BatchOutput(outputs=done, failed_count=len(failed), error=first_error, packed_requests=packed_requests)
+
+
+def _split(tokens: TokenUsage, parts: int) -> list[TokenUsage]:
+    """``tokens`` in ``parts`` shares that add up to it exactly (the first rows take the remainders)."""
+    p, pr = divmod(tokens.prompt, parts)
+    c, cr = divmod(tokens.completion, parts)
+    return [TokenUsage(p + (i < pr), c + (i < cr)) for i in range(parts)]
 
 
 async def _gather_or_loop(coros, parallel: bool) -> None:

@@ -15,8 +15,12 @@ from .retry import RetryPolicy
 
 __all__ = ["ModelConfig", "PROVIDERS", "check_keys"]
 
-PROVIDERS = ("openai", "anthropic")
+PROVIDERS = ("openai", "anthropic", "azure")
 _DEFAULT_URLS = {"anthropic": "https://api.anthropic.com/v1"}
+LOGPROBS_MODES = ("auto", "always", "never")
+STRUCTURED_MODES = {"openai": ("auto", "json_schema", "json_object", "prompt"),
+                    "azure": ("auto", "json_schema", "json_object", "prompt"),
+                    "anthropic": ("auto", "tool", "prompt")}
 
 
 def check_keys(data: dict, allowed: Iterable[str], path: str) -> None:
@@ -50,6 +54,10 @@ class ModelConfig:
     enabled: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fallbacks: tuple[str, ...] = ()
+    logprobs: str = "auto"  # auto: only when a confidence is wanted, dropped after a 400 naming it
+    structured_output: str = "auto"  # how JSON/labels are asked for; see providers/features.py
+    deployment: str | None = None  # azure: the deployment name (default: model_version)
+    api_version: str | None = None  # azure: the api-version query parameter, e.g. 2024-10-21
 
     def __post_init__(self):
         register_secret(self.api_key)
@@ -132,6 +140,9 @@ class ModelConfig:
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 out.append(f"{path}.api_url: {self.base_url!r} is not an http(s) URL; "
                            "give a base URL like http://localhost:11434/v1")
+            elif self.provider == "azure" and "/openai/deployments" in parsed.path:
+                out.append(f"{path}.api_url: give the resource URL only (e.g. https://<resource>.openai.azure.com); "
+                           "the deployment goes in 'deployment' and the provider builds the path")
             elif parsed.path.rstrip("/").endswith("/chat/completions") or parsed.path.rstrip("/").endswith("/messages"):
                 out.append(f"{path}.api_url: give the base URL without the endpoint path "
                            f"(e.g. {self.base_url.rsplit('/', 2)[0]}); the provider appends it")
@@ -143,6 +154,9 @@ class ModelConfig:
             out.append(f"{path}.max_tokens: {self.max_tokens!r} must be a positive integer, e.g. 256")
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
             out.append(f"{path}.temperature: {self.temperature!r} is out of range; use a number from 0 to 2")
+        elif self.provider == "anthropic" and self.temperature > 1:  # Anthropic answers 400 above 1
+            out.append(f"{path}.temperature: {self.temperature!r} is out of range for provider 'anthropic'; "
+                       "use a number from 0 to 1")
         if not isinstance(self.max_concurrency, int) or self.max_concurrency <= 0:
             out.append(f"{path}.max_concurrency: {self.max_concurrency!r} must be a positive integer, e.g. 16")
         for name in ("rpm", "tpm"):
@@ -159,8 +173,21 @@ class ModelConfig:
             out.append(f"{path}.retry: must be a mapping of retry settings")
         else:
             out.extend(self.retry.problems(f"{path}.retry"))
-        if self.provider == "anthropic" and self.stream:
-            pass  # streaming is accepted and read to the end by both providers
+        if self.logprobs not in LOGPROBS_MODES:
+            out.append(f"{path}.logprobs: {self.logprobs!r} is not a mode; use auto (ask only when a confidence "
+                       "is used, stop after the server rejects it), always or never")
+        modes = STRUCTURED_MODES.get(self.provider, STRUCTURED_MODES["openai"])
+        if self.structured_output not in modes:
+            out.append(f"{path}.structured_output: {self.structured_output!r} is not available for provider "
+                       f"{self.provider!r}; use one of {', '.join(modes)}")
+        if self.provider == "azure":
+            if not self.api_version:
+                out.append(f"{path}.api_version: missing; Azure OpenAI needs the api-version query parameter, "
+                           "e.g. api_version: '2024-10-21'")
+        else:
+            for name in ("deployment", "api_version"):
+                if getattr(self, name) is not None:
+                    out.append(f"{path}.{name}: only used by provider 'azure'; remove it or set provider: azure")
         return out
 
     def validate(self, path: str = "model") -> "ModelConfig":

@@ -9,13 +9,19 @@ Every failure the engine reports is one of these, so callers can catch at the le
     └── ModelError             a call did not produce a valid output; ``kind`` says why:
             TIMEOUT            the provider did not answer in ``timeout_ms`` (recoverable)
             RATE_LIMITED       HTTP 429 without quota exhaustion (recoverable; ``retry_after`` set
-                               from Retry-After / retry-after-ms when the server sent it)
+                               from Retry-After / retry-after-ms / x-ratelimit-reset-* / anthropic-
+                               ratelimit-*-reset / "try again in 3.2s" when the server said it); not
+                               recoverable when the server asks for longer than
+                               ``retry.max_retry_after_s``
             QUOTA              insufficient_quota / billing exhausted (not recoverable)
-            API                5xx, 529 overloaded, connection reset, malformed body (recoverable),
-                               401/403 auth errors (not recoverable)
+            API                5xx, 529 overloaded, connection refused/reset, malformed body
+                               (recoverable), 401/403 auth errors, 404 unknown model (not recoverable)
             INVALID_INPUT      HTTP 400 / the request itself is wrong (not recoverable)
             INVALID_OUTPUT     the answer violated its response format: label not in the list,
                                JSON not matching the schema, empty text, content filtered
+            REFUSED            the model declined to answer (OpenAI ``message.refusal``, Anthropic
+                               ``stop_reason: "refusal"``); the provider's text is the message, the
+                               tokens are paid; not recoverable (the same request gets the same no)
             INTERNAL           a bug or unexpected state inside the engine
 
 ``recoverable`` tells the retry layer (``RetryPolicy``) whether the same request may succeed later.
@@ -47,6 +53,7 @@ class ErrorKind(str, enum.Enum):
     RATE_LIMITED = "rate_limited"
     INVALID_INPUT = "invalid_input"
     INVALID_OUTPUT = "invalid_output"
+    REFUSED = "refused"
     INTERNAL = "internal"
 
     def __str__(self) -> str:  # so f"{kind}" gives "timeout", not "ErrorKind.TIMEOUT"
@@ -62,6 +69,7 @@ _RECOVERABLE_BY_DEFAULT = {
     ErrorKind.RATE_LIMITED: True,
     ErrorKind.INVALID_INPUT: False,
     ErrorKind.INVALID_OUTPUT: False,
+    ErrorKind.REFUSED: False,
     ErrorKind.INTERNAL: False,
 }
 

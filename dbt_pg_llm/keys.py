@@ -8,6 +8,10 @@ Canonical JSON = sorted keys, separators ``,`` and ``:``, UTF-8, no ASCII escapi
 (``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
 ``response_format`` is null for free text, ``{"type":"labels","labels":[...]}`` or
 ``{"type":"json","schema":{...}}``. Temperature is a float (0 -> 0.0), stop a list.
+A request that asks for a confidence (``ModelInput.want_confidence``, e.g. a cascade's member
+call) adds ``"confidence": true`` unless its format is labels (label answers always carry one):
+an answer cached without a confidence must not serve a call that decides on it. Other requests'
+keys are unchanged by this field.
 The API URL and API key are deliberately not part of the key: the same model behind another URL
 (a proxy, a new key) gives the same answers.
 
@@ -38,7 +42,7 @@ def _sha256_hex(text: str) -> str:
 
 
 def fingerprint(*, provider: str, model_version: str, system_message: str | None, temperature: float,
-                max_tokens: int, stop=(), response_format: dict | None = None) -> str:
+                max_tokens: int, stop=(), response_format: dict | None = None, confidence: bool = False) -> str:
     params = {
         "provider": provider,
         "model_version": model_version,
@@ -48,6 +52,8 @@ def fingerprint(*, provider: str, model_version: str, system_message: str | None
         "stop": list(stop or ()),
         "response_format": response_format,
     }
+    if confidence:
+        params["confidence"] = True
     return _sha256_hex(canonical_json(params))
 
 
@@ -61,6 +67,7 @@ def fingerprint_of(config: "ModelConfig", inp: "ModelInput") -> str:
         max_tokens=config.max_tokens if inp.max_tokens is None else inp.max_tokens,
         stop=inp.stop,
         response_format=inp.response_format.to_canonical(),
+        confidence=inp.want_confidence and inp.response_format.type != "labels",
     )
 
 

@@ -25,6 +25,8 @@ from .status import CircuitBreaker, ModelStatus
 if TYPE_CHECKING:
     import httpx
 
+    from .providers import RateLimitState
+
     from .batch import BatchInput, BatchOutput
 
 __all__ = ["Model", "ModelInput", "ModelOutput"]
@@ -48,7 +50,17 @@ class Model:
         self.config = config
         self.provider = provider_for(config, self.name, self._transport)
         self.pool = RequestPool(config.max_concurrency, rpm=config.rpm, tpm=config.tpm)
+        self.provider.rate_observer = self._observe_rate_limits
         self.status.set_enabled(config.enabled)
+
+    def _observe_rate_limits(self, state: "RateLimitState") -> None:
+        """The provider's remaining-budget headers: slow the pool down before it answers 429."""
+        self.pool.observe_budget(state.remaining_requests, self._holdable(state.exhausted_for_s))
+
+    def _holdable(self, seconds: float | None) -> float | None:
+        """A wait the pool may hold every request for: not one beyond retry.max_retry_after_s (a daily
+        budget spent for hours): then each request fails at once as rate_limited instead."""
+        return seconds if seconds is not None and seconds <= self.config.retry.max_retry_after_s else None
 
     # -- the attributes of the C struct, as read-only views of the config ---------------------
     version = property(lambda self: self.config.model_version)
@@ -114,7 +126,7 @@ class Model:
                     latency = paid["latency_ms"] = (time.perf_counter() - t0) * 1000
                     self.status.request_finished(latency, error)
                     if error.kind is ErrorKind.RATE_LIMITED:
-                        self.pool.record_rate_limited()
+                        self.pool.record_rate_limited(self._holdable(error.retry_after))
                     tokens, cost = self._charge(result, paid)
                     self._log(operation, input_hash, number, latency, tokens, cost, context, error=error)
                     raise
@@ -148,6 +160,9 @@ class Model:
         return tokens, cost
 
     def _to_output(self, result: ProviderResult, inp: ModelInput) -> ModelOutput:
+        if result.refusal:  # the provider's own words, kept for llm_errors; paid tokens are charged
+            raise ModelError(ErrorKind.REFUSED, f"the model refused: {result.refusal[:500]}",
+                             http_status=result.http_status, model=self.name)
         if result.finish_reason == "content_filter":
             raise ModelError(ErrorKind.INVALID_OUTPUT, "answer withheld by the provider's content filter",
                              http_status=result.http_status, model=self.name)

@@ -103,7 +103,12 @@ def _check_schema(value: Any, schema: dict | None) -> None:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """One request. ``temperature``/``max_tokens`` of None mean: use the model's configured value."""
+    """One request. ``temperature``/``max_tokens`` of None mean: use the model's configured value.
+
+    ``want_confidence``: the caller decides on ``ModelOutput.confidence`` (a cascade or vote
+    strategy), so the provider is asked for logprobs. Label answers always ask for them (their
+    confidence is stored with the label); other calls do not, as some servers reject the parameter.
+    """
 
     prompt: str
     system_message: str | None = None
@@ -112,6 +117,11 @@ class ModelInput:
     stop: tuple[str, ...] = ()
     stream: bool = False
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    want_confidence: bool = False
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.want_confidence or self.response_format.type == "labels"
 
     def with_defaults(self, temperature: float, max_tokens: int) -> "ModelInput":
         """Fill unset parameters from the model's config (done before the cache key is computed)."""

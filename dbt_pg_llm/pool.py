@@ -16,6 +16,12 @@ describe the old limit, and halving once per 429 would collapse the pool to 1; e
 ``recover_after`` successes ``record_success()`` raises ``limit`` by 1, back up to
 ``max_concurrency``.
 
+What the provider says about its own budgets is heeded before it refuses: ``observe_budget``
+(fed by Model from every answer's ``x-ratelimit-remaining-*`` / ``anthropic-ratelimit-*-remaining``
+headers) holds every new request until the reset time once a budget reaches 0, and lowers ``limit``
+to the requests that are left; ``record_rate_limited(retry_after)`` holds new requests for as long
+as a 429 asked, so the other requests in the queue do not each earn their own 429.
+
 Design: pure asyncio, one event loop. The uncontended path takes no lock, creates no future and
 never yields to the loop. Waiters queue in a deque of futures; only the head of the queue waits on
 the resources (sleeping for a bucket to refill, or for a release), so arrival order is kept and a
@@ -106,6 +112,7 @@ class RequestPool:
         self._last_decrease: float | None = None
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._wake: asyncio.Future | None = None  # the head waiter waits on it for a free slot
+        self._hold_until = 0.0  # no request starts before this clock time (a spent provider budget)
         self.rate_limited_count = 0
 
     # -- public ----------------------------------------------------------------------------------
@@ -123,13 +130,35 @@ class RequestPool:
         return self._limit
 
     @property
+    def held_s(self) -> float:
+        """Seconds before a new request may start because the provider said to wait (0: none)."""
+        return max(0.0, self._hold_until - self._clock()) if self._hold_until else 0.0
+
+    @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def record_rate_limited(self) -> None:
-        """The provider answered 429: halve the limit (floor 1), at most once per decrease_interval_s."""
+    def hold_for(self, seconds: float) -> None:
+        """Start no new request for ``seconds`` (a longer hold already in place is kept)."""
+        if seconds and seconds > 0:
+            self._hold_until = max(self._hold_until, self._clock() + float(seconds))
+
+    def observe_budget(self, remaining: int | None, exhausted_for_s: float | None) -> None:
+        """The provider reported ``remaining`` requests and, when a budget is spent, how long until it
+        refills: hold new requests that long, and keep no more in flight than the requests left."""
+        if exhausted_for_s:
+            self.hold_for(exhausted_for_s)
+        if remaining is not None and 0 < remaining < self._limit:
+            self._limit = remaining
+            self._successes = 0
+
+    def record_rate_limited(self, retry_after: float | None = None) -> None:
+        """The provider answered 429: halve the limit (floor 1), at most once per decrease_interval_s,
+        and hold new requests for ``retry_after`` seconds when the server said when to come back."""
         self.rate_limited_count += 1
         self._successes = 0
+        if retry_after:
+            self.hold_for(retry_after)
         now = self._clock()
         if self._last_decrease is not None and now - self._last_decrease < self.decrease_interval_s:
             return
@@ -148,13 +177,18 @@ class RequestPool:
 
     # -- internals -------------------------------------------------------------------------------
     def _rate_delay(self, tokens: int) -> float:
-        if self._rpm is None and self._tpm is None:
+        if self._rpm is None and self._tpm is None and not self._hold_until:
             return 0.0
         now = self._clock()
         delay = 0.0
+        if self._hold_until:
+            if self._hold_until > now:
+                delay = self._hold_until - now
+            else:
+                self._hold_until = 0.0
         if self._rpm is not None:
             self._rpm.refill(now)
-            delay = self._rpm.delay(1)
+            delay = max(delay, self._rpm.delay(1))
         if self._tpm is not None and tokens > 0:
             self._tpm.refill(now)
             delay = max(delay, self._tpm.delay(tokens))

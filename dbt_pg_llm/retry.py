@@ -2,8 +2,11 @@
 
 No SDK or transport retries run underneath (the HTTP transport is created with retries=0), so the
 numbers here are the whole story: ``max_retries`` extra attempts, exponential backoff with full
-jitter, a server's ``Retry-After`` / ``retry-after-ms`` honoured (never waiting less than it asked),
-and an overall deadline across all attempts.
+jitter, a server's ``Retry-After`` (or any other way it said when to come back, see
+providers/rate_limits.py) honoured in full up to ``max_retry_after_s`` even when it exceeds
+``max_delay_ms`` (never waiting less than it asked), and an overall deadline across all attempts.
+A server asking for more than ``max_retry_after_s`` fails the call at once (kind ``rate_limited``,
+the message says how long it asked): waiting minutes per key would stall the whole run.
 """
 from __future__ import annotations
 
@@ -31,8 +34,10 @@ class RetryPolicy:
     max_delay_ms: int = 30_000
     deadline_ms: int | None = 120_000  # across all attempts; None = no overall deadline
     retryable_errors: frozenset = field(default_factory=lambda: DEFAULT_RETRYABLE)
+    max_retry_after_s: float = 120.0  # the longest server-requested wait honoured
 
-    FIELDS = ("max_retries", "base_delay_ms", "backoff_factor", "max_delay_ms", "deadline_ms", "retryable_errors")
+    FIELDS = ("max_retries", "base_delay_ms", "backoff_factor", "max_delay_ms", "deadline_ms", "retryable_errors",
+              "max_retry_after_s")
 
     @classmethod
     def from_dict(cls, data: dict | "RetryPolicy" | None, path: str = "retry") -> "RetryPolicy":
@@ -64,19 +69,34 @@ class RetryPolicy:
             out.append(f"{path}.max_delay_ms: {self.max_delay_ms!r} must be >= 0 milliseconds")
         if self.deadline_ms is not None and (not isinstance(self.deadline_ms, (int, float)) or self.deadline_ms <= 0):
             out.append(f"{path}.deadline_ms: {self.deadline_ms!r} must be > 0 milliseconds, or null for none")
+        if isinstance(self.max_retry_after_s, bool) or not isinstance(self.max_retry_after_s, (int, float)) \
+                or self.max_retry_after_s < 0:
+            out.append(f"{path}.max_retry_after_s: {self.max_retry_after_s!r} must be >= 0 seconds (the longest "
+                       "Retry-After honoured; a server asking for more fails the row at once)")
         return out
 
     # -- behaviour -----------------------------------------------------------------------------
     def should_retry(self, error: BaseException) -> bool:
         return isinstance(error, ModelError) and error.recoverable and error.kind in self.retryable_errors
 
+    def too_long(self, error: ModelError) -> ModelError:
+        """``error`` itself, or, when the server asked to wait longer than ``max_retry_after_s``, an
+        unrecoverable error of the same kind saying so (the row fails now instead of stalling)."""
+        if error.retry_after is None or error.retry_after <= self.max_retry_after_s or not self.should_retry(error):
+            return error
+        return ModelError(error.kind, f"{error.message}; the server asked to wait {error.retry_after:.0f} s, more "
+                          f"than retry.max_retry_after_s={self.max_retry_after_s:g}: not waiting (raise "
+                          "max_retry_after_s to wait that long)", recoverable=False, http_status=error.http_status,
+                          retry_after=error.retry_after, model=error.model)
+
     def backoff_seconds(self, attempt: int, error: BaseException | None = None) -> float:
-        """Full-jitter exponential backoff for retry number ``attempt`` (1-based), at least Retry-After."""
+        """Full-jitter exponential backoff for retry number ``attempt`` (1-based), at least Retry-After
+        (which may exceed ``max_delay_ms``: the server knows when it will answer again)."""
         cap = min(self.max_delay_ms, self.base_delay_ms * self.backoff_factor ** (attempt - 1)) / 1000.0
         delay = random.uniform(0, cap)
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            delay = max(delay, min(float(retry_after), self.max_delay_ms / 1000.0))
+            delay = max(delay, min(float(retry_after), self.max_retry_after_s))
         return delay
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
@@ -119,14 +139,18 @@ class RetryPolicy:
         try:
             return await fn(), 1
         except ModelError as error:
+            error = self.too_long(error)
             if not self.should_retry(error) or self.max_retries == 0:
-                raise
+                raise error from None
             replay: list[ModelError] = [error]
 
         async def attempt() -> T:
             if replay:
                 raise replay.pop()
-            return await fn()
+            try:
+                return await fn()
+            except ModelError as error:
+                raise self.too_long(error) from None
 
         attempts = 0
         async for retry_attempt in self.async_retrying(on_retry):

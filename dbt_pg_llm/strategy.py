@@ -182,6 +182,8 @@ class InferenceStrategy:
                     context: dict | None = None) -> ModelOutput:
         if self.kind == "route":
             return await engine.acall(self.routes.get(task or task_of(inp), self.models[0]), inp, context=context)
+        # cascade and vote decide on each member's confidence: ask the members for it
+        inp = replace(inp, want_confidence=True)
         if self.kind == "cascade":
             return await self._cascade(engine, inp, context)
         return await self._vote(engine, inp, context)

@@ -7,19 +7,24 @@ retries: RetryPolicy (retry.py) is the only retry layer, and the transport is bu
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import time
+import logging
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
 from ..config import ModelConfig
 from ..errors import ErrorKind, ModelError, redact
 from ..model_io import ModelInput
+from .features import ModelFeatures
+from .rate_limits import RateLimitState, rate_limit_state, retry_after_seconds
 
-__all__ = ["ProviderResult", "Provider", "parse_retry_after", "make_client"]
+__all__ = ["ProviderResult", "Provider", "make_client", "classify_http_error",
+           "classify_transport_error"]
+
+logger = logging.getLogger("dbt_pg_llm")
 
 
 @dataclass
@@ -33,29 +38,9 @@ class ProviderResult:
     token_logprobs: list[float] | None = None
     first_token_logprob: float | None = None  # for label answers: the chosen label's probability
     http_status: int = 200
+    refusal: str | None = None  # the model declined: the provider's explanation
+    usage_reported: bool = True  # False: the server sent no usage, the token counts are 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` (preferred, precise) or ``Retry-After`` (seconds or HTTP-date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def make_client(config: ModelConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
@@ -80,20 +65,23 @@ def classify_http_error(status: int, body: bytes, headers: httpx.Headers, model:
                           http_status=status, model=model)
     if status == 429:
         return ModelError(ErrorKind.RATE_LIMITED, f"rate limited ({short})", http_status=status,
-                          retry_after=parse_retry_after(headers), model=model)
+                          retry_after=retry_after_seconds(headers, message), model=model)
     if status in (401, 403):
         return ModelError(ErrorKind.API, f"authentication failed ({short}); check the model's api_key",
                           recoverable=False, http_status=status, model=model)
     if status == 404:
         return ModelError(ErrorKind.API, f"not found ({short}); check api_url and model_version",
                           recoverable=False, http_status=status, model=model)
+    if status == 400 and "context_length" in (err_type or ""):
+        return ModelError(ErrorKind.INVALID_INPUT, f"prompt too long for the model ({short}); shorten the prompt "
+                          "or lower max_tokens", http_status=status, model=model)
     if status == 408:
         return ModelError(ErrorKind.TIMEOUT, f"request timeout ({short})", http_status=status, model=model)
     if status in (400, 413, 422):
         return ModelError(ErrorKind.INVALID_INPUT, f"request rejected ({short})", http_status=status, model=model)
     recoverable = status >= 500
     return ModelError(ErrorKind.API, f"server error ({short})" if recoverable else short,
-                      recoverable=recoverable, http_status=status, retry_after=parse_retry_after(headers),
+                      recoverable=recoverable, http_status=status, retry_after=retry_after_seconds(headers, message),
                       model=model)
 
 
@@ -101,7 +89,7 @@ def _error_message(body: bytes) -> tuple[str, str]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return body[:200].decode("utf-8", "replace").strip(), ""
+        return _plain_text(body), ""
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
         kind = " ".join(str(err.get(k) or "") for k in ("type", "code"))
@@ -111,22 +99,57 @@ def _error_message(body: bytes) -> tuple[str, str]:
     return "", ""
 
 
-def classify_transport_error(exc: Exception, model: str, timeout_ms: int) -> ModelError:
-    cause = exc.__cause__
-    cause_name = type(cause).__name__ if cause is not None else ""
-    # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout: look at the real cause.
-    disconnected = cause_name in ("ServerDisconnectedError", "ClientOSError", "ClientConnectionResetError",
-                                  "ClientPayloadError", "ContentLengthError", "TransferEncodingError")
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)) and not disconnected:
+def _plain_text(body: bytes) -> str:
+    """The first words of a non-JSON body (a gateway's HTML error page: its tags stripped)."""
+    text = body[:2000].decode("utf-8", "replace")
+    if "<" in text:
+        text = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", text)
+        text = re.sub(r"<[^>]+>", " ", text)
+    return " ".join(text.split())[:200]
+
+
+_CONNECT_FAILURES = ("ClientConnectorError", "ClientConnectorDNSError", "ClientConnectorCertificateError",
+                     "ClientConnectorSSLError", "ConnectionRefusedError", "gaierror")
+_DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectionResetError", "ClientPayloadError",
+                "ContentLengthError", "TransferEncodingError", "ConnectionResetError", "RemoteProtocolError")
+
+
+def _causes(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def classify_transport_error(exc: Exception, model: str, timeout_ms: int, url: str | None = None) -> ModelError:
+    """A request that got no HTTP answer. httpx-aiohttp maps every aiohttp connection error to
+    ConnectTimeout, so the cause chain decides: could not connect (refused, DNS, TLS) is reported at
+    once as such, a dropped connection as a connection error, and only a real wait as a timeout."""
+    chain = list(_causes(exc))
+    names = {type(e).__name__ for e in chain}
+    where = f" to {redact(url)}" if url else ""
+    if names & set(_CONNECT_FAILURES) or isinstance(exc, httpx.ConnectError):
+        detail = redact(str(chain[-1]) or type(chain[-1]).__name__)
+        return ModelError(ErrorKind.API, f"could not connect{where} ({detail[:200]}); check api_url and that the "
+                          "server is running", model=model)
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)) and not names & set(_DISCONNECTS):
         return ModelError(ErrorKind.TIMEOUT, f"no answer within timeout_ms={timeout_ms}", model=model)
-    detail = redact(str(exc) or cause_name or type(exc).__name__)
-    return ModelError(ErrorKind.API, f"connection error ({type(exc).__name__}: {detail[:200]})", model=model)
+    detail = redact(str(exc) or type(chain[-1]).__name__)
+    return ModelError(ErrorKind.API, f"connection error{where} ({type(exc).__name__}: {detail[:200]})", model=model)
 
 
 class Provider:
-    """Base: owns one httpx client per event loop (aiohttp sessions are bound to their loop)."""
+    """Base: owns one httpx client per event loop (aiohttp sessions are bound to their loop).
+
+    ``complete(inp)`` sends one request and returns its answer or raises ModelError. When the
+    server rejects an optional feature of it with a 400 (logprobs, a structured-output method; see
+    features.py), the request is re-sent once without that feature, inside this one attempt.
+    ``rate_observer`` (set by Model to its pool) sees the rate-limit headers of every answer.
+    """
 
     name = "base"
+    family = "openai"  # which structured-output methods apply: "openai" or "anthropic"
 
     def __init__(self, config: ModelConfig, model_name: str, transport: httpx.AsyncBaseTransport | None = None):
         self.config = config
@@ -134,6 +157,9 @@ class Provider:
         self._transport = transport
         self._clients: dict[int, httpx.AsyncClient] = {}
         self.url = self.endpoint_url(config.base_url or "")
+        self.features = ModelFeatures(config.logprobs, config.structured_output, self.family)
+        self.rate_observer: Callable[[RateLimitState], None] | None = None
+        self._usage_warned = False
 
     def endpoint_url(self, base_url: str) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -141,10 +167,11 @@ class Provider:
     def headers(self) -> dict[str, str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def build_body(self, inp: ModelInput) -> dict:  # pragma: no cover - abstract
+    def build_body(self, inp: ModelInput) -> tuple[dict, dict]:  # pragma: no cover - abstract
+        """(the request body, what it uses: {"logprobs": bool, "structured": method, "schema": StructuredSchema})."""
         raise NotImplementedError
 
-    def parse_body(self, data: dict, status: int) -> ProviderResult:  # pragma: no cover - abstract
+    def parse_body(self, data: dict, status: int, used: dict) -> ProviderResult:  # pragma: no cover
         raise NotImplementedError
 
     def client(self) -> httpx.AsyncClient:
@@ -155,26 +182,49 @@ class Provider:
         return client
 
     async def complete(self, inp: ModelInput) -> ProviderResult:
-        body = json.dumps(self.build_body(inp), ensure_ascii=False).encode("utf-8")
+        while True:  # at most once per droppable feature: each adaptation removes one for good
+            body, used = self.build_body(inp)
+            try:
+                return await self._exchange(body, used)
+            except ModelError as error:
+                dropped = self.features.adapt(error, used)
+                if dropped is None:
+                    raise
+                logger.warning("model '%s': the server rejected %s (%s); sending requests without it from now on "
+                               "(set %s in the model's config to choose)", self.model_name, dropped, error.message,
+                               "logprobs: never" if dropped == "logprobs" else "structured_output")
+
+    async def _exchange(self, body: dict, used: dict) -> ProviderResult:
+        content_bytes = json.dumps(body, ensure_ascii=False).encode("utf-8")
         try:
-            response = await self.client().post(self.url, content=body, headers=self.headers())
-        except httpx.HTTPError as exc:
-            raise classify_transport_error(exc, self.model_name, self.config.timeout_ms) from None
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise classify_transport_error(exc, self.model_name, self.config.timeout_ms) from None
+            response = await self.client().post(self.url, content=content_bytes, headers=self.headers())
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            raise classify_transport_error(exc, self.model_name, self.config.timeout_ms, self.url) from None
+        self._observe(response.headers)
         content = response.content
         if response.status_code >= 300:
             raise classify_http_error(response.status_code, content, response.headers, self.model_name)
         data = self.decode(content, response.headers.get("content-type", ""))
         if isinstance(data, dict) and data.get("error"):
-            message, _ = _error_message(content)
+            message, _ = _error_message(json.dumps(data).encode())
             raise ModelError(ErrorKind.API, f"error in a 200 answer: {message or 'unknown error'}",
                              http_status=response.status_code, model=self.model_name)
         try:
-            return self.parse_body(data, response.status_code)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            result = self.parse_body(data, response.status_code, used)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(ErrorKind.API, f"unexpected answer shape ({type(exc).__name__}: {exc})",
                              http_status=response.status_code, model=self.model_name) from None
+        if not result.usage_reported and not self._usage_warned:
+            self._usage_warned = True
+            logger.warning("model '%s': the server reports no token usage; its calls are recorded with 0 tokens "
+                           "and cost 0 (budgets and costs cannot count them)", self.model_name)
+        return result
+
+    def _observe(self, headers: httpx.Headers) -> None:
+        if self.rate_observer is not None:
+            state = rate_limit_state(headers)
+            if state is not None:
+                self.rate_observer(state)
 
     def decode(self, content: bytes, content_type: str) -> Any:
         try:

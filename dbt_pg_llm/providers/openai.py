@@ -1,18 +1,30 @@
-"""OpenAI-compatible chat completions: OpenAI, vLLM, Ollama, llama.cpp server, LiteLLM proxy, the simulator."""
+"""OpenAI-compatible chat completions: OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp server, LiteLLM, the simulator.
+
+Structured output (see features.py): ``json_schema`` with ``strict: true`` only when the schema
+meets OpenAI's strict rules (else ``strict: false``), ``json_object``, or ``prompt`` (the system
+message carries the schema; the answer is validated the same way). Labels are sent as an enum
+schema only when ``structured_output: json_schema`` is chosen explicitly; otherwise they are plain
+text with ``top_logprobs`` so that the first token's probability is the label's confidence.
+Local servers may omit ``logprobs`` and ``usage``: no confidence, and 0 tokens (logged once).
+"""
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
 from .base import Provider, ProviderResult
+from .features import strict_schema_ok
+from .structured import answer_text, structured_schema
 
-__all__ = ["OpenAIProvider"]
+__all__ = ["OpenAIProvider", "AzureOpenAIProvider"]
 
 
 class OpenAIProvider(Provider):
     name = "openai"
+    family = "openai"
 
     def endpoint_url(self, base_url: str) -> str:
         return base_url.rstrip("/") + "/chat/completions"
@@ -23,7 +35,7 @@ class OpenAIProvider(Provider):
             headers["authorization"] = f"Bearer {self.config.api_key}"
         return headers
 
-    def build_body(self, inp: ModelInput) -> dict:
+    def build_body(self, inp: ModelInput) -> tuple[dict, dict]:
         messages = []
         if inp.system_message:
             messages.append({"role": "system", "content": inp.system_message})
@@ -33,49 +45,102 @@ class OpenAIProvider(Provider):
             "messages": messages,
             "temperature": inp.temperature,
             "max_tokens": inp.max_tokens,
-            "logprobs": True,  # confidence = exp(mean token logprob); servers without it just omit them
         }
+        method = self.features.structured_method
+        structured = None
+        if method == "json_schema":  # labels as an enum only when chosen explicitly (see the module doc)
+            structured = structured_schema(inp.response_format, labels_as_enum=self.config.structured_output != "auto")
+        used: dict[str, Any] = {"schema": structured}
         if inp.stop:
             body["stop"] = list(inp.stop)
-        fmt = inp.response_format
-        if fmt.type == "json":
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "extract", "schema": fmt.json_schema},
-            }
-        elif fmt.type == "labels":
-            body["top_logprobs"] = 1
+        if structured is not None:
+            strict = strict_schema_ok(structured.schema)
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "answer", "schema": structured.schema, "strict": strict}}
+            used["structured"] = method
+        elif inp.response_format.type == "json" and method == "json_object":
+            body["response_format"] = {"type": "json_object"}
+            used["structured"] = method
+        if self.features.send_logprobs(inp.wants_logprobs):
+            body["logprobs"] = True  # confidence = exp(mean token logprob)
+            if inp.response_format.type == "labels":
+                body["top_logprobs"] = 1  # never without logprobs: servers reject that
+            used["logprobs"] = True
         if inp.stream or self.config.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        return body
+        return body, used
 
     def decode(self, content: bytes, content_type: str) -> Any:
         if "text/event-stream" in content_type or content.startswith(b"data:"):
             return _assemble_stream(content, self.model_name)
         return super().decode(content, content_type)
 
-    def parse_body(self, data: dict, status: int) -> ProviderResult:
+    def parse_body(self, data: dict, status: int, used: dict) -> ProviderResult:
         choice = data["choices"][0]
         message = choice.get("message") or {}
-        usage = data.get("usage") or {}
+        usage = data.get("usage")
         logprob_items = ((choice.get("logprobs") or {}).get("content")) or []
         token_logprobs = [float(item["logprob"]) for item in logprob_items if item.get("logprob") is not None]
+        structured = used.get("schema")
+        raw_text = message.get("content")
+        text = answer_text(structured, raw_text) if raw_text is not None else None
+        first = token_logprobs[0] if token_logprobs else None
+        if structured is not None and structured.is_label and raw_text:
+            first = _value_logprob(logprob_items, raw_text, text)
         return ProviderResult(
-            text=message.get("content"),
+            text=text,
             finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=int((usage or {}).get("prompt_tokens") or 0),
+            completion_tokens=int((usage or {}).get("completion_tokens") or 0),
             token_logprobs=token_logprobs or None,
-            first_token_logprob=token_logprobs[0] if token_logprobs else None,
+            first_token_logprob=first,
             http_status=status,
+            refusal=message.get("refusal") or None,
+            usage_reported=bool(usage),
             raw=data,
         )
+
+
+class AzureOpenAIProvider(OpenAIProvider):
+    """Azure OpenAI: ``{api_url}/openai/deployments/{deployment}/chat/completions?api-version=...``
+    with an ``api-key`` header; the body is OpenAI's."""
+
+    name = "azure"
+
+    def endpoint_url(self, base_url: str) -> str:
+        deployment = quote(self.config.deployment or self.config.model_version or "", safe="")
+        version = quote(self.config.api_version or "", safe="")
+        return f"{base_url.rstrip('/')}/openai/deployments/{deployment}/chat/completions?api-version={version}"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        if self.config.api_key:
+            headers["api-key"] = self.config.api_key
+        return headers
+
+
+def _value_logprob(items: list[dict], raw: str, label: str | None) -> float | None:
+    """The logprob of the first token of the label inside ``{"label":"<label>"}``: the first token
+    of the JSON is always ``{`` and says nothing about the choice."""
+    if not items or not label:
+        return None
+    start = raw.find(json.dumps(label, ensure_ascii=False))
+    if start < 0:
+        return None
+    start += 1  # past the opening quote
+    pos = 0
+    for item in items:
+        pos += len(item.get("token") or "")
+        if pos > start and item.get("logprob") is not None:
+            return float(item["logprob"])
+    return None
 
 
 def _assemble_stream(content: bytes, model_name: str) -> dict:
     """Read a server-sent-event stream to the end and rebuild one chat.completion object."""
     parts: list[str] = []
+    refusal: list[str] = []
     logprobs: list[dict] = []
     finish_reason = None
     usage: dict = {}
@@ -96,10 +161,13 @@ def _assemble_stream(content: bytes, model_name: str) -> dict:
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 parts.append(delta["content"])
+            if delta.get("refusal"):
+                refusal.append(delta["refusal"])
             logprobs.extend(((choice.get("logprobs") or {}).get("content")) or [])
             finish_reason = choice.get("finish_reason") or finish_reason
+    message = {"content": "".join(parts) if parts or not refusal else None, "refusal": "".join(refusal) or None}
     return {
-        "choices": [{"message": {"content": "".join(parts)}, "finish_reason": finish_reason,
+        "choices": [{"message": message, "finish_reason": finish_reason,
                      "logprobs": {"content": logprobs} if logprobs else None}],
-        "usage": usage,
+        "usage": usage or None,
     }

@@ -166,6 +166,14 @@ def test_anthropic_provider_and_streaming(keyed_sim):
     assert a.ok and a.text == b.text and a.tokens == b.tokens
 
 
+def test_anthropic_stream_against_the_simulator(keyed_sim):
+    config = {"provider": "anthropic", "api_url": keyed_sim.base_url, "model_version": "sim-claude", "api_key": KEY,
+              "max_tokens": 64}
+    streaming, plain = Model("claude-stream", {**config, "stream": True}), Model("claude-plain", config)
+    a, b = streaming.call(ModelInput("Summarize: sturdy and quiet")), plain.call(ModelInput("Summarize: sturdy and quiet"))
+    assert a.ok and a.text == b.text and a.tokens == b.tokens and a.tokens.completion > 0
+
+
 def test_simulated_sentiment_follows_obvious_words(simulator):
     engine = Engine()
     engine.register(Model("s", {"api_url": simulator.base_url, "model_version": "sim-1"}))

@@ -18,3 +18,16 @@ def test_readme_profile_example_parses():
     assert settings.model_for_default == "gpt"
     assert set(settings.strategies) == {"smart", "panel", "by_task"}
     assert settings.models["gpt"].fallbacks == ("claude",)
+
+
+def test_readme_providers_examples_are_valid_model_configs():
+    from dbt_pg_llm import ModelConfig
+
+    section = README.read_text(encoding="utf-8").split("## Providers\n", 1)[1].split("\n## ", 1)[0]
+    block = re.sub(r"\"\{\{.*?\}\}\"", '"from-env"', section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    models = yaml.safe_load(block)["models"]
+    configs = {name: ModelConfig.from_dict(raw, f"models.{name}") for name, raw in models.items()}
+    assert configs["azure_gpt"].provider == "azure" and configs["claude"].provider == "anthropic"
+    table = section.split("```yaml", 1)[0]
+    for name in models:  # every example is named in the table
+        assert f"`{name}`" in table

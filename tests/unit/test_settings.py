@@ -22,7 +22,7 @@ def test_every_problem_named_with_its_key_path():
             "cache_ttl_days": -1,
             "modles": {},
             "alerts": {"max_error_rate": -0.5, "max_latency": 3},
-            "models": {"a": {**GOOD, "temperature": 9, "fallbacks": ["nope"]}, "b": {"provider": "azure"}},
+            "models": {"a": {**GOOD, "temperature": 9, "fallbacks": ["nope"]}, "b": {"provider": "azur"}},
         })
     problems = info.value.problems
     expected = ["llm.modles: unknown key; did you mean 'models'?", "llm.models.a.temperature:",
