@@ -7,7 +7,9 @@ Everything is derived from sha256(system message + NUL + last user message):
   (in list order) that occurs as a word in the user text, case-insensitively, else one chosen by hash.
 * JSON: an OpenAI ``response_format`` of type ``json_schema``, or the system phrase
   ``Reply with JSON only, matching this JSON schema: `` followed by the schema JSON. The answer is
-  compact JSON valid for the schema. ``response_format: {"type": "json_object"}`` gives a small object.
+  compact JSON valid for the schema; a string enum is picked like a label (so labels asked as an enum
+  schema or a forced tool match the plain labels prompt). ``response_format: {"type": "json_object"}``
+  gives a small object.
 * TEXT: otherwise ``Summary: `` followed by words of the prompt, 5-20 words in all.
 
 Token counting: prompt_tokens = sum over messages of ceil(len(content)/4) + 3; completion_tokens =
@@ -155,10 +157,11 @@ class _Gen:
 
     MAX_DEPTH = 12
 
-    def __init__(self, root: Any, digest: bytes, words: list[str]):
+    def __init__(self, root: Any, digest: bytes, user: str):
         self.root = root
         self.digest = digest
-        self.words = words
+        self.user = user
+        self.words = _words(user)
 
     def h(self, path: str) -> int:
         return int.from_bytes(hashlib.sha256(self.digest + path.encode()).digest()[:8], "big")
@@ -194,8 +197,11 @@ class _Gen:
             schema = self.merge(schema)
         if "const" in schema:
             return schema["const"]
-        if isinstance(schema.get("enum"), list) and schema["enum"]:
-            return schema["enum"][self.h(path + "#enum") % len(schema["enum"])]
+        options = schema.get("enum")
+        if isinstance(options, list) and options:
+            if all(isinstance(o, str) for o in options):  # read the text, as a model picks a label
+                return _pick_label(options, self.user, self.digest)
+            return options[self.h(path + "#enum") % len(options)]
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -358,7 +364,7 @@ class _Gen:
 
 def generate_json(schema: Any, user: str, system: str = "") -> Any:
     """A value valid for ``schema``, derived from the prompt (deterministic)."""
-    return _Gen(schema, _digest(system, user), _words(user)).value(schema)
+    return _Gen(schema, _digest(system, user), user).value(schema)
 
 
 def _dumps(value: Any) -> str:
@@ -383,11 +389,11 @@ def compute_answer(system: str, user: str, response_format: str | None = None) -
     if rf_type == "json_schema":
         spec = rf.get("json_schema") or {}
         schema = spec.get("schema", {"type": "object"}) if isinstance(spec, dict) else {"type": "object"}
-        return "json", _dumps(_Gen(schema, digest, _words(user)).value(schema))
+        return "json", _dumps(_Gen(schema, digest, user).value(schema))
     if system:
         schema = _schema_from_system(system)
         if schema is not None:
-            return "json", _dumps(_Gen(schema, digest, _words(user)).value(schema))
+            return "json", _dumps(_Gen(schema, digest, user).value(schema))
         labels = _labels_from(system)
         if labels:
             return "labels", _pick_label(labels, user, digest)

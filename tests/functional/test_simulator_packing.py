@@ -25,9 +25,9 @@ FORMATS = {
 }
 
 
-def batch_call(sim, batch: BatchInput):
+def batch_call(sim, batch: BatchInput, **config):
     model = Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 64, "timeout_ms": 5000,
-                          "retry": {"max_retries": 0}})
+                          "retry": {"max_retries": 0}, **config})
     try:
         return model.batch_call(batch)
     finally:
@@ -60,3 +60,16 @@ def test_packed_prompt_protocol_round_trip():
     # not a packed prompt, or a garbled one: answered as an ordinary prompt
     assert packed_inputs("Answer each of the 2 numbered inputs below independently.\n\n[1]") is None
     assert answer(system, "hello")[0] == "json"
+
+
+@pytest.mark.parametrize("provider,method", [("openai", "json_schema"), ("anthropic", "tool")])
+def test_labels_as_an_enum_schema_match_the_labels_prompt(simulator, provider, method):
+    """A model reads the text whichever way the labels are asked for: an enum in a json_schema or a
+    forced tool picks the same label as the plain prompt (so switching methods changes no label)."""
+    system, fmt = FORMATS["labels"]
+    inputs = [ModelInput(r, system_message=system, response_format=fmt) for r in REVIEWS]
+    plain = batch_call(simulator, BatchInput(inputs))
+    enum = batch_call(simulator, BatchInput(inputs), provider=provider, structured_output=method)
+    assert enum.failed_count == 0
+    assert [o.value for o in enum.outputs] == [o.value for o in plain.outputs]
+    assert {"positive", "negative"} <= {o.value for o in plain.outputs}
