@@ -22,17 +22,14 @@ ANTH = {"anthropic-version": "2023-06-01"}
 USER = [{"role": "user", "content": "hello there"}]
 
 
-@pytest.fixture(scope="module")
-def strict_sim():
-    config = SimulatorConfig(models=("gpt-test", "claude-test"), reject_params=("logit_bias",),
-                             cost_per_1k_input=1.0, cost_per_1k_output=2.0)
-    with SimulatorServer(config) as server:
-        yield server
+@pytest.fixture
+def strict_sim(simulator_factory):
+    return simulator_factory(SimulatorConfig(models=("gpt-test", "claude-test"), reject_params=("logit_bias",),
+                                             cost_per_1k_input=1.0, cost_per_1k_output=2.0))
 
 
 @pytest.fixture
 def client(strict_sim):
-    strict_sim.reset()
     with httpx.Client(base_url=strict_sim.base_url, timeout=5) as c:
         yield c
 
