@@ -6,14 +6,49 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import ErrorKind, ModelError
+from .errors import ConfigError, ErrorKind, ModelError
 
-__all__ = ["ResponseFormat", "ModelInput", "TokenUsage", "ModelOutput"]
+__all__ = ["ResponseFormat", "ModelInput", "TokenUsage", "ModelOutput", "label_problems"]
+
+FORMAT_TYPES = ("text", "labels", "json")
+
+
+def label_problems(labels: Any, path: str = "labels") -> list[str]:
+    """What is wrong with a list of classify labels (empty when usable), each naming ``path`` and the fix.
+
+    Labels are distinct, non-empty text without NUL and without surrounding blanks (an answer is
+    compared after stripping blanks, so such a label could never be answered). Nothing is coerced:
+    ``['a', 3]`` is an error, not ``'3'`` (YAML turns ``yes`` / ``1`` into a boolean / number)."""
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)) or not labels:
+        return [f"{path}: a non-empty list of labels is needed, e.g. labels: [positive, negative, neutral]"]
+    problems = []
+    seen: set[str] = set()
+    for i, label in enumerate(labels):
+        where = f"{path}[{i}]"
+        if not isinstance(label, str):
+            problems.append(f"{where}: {label!r} is {type(label).__name__}, not text; quote it, e.g. '{label}'")
+        elif not label.strip():
+            problems.append(f"{where}: a label must be non-empty text")
+        elif "\x00" in label:
+            problems.append(f"{where}: {label!r} contains a NUL character, which Postgres text cannot store; "
+                            "remove it")
+        elif label != label.strip():
+            problems.append(f"{where}: {label!r} has leading or trailing blanks, so no answer could match it; "
+                            f"use {label.strip()!r}")
+        elif label in seen:
+            problems.append(f"{where}: {label!r} appears twice; labels must be distinct, remove the duplicate")
+        else:
+            seen.add(label)
+    return problems
 
 
 @dataclass(frozen=True)
 class ResponseFormat:
     """Free text (default), one label of a list, or JSON valid for a JSON schema.
+
+    Checked when built (ConfigError, a ValueError, naming the problem and the fix): labels per
+    ``label_problems``; a JSON schema per ``json_schema.schema_problems`` (valid for its dialect,
+    ``$ref`` only inside the schema: nothing is ever fetched). So a bad format fails before any request.
 
     ``validate(text)`` turns a raw answer into the value or raises ModelError(INVALID_OUTPUT): an
     output that violates its format is an error, never a value.
@@ -23,16 +58,31 @@ class ResponseFormat:
     labels: tuple[str, ...] = ()
     json_schema: dict | None = None
 
+    def __post_init__(self):
+        if self.type not in FORMAT_TYPES:
+            raise ConfigError([f"type: {self.type!r} is not a response format; use one of {', '.join(FORMAT_TYPES)}"],
+                              context="response format")
+        if self.type == "labels":
+            problems = label_problems(self.labels)
+            if problems:
+                raise ConfigError(problems, context="response format")
+            object.__setattr__(self, "labels", tuple(self.labels))
+        if self.type == "json" and self.json_schema is not None:
+            from .json_schema import schema_problems
+
+            problems = schema_problems(self.json_schema, "json_schema")
+            if problems:
+                raise ConfigError(problems, context="response format")
+
     @classmethod
     def text(cls) -> "ResponseFormat":
         return cls("text")
 
     @classmethod
     def one_of(cls, labels) -> "ResponseFormat":
-        labels = tuple(str(x) for x in labels)
-        if not labels:
-            raise ValueError("labels: give at least one label")
-        return cls("labels", labels=labels)
+        """One label of ``labels``, an iterable of distinct non-empty text (else a ConfigError)."""
+        iterable = hasattr(labels, "__iter__") and not isinstance(labels, (str, bytes, dict))
+        return cls("labels", labels=tuple(labels) if iterable else labels)
 
     @classmethod
     def json(cls, schema: dict | None = None) -> "ResponseFormat":
@@ -53,21 +103,36 @@ class ResponseFormat:
         if self.type == "text":
             return text, text
         if self.type == "labels":
-            clean = text.strip().strip("\"'`.").strip()
-            for label in self.labels:
-                if clean == label:
-                    return label, label
-            folded = {label.casefold(): label for label in self.labels}
-            if clean.casefold() in folded:
-                label = folded[clean.casefold()]
-                return label, label
-            raise ModelError(
-                ErrorKind.INVALID_OUTPUT,
-                f"answer {clean[:80]!r} is not one of the labels {list(self.labels)}",
-            )
+            label = self._label_of(text)
+            return label, label
         value = _parse_json_answer(text)
         _check_schema(value, self.json_schema)
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")), value
+
+    def _label_of(self, text: str) -> str:
+        """The label an answer names: exactly, as a JSON string, or without quotes / a final period;
+        ignoring case only when that matches a single label."""
+        raw = text.strip()
+        candidates = [raw]
+        if raw.startswith('"'):
+            try:
+                decoded = json.loads(raw)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, str):
+                candidates.append(decoded.strip())
+        candidates.append(raw.strip("\"'`.").strip())
+        for candidate in candidates:
+            if candidate in self.labels:
+                return candidate
+        for candidate in candidates:
+            folded = [label for label in self.labels if label.casefold() == candidate.casefold()]
+            if len(folded) == 1:
+                return folded[0]
+        raise ModelError(
+            ErrorKind.INVALID_OUTPUT,
+            f"answer {candidates[-1][:80]!r} is not one of the labels {list(self.labels)}",
+        )
 
 
 def _parse_json_answer(text: str) -> Any:
@@ -82,19 +147,14 @@ def _parse_json_answer(text: str) -> Any:
         raise ModelError(ErrorKind.INVALID_OUTPUT, f"answer is not valid JSON: {exc.msg}") from None
 
 
-_validators: dict[str, Any] = {}
-
-
 def _check_schema(value: Any, schema: dict | None) -> None:
     if not schema:
         return
     import jsonschema  # imported lazily: only JSON-format calls pay for it
 
-    key = json.dumps(schema, sort_keys=True)
-    validator = _validators.get(key)
-    if validator is None:
-        cls = jsonschema.validators.validator_for(schema)
-        validator = _validators[key] = cls(schema)
+    from .json_schema import local_validator
+
+    validator = local_validator(schema)  # checked, built once per schema; never fetches a $ref
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"

@@ -39,9 +39,12 @@ class LlmSettings:
     on_error: Any = "null"
     alerts: AlertThresholds = field(default_factory=AlertThresholds)  # when to write llm_alerts rows
     strategies: dict[str, InferenceStrategy] = field(default_factory=dict)  # from models: entries with strategy:
+    # A run's claims on keys it is requesting are taken over by another run when their heartbeat
+    # (refreshed every claim_timeout_s / 4 while the run works) is older than this.
+    claim_timeout_s: float = 120.0
 
     FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
-              "max_cost_usd_per_run", "journal_dir", "on_error", "alerts")
+              "max_cost_usd_per_run", "journal_dir", "on_error", "alerts", "claim_timeout_s")
 
     @classmethod
     def from_dict(cls, data: dict | None, path: str = "llm") -> "LlmSettings":
@@ -103,6 +106,11 @@ class LlmSettings:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 out.append(f"{path}.{key}: {value!r} must be a positive number, or omitted")
+        timeout = self.claim_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 86400:
+            out.append(f"{path}.claim_timeout_s: {timeout!r} must be a number of seconds from 1 to 86400 "
+                       "(default 120): how long another run waits for a run that stopped making progress "
+                       "before taking over its keys")
         for name, config in self.models.items():
             for backup in config.fallbacks:
                 if backup in strategies:  # a strategy may call this very model: a cycle

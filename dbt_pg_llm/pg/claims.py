@@ -1,26 +1,103 @@
 """Claims: how concurrent runs share the work so that no key is ever paid twice.
 
 Before requesting a key, a fill inserts it into ``<audit>.llm_claims`` (``ON CONFLICT DO
-NOTHING``); keys claimed by another run are set aside in ``waiting``. Claims are released once
-the key's answer (or dead letter) is committed, refreshed by a heartbeat while a fill works, and
-taken over when their claimer died (its backend session is gone) or went stale. Keys set aside
-are waited for by polling ``llm_results``; those answered meanwhile are logged as cache hits.
+NOTHING``) with who it is (run id, node, OS pid and host); keys claimed by another run are set
+aside in ``waiting``. Claims are released once the key's answer (or dead letter) is committed.
+
+While a fill runs, its ``ClaimHeartbeat`` (a daemon thread on its own connection) sets
+``heartbeat_at = now()`` on its claims every ``claim_timeout_s / 4`` seconds, however long a
+request takes. Claims are taken over when their claiming session is gone, or when their heartbeat
+is older than ``claim_timeout_s`` (``llm.claim_timeout_s``, default 120): a frozen process
+(SIGSTOP, a paused VM) keeps its session open but beats no more. Keys set aside are waited for by
+polling ``llm_results`` (those answered meanwhile are logged as cache hits); the progress then
+names who holds them (``waiting_on``: run, node, pid / host / application_name, since when, how
+many keys, the age of their last heartbeat).
 
 ``_Claims`` is a mixin of the fill (``fill._Fill``): it uses the fill's ``reader`` connection
 (which holds the claims) and ``writer`` connection, ``q``/``schema``, ``token``, ``run_ctx``,
-``spec``, ``report``, ``waiting``, the timing settings, and its ``_flush``, ``_request``,
-``_fail_keys`` and ``_emit_progress``.
+``spec``, ``report``, ``waiting``, ``heartbeat``, the timing settings, and its ``_flush``,
+``_request``, ``_fail_keys``, ``_progress_due`` and ``_emit_progress``.
 """
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
 import time
 from datetime import datetime, timezone
+from typing import Any, Callable
 
-from ..errors import ErrorKind
+from ..errors import ErrorKind, redact
 from .join import _fresh
 from .migrations import ensure_call_partitions
 
-HEARTBEAT_EVERY_S = 30.0
+__all__ = ["ClaimHeartbeat", "heartbeat_every"]
+
+log = logging.getLogger("dbt_pg_llm")
+
+_PID = os.getpid()
+_HOST = socket.gethostname()
+_MAX_CLAIMERS_SHOWN = 3
+
+
+def heartbeat_every(claim_timeout_s: float) -> float:
+    """Seconds between two heartbeats: four beats per timeout (at most 30 s apart)."""
+    return max(0.1, min(30.0, claim_timeout_s / 4))
+
+
+class ClaimHeartbeat:
+    """Keeps one fill's claims alive while the fill runs (see the module docstring).
+
+    Beats on its own autocommit connection, opened on the first beat (a short fill opens none)
+    and reopened after an error; a failed beat is only logged: the next one may succeed, and the
+    worst case is that another run takes the claims over."""
+
+    def __init__(self, connect: Callable[[], Any], q: str, token: str, every_s: float):
+        self.connect = connect
+        self.q = q
+        self.token = token
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"llm-claims-{self.token[:8]}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.beat()
+            except Exception as exc:  # never let a heartbeat kill anything; try again next time
+                log.debug("claim heartbeat failed: %s", redact(str(exc)).strip())
+                self._close()
+
+    def beat(self) -> int:
+        """Refresh our claims' heartbeat now; return how many claims we hold."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.connect()
+            self._conn.autocommit = True
+        with self._conn.cursor() as cur:
+            cur.execute(f"update {self.q}.llm_claims set heartbeat_at = now() where claim_token = %s",
+                        (self.token,))
+            return cur.rowcount
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except Exception:
+                pass
 
 
 class _Claims:
@@ -30,9 +107,11 @@ class _Claims:
     def _insert_claims(self, cur, keys: list[str]) -> set[str]:
         """Claim those of ``keys`` nobody holds a claim on; return them (now ours)."""
         cur.execute(f"""
-            insert into {self.q}.llm_claims (key, run_id, claimed_at, claim_token, backend_pid)
-            select k, %s, now(), %s, pg_backend_pid() from unnest(%s::text[]) k
-            on conflict (key) do nothing returning key""", (self.run_ctx.run_id, self.token, keys))
+            insert into {self.q}.llm_claims (key, run_id, claimed_at, heartbeat_at, claim_token, backend_pid,
+                                             node_id, client_pid, client_host)
+            select k, %s, now(), now(), %s, pg_backend_pid(), %s, %s, %s from unnest(%s::text[]) k
+            on conflict (key) do nothing returning key""",
+                    (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, keys))
         return {row[0] for row in cur.fetchall()}
 
     def _claim(self, keys: list[str]) -> list[str]:
@@ -42,17 +121,21 @@ class _Claims:
         return self._drop_answered([k for k in keys if k in mine])
 
     def _take_over(self, keys: list[str]) -> list[str]:
-        """Claim keys whose claim vanished, went stale, or whose claiming session is gone."""
+        """Claim keys whose claim vanished, whose claimer's heartbeat is older than claim_timeout_s,
+        or whose claiming session is gone. (greatest(): a claimer from before migration 6 refreshed
+        claimed_at instead.)"""
         with self.reader.cursor() as cur:
             mine = self._insert_claims(cur, keys)
             cur.execute(f"""
                 update {self.q}.llm_claims c
-                set run_id = %s, claim_token = %s, claimed_at = now(), backend_pid = pg_backend_pid()
+                set run_id = %s, claim_token = %s, claimed_at = now(), heartbeat_at = now(),
+                    backend_pid = pg_backend_pid(), node_id = %s, client_pid = %s, client_host = %s
                 where c.key = any(%s::text[]) and c.claim_token is distinct from %s
-                  and (c.claimed_at < now() - make_interval(secs => %s)
+                  and (greatest(c.heartbeat_at, c.claimed_at) < now() - make_interval(secs => %s)
                        or not exists (select 1 from pg_stat_activity a where a.pid = c.backend_pid))
                 returning c.key""",
-                        (self.run_ctx.run_id, self.token, keys, self.token, float(self.claim_stale_s)))
+                        (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, keys, self.token,
+                         float(self.claim_timeout_s)))
             mine.update(row[0] for row in cur.fetchall())
         return self._drop_answered([k for k in keys if k in mine])
 
@@ -77,15 +160,8 @@ class _Claims:
             cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s and key = any(%s::text[])",
                         (self.token, keys))
 
-    def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if now - self.last_heartbeat < HEARTBEAT_EVERY_S:
-            return
-        self.last_heartbeat = now
-        with self.reader.cursor() as cur:
-            cur.execute(f"update {self.q}.llm_claims set claimed_at = now() where claim_token = %s", (self.token,))
-
     def _release_all(self) -> None:
+        self.heartbeat.stop()
         for conn in (self.reader, self.writer):
             if conn is None or conn.closed:
                 continue
@@ -104,8 +180,17 @@ class _Claims:
 
     # -- keys claimed by other runs ---------------------------------------------------------------
     def _wait_for_others(self) -> None:
+        try:
+            self._wait_loop()
+        finally:
+            self.report.waiting_keys = len(self.waiting)
+            if not self.waiting:
+                self.report.waiting_on = []
+
+    def _wait_loop(self) -> None:
         deadline = time.monotonic() + self.wait_timeout_s
         delay = self.poll_s
+        announced = False  # the first waiting line goes out at once, later ones every few seconds
         while self.waiting:
             if self.report.stopped == "error":
                 return  # failing anyway: don't wait
@@ -124,6 +209,7 @@ class _Claims:
             mine = self._take_over(list(self.waiting))
             if mine:
                 prompts = {k: self.waiting.pop(k) for k in mine}
+                self.report.waiting_keys, self.report.waiting_on = len(self.waiting), []  # ours now
                 if self.report.stopped == "max_cost":
                     self._release(mine)
                     self._fail_keys(mine, ErrorKind.QUOTA, "max_cost_usd_per_run reached")
@@ -137,10 +223,31 @@ class _Claims:
                                 "claimed this key to answer it")
                 self.waiting.clear()
                 return
-            self._heartbeat()
-            self._emit_progress()
+            self.report.waiting_keys = len(self.waiting)
+            if not announced or self._progress_due():
+                self.report.waiting_on = self._claimers(list(self.waiting))
+            self._emit_progress(force=not announced)
+            announced = True
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
+
+    def _claimers(self, keys: list[str]) -> list[dict]:
+        """Who holds the claims on ``keys`` (the biggest holders first): what a waiting run shows."""
+        with self.reader.cursor() as cur:
+            cur.execute(f"""
+                select c.run_id, c.node_id, c.client_pid, c.client_host, a.application_name, min(c.claimed_at),
+                       extract(epoch from now() - min(c.claimed_at)),
+                       extract(epoch from now() - max(greatest(c.heartbeat_at, c.claimed_at))), count(*)
+                from {self.q}.llm_claims c left join pg_stat_activity a on a.pid = c.backend_pid
+                where c.key = any(%s::text[]) and c.claim_token is distinct from %s
+                group by 1, 2, 3, 4, 5 order by count(*) desc, 6 limit %s""",
+                        (keys, self.token, _MAX_CLAIMERS_SHOWN))
+            rows = cur.fetchall()
+        return [{"run_id": run_id, "node_id": node_id, "pid": pid, "host": host, "application_name": app,
+                 "since": since.astimezone(timezone.utc).isoformat(timespec="seconds") if since else None,
+                 "since_s": round(float(since_s or 0), 1), "heartbeat_age_s": round(float(beat_s or 0), 1),
+                 "keys": int(count)}
+                for run_id, node_id, pid, host, app, since, since_s, beat_s, count in rows]
 
     def _log_late_hits(self, keys: list[str]) -> None:
         """Keys answered by a concurrent run while we waited: cache hits for us (one INSERT ... SELECT)."""

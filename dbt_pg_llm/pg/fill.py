@@ -14,9 +14,10 @@ in ``llm_results``:
    with COPY in chunks as they arrive, on our own autocommit connection, so everything paid
    before a later failure is kept (and the engine journals every paid answer before returning);
    failures become dead letters in ``llm_errors``; successes resolve old dead letters;
-5. keys set aside are waited for (polling ``llm_results``) and taken over if their claimer died
-   (its session is gone, or its claims went stale); the engine's call logs go to ``llm_calls``;
-   the invocation's counts are added to ``llm_runs``.
+5. keys set aside are waited for (polling ``llm_results``; the progress names who holds them) and
+   taken over if their claimer died (its session is gone, or its heartbeat is older than
+   ``claim_timeout_s``); the engine's call logs go to ``llm_calls``; the invocation's counts are
+   added to ``llm_runs``.
 
 ``on_error``: "fail" stops submitting at the first failed key, writes what was paid and raises
 ModelError; anything else ("null", "default") dead-letters failures and carries on (the join
@@ -44,7 +45,7 @@ from ..errors import ConfigError, ErrorKind, ModelError, PgLlmError, redact
 from ..keys import key_sql
 from ..model_io import ModelInput
 from .budget import _budgets
-from .claims import _Claims
+from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .join import _fresh, quote_literal
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
 from .report import FillError, FillReport
@@ -102,7 +103,7 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
                 audit_schema: str = "llm_audit", run: RunContext, on_error: str = "null",
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
-                claim_stale_s: float = 600.0, wait_timeout_s: float = 900.0,
+                claim_timeout_s: float = 120.0, wait_timeout_s: float = 900.0,
                 default_model: str | None = None) -> FillReport:
     """Make sure ``llm_results`` holds an answer for every distinct non-NULL prompt of ``source_sql``.
 
@@ -114,13 +115,13 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
     spec = ColumnSpec.from_dict(spec, default_model)
     return _Fill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
                  cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
-                 chunk_rows=chunk_rows, claim_stale_s=claim_stale_s,
+                 chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
                  wait_timeout_s=wait_timeout_s).run(source_sql)
 
 
 class _Fill(_Claims):
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
-                 max_cost_usd, progress, window, chunk_rows, claim_stale_s, wait_timeout_s, poll_s=0.25):
+                 max_cost_usd, progress, window, chunk_rows, claim_timeout_s, wait_timeout_s, poll_s=0.25):
         if not isinstance(run, RunContext):
             raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
         if window < 1 or chunk_rows < 1:
@@ -129,6 +130,8 @@ class _Fill(_Claims):
             raise ConfigError([f"max_cost_usd: {max_cost_usd!r} must be a number > 0, or unset for no limit"])
         if cache_ttl_days is not None and (not isinstance(cache_ttl_days, (int, float)) or cache_ttl_days <= 0):
             raise ConfigError([f"cache_ttl_days: {cache_ttl_days!r} must be a number of days > 0, or unset"])
+        if isinstance(claim_timeout_s, bool) or not isinstance(claim_timeout_s, (int, float)) or claim_timeout_s <= 0:
+            raise ConfigError([f"claim_timeout_s: {claim_timeout_s!r} must be a number of seconds > 0, e.g. 120"])
         self.connect = connect
         self.engine = engine
         self.spec = spec
@@ -141,11 +144,12 @@ class _Fill(_Claims):
         self.progress_cb = progress
         self.window = window
         self.chunk_rows = chunk_rows
-        self.claim_stale_s = claim_stale_s
+        self.claim_timeout_s = claim_timeout_s
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.claim_batch = max(window, 64)
         self.token = uuid.uuid4().hex
+        self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
         self.context = run.as_context(operation=spec.kind)
         model = engine.registry.get(spec.model)  # RegistryError (listing known models) if unknown
         self.model_config = model.config
@@ -155,7 +159,6 @@ class _Fill(_Claims):
         self.reader = self.writer = None
         self.started = time.monotonic()
         self.last_progress = 0.0
-        self.last_heartbeat = time.monotonic()
         self.last_flush = time.monotonic()
         self.first_submit: float | None = None
         self.waiting: dict[str, str] = {}
@@ -194,6 +197,7 @@ class _Fill(_Claims):
             self.writer = self._open()
             ensure_migrated(self.writer, self.schema)
             self.reader = self._open()
+            self.heartbeat.start()
             if self.max_cost is not None:
                 self.budget_id = _db_identity(self.writer, self.schema) + (self.run_ctx.run_id,)
                 _budgets.start(self.budget_id, self._load_run_cost)
@@ -281,6 +285,7 @@ class _Fill(_Claims):
             for key in prompts:
                 if key not in mine_set:
                     self.waiting[key] = prompts[key]
+            self.report.waiting_keys = len(self.waiting)
             for i, key in enumerate(mine):
                 if self.report.stopped:
                     rest = mine[i:]
@@ -404,7 +409,6 @@ class _Fill(_Claims):
             self._write(write_errors, errors)
         self._release(ok_keys + [e.key for e in errors])  # results are committed: let others see them
         self._drain_logs()
-        self._heartbeat()
         self.last_flush = time.monotonic()
 
     def _drain_logs(self) -> None:
@@ -426,6 +430,9 @@ class _Fill(_Claims):
             log.error("could not write %d paid answers to %s.llm_results (%s); they are kept in the "
                       "engine's journal and the next run reuses them without paying",
                       len(self._results), self.schema, redact(str(exc)).strip())
+
+    def _progress_due(self) -> bool:
+        return self.progress_cb is not None and time.monotonic() - self.last_progress >= PROGRESS_EVERY_S
 
     def _emit_progress(self, force: bool = False) -> None:
         if self.progress_cb is None:

@@ -53,14 +53,15 @@ class LlmFrameSession:
     def __init__(self, connect: Callable[[], Any], engine, audit_schema: str = "llm_audit",
                  run: RunContext | None = None, default_model: str | None = None, *, on_error: str = "null",
                  cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
-                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500):
+                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
+                 claim_timeout_s: float = 120.0):
         self.connect = connect
         self.engine = engine
         self.audit_schema = audit_schema
         self.run = run or RunContext(run_id=f"python-{uuid.uuid4().hex[:12]}")
         self.default_model = default_model
         self.options = dict(on_error=on_error, cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd,
-                            progress=progress, window=window, chunk_rows=chunk_rows)
+                            progress=progress, window=window, chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s)
         self.reports: list[FillReport] = []
 
     # -- public API -------------------------------------------------------------------------------
@@ -81,13 +82,14 @@ class LlmFrameSession:
                                      "model": model})
 
     # -- internals --------------------------------------------------------------------------------
-    def spec(self, spec_dict: dict) -> ColumnSpec:
-        return ColumnSpec.from_dict({**spec_dict, "prompt_sql": "prompt"}, self.default_model)
+    def spec(self, spec_dict: dict, path: str = "column") -> ColumnSpec:
+        """The checked spec (ConfigError naming ``path`` and the fix, before anything is requested)."""
+        return ColumnSpec.from_dict({**spec_dict, "prompt_sql": "prompt"}, self.default_model, path=path)
 
     def _column(self, series, spec_dict: dict):
         import pandas as pd
 
-        spec = self.spec(spec_dict)
+        spec = self.spec(spec_dict, path=f"session.llm.{spec_dict['kind']}({series.name or 'series'})")
         prompts = [None if _is_missing(v) else (v if isinstance(v, str) else str(v)).replace("\x00", "")
                    for v in series.tolist()]
         distinct = list(dict.fromkeys(p for p in prompts if p is not None))
@@ -110,7 +112,7 @@ class LlmFrameSession:
                 copy_rows(cur, f"{q}.llm_frame_prompts", ("batch_id", "prompt"), ((batch_id, p) for p in prompts))
             try:
                 fill = _Fill(self.connect, self.engine, spec, audit_schema=self.audit_schema, run=self.run,
-                             claim_stale_s=600.0, wait_timeout_s=900.0, **self.options)
+                             wait_timeout_s=900.0, **self.options)
                 source = f"(select prompt from {q}.llm_frame_prompts where batch_id = '{batch_id}')"
                 try:
                     fill.run(source, rows_hint=rows)

@@ -272,6 +272,18 @@ create unlogged table if not exists {q}.llm_frame_prompts (
 );
 create index if not exists llm_frame_prompts_batch_idx on {q}.llm_frame_prompts (batch_id);
 """),
+        (6, f"""
+-- Claims say who holds them (shown to a run waiting for them) and carry a heartbeat: a claimer
+-- refreshes heartbeat_at while it works; claims whose heartbeat is older than llm.claim_timeout_s
+-- are taken over (a frozen process keeps its session, so "the session is gone" is not enough).
+-- claimed_at stays the time of the claim ("since when").
+alter table {q}.llm_claims
+    add column if not exists heartbeat_at timestamptz not null default now(),
+    add column if not exists node_id      text,
+    add column if not exists client_pid   integer,
+    add column if not exists client_host  text;
+update {q}.llm_claims set heartbeat_at = claimed_at;
+"""),
     ]
 
 

@@ -5,9 +5,9 @@ dbt log lines (``summary``) and progress events (``as_progress``). Plain data, n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["FillReport", "FillError"]
+__all__ = ["FillReport", "FillError", "waiting_text"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class FillReport:
     eta_s: float | None = None
     stopped: str | None = None  # None | "error" (on_error=fail) | "max_cost"
     first_error: FillError | None = None
+    waiting_keys: int = 0  # keys claimed by other runs, not answered yet
+    # who holds them, biggest first: {run_id, node_id, pid, host, application_name, since (ISO, UTC),
+    # since_s, heartbeat_age_s, keys}; filled while the fill waits for them
+    waiting_on: list = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -50,6 +54,7 @@ class FillReport:
             "cache_hits": self.cache_hits, "requests_done": self.requests_done,
             "requests_total": self.requests_total, "errors": self.errors, "tokens": self.tokens,
             "cost_usd": round(self.cost_usd, 8), "eta_s": self.eta_s, "elapsed_s": round(self.elapsed_s, 3),
+            "waiting_keys": self.waiting_keys, "waiting_on": [dict(w) for w in self.waiting_on],
         }
 
     def summary(self) -> str:
@@ -59,3 +64,27 @@ class FillReport:
         if self.stopped:
             text += f" (stopped: {self.stopped})"
         return text
+
+
+def waiting_text(progress: dict) -> str | None:
+    """What a progress line says about keys claimed by other runs (None when there are none), e.g.
+    ``waiting for 12 key(s) claimed by run 7f3a (node model.p.x, pid 4242 on host-a, dbt-pg_llm) since
+    2026-11-28T20:31:02+00:00 (35s ago), last heartbeat 2s ago``."""
+    waiting = int(progress.get("waiting_keys") or 0)
+    if not waiting:
+        return None
+    claimers = progress.get("waiting_on") or []
+    if not claimers:
+        return f"{waiting} key(s) claimed by other runs, waited for at the end"
+    parts = []
+    for c in claimers:
+        who = ", ".join(x for x in (
+            f"node {c['node_id']}" if c.get("node_id") else None,
+            f"pid {c['pid']}" + (f" on {c['host']}" if c.get("host") else "") if c.get("pid") else None,
+            c.get("application_name") or None) if x)
+        parts.append(f"{c.get('keys', 0)} by run {c.get('run_id')}" + (f" ({who})" if who else "")
+                     + f" since {c.get('since')} ({c.get('since_s', 0):.0f}s ago), "
+                     f"last heartbeat {c.get('heartbeat_age_s', 0):.0f}s ago")
+    shown = sum(int(c.get("keys") or 0) for c in claimers)
+    more = f"; {waiting - shown} more by others" if waiting > shown else ""
+    return f"waiting for {waiting} key(s) claimed by another run: " + "; ".join(parts) + more

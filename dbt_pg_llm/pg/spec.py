@@ -4,18 +4,23 @@ These are the inputs of a fill, shared by the SQL path (``fill_column`` / ``join
 DataFrame path (``LlmFrameSession``). ``ColumnSpec.from_dict`` validates a spec as the dbt macros
 pass it and turns it into the engine's ``ModelInput`` (system message, response format), its
 fingerprint and the SQL of its per-row key. ``CLASSIFY_PHRASE`` / ``EXTRACT_PHRASE`` are the fixed
-system-prompt phrases of classify / extract (the simulator recognises exactly these). No SQL runs here.
+system-prompt phrases of classify / extract (the simulator recognises exactly these); classify's labels
+follow as a JSON list, extract's schema as canonical JSON. Everything a request needs is checked here,
+before anything is paid for: labels (``label_problems``) and JSON schemas (``schema_problems``:
+valid for their dialect, ``$ref`` only inside the schema). No SQL runs here.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping
 
 from ..config import check_keys
 from ..errors import ConfigError
 from ..keys import canonical_json, fingerprint_of, key_sql
-from ..model_io import ModelInput, ResponseFormat
+from ..json_schema import schema_problems
+from ..model_io import ModelInput, ResponseFormat, label_problems
 
 __all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE"]
 
@@ -88,23 +93,16 @@ class ColumnSpec:
                 problems.append(f"{path}.temperature: {temperature!r} must be a number from 0 to 2")
             else:
                 temperature = float(temperature)
-        label_tuple: tuple[str, ...] = ()
         if kind == "classify":
-            if not labels or isinstance(labels, (str, bytes)) or not isinstance(labels, (list, tuple)):
-                problems.append(f"{path}.labels: classify needs a list of labels, e.g. labels: [positive, "
-                                "negative, neutral]")
-            else:
-                label_tuple = tuple(str(x) for x in labels)
-                if any(not x.strip() for x in label_tuple):
-                    problems.append(f"{path}.labels: labels must be non-empty text")
-                if len(set(label_tuple)) != len(label_tuple):
-                    problems.append(f"{path}.labels: labels must be distinct; remove the duplicates")
+            problems.extend(label_problems(labels, f"{path}.labels"))
         elif labels:
             problems.append(f"{path}.labels: only used by kind 'classify'; remove it or change kind")
         if kind == "extract":
             if not isinstance(schema, Mapping) or not schema:
                 problems.append(f"{path}.schema: extract needs a JSON schema (a mapping), e.g. "
                                 "{type: object, properties: {city: {type: string}}}")
+            else:
+                problems.extend(schema_problems(dict(schema), f"{path}.schema"))
         elif schema is not None:
             problems.append(f"{path}.schema: only used by kind 'extract'; remove it or change kind")
         if kind in ("classify", "extract") and system is not None:
@@ -117,19 +115,21 @@ class ColumnSpec:
         if problems:
             raise ConfigError(problems, context="LLM column spec")
         return cls(kind=kind, prompt_sql=prompt_sql, model=model, system=system, max_tokens=max_tokens,
-                   temperature=temperature, labels=label_tuple, instructions=instructions,
+                   temperature=temperature, labels=tuple(labels) if kind == "classify" else (),
+                   instructions=instructions,
                    schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name)
 
     @property
     def system_message(self) -> str | None:
         prefix = (self.instructions + "\n\n") if self.instructions else ""
         if self.kind == "classify":
-            return prefix + CLASSIFY_PHRASE + " | ".join(self.labels)
+            # a JSON list: a label holding any delimiter (" | ", a comma, a newline) stays one label
+            return prefix + CLASSIFY_PHRASE + json.dumps(list(self.labels), ensure_ascii=False)
         if self.kind == "extract":
             return prefix + EXTRACT_PHRASE + canonical_json(self.schema)
         return self.system
 
-    @property
+    @cached_property  # built (and checked) once per spec, not once per key
     def response_format(self) -> ResponseFormat:
         if self.kind == "classify":
             return ResponseFormat.one_of(self.labels)

@@ -3,7 +3,8 @@
 Everything is derived from sha256(system message + NUL + last user message):
 
 * LABELS: the system message contains ``Answer with exactly one of these labels and nothing else: ``
-  followed by labels separated by `` | `` (to the end of that line). The answer is the first label
+  followed by the labels as a JSON list (or, in the older form, separated by `` | `` to the end of
+  that line). The answer is the first label
   (in list order) that occurs as a word in the user text, case-insensitively, else one chosen by hash.
 * JSON: an OpenAI ``response_format`` of type ``json_schema``, or the system phrase
   ``Reply with JSON only, matching this JSON schema: `` followed by the schema JSON. The answer is
@@ -88,7 +89,15 @@ def _labels_from(system: str) -> list[str] | None:
     idx = system.find(LABELS_PHRASE)
     if idx < 0:
         return None
-    rest = system[idx + len(LABELS_PHRASE):].split("\n", 1)[0].strip()
+    start = idx + len(LABELS_PHRASE)
+    if system.startswith("[", start):
+        try:
+            listed, _ = json.JSONDecoder().raw_decode(system, start)
+        except json.JSONDecodeError:
+            listed = None
+        if isinstance(listed, list) and listed and all(isinstance(x, str) for x in listed):
+            return listed
+    rest = system[start:].split("\n", 1)[0].strip()
     labels = [label.strip() for label in rest.split(" | ")]
     labels = [label for label in labels if label]
     return labels or None

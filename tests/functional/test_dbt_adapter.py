@@ -391,6 +391,35 @@ def test_two_concurrent_runs_pay_once_per_key(fresh_llm, simulator, tmp_path):
             == project.scalar(f'select count(*) from "{schema}".product_reviews where review_text is not null')
 
 
+
+def test_a_run_waiting_for_held_claims_says_who_and_takes_over_after_claim_timeout_s(fresh_llm, simulator):
+    import psycopg2
+
+    project = fresh_llm
+    project.run("run", "-s", "review_sentiment")
+    held = [r[0] for r in project.query(f'delete from "{project.audit}".llm_results where key in (select key from '
+                                        f'"{project.audit}".llm_results order by key limit 5) returning key')]
+    holder = psycopg2.connect(**project.pg.connect_kwargs(), application_name="stuck-etl")
+    holder.autocommit = True
+    try:
+        with holder.cursor() as cur:  # another "run" claims 5 keys, then its connection idles
+            cur.execute(f'insert into "{project.audit}".llm_claims (key, run_id, claim_token, backend_pid, node_id) '
+                        "select k, 'idle-run', 'idle', pg_backend_pid(), 'model.x.idle' from unnest(%s::text[]) k",
+                        (held,))
+        simulator.reset()
+        started = time.monotonic()
+        out = project.run("run", "-s", "review_sentiment", LLM_CLAIM_TIMEOUT_S="2")
+        elapsed = time.monotonic() - started
+    finally:
+        holder.close()
+    assert "waiting for 5 key(s) claimed by another run: 5 by run idle-run (node model.x.idle, stuck-etl) since " \
+        in out.text, out.text[-3000:]
+    assert "llm.claim_timeout_s=2s" in out.text and elapsed < 30
+    # taken over and answered from the engine's journal (the first run paid for them): nothing paid twice
+    assert simulator.stats()["requests"] == 0
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results where key = any(%s)', (held,)) == 5
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_claims') == 0
+
 # -- secrets -----------------------------------------------------------------------------------------
 
 def _files_containing(root: Path, needle: bytes) -> list[str]:
@@ -454,6 +483,36 @@ def test_invalid_llm_config_names_the_key_path(fresh_llm):
     assert "llm.models.sim.temperature" in out.text
     assert "from 0 to 2" in out.text
 
+
+
+def test_bad_schema_or_labels_fail_parse_and_compile_before_any_request(fresh_llm, simulator):
+    """An invalid extract schema, a remote $ref or a non-text label: a compilation error naming the
+    model, the column and the problem, from `dbt parse` on; nothing requested, nothing stored."""
+    project = fresh_llm
+    model = project.path / "models" / "functional" / "bad_input.sql"
+    body = ("{{{{ pg_llm.llm_enrich(ref('product_reviews'), {{'{column}': {spec}}}) }}}}\n")
+    cases = [
+        ("facts", "pg_llm.extract('review_text', schema={'type': 'objekt'})",
+         ["columns.facts.schema/type", "'objekt'"]),
+        ("facts", "pg_llm.extract('review_text', schema={'properties': {'a': {'$ref': 'http://127.0.0.1:9/a.json'}}})",
+         ["columns.facts.schema/properties/a/$ref", "refers outside this schema"]),
+        ("mood", "pg_llm.classify('review_text', labels=['a', 3])", ["columns.mood.labels[1]: 3 is int"]),
+    ]
+    try:
+        for i, (column, spec, expected) in enumerate(cases):
+            model.write_text(body.format(column=column, spec=spec))
+            commands = [("parse",), ("compile", "-s", "bad_input")] if i == 0 else [("parse",)]
+            if i == 0:
+                commands.append(("run", "-s", "bad_input"))
+            for command in commands:
+                out = project.run(*command, expect=False)
+                assert "Compilation Error in model bad_input" in out.text, out.text[-3000:]
+                for text in expected:
+                    assert text in out.text, (command, out.text[-3000:])
+    finally:
+        model.unlink()
+    assert simulator.stats()["requests"] == 0
+    assert project.scalar("select count(*) from pg_namespace where nspname = %s", (project.audit,)) == 0
 
 # -- Python and incremental models -------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ def test_spec_validation_names_key_and_fix():
                               "schema": None, "instructions": "Be brief.", "model": None}, "m")
     assert s.model == "m"
     assert s.model_input("p").system_message == (
-        "Be brief.\n\nAnswer with exactly one of these labels and nothing else: a | b")
+        'Be brief.\n\nAnswer with exactly one of these labels and nothing else: ["a", "b"]')
     e = ColumnSpec.from_dict({"kind": "extract", "prompt_sql": "x", "schema": {"type": "object"}}, "m")
     assert e.model_input("p").system_message == 'Reply with JSON only, matching this JSON schema: {"type":"object"}'
     assert e.model_input("p").response_format.type == "json"
@@ -210,6 +210,21 @@ def test_classify_and_extract_columns_in_one_join(db, pg_conn, sim):
     # explicit source columns: re-enriching a column that already exists replaces it
     sql = join_sql(source, [("body", cls, cls.fingerprint(config))], audit, source_columns=["id", "body"])
     assert {r[1] for r in q(pg_conn, sql)} <= set(labels) | {None}
+
+
+def test_a_label_holding_the_old_delimiter_is_answered_as_itself(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["maybe | unsure about this one", "yes, love it", "no way"])
+    s = spec("classify", labels=["maybe | unsure", "yes", "no"])
+    engine = make_engine(sim)
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r"))
+        fp = s.fingerprint(engine.registry.get("sim").config)
+    finally:
+        engine.close()
+    assert rep.errors == 0 and rep.requests_done == 3
+    rows = dict(q(pg_conn, f"select body, a from ({join_sql(source, [('a', s, fp)], audit)}) j"))
+    assert rows == {"maybe | unsure about this one": "maybe | unsure", "yes, love it": "yes", "no way": "no"}
 
 
 def test_errors_are_dead_lettered_not_cached_retried_and_resolved(db, pg_conn, sim):

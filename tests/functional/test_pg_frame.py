@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache
+from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ResultCache
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
 from dbt_pg_llm.pg.frame import LlmFrameSession
 
@@ -95,3 +95,25 @@ def test_empty_and_all_null_series_make_no_request(db, simulator):
     finally:
         engine.close()
     assert simulator.stats()["requests"] == 0
+
+
+def test_bad_schema_or_labels_are_refused_before_any_request(db, pg_conn, simulator):
+    connect, _, audit = db
+    simulator.reset()
+    engine = make_engine(simulator)
+    reviews = pd.Series([f"review {i}" for i in range(32)], name="review")
+    try:
+        session = LlmFrameSession(connect, engine, audit, RunContext("r", "model.p.py_model"), "sim")
+        with pytest.raises(ConfigError) as info:
+            session.extract(reviews, {"type": "objekt"})
+        assert "session.llm.extract(review).schema/type: 'objekt'" in str(info.value)
+        with pytest.raises(ConfigError, match="refers outside this schema"):
+            session.extract(reviews, {"properties": {"a": {"$ref": "http://127.0.0.1:9/a.json"}}})
+        with pytest.raises(ConfigError, match=r"session.llm.classify\(review\).labels\[1\]: 3 is int"):
+            session.classify(reviews, ["a", 3])
+        with pytest.raises(ConfigError, match="NUL"):
+            session.classify(reviews, ["a\x00b", "c"])
+    finally:
+        engine.close()
+    assert simulator.stats()["requests"] == 0
+    assert q(pg_conn, "select count(*) from pg_namespace where nspname = %s", (audit,)) == [(0,)]

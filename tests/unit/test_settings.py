@@ -54,3 +54,26 @@ def test_identity_changes_with_keys_and_strategies_but_is_never_the_key():
     assert one.identity() == same.identity()
     assert len({one.identity(), other.identity(), new_key.identity()}) == 3
     assert "sk-settings-secret-99" not in one.identity()
+
+
+def test_claim_timeout_defaults_to_120_s_and_is_checked():
+    assert LlmSettings.from_dict({"models": {"local": GOOD}}).claim_timeout_s == 120
+    assert LlmSettings.from_dict({"models": {"local": GOOD}, "claim_timeout_s": 5}).claim_timeout_s == 5
+    for bad in (0, -3, "soon", True, 10 ** 6):
+        with pytest.raises(ConfigError) as info:
+            LlmSettings.from_dict({"models": {"local": GOOD}, "claim_timeout_s": bad})
+        (problem,) = info.value.problems
+        assert problem.startswith("llm.claim_timeout_s: ") and "from 1 to 86400 (default 120)" in problem
+
+
+def test_a_waiting_progress_line_says_who_since_when_and_how_many():
+    from dbt_pg_llm.pg.report import waiting_text
+
+    assert waiting_text({"waiting_keys": 0}) is None
+    assert waiting_text({"waiting_keys": 3}) == "3 key(s) claimed by other runs, waited for at the end"
+    text = waiting_text({"waiting_keys": 12, "waiting_on": [
+        {"run_id": "7f3a", "node_id": "model.p.x", "pid": 4242, "host": "etl-1", "application_name": "dbt-pg_llm",
+         "since": "2026-11-28T20:31:02+00:00", "since_s": 35.2, "heartbeat_age_s": 1.6, "keys": 10}]})
+    assert text == ("waiting for 12 key(s) claimed by another run: 10 by run 7f3a (node model.p.x, pid 4242 on "
+                    "etl-1, dbt-pg_llm) since 2026-11-28T20:31:02+00:00 (35s ago), last heartbeat 2s ago; "
+                    "2 more by others")

@@ -20,7 +20,7 @@ from dbt.adapters.base import available
 from dbt.adapters.contracts.connection import AdapterResponse
 from dbt.adapters.events.logging import AdapterLogger
 from dbt.adapters.postgres import PostgresAdapter
-from dbt_common.exceptions import DbtRuntimeError
+from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
@@ -117,6 +117,8 @@ class PgLlmAdapter(PostgresAdapter):
         return self._credentials.llm_settings()
 
     def _spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
+        """The checked ColumnSpec. A bad spec is a CompilationError: raised while dbt renders the
+        model (parse, compile, run), dbt names the model, so nothing is ever requested for it."""
         from dbt_pg_llm.errors import PgLlmError
         from dbt_pg_llm.pg.spec import ColumnSpec
 
@@ -128,7 +130,7 @@ class PgLlmAdapter(PostgresAdapter):
             return ColumnSpec.from_dict(data, default_model or settings.model_for_default,
                                         path=f"columns.{name}" if name else "column")
         except PgLlmError as exc:
-            raise DbtRuntimeError(f"pg_llm: {exc}") from None
+            raise CompilationError(f"pg_llm: {exc}") from None
 
     def _model_config(self, name: str):
         """The config of a model or strategy name; an unknown name lists every defined one."""
@@ -137,7 +139,7 @@ class PgLlmAdapter(PostgresAdapter):
         try:
             return self._settings().config_for(name)
         except RegistryError as exc:
-            raise DbtRuntimeError(f"pg_llm: {exc}") from None
+            raise CompilationError(f"pg_llm: {exc}") from None
 
     def _run_context(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.spec import RunContext
@@ -211,7 +213,7 @@ class PgLlmAdapter(PostgresAdapter):
                 self._credentials.connect_autocommit, engine, source_sql, spec,
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-                progress=_ProgressLogger(label),
+                progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
             )
         except PgLlmError as exc:
             raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
@@ -339,24 +341,37 @@ class PgLlmAdapter(PostgresAdapter):
             self._run_context(node_id), settings.model_for_default,
             on_error="fail" if mode == "fail" else "null",
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-            progress=_ProgressLogger(f"{node_id or 'python model'}"),
+            progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
+            claim_timeout_s=settings.claim_timeout_s,
         )
 
 
 class _ProgressLogger:
-    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line."""
+    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line. While the fill waits
+    for keys claimed by another run, the line says who holds them, since when, and how many."""
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, claim_timeout_s: Optional[float] = None):
         self.label = label
+        self.claim_timeout_s = claim_timeout_s
 
     def __call__(self, progress: Dict[str, Any]) -> None:
+        from dbt_pg_llm.pg.report import waiting_text
+
         p = progress
         total, done = p.get("requests_total", 0) or 0, p.get("requests_done", 0) or 0
-        if not total or done >= total:
+        blocked = bool(p.get("waiting_on"))  # our requests are done; we wait for another run's
+        if not blocked and (not total or done >= total):
             return  # nothing in flight: the summary line says it all
         eta = p.get("eta_s")
-        logger.info(
+        line = (
             f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
             f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
-            f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta else "")
+            f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta and not blocked else "")
         )
+        waiting = waiting_text(p)
+        if waiting:
+            line += f"; {waiting}"
+        if blocked and self.claim_timeout_s:
+            line += (f" (its keys are taken over if its heartbeat stops for "
+                     f"llm.claim_timeout_s={self.claim_timeout_s:g}s)")
+        logger.info(line)
