@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable
 from urllib.parse import urlparse
 
+from .batch_policy import BATCH_PROVIDERS, BatchPolicy
 from .errors import ConfigError, register_secret
 from .retry import RetryPolicy
 
@@ -54,6 +55,7 @@ class ModelConfig:
     enabled: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fallbacks: tuple[str, ...] = ()
+    batch: BatchPolicy = field(default_factory=BatchPolicy)  # provider batch APIs for big backfills
     logprobs: str = "auto"  # auto: only when a confidence is wanted, dropped after a 400 naming it
     structured_output: str = "auto"  # how JSON/labels are asked for; see providers/features.py
     deployment: str | None = None  # azure: the deployment name (default: model_version)
@@ -83,15 +85,17 @@ class ModelConfig:
         check_keys(data, names, path)
         kwargs: dict[str, Any] = dict(data)
         problems = []
-        if "retry" in kwargs:
+        for name, parse in (("retry", RetryPolicy.from_dict), ("batch", BatchPolicy.from_dict)):
+            if name not in kwargs:
+                continue
             try:
-                kwargs["retry"] = RetryPolicy.from_dict(kwargs["retry"], f"{path}.retry")
+                kwargs[name] = parse(kwargs[name], f"{path}.{name}")
             except ConfigError as exc:
                 problems.extend(exc.problems)
-                kwargs.pop("retry")
+                kwargs.pop(name)
             except (TypeError, ValueError) as exc:
-                problems.append(f"{path}.retry: {exc}")
-                kwargs.pop("retry")
+                problems.append(f"{path}.{name}: {exc}")
+                kwargs.pop(name)
         if "fallbacks" in kwargs:
             fb = kwargs["fallbacks"]
             if isinstance(fb, str):
@@ -116,6 +120,7 @@ class ModelConfig:
         out["retry"] = {k: getattr(self.retry, k) for k in RetryPolicy.FIELDS}
         out["retry"]["retryable_errors"] = sorted(k.value for k in self.retry.retryable_errors)
         out["fallbacks"] = list(self.fallbacks)
+        out["batch"] = {f.name: getattr(self.batch, f.name) for f in fields(BatchPolicy)}
         if not include_secret:
             out["api_key"] = "***" if self.api_key else None
         return out
@@ -173,6 +178,13 @@ class ModelConfig:
             out.append(f"{path}.retry: must be a mapping of retry settings")
         else:
             out.extend(self.retry.problems(f"{path}.retry"))
+        if not isinstance(self.batch, BatchPolicy):
+            out.append(f"{path}.batch: must be a mapping like {{enabled: true, min_keys: 1000, max_wait_s: 0}}")
+        else:
+            out.extend(self.batch.problems(f"{path}.batch"))
+            if self.batch.enabled is True and self.provider not in BATCH_PROVIDERS:
+                out.append(f"{path}.batch.enabled: provider {self.provider!r} has no batch API support here; "
+                           f"set enabled: false, or use provider {' or '.join(BATCH_PROVIDERS)}")
         if self.logprobs not in LOGPROBS_MODES:
             out.append(f"{path}.logprobs: {self.logprobs!r} is not a mode; use auto (ask only when a confidence "
                        "is used, stop after the server rejects it), always or never")

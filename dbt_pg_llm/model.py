@@ -179,6 +179,11 @@ class Model:
             confidence = confidence_from_logprobs(result.token_logprobs)
         return ModelOutput(text=text, value=value, confidence=confidence, truncated=truncated, model=self.name)
 
+    def output_of(self, result: ProviderResult, inp: ModelInput) -> ModelOutput:
+        """Validate an answer obtained outside ``acall`` (a batch result line) against ``inp``'s
+        response format; raises ModelError (e.g. INVALID_OUTPUT) as a call's answer would."""
+        return self._to_output(result, inp)
+
     def _finish_failure(self, error: ModelError, latency_ms: float, attempts: int, tokens: TokenUsage, cost: float,
                         count_in_breaker: bool = True) -> ModelOutput:
         if count_in_breaker:

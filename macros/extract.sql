@@ -1,14 +1,14 @@
 {#- pg_llm.extract(text_sql, schema={...}, ...) -> column spec: a jsonb value valid for the JSON schema. -#}
-{% macro extract(text_sql, schema={}, instructions=none, model=none) -%}
-  {{ return(adapter.dispatch('extract', 'pg_llm')(text_sql, schema=schema, instructions=instructions, model=model)) }}
+{% macro extract(text_sql, schema={}, instructions=none, model=none, mode=none) -%}
+  {{ return(adapter.dispatch('extract', 'pg_llm')(text_sql, schema=schema, instructions=instructions, model=model, mode=mode)) }}
 {%- endmacro %}
 
-{% macro default__extract(text_sql, schema={}, instructions=none, model=none) -%}
+{% macro default__extract(text_sql, schema={}, instructions=none, model=none, mode=none) -%}
   {%- if schema is not mapping -%}
     {{ exceptions.raise_compiler_error("pg_llm.extract: `schema` must be a JSON schema mapping, e.g. schema={'type': 'object', 'properties': {'product': {'type': 'string'}}}") }}
   {%- endif -%}
   {%- set spec = {'kind': 'extract', 'prompt_sql': text_sql, 'schema': schema if schema else {'type': 'object'}} -%}
-  {%- for key, value in [('instructions', instructions), ('model', model)] -%}
+  {%- for key, value in [('instructions', instructions), ('model', model), ('mode', mode)] -%}
     {%- if value is not none -%}{%- do spec.update({key: value}) -%}{%- endif -%}
   {%- endfor -%}
   {{ return(spec) }}

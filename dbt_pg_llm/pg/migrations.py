@@ -8,7 +8,8 @@ a released step, add a new version.
 
 Tables (see ``docs`` of each step below): ``llm_results`` (the shared cache), ``llm_claims``,
 ``llm_calls`` (partitioned by month, with a DEFAULT partition), ``llm_runs``, ``llm_errors``
-(dead letters), ``llm_alerts``, ``llm_frame_prompts`` (staging for DataFrame sessions) and the views
+(dead letters), ``llm_alerts``, ``llm_frame_prompts`` (staging for DataFrame sessions), ``llm_batches`` /
+``llm_batch_keys`` (provider batches, version 10) and the views
 ``llm_metrics`` and ``llm_model_status``.
 """
 from __future__ import annotations
@@ -272,6 +273,23 @@ create unlogged table if not exists {q}.llm_frame_prompts (
 );
 create index if not exists llm_frame_prompts_batch_idx on {q}.llm_frame_prompts (batch_id);
 """),
+        (5, f"""
+-- Run lifecycle: a run's row exists from its first fill on (status 'running', heartbeat_at
+-- refreshed while filling), so a killed run leaves a trace; the next run marks a 'running' row
+-- whose heartbeat is old 'crashed'. outcome = the worst finished fill (success < partial <
+-- failed); status = 'running' while fills are active, else the outcome.
+alter table {q}.llm_runs add column if not exists heartbeat_at timestamptz;
+alter table {q}.llm_runs add column if not exists active_fills integer not null default 0;
+alter table {q}.llm_runs add column if not exists outcome text;
+update {q}.llm_runs set status = 'failed' where status = 'error';
+-- Costs were written as binary floats (0.0027599999999999764): round them to 10 decimals, as
+-- the writers now do.
+update {q}.llm_results set cost_usd = round(cost_usd, 10) where cost_usd <> round(cost_usd, 10);
+update {q}.llm_runs set cost_usd = round(cost_usd, 10), saved_cost_usd = round(saved_cost_usd, 10)
+ where cost_usd <> round(cost_usd, 10) or saved_cost_usd <> round(saved_cost_usd, 10);
+update {q}.llm_calls set cost_usd = round(cost_usd, 10), saved_cost_usd = round(saved_cost_usd, 10)
+ where cost_usd <> round(cost_usd, 10) or saved_cost_usd <> round(saved_cost_usd, 10);
+"""),
         (6, f"""
 -- Claims say who holds them (shown to a run waiting for them) and carry a heartbeat: a claimer
 -- refreshes heartbeat_at while it works; claims whose heartbeat is older than llm.claim_timeout_s
@@ -283,6 +301,46 @@ alter table {q}.llm_claims
     add column if not exists client_pid   integer,
     add column if not exists client_host  text;
 update {q}.llm_claims set heartbeat_at = claimed_at;
+"""),
+        (10, f"""
+-- Provider batches (OpenAI Batch API, Anthropic Message Batches; pg/batch_*.py). A row is written
+-- BEFORE the batch is created at the provider (status 'submitting', batch_uid = our idempotency id,
+-- sent as metadata / custom_id prefix), so a run killed in between leaves a row the next run
+-- reconciles instead of a batch nobody knows about. open = its keys must not be requested again.
+create table if not exists {q}.llm_batches (
+    batch_uid         text primary key,
+    provider          text not null,
+    model             text not null,
+    model_version     text,
+    fingerprint       text not null,
+    spec              jsonb not null,
+    provider_batch_id text unique,
+    status            text not null,
+    open              boolean not null default true,
+    key_count         integer not null,
+    answered          integer not null default 0,
+    failed            integer not null default 0,
+    prompt_tokens     bigint not null default 0,
+    completion_tokens bigint not null default 0,
+    cost_usd          numeric not null default 0,
+    discount          double precision not null default 0.5,
+    submitted_at      timestamptz not null default now(),
+    completed_at      timestamptz,
+    collected_at      timestamptz,
+    run_id            text,
+    node_id           text,
+    submitter_pid     integer,
+    message           text
+);
+create index if not exists llm_batches_open_idx on {q}.llm_batches (model) where open;
+create table if not exists {q}.llm_batch_keys (
+    batch_uid text not null references {q}.llm_batches (batch_uid) on delete cascade,
+    custom_id text not null,
+    key       text not null,
+    state     text not null default 'pending',  -- pending | answered | failed
+    primary key (batch_uid, custom_id)
+);
+create index if not exists llm_batch_keys_key_idx on {q}.llm_batch_keys (key);
 """),
     ]
 

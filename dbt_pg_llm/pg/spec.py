@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
+from ..batch_policy import COLUMN_MODES
 from ..config import check_keys
 from ..errors import ConfigError
 from ..keys import canonical_json, fingerprint_of, key_sql
@@ -26,7 +27,7 @@ __all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE"]
 
 KINDS = ("complete", "classify", "extract")
 SPEC_KEYS = ("kind", "prompt_sql", "system", "model", "max_tokens", "temperature", "labels", "instructions",
-             "schema", "name")
+             "schema", "name", "mode")
 # The simulator (and good practice) recognise exactly these phrases.
 CLASSIFY_PHRASE = "Answer with exactly one of these labels and nothing else: "
 EXTRACT_PHRASE = "Reply with JSON only, matching this JSON schema: "
@@ -46,6 +47,7 @@ class ColumnSpec:
     instructions: str | None = None
     schema: Any = None  # JSON schema (extract); a dict, kept as given
     name: str | None = None  # the output column, when the caller puts it in the spec
+    mode: str | None = None  # "batch" | "normal" | None (the model's batch policy decides); not in the key
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | "ColumnSpec", default_model: str | None = None,
@@ -112,12 +114,17 @@ class ColumnSpec:
         name = data.get("name")
         if name is not None and (not isinstance(name, str) or not name):
             problems.append(f"{path}.name: expected the output column's name as text")
+        mode = data.get("mode")
+        if mode is not None and mode not in COLUMN_MODES:
+            problems.append(f"{path}.mode: {mode!r} is not a mode; use 'batch' (provider batch API, half price, "
+                            "answers within 24 h) or 'normal', or leave it out to follow the model's batch setting")
         if problems:
             raise ConfigError(problems, context="LLM column spec")
         return cls(kind=kind, prompt_sql=prompt_sql, model=model, system=system, max_tokens=max_tokens,
                    temperature=temperature, labels=tuple(labels) if kind == "classify" else (),
                    instructions=instructions,
-                   schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name)
+                   schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name,
+                   mode=mode)
 
     @property
     def system_message(self) -> str | None:

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit-headers", choices=RATE_LIMIT_HEADER_MODES, default="retry-after",
                    help="how 429s say when to come back: Retry-After + retry-after-ms (default), OpenAI "
                         "x-ratelimit-reset-* durations / Anthropic anthropic-ratelimit-*-reset times, or nothing")
+    p.add_argument("--batch-delay-s", type=float, default=0.0, help="batch APIs: a batch ends this long after creation")
+    p.add_argument("--batch-error-rate", type=float, default=0.0, help="batch APIs: share of requests that error")
+    p.add_argument("--batch-expire-rate", type=float, default=0.0,
+                   help="batch APIs: share of requests left unprocessed (expired) when a batch ends")
+    p.add_argument("--batch-discount", type=float, default=0.5, help="batch price = list price x this")
     return p
 
 
@@ -56,7 +61,8 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
         faults=faults, seed=ns.seed, stall_s=ns.stall_s, models=ns.models,
         reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,
-        fault_retry_after_s=ns.fault_retry_after_s,
+        fault_retry_after_s=ns.fault_retry_after_s, batch_delay_s=ns.batch_delay_s,
+        batch_error_rate=ns.batch_error_rate, batch_expire_rate=ns.batch_expire_rate, batch_discount=ns.batch_discount,
     )
 
 

@@ -46,9 +46,16 @@ class SimulatorConfig:
     reject_params: tuple[str, ...] = ()
     rate_limit_headers: str = "retry-after"
     fault_retry_after_s: float = 1.0  # the wait a scripted/random `429` fault asks for
+    batch_delay_s: float = 0.0  # batch APIs (batch_api.py): a batch ends this long after creation
+    batch_error_rate: float = 0.0  # share of batch requests answered with an error
+    batch_expire_rate: float = 0.0  # share of batch requests left unprocessed (expired) at the end
+    batch_discount: float = 0.5  # batch price = list price x this
 
     def __post_init__(self):
         self.faults = check_faults(self.faults)
+        for name in ("batch_error_rate", "batch_expire_rate", "batch_discount"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name}: {getattr(self, name)!r} must be between 0 and 1")
         self.models = _names(self.models, "models")
         self.reject_params = _names(self.reject_params, "reject_params") or ()
         if not isinstance(self.fault_retry_after_s, (int, float)) or self.fault_retry_after_s <= 0:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import answers as A
 from . import packing
+from .batch_api import BatchApi, add_batch_routes
 from .catalog import DEFAULT_MODELS, anthropic_model, anthropic_model_list, openai_model, openai_model_list
 from .config import SimulatorConfig
 from .errors import BAD_GATEWAY_HTML, ApiError, fault_error
@@ -38,6 +39,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig | None = None):
         self.config = config or SimulatorConfig()
         self._apply_config()
+        self.batches = BatchApi(self)
         self.reset()
 
     # -- configuration / ledger -------------------------------------------------------------------
@@ -75,6 +77,7 @@ class Simulator:
         self.active = 0  # requests past the max_concurrency semaphore
         self.max_active = 0
         self.picker.reset()
+        self.batches.reset()
         self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
         self.jitter_rng = random.Random(self.config.seed)
 
@@ -94,6 +97,7 @@ class Simulator:
             "max_in_flight": self.max_in_flight,
             "active": self.active,
             "max_active": self.max_active,
+            **self.batches.stats(),
         }
 
     # -- the request path -------------------------------------------------------------------------
@@ -149,7 +153,7 @@ class Simulator:
         finally:
             self.in_flight -= 1
 
-    def _reply(self, req: Request) -> Reply:
+    def reply_for(self, req: Request) -> Reply:
         """The model's answer to ``req``: stop sequences applied, cut at max_tokens."""
         _, text = packing.answer(req.system, req.user, req.response_format)
         finish, stop_seq = "stop", None
@@ -165,7 +169,7 @@ class Simulator:
 
     async def _answer(self, request: web.Request, req: Request, anth: bool, rid: str) -> web.StreamResponse:
         cfg = self.config
-        reply = self._reply(req)
+        reply = self.reply_for(req)
         if self.limiter.active:
             tokens = reply.ptoks + reply.ctoks * req.n
             wait, which = self.limiter.admit(tokens)
@@ -363,7 +367,7 @@ def _drop(request: web.Request, hard: bool = True) -> None:
 
 
 def make_app(sim: Simulator) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=300 * 1024 * 1024)  # batch input files: up to 256 MB
     app[SIMULATOR_KEY] = sim
     r = app.router
     for prefix in ("/v1", ""):
@@ -371,6 +375,7 @@ def make_app(sim: Simulator) -> web.Application:
         r.add_post(prefix + "/messages", sim.anthropic)
         r.add_get(prefix + "/models", sim.models)
         r.add_get(prefix + "/models/{model_id}", sim.models)
+    add_batch_routes(app, sim.batches)
     r.add_get("/_stats", sim.get_stats)
     r.add_post("/_reset", sim.post_reset)
     r.add_post("/_config", sim.post_config)

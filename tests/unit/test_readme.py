@@ -18,6 +18,16 @@ def test_readme_profile_example_parses():
     assert settings.model_for_default == "gpt"
     assert set(settings.strategies) == {"smart", "panel", "by_task"}
     assert settings.models["gpt"].fallbacks == ("claude",)
+    assert settings.models["gpt"].batch.min_keys == 1000 and not settings.models["gpt"].batch.enabled
+
+
+def test_readme_batch_example_parses():
+    text = README.read_text(encoding="utf-8").split("## Large backfills with batch APIs", 1)[1]
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0].replace("# ... as above", "")
+    gpt = yaml.safe_load(block)["models"]["gpt"]
+    settings = LlmSettings.from_dict({"models": {"gpt": {"api_url": "https://api.openai.com/v1",
+                                                         "model_version": "gpt-4o-mini", **gpt}}})
+    assert settings.models["gpt"].batch.enabled and settings.models["gpt"].batch.poll_s == 60
 
 
 def test_readme_providers_examples_are_valid_model_configs():

@@ -22,6 +22,7 @@ from dbt.adapters.events.logging import AdapterLogger
 from dbt.adapters.postgres import PostgresAdapter
 from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
+from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
 logger = AdapterLogger("pg_llm")
@@ -48,9 +49,13 @@ def get_engine(credentials: PgLlmCredentials):
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
+            from dbt_pg_llm.errors import PgLlmError
             from dbt_pg_llm.settings import build_engine
 
-            engine = build_engine(settings)
+            try:
+                engine = build_engine(settings)
+            except PgLlmError as exc:  # e.g. the journal cannot be opened: name llm.journal_dir
+                raise DbtRuntimeError(f"pg_llm: {exc}") from None
             _ENGINES[key] = engine
     return engine
 
@@ -93,6 +98,10 @@ class PgLlmAdapter(PostgresAdapter):
     ConnectionManager = PgLlmConnectionManager
     connections: PgLlmConnectionManager
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
+
     @classmethod
     def get_adapter_run_info(cls, config):
         # The base class derives the module from the class name ("PgLlmAdapter" -> "pgllm").
@@ -107,6 +116,20 @@ class PgLlmAdapter(PostgresAdapter):
             adapter_version=version,
             model_adapter_details=cls._get_adapter_specific_run_info(config),
         )
+
+    def clear_transaction(self) -> None:
+        """dbt-core calls this around on-run-* hooks; its RunTask.after_run reports a DbtRuntimeError
+        raised here as "Exited because of keyboard interrupt" (dbt-core 1.11, task/run.py). When the
+        database went away during the run, the models already failed with the real error: with
+        nothing to clear, log the connection failure instead of turning it into a fake Ctrl-C.
+        Hooks, if any, still fail on their own connection with their own error."""
+        from dbt.adapters.exceptions.connection import FailedToConnectError
+
+        try:
+            super().clear_transaction()
+        except FailedToConnectError as exc:
+            logger.warning(f"pg_llm: the database is unreachable ({str(exc).strip()}); "
+                           "the failed models above say what was kept")
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
@@ -155,7 +178,7 @@ class PgLlmAdapter(PostgresAdapter):
     # -- Jinja API -------------------------------------------------------------------------------
     @available
     def llm_column(self, spec: Dict[str, Any], default_model: Optional[str] = None,
-                   name: Optional[str] = None) -> Dict[str, Any]:
+                   name: Optional[str] = None, mode: Optional[str] = None) -> Dict[str, Any]:
         """Resolve one column spec: {"name", "spec", "model", "fingerprint", "key_sql", "output_col"}.
 
         Needs only the validated settings (no engine, no database), so parse/compile pay nothing.
@@ -165,6 +188,8 @@ class PgLlmAdapter(PostgresAdapter):
                 f"pg_llm: the spec of column '{name}' must be a mapping, e.g. pg_llm.classify(...); "
                 f"got {type(spec).__name__}"
             )
+        if mode is not None and "mode" not in spec:  # llm_enrich(mode=...) for columns without their own
+            spec = {**spec, "mode": mode}
         column_spec = self._spec(spec, default_model, name)
         fp = column_spec.fingerprint(self._model_config(column_spec.model))
         return {
@@ -202,19 +227,22 @@ class PgLlmAdapter(PostgresAdapter):
                   node_id: Optional[str]) -> Dict[str, Any]:
         """Fill one column; log its summary and warnings; raise DbtRuntimeError per on_error='fail'."""
         from dbt_pg_llm.errors import PgLlmError, redact
-        from dbt_pg_llm.pg.fill import fill_column
+        from dbt_pg_llm.pg.batch_fill import fill_column_batched
 
         settings = self._settings()
         spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
         label = f"{node_id or 'model'}.{column.get('name')}"
         started = time.monotonic()
         try:
-            report = fill_column(
+            batched = fill_column_batched(  # the normal fill, plus provider batches (issue 11)
                 self._credentials.connect_autocommit, engine, source_sql, spec,
+                policy=self._batch_policy(spec), say=lambda line: logger.info(f"{label}: {line}"),
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
                 progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
+                max_error_rate=settings.max_error_rate,
             )
+            report = batched.report
         except PgLlmError as exc:
             raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
         except DbtRuntimeError:
@@ -225,8 +253,12 @@ class PgLlmAdapter(PostgresAdapter):
             ) from None
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
+        _log_batches(label, batched, settings.audit_schema)
+        if report.journal_error:
+            warn_or_error(f"{label}: {redact(report.journal_error)}; the answers of this run were written "
+                          f"straight to {settings.audit_schema}.llm_results instead")
         if report.stopped == "max_cost":
-            logger.warning(
+            warn_or_error(
                 f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
                 "the remaining keys were not requested"
             )
@@ -238,12 +270,46 @@ class PgLlmAdapter(PostgresAdapter):
                     f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
                 )
             shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
-            logger.warning(
-                f"{label}: {report.errors} key(s) failed; those rows get {shown}. The failures are "
+            warn_or_error(
+                f"{label}: {report.errors} of {report.distinct_keys} key(s) failed (llm.max_error_rate "
+                f"{settings.max_error_rate:g} not exceeded); those rows get {shown}. The failures are "
                 f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
                 f"First error: {first_text}"
             )
         return report.as_progress()
+
+    def _batch_policy(self, spec):
+        """The column's batch policy: the model's ``batch:`` setting, switched by ``mode=``."""
+        config = self._model_config(spec.model)
+        policy = getattr(config, "batch", None)  # strategies have none
+        return policy.for_column(spec.mode) if policy is not None else None
+
+    @available
+    def llm_batches(self, cancel: bool = False) -> List[Dict[str, Any]]:
+        """Open provider batches of the audit schema (``pg_llm.batches``); with ``cancel``, ask the
+        provider to cancel them first (``pg_llm.cancel_batches``). Returns one dict per batch."""
+        from dbt_pg_llm.errors import PgLlmError, redact
+        from dbt_pg_llm.pg.batch_collect import BatchCollector
+        from dbt_pg_llm.pg.batch_store import open_batches
+
+        settings = self._settings()
+        run = self._run_context("operation")
+        try:
+            if cancel:
+                with BatchCollector(self._credentials.connect_autocommit, get_engine(self._credentials),
+                                    settings.audit_schema, run) as collector:
+                    for line in collector.cancel():
+                        logger.info(f"pg_llm: cancelled {line}")
+            conn = self._credentials.connect_autocommit()
+            try:
+                rows = open_batches(conn, settings.audit_schema)
+            finally:
+                conn.close()
+        except PgLlmError as exc:
+            raise DbtRuntimeError(f"pg_llm: {redact(str(exc))}") from None
+        return [{"batch": r.provider_batch_id or r.batch_uid, "provider": r.provider, "model": r.model,
+                 "status": r.status, "keys": r.key_count, "submitted_at": str(r.submitted_at),
+                 "node_id": r.node_id} for r in rows]
 
     def _raise_alerts(self, engine, run) -> None:
         """Write the engine's new alerts to llm_alerts (once per run, model and type) and log them."""
@@ -342,8 +408,36 @@ class PgLlmAdapter(PostgresAdapter):
             on_error="fail" if mode == "fail" else "null",
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
-            claim_timeout_s=settings.claim_timeout_s,
+            claim_timeout_s=settings.claim_timeout_s, max_error_rate=settings.max_error_rate,
         )
+
+
+def _log_batches(label: str, batched, audit_schema: str) -> None:
+    """The batch side of a fill: what was submitted / collected, and a warning naming open batches."""
+    from dbt_pg_llm.errors import redact
+
+    if batched.submitted:
+        logger.info(f"{label}: submitted provider batch(es) {', '.join(batched.submitted)}")
+    if batched.collected:
+        logger.info(f"{label}: collected provider batch(es) {', '.join(batched.collected)}")
+    for problem in batched.problems:
+        logger.warning(f"{label}: {redact(problem)}")
+    if batched.pending_keys or batched.open_batches:
+        logger.warning(
+            f"{label}: {batched.pending_keys} key(s) wait in open provider batches: "
+            f"{'; '.join(batched.open_batches) or 'see the batches list'}. Their rows are NULL (or the on_error "
+            f"default) until a later run collects the answers (`dbt run-operation pg_llm.batches` lists the "
+            f"open batches of {audit_schema})"
+        )
+
+
+def warn_or_error(message: str) -> None:
+    """A dbt warning through dbt's own warn_or_error: shown as a warning, and an error under
+    ``--warn-error`` (or ``--warn-error-options '{"error": ["AdapterEventWarning"]}'``)."""
+    from dbt.adapters.events.types import AdapterEventWarning
+    from dbt_common.events.functions import warn_or_error as fire
+
+    fire(AdapterEventWarning(name=logger.name, base_msg=message, args=()))
 
 
 class _ProgressLogger:
