@@ -107,6 +107,22 @@ class Simulator:
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, True)
 
+    async def azure(self, request: web.Request) -> web.StreamResponse:
+        """Azure OpenAI: ``/openai/deployments/{deployment}/chat/completions?api-version=...`` with an
+        ``api-key`` header; the deployment names the model (a body ``model`` is ignored, as Azure does).
+        No api-version or an unknown deployment is a 404 in Azure's own shape."""
+        deployment = request.match_info["deployment"]
+        if not request.query.get("api-version"):
+            return web.json_response({"error": {"code": "404", "message": "Resource not found"}}, status=404)
+        models = self.config.models
+        if models is not None and deployment not in models:
+            self.rejected += 1
+            return web.json_response({"error": {
+                "code": "DeploymentNotFound",
+                "message": "The API deployment for this resource does not exist. If you created the deployment "
+                           "within the last 5 minutes, please wait a moment and try again."}}, status=404)
+        return await self._handle(request, False, deployment=deployment)
+
     def _id_headers(self, anth: bool, rid: str) -> dict[str, str]:
         return {"request-id": rid} if anth else {"x-request-id": rid}
 
@@ -114,14 +130,16 @@ class Simulator:
         headers = {**self._id_headers(anth, rid), **error.headers}
         return web.Response(status=error.status, body=error.body(anth, rid), content_type=_JSON, headers=headers)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.Request, azure: bool = False) -> bool:
         key = self.config.api_key
         if not key:
             return True
         h = request.headers
+        if azure:  # Azure takes the resource key in api-key (or an Entra bearer token)
+            return h.get("api-key") == key or h.get("Authorization") == f"Bearer {key}"
         return h.get("Authorization") == f"Bearer {key}" or h.get("x-api-key") == key
 
-    async def _handle(self, request: web.Request, anth: bool) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, anth: bool, deployment: str | None = None) -> web.StreamResponse:
         self.requests += 1
         seq = self.requests
         rid = f"req_sim{seq:016x}"
@@ -134,6 +152,8 @@ class Simulator:
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 body = None
+            if deployment is not None and isinstance(body, dict):
+                body["model"] = deployment
             cfg = self.config
             problem = check_request(body, anth, cfg.models, cfg.reject_params)
             req = parse_request(body, anth) if problem is None else None
@@ -141,7 +161,7 @@ class Simulator:
                 req.seq = seq
                 sha = A.prompt_sha256(req.user)
                 self.by_prompt[sha] = self.by_prompt.get(sha, 0) + 1
-            if not self._authorized(request):
+            if not self._authorized(request, azure=deployment is not None):
                 self.unauthorized += 1
                 msg = "invalid x-api-key" if anth else \
                     "Incorrect API key provided. You can find your API key in your account settings."
@@ -375,6 +395,7 @@ def make_app(sim: Simulator) -> web.Application:
         r.add_post(prefix + "/messages", sim.anthropic)
         r.add_get(prefix + "/models", sim.models)
         r.add_get(prefix + "/models/{model_id}", sim.models)
+    r.add_post("/openai/deployments/{deployment}/chat/completions", sim.azure)
     add_batch_routes(app, sim.batches)
     r.add_get("/_stats", sim.get_stats)
     r.add_post("/_reset", sim.post_reset)
