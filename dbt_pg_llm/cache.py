@@ -30,11 +30,44 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterator, Protocol
 
+from .errors import PgLlmError, redact
 from .model_io import ModelOutput, TokenUsage
 
-__all__ = ["CacheEntry", "CacheBackend", "MemoryBackend", "DiskJournal", "ResultCache"]
+__all__ = ["CacheEntry", "CacheBackend", "MemoryBackend", "DiskJournal", "ResultCache", "JournalError",
+           "journal_problem"]
 
 log = logging.getLogger("dbt_pg_llm")
+
+
+class JournalError(PgLlmError):
+    """The journal cannot be opened or written (disk full, read-only, permissions): paid answers
+    are no longer protected by it. ``directory`` is where it lives (``llm.journal_dir``)."""
+
+    def __init__(self, directory: str | None, cause: BaseException, doing: str = "write paid answers to"):
+        self.directory = directory
+        self.cause = cause
+        where = f"the journal at {directory}" if directory else "the result cache"
+        super().__init__(f"could not {doing} {where} (llm.journal_dir): {journal_problem(cause, directory)}")
+
+
+def journal_problem(exc: BaseException, directory: str | None = None) -> str:
+    """What is wrong with the journal's disk, in words a user can act on."""
+    import errno
+    import os
+
+    text = redact(str(exc)).strip() or type(exc).__name__
+    number = getattr(exc, "errno", None)
+    lowered = text.lower()
+    if directory and os.path.isdir(directory) and not os.access(directory, os.W_OK):
+        lowered += " permission"
+    if number in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in lowered or "no space" in lowered:
+        return (f"{text}: the disk is full; free space there, or set llm.journal_dir to a directory on a "
+                "disk with room")
+    if number in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in lowered or "read-only" in lowered \
+            or "permission" in lowered:
+        return (f"{text}: the directory is not writable; fix its permissions, or set llm.journal_dir to a "
+                "writable directory")
+    return f"{text}; check that llm.journal_dir is a writable directory with free space"
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,23 @@ class ResultCache:
         self._clock = clock
         self._inflight: dict[str, asyncio.Future] = {}
         self._pending_writes: tuple[list, asyncio.Future] | None = None
+        self.write_error: JournalError | None = None  # the first failed write; later ones are counted
+        self.failed_writes = 0
+
+    @property
+    def durable(self) -> bool:
+        """True when stored answers outlive this process (a journal on disk that still writes)."""
+        return getattr(self.backend, "directory", None) is not None and self.write_error is None
+
+    def holds(self, keys) -> list[str]:
+        """Those of ``keys`` stored on disk (to say truthfully what a failed fill kept); [] if the
+        backend is not durable or cannot even be read."""
+        if getattr(self.backend, "directory", None) is None:
+            return []
+        try:
+            return [k for k in keys if self.backend.get(k) is not None]
+        except Exception:
+            return []
 
     # -- synchronous API -------------------------------------------------------------------------
     def get_entry(self, key: str) -> CacheEntry | None:
@@ -261,8 +311,11 @@ class ResultCache:
         if output.ok and not output.cached:
             try:
                 await self._store(key, output)
-            except Exception:  # the answer is still good for this run; say loudly it was not kept
-                log.exception("could not store the result for cache key %s; it will be requested again", key)
+            except Exception as exc:  # the answer is still good for this run, but not kept: say so ONCE
+                self.failed_writes += 1
+                if self.write_error is None:
+                    self.write_error = JournalError(getattr(self.backend, "directory", None), exc)
+                    log.error("%s; paid answers are no longer journaled", self.write_error)
         return output
 
     async def _store(self, key: str, output: ModelOutput) -> None:

@@ -14,6 +14,7 @@ import concurrent.futures
 import functools
 import itertools
 import queue
+import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -28,6 +29,8 @@ from .registry import ModelRegistry
 from .runtime import LoopThread, shared_loop
 
 __all__ = ["Engine"]
+
+SETTLE_TIMEOUT_S = 120.0  # how long a stopped map_unordered waits for its paid calls still in flight
 
 
 class Engine:
@@ -125,7 +128,27 @@ class Engine:
         # that is drained in bursts: per-item cross-thread futures (or concurrent.futures.wait, which
         # re-scans every pending future) cost more CPU than the HTTP request itself.
         results: queue.SimpleQueue = queue.SimpleQueue()
-        source = iter(items)
+        in_flight = [0]  # shared with _pump, read by _settle
+        try:
+            yield from self._pump(model_name, iter(items), window, context, results, in_flight)
+        finally:
+            self._settle(results, in_flight[0])
+
+    def _settle(self, results: queue.SimpleQueue, pending: int) -> None:
+        """When the consumer stops early (an error, a full database): wait for the calls still in
+        flight. They are paid for; each lands in the cache/journal before it reports, so waiting
+        is what keeps them (a process exiting right after would drop them on the floor)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while pending > 0:
+            try:
+                results.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                return
+            pending -= 1
+            if time.monotonic() >= deadline:
+                return
+
+    def _pump(self, model_name, source, window, context, results, counter):
         chunk_size = max(1, window // 4)
         in_flight = 0
         exhausted = False
@@ -137,6 +160,7 @@ class Engine:
                     break
                 self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results)
                 in_flight += len(chunk)
+                counter[0] = in_flight
             if not in_flight:
                 return
             ready = [results.get()]
@@ -145,8 +169,9 @@ class Engine:
                     ready.append(results.get_nowait())
                 except queue.Empty:
                     break
+            in_flight -= len(ready)
+            counter[0] = in_flight
             for tag, output in ready:
-                in_flight -= 1
                 if isinstance(output, BaseException):
                     raise output
                 yield tag, output

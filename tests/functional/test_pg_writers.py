@@ -124,17 +124,18 @@ def test_write_calls_from_model_logs(conn, schema):
 
 def test_dead_letters_upsert_resolve_and_redact(conn, schema):
     register_secret("sk-supersecret-123456")
-    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "api", "failed with key sk-supersecret-123456", "r1"),
-                                ErrorRow("k2", None, "m", "timeout", "slow", "r1")])
-    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "invalid_output", "bad label", "r2")])
+    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "api", "failed with key sk-supersecret-123456", "r1", 1),
+                                ErrorRow("k2", None, "m", "timeout", "slow", "r1", 3)])
+    write_errors(conn, schema, [ErrorRow("k1", "node.a", "m", "invalid_output", "bad label", "r2", 2)])
     rows = _fetch(conn, f"select key, node_id, error_kind, message, attempts, run_id, resolved_at is null "
                         f"from {schema}.llm_errors order by key")
-    assert rows == [("k1", "node.a", "invalid_output", "bad label", 2, "r2", True),
-                    ("k2", "", "timeout", "slow", 1, "r1", True)]
+    # attempts: the HTTP requests really made, added up over runs
+    assert rows == [("k1", "node.a", "invalid_output", "bad label", 3, "r2", True),
+                    ("k2", "", "timeout", "slow", 3, "r1", True)]
     assert resolve_errors(conn, schema, ["k1", "nope"]) == 1
     assert resolve_errors(conn, schema, ["k1"]) == 0  # already resolved
     write_errors(conn, schema, [ErrorRow("k2", "", "m", "api", "Bearer abcdefghijkl", "r3")])
-    assert _fetch(conn, f"select message, attempts from {schema}.llm_errors where key = 'k2'") == [("Bearer ***", 2)]
+    assert _fetch(conn, f"select message, attempts from {schema}.llm_errors where key = 'k2'") == [("Bearer ***", 3)]  # 3 + 0 attempts (never sent)
 
 
 def test_alerts_and_runs(conn, schema):
@@ -149,7 +150,7 @@ def test_alerts_and_runs(conn, schema):
     record_run(conn, schema, "inv1", status="success", rows=1)
     assert _fetch(conn, f"select target, status, rows, requests, errors, cost_usd::float, saved_cost_usd::float, "
                         f"ended_at is not null from {schema}.llm_runs") == [
-        ("dev", "error", 16, 3, 1, 0.75, 1.0, True)]
+        ("dev", "failed", 16, 3, 1, 0.75, 1.0, True)]
 
 
 def test_write_results_throughput(conn, schema, record_property):
@@ -168,3 +169,23 @@ def test_write_results_throughput(conn, schema, record_property):
     write_results(conn, schema, rows)  # all conflicts -> updates
     print(f"write_results (all updates): {n / (time.perf_counter() - started):,.0f} rows/s")
     assert rate > 5_000
+
+
+def test_run_row_is_running_while_fills_are_active_then_takes_the_worst_outcome(conn, schema):
+    from dbt_pg_llm.pg.runs import mark_crashed_runs, run_started
+
+    run_started(conn, schema, "inv", target="dev")  # two models of one invocation (dbt threads)
+    run_started(conn, schema, "inv")
+    record_run(conn, schema, "inv", status="partial", finished_fill=True, requests=2, cost_usd=0.1 + 0.2)
+    row = "select status, outcome, active_fills, ended_at is null, cost_usd::text from {}.llm_runs where run_id = 'inv'"
+    assert _fetch(conn, row.format(schema)) == [("running", "partial", 1, True, "0.3")]  # not 0.30000000000000004
+    record_run(conn, schema, "inv", status="success", finished_fill=True, requests=1)
+    assert _fetch(conn, row.format(schema)) == [("partial", "partial", 0, False, "0.3")]
+    # a run that died while running is marked crashed by a later run, once its heartbeat is old
+    run_started(conn, schema, "dead")
+    assert mark_crashed_runs(conn, schema, dead_after_s=3600) == 0
+    with conn.cursor() as cur:
+        cur.execute(f"update {schema}.llm_runs set heartbeat_at = now() - interval '2 hours' where run_id = 'dead'")
+    run_started(conn, schema, "next")
+    assert dict(_fetch(conn, f"select run_id, status from {schema}.llm_runs")) == {
+        "inv": "partial", "dead": "crashed", "next": "running"}

@@ -77,3 +77,25 @@ def test_a_waiting_progress_line_says_who_since_when_and_how_many():
     assert text == ("waiting for 12 key(s) claimed by another run: 10 by run 7f3a (node model.p.x, pid 4242 on "
                     "etl-1, dbt-pg_llm) since 2026-11-28T20:31:02+00:00 (35s ago), last heartbeat 2s ago; "
                     "2 more by others")
+
+
+def test_max_error_rate_defaults_to_half_and_is_validated_with_its_key_path():
+    assert LlmSettings.from_dict({"models": {"local": GOOD}}).max_error_rate == 0.5
+    assert LlmSettings.from_dict({"models": {"local": GOOD}, "max_error_rate": 0}).max_error_rate == 0
+    for bad in (1.5, -0.1, "half", True):
+        with pytest.raises(ConfigError) as info:
+            LlmSettings.from_dict({"models": {"local": GOOD}, "max_error_rate": bad})
+        assert any(p.startswith("llm.max_error_rate:") and "from 0 to 1" in p for p in info.value.problems)
+
+
+def test_a_journal_dir_that_cannot_be_opened_names_llm_journal_dir(tmp_path):
+    from dbt_pg_llm import PgLlmError
+    from dbt_pg_llm.settings import build_engine
+
+    not_a_dir = tmp_path / "a_file"
+    not_a_dir.write_text("in the way")  # a real OS error (ENOTDIR), also when running as root
+    settings = LlmSettings.from_dict({"models": {"local": GOOD}, "journal_dir": str(not_a_dir / "journal")})
+    with pytest.raises(PgLlmError) as info:
+        build_engine(settings)
+    text = str(info.value)
+    assert "llm.journal_dir" in text and str(not_a_dir / "journal") in text and "writable directory" in text

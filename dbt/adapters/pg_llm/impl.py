@@ -22,6 +22,7 @@ from dbt.adapters.events.logging import AdapterLogger
 from dbt.adapters.postgres import PostgresAdapter
 from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
+from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 
 logger = AdapterLogger("pg_llm")
@@ -48,9 +49,13 @@ def get_engine(credentials: PgLlmCredentials):
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
+            from dbt_pg_llm.errors import PgLlmError
             from dbt_pg_llm.settings import build_engine
 
-            engine = build_engine(settings)
+            try:
+                engine = build_engine(settings)
+            except PgLlmError as exc:  # e.g. the journal cannot be opened: name llm.journal_dir
+                raise DbtRuntimeError(f"pg_llm: {exc}") from None
             _ENGINES[key] = engine
     return engine
 
@@ -93,6 +98,10 @@ class PgLlmAdapter(PostgresAdapter):
     ConnectionManager = PgLlmConnectionManager
     connections: PgLlmConnectionManager
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
+
     @classmethod
     def get_adapter_run_info(cls, config):
         # The base class derives the module from the class name ("PgLlmAdapter" -> "pgllm").
@@ -107,6 +116,20 @@ class PgLlmAdapter(PostgresAdapter):
             adapter_version=version,
             model_adapter_details=cls._get_adapter_specific_run_info(config),
         )
+
+    def clear_transaction(self) -> None:
+        """dbt-core calls this around on-run-* hooks; its RunTask.after_run reports a DbtRuntimeError
+        raised here as "Exited because of keyboard interrupt" (dbt-core 1.11, task/run.py). When the
+        database went away during the run, the models already failed with the real error: with
+        nothing to clear, log the connection failure instead of turning it into a fake Ctrl-C.
+        Hooks, if any, still fail on their own connection with their own error."""
+        from dbt.adapters.exceptions.connection import FailedToConnectError
+
+        try:
+            super().clear_transaction()
+        except FailedToConnectError as exc:
+            logger.warning(f"pg_llm: the database is unreachable ({str(exc).strip()}); "
+                           "the failed models above say what was kept")
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
@@ -217,6 +240,7 @@ class PgLlmAdapter(PostgresAdapter):
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
                 progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
+                max_error_rate=settings.max_error_rate,
             )
             report = batched.report
         except PgLlmError as exc:
@@ -230,8 +254,11 @@ class PgLlmAdapter(PostgresAdapter):
         elapsed = time.monotonic() - started
         logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
         _log_batches(label, batched, settings.audit_schema)
+        if report.journal_error:
+            warn_or_error(f"{label}: {redact(report.journal_error)}; the answers of this run were written "
+                          f"straight to {settings.audit_schema}.llm_results instead")
         if report.stopped == "max_cost":
-            logger.warning(
+            warn_or_error(
                 f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
                 "the remaining keys were not requested"
             )
@@ -243,8 +270,9 @@ class PgLlmAdapter(PostgresAdapter):
                     f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
                 )
             shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
-            logger.warning(
-                f"{label}: {report.errors} key(s) failed; those rows get {shown}. The failures are "
+            warn_or_error(
+                f"{label}: {report.errors} of {report.distinct_keys} key(s) failed (llm.max_error_rate "
+                f"{settings.max_error_rate:g} not exceeded); those rows get {shown}. The failures are "
                 f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
                 f"First error: {first_text}"
             )
@@ -380,7 +408,7 @@ class PgLlmAdapter(PostgresAdapter):
             on_error="fail" if mode == "fail" else "null",
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
-            claim_timeout_s=settings.claim_timeout_s,
+            claim_timeout_s=settings.claim_timeout_s, max_error_rate=settings.max_error_rate,
         )
 
 
@@ -401,6 +429,15 @@ def _log_batches(label: str, batched, audit_schema: str) -> None:
             f"default) until a later run collects the answers (`dbt run-operation pg_llm.batches` lists the "
             f"open batches of {audit_schema})"
         )
+
+
+def warn_or_error(message: str) -> None:
+    """A dbt warning through dbt's own warn_or_error: shown as a warning, and an error under
+    ``--warn-error`` (or ``--warn-error-options '{"error": ["AdapterEventWarning"]}'``)."""
+    from dbt.adapters.events.types import AdapterEventWarning
+    from dbt_common.events.functions import warn_or_error as fire
+
+    fire(AdapterEventWarning(name=logger.name, base_msg=message, args=()))
 
 
 class _ProgressLogger:

@@ -1,0 +1,44 @@
+"""How a fill ends: the ``llm.max_error_rate`` verdict, and the truth about answers it could not write.
+
+Plain functions over a ``FillReport`` and the engine's cache, used by ``fill._Fill``.
+"""
+from __future__ import annotations
+
+from ..errors import ModelError
+from .report import FillReport
+
+__all__ = ["too_many_errors", "error_rate_exceeded", "where_kept"]
+
+
+def too_many_errors(report: FillReport, max_error_rate: float | None) -> bool:
+    """More than ``max_error_rate`` of the distinct keys failed or were skipped (e.g. budget)."""
+    return (max_error_rate is not None and report.errors > 0 and report.distinct_keys > 0
+            and report.errors / report.distinct_keys > max_error_rate)
+
+
+def error_rate_exceeded(report: FillReport, max_error_rate: float, schema: str, answers_written: int) -> ModelError:
+    """The error that fails the model: the counts, the share, the setting, and the first error."""
+    err = report.first_error
+    who = f"{report.node_id}: " if report.node_id else ""
+    return ModelError(
+        err.kind,
+        f"{who}model '{report.model}': {report.errors} of {report.distinct_keys} distinct key(s) "
+        f"({report.errors / report.distinct_keys:.0%}) failed or were not requested, more than "
+        f"llm.max_error_rate ({max_error_rate:g}); first error, for key {err.key[:16]}: {err.kind}: {err.message}. "
+        f"The {answers_written} answer(s) received were kept in {schema}.llm_results and the failed keys are "
+        "retried on the next run.",
+        model=report.model)
+
+
+def where_kept(engine, keys: list[str]) -> str:
+    """What happens to paid answers that could not be written to llm_results: checked, not assumed.
+
+    They are "kept in the engine's journal" only if the journal on disk really holds them."""
+    cache = getattr(engine, "cache", None)
+    kept = len(cache.holds(keys)) if cache is not None and hasattr(cache, "holds") else 0
+    if kept == len(keys):
+        return "they are kept in the engine's journal and the next run reuses them without paying"
+    why = (str(cache.write_error) if getattr(cache, "write_error", None) is not None else
+           "the engine has no journal on disk (llm.journal_dir)")
+    return (f"{kept} of them are kept in the engine's journal; {len(keys) - kept} paid answer(s) are kept "
+            f"nowhere and will be requested (and paid) again: {why}")

@@ -1,0 +1,138 @@
+"""Paid output survives real faults of a dbt run: Postgres stopped mid-run, dbt killed with SIGKILL.
+
+Each test runs ``dbt run -s review_sentiment`` in a subprocess against its own embedded Postgres
+(stopping the shared one would disturb other tests) and a simulator answering in ~150 ms, injects
+the fault once the simulator's ledger shows the run is under way, then reruns to completion and
+compares the ledger with ``llm_results``: no answer paid twice except those in flight at a
+``kill -9``, none lost. The figures are printed (``-s``) for the record.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dbt_pg_llm.embedded_pg import EmbeddedPostgres, default_data_dir
+from dbt_pg_llm.simulator import SimulatorConfig
+from test_dbt_adapter import INTEGRATION, DbtProject
+
+pytestmark = pytest.mark.functional
+LATENCY_MS = 150
+MAX_CONCURRENCY = 32  # the profile's max_concurrency for `sim`: at most this many in flight
+
+
+@pytest.fixture(scope="module")
+def own_pg():
+    """An embedded Postgres of this module only: the tests stop and restart it."""
+    data_dir = default_data_dir().parent / f"durability-{uuid.uuid4().hex[:8]}"
+    server = EmbeddedPostgres(data_dir)
+    info = server.start()
+    try:
+        yield server, info
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        for suffix in (".lock", ".clients", ".keep"):
+            Path(str(data_dir) + suffix).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def project(own_pg, simulator_factory, tmp_path):
+    server, info = own_pg
+    sim = simulator_factory(SimulatorConfig(latency_ms=LATENCY_MS))
+    path = tmp_path / "integration_tests"
+    shutil.copytree(INTEGRATION, path, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", ".user.yml"))
+    proj = DbtProject(path, info, sim.base_url, schema=f"dur_{uuid.uuid4().hex[:8]}")
+    proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_dur_{uuid.uuid4().hex[:8]}", "LLM_JOURNAL_DIR": str(tmp_path / "journal")}
+    proj.run("seed")
+    sim.reset()
+    proj.sim, proj.server = sim, server
+    return proj
+
+
+def _start_dbt(project, tmp_path) -> subprocess.Popen:
+    dbt = str(Path(sys.executable).parent / "dbt")
+    return subprocess.Popen(
+        [dbt, "run", "-s", "review_sentiment", "--project-dir", str(project.path), "--profiles-dir",
+         str(project.path), "--target-path", str(tmp_path / "target_sub"), "--log-path", str(tmp_path / "logs_sub")],
+        env={**os.environ, **project.env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_requests(sim, proc, at_least: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sim.stats()["requests"] < at_least:
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, "the dbt run did not get going"
+        time.sleep(0.05)
+
+
+def _ledger(project, label: str) -> dict:
+    stats = project.sim.stats()
+    by_prompt = stats["by_prompt_sha256"]
+    figures = {
+        "requests": stats["requests"], "distinct_prompts": len(by_prompt),
+        "paid_twice": sum(1 for n in by_prompt.values() if n > 1),
+        "llm_results": project.scalar(f'select count(*) from "{project.audit}".llm_results'),
+        "distinct_texts": project.scalar(f"select count(distinct review_text) from {project.seed_table()} "
+                                         "where review_text is not null"),
+    }
+    print(f"\n[ledger] {label}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    return figures
+
+
+def test_postgres_stopped_mid_run_then_rerun_pays_nothing_twice(project, tmp_path):
+    proc = _start_dbt(project, tmp_path)
+    try:
+        _wait_for_requests(project.sim, proc, 100)
+        project.server.stop()  # the database goes away in the middle of the fill
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        project.server.start()
+    at_stop = project.sim.stats()["requests"]
+    print(f"\n[ledger] Postgres stopped mid-run: the first run paid {at_stop} requests; exit code {proc.returncode}")
+    print("\n".join(line for line in output.splitlines() if "pg_llm" in line or "Completed" in line or "Exited" in line))
+    assert proc.returncode != 0
+    assert "keyboard interrupt" not in output.lower(), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    # whichever connection noticed first (the writer or the reader), the error says where the answers are
+    assert ("the database connection broke" in output or "could not write" in output) \
+        and "kept in the engine's journal" in output, output[-3000:]
+    assert "WARNING:dbt_pg_llm" not in output and "ERROR:dbt_pg_llm" not in output  # all through dbt's logger
+    project.run("run", "-s", "review_sentiment")
+    after = _ledger(project, "after Postgres restart and rerun")
+    assert after["paid_twice"] == 0  # what the first run paid came from the journal
+    assert after["llm_results"] == after["distinct_texts"] == after["distinct_prompts"]  # 0 lost
+    assert after["requests"] == after["distinct_texts"]
+
+
+def test_kill_9_mid_run_leaves_a_run_row_and_the_rerun_loses_nothing(project, tmp_path):
+    proc = _start_dbt(project, tmp_path)
+    try:
+        _wait_for_requests(project.sim, proc, 150)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    at_kill = project.sim.stats()["requests"]
+    rows = project.query(f'select run_id, status from "{project.audit}".llm_runs')
+    assert len(rows) == 1 and rows[0][1] == "running", rows  # the killed run left its row
+    calls = project.scalar(f'select count(*) from "{project.audit}".llm_calls where not cached')
+    print(f"\n[ledger] kill -9 mid-run: simulator requests={at_kill}, llm_calls rows written before the kill={calls}")
+    # time passes: its heartbeat is older than the threshold, so the next run marks it crashed
+    project.query(f"update \"{project.audit}\".llm_runs set heartbeat_at = now() - interval '1 hour'")
+    project.run("run", "-s", "review_sentiment")
+    statuses = dict(project.query(f'select run_id, status from "{project.audit}".llm_runs'))
+    assert statuses[rows[0][0]] == "crashed" and sorted(statuses.values()) == ["crashed", "success"], statuses
+    after = _ledger(project, "after kill -9 and rerun")
+    assert after["paid_twice"] <= MAX_CONCURRENCY  # only those in flight at the kill were paid again
+    assert after["llm_results"] == after["distinct_texts"] == after["distinct_prompts"]  # 0 lost
