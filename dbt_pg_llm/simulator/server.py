@@ -39,6 +39,7 @@ class SimulatorConfig:
     max_concurrency: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    rate_window_s: float = 60.0  # rpm/tpm enforced per window of this length (1 = per-second slices)
     api_key: str | None = field(default=None, repr=False)
     cost_per_1k_input: float = 0.0
     cost_per_1k_output: float = 0.0
@@ -52,6 +53,8 @@ class SimulatorConfig:
 
     def __post_init__(self):
         self.faults = check_faults(self.faults)
+        if not float(self.rate_window_s) > 0:
+            raise ValueError(f"rate_window_s: {self.rate_window_s!r} must be > 0 seconds (60 = per-minute buckets)")
         for name in ("batch_error_rate", "batch_expire_rate", "batch_discount"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name}: {getattr(self, name)!r} must be between 0 and 1")
@@ -70,7 +73,7 @@ class Simulator:
     def _apply_config(self) -> None:
         c = self.config
         self.picker = FaultPicker(c.faults, c.seed)
-        self.limiter = RateLimiter(c.rpm, c.tpm)
+        self.limiter = RateLimiter(c.rpm, c.tpm, c.rate_window_s)
         self.sem = asyncio.Semaphore(c.max_concurrency) if c.max_concurrency else None
         self.jitter_rng = random.Random(c.seed)
 
@@ -101,7 +104,7 @@ class Simulator:
         self.max_active = 0
         self.picker.reset()
         self.batches.reset()
-        self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
+        self.limiter = RateLimiter(self.config.rpm, self.config.tpm, self.config.rate_window_s)
         self.jitter_rng = random.Random(self.config.seed)
 
     def stats(self) -> dict:
