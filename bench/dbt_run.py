@@ -76,9 +76,12 @@ def _project(root: Path, source: str) -> None:
         "{{ pg_llm.llm_enrich('select id, body from " + source + "', {'summary': pg_llm.complete('body')}) }}\n")
 
 
-def _dbt(root: Path, env: dict, *args: str) -> float:
+def _dbt(root: Path, env: dict, *args: str, py_spy: str | None = None) -> float:
+    """Wall time of one dbt command (in its own process, as a user runs it); under py-spy when asked."""
+    prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o", py_spy, "--"] \
+        if py_spy else []
     t0 = time.perf_counter()
-    done = subprocess.run([str(Path(sys.executable).parent / "dbt"), *args, "--project-dir", str(root),
+    done = subprocess.run([*prefix, str(Path(sys.executable).parent / "dbt"), *args, "--project-dir", str(root),
                            "--profiles-dir", str(root)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
@@ -92,6 +95,8 @@ def main(argv=None) -> int:
     parser.add_argument("--distinct", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--concurrency", default="64,256")
+    parser.add_argument("--py-spy", default=None, metavar="PREFIX",
+                        help="record the enriched runs with py-spy (raw stacks in PREFIX-<concurrency>.txt)")
     args = parser.parse_args(argv)
     import psycopg2
 
@@ -122,7 +127,8 @@ def main(argv=None) -> int:
                 audits.append(env["LLM_AUDIT_SCHEMA"])
                 plain = _dbt(root, env, "run", "-s", "plain")
                 sim.reset()
-                enriched = _dbt(root, env, "run", "-s", "enriched")
+                enriched = _dbt(root, env, "run", "-s", "enriched",
+                                py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
                 stats = sim.stats()
                 with admin.cursor() as cur:
                     cur.execute(f"select coalesce(sum(prompt_tokens + completion_tokens), 0), "
