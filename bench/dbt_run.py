@@ -19,15 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import PRICE_IN, PRICE_OUT, BenchDatabase, ledger_matches, sim_args
 
-from dbt_pg_llm.embedded_pg import EmbeddedPostgres  # noqa: E402
-from dbt_pg_llm.simulator import SimulatorProcess  # noqa: E402
-
-PRICE_IN, PRICE_OUT = 0.15, 0.6
+from dbt_pg_llm.simulator import SimulatorProcess
 
 PROFILE = """bench:
   target: dev
@@ -98,62 +94,38 @@ def main(argv=None) -> int:
     parser.add_argument("--py-spy", default=None, metavar="PREFIX",
                         help="record the enriched runs with py-spy (raw stacks in PREFIX-<concurrency>.txt)")
     args = parser.parse_args(argv)
-    import psycopg2
-
-    server = EmbeddedPostgres()
-    info = server.start()
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(**info.connect_kwargs())
-    admin.autocommit = True
-    rows, audits = [], []
-    sim_args = ["--latency-ms", str(args.latency_ms), "--cost-per-1k-input", str(PRICE_IN),
-                "--cost-per-1k-output", str(PRICE_OUT)]
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"create schema {schema}")
-            cur.execute(f"create table {schema}.source as select g as id, 'Summarize review number ' || "
-                        "(g %% %s) || ': sturdy, quiet, arrives on time.' as body from generate_series(1, %s) g",
-                        (args.distinct, args.rows))
-        with SimulatorProcess(sim_args) as sim, tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp) / "project"
-            _project(root, f"{schema}.source")
-            env = {**os.environ, "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
-                   "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname, "DBT_SCHEMA": schema,
-                   "LLM_API_URL": sim.base_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key",
-                   "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-            for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                env.update(LLM_AUDIT_SCHEMA=f"bench_audit_{uuid.uuid4().hex[:8]}", LLM_CONCURRENCY=str(concurrency),
-                           LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
-                audits.append(env["LLM_AUDIT_SCHEMA"])
-                plain = _dbt(root, env, "run", "-s", "plain")
-                sim.reset()
-                enriched = _dbt(root, env, "run", "-s", "enriched",
-                                py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
-                stats = sim.stats()
-                with admin.cursor() as cur:
-                    cur.execute(f"select coalesce(sum(prompt_tokens + completion_tokens), 0), "
-                                f"coalesce(sum(cost_usd), 0) from {env['LLM_AUDIT_SCHEMA']}.llm_calls")
-                    audit_tokens, audit_cost = cur.fetchone()
-                    cur.execute(f"select count(*), count(summary) from {schema}.enriched")
-                    total, filled = cur.fetchone()
-                ceiling = concurrency / (args.latency_ms / 1000)
-                rate = args.distinct / max(enriched - plain, 1e-9)
-                rows.append({"concurrency": concurrency, "plain_s": round(plain, 2), "enriched_s": round(enriched, 2),
-                             "requests": stats["requests"], "rows": total, "filled": filled,
-                             "rate_rps": round(rate), "ceiling_rps": round(ceiling),
-                             "of_ceiling": round(rate / ceiling, 3),
-                             "ledger_tokens": stats["prompt_tokens"] + stats["completion_tokens"],
-                             "audit_tokens": int(audit_tokens), "ledger_cost_usd": round(stats["cost_usd"], 6),
-                             "audit_cost_usd": round(float(audit_cost), 6)})
-                print(json.dumps(rows[-1]), flush=True)
-    finally:
-        with admin.cursor() as cur:
-            for name in [schema, *audits]:
-                cur.execute(f"drop schema if exists {name} cascade")
-        admin.close()
-        server.release()
-    ledger_ok = all(r["ledger_tokens"] == r["audit_tokens"] and abs(r["ledger_cost_usd"] - r["audit_cost_usd"]) < 1e-6
-                    for r in rows)
+    rows = []
+    with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim, \
+            tempfile.TemporaryDirectory() as tmp:
+        source = db.source_table("source", args.rows, args.distinct, "Summarize review")
+        root = Path(tmp) / "project"
+        _project(root, source)
+        info = db.info
+        env = {**os.environ, "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
+               "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname, "DBT_SCHEMA": db.schema,
+               "LLM_API_URL": sim.base_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key",
+               "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
+                       LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
+            plain = _dbt(root, env, "run", "-s", "plain")
+            sim.reset()
+            enriched = _dbt(root, env, "run", "-s", "enriched",
+                            py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
+            stats = sim.stats()
+            audit_tokens, audit_cost = db.audit_totals(env["LLM_AUDIT_SCHEMA"])
+            total, filled = db.execute(f"select count(*), count(summary) from {db.schema}.enriched")[0]
+            ceiling = concurrency / (args.latency_ms / 1000)
+            rate = args.distinct / max(enriched - plain, 1e-9)
+            rows.append({"concurrency": concurrency, "plain_s": round(plain, 2), "enriched_s": round(enriched, 2),
+                         "requests": stats["requests"], "rows": total, "filled": filled,
+                         "rate_rps": round(rate), "ceiling_rps": round(ceiling), "of_ceiling": round(rate / ceiling, 3),
+                         "ledger_tokens": stats["prompt_tokens"] + stats["completion_tokens"],
+                         "audit_tokens": audit_tokens, "ledger_cost_usd": round(stats["cost_usd"], 6),
+                         "audit_cost_usd": round(audit_cost, 6),
+                         "ledger_ok": ledger_matches(stats, audit_tokens, audit_cost)})
+            print(json.dumps(rows[-1]), flush=True)
+    ledger_ok = all(r["ledger_ok"] for r in rows)
     complete = all(r["requests"] == args.distinct and r["filled"] == args.rows for r in rows)
     print(f"dbt_run ({args.rows} rows / {args.distinct} distinct, latency {args.latency_ms} ms): "
           + "; ".join(f"c={r['concurrency']}: enriched {r['enriched_s']:.1f}s - plain {r['plain_s']:.1f}s -> "

@@ -19,9 +19,7 @@ import sys
 import time
 import uuid
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-PRICE_IN, PRICE_OUT = 0.15, 0.6
+from common import PRICE_IN, PRICE_OUT, BenchDatabase, ledger_matches, sim_args
 
 
 def child(args) -> int:
@@ -59,56 +57,29 @@ def main(argv=None) -> int:
     if args.child:
         return child(args)
 
-    import psycopg2
-
-    from dbt_pg_llm.embedded_pg import EmbeddedPostgres
     from dbt_pg_llm.simulator import SimulatorProcess
 
-    server = EmbeddedPostgres()
-    info = server.start()
-    admin = psycopg2.connect(**info.connect_kwargs())
-    admin.autocommit = True
-    schema, results = f"bench_{uuid.uuid4().hex[:8]}", []
-    audits = []
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"create schema {schema}")
-        sim_args = ["--latency-ms", str(args.latency_ms), "--cost-per-1k-input", str(PRICE_IN),
-                    "--cost-per-1k-output", str(PRICE_OUT)]
-        with SimulatorProcess(sim_args) as sim:
-            for rows in [int(r) for r in args.rows.split(",")]:
-                table, audit = f"{schema}.rows_{rows}", f"bench_audit_{uuid.uuid4().hex[:8]}"
-                audits.append(audit)
-                with admin.cursor() as cur:  # a size-specific prompt text: each fill pays its own keys
-                    cur.execute(f"create table {table} as select g as id, 'Review ' || (g %% %s) || ' of set {rows}:"
-                                " sturdy, quiet, arrives on time.' as body from generate_series(1, %s) g",
-                                (args.distinct, rows))
-                sim.reset()
-                env = {**os.environ, "BENCH_PG": json.dumps(info.connect_kwargs()), "BENCH_SIM": sim.base_url}
-                done = subprocess.run([sys.executable, __file__, "--child", "--table", table, "--audit", audit,
-                                       "--concurrency", str(args.concurrency)], env=env, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise SystemExit(f"fill of {rows} rows failed:\n{done.stderr[-3000:]}")
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-                stats = sim.stats()
-                with admin.cursor() as cur:
-                    cur.execute(f"select coalesce(sum(prompt_tokens + completion_tokens), 0), coalesce(sum(cost_usd), 0)"
-                                f" from {audit}.llm_calls")
-                    audit_tokens, audit_cost = cur.fetchone()
-                row.update(rows=rows, requests=stats["requests"],
-                           ledger_tokens=stats["prompt_tokens"] + stats["completion_tokens"],
-                           audit_tokens=int(audit_tokens), ledger_cost_usd=round(stats["cost_usd"], 6),
-                           audit_cost_usd=round(float(audit_cost), 6))
-                results.append(row)
-                print(json.dumps(row), flush=True)
-    finally:
-        with admin.cursor() as cur:
-            for name in [schema, *audits]:
-                cur.execute(f"drop schema if exists {name} cascade")
-        admin.close()
-        server.release()
-    ledger_ok = all(r["ledger_tokens"] == r["audit_tokens"] and abs(r["ledger_cost_usd"] - r["audit_cost_usd"]) < 1e-6
-                    for r in results)
+    results = []
+    with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim:
+        for rows in [int(r) for r in args.rows.split(",")]:
+            # a size-specific prompt text: each fill pays for its own keys
+            table = db.source_table(f"rows_{rows}", rows, args.distinct, f"Review of set {rows}")
+            audit = db.new_schema("bench_audit")
+            sim.reset()
+            env = {**os.environ, "BENCH_PG": json.dumps(db.info.connect_kwargs()), "BENCH_SIM": sim.base_url}
+            done = subprocess.run([sys.executable, __file__, "--child", "--table", table, "--audit", audit,
+                                   "--concurrency", str(args.concurrency)], env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"fill of {rows} rows failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            stats = sim.stats()
+            tokens, cost = db.audit_totals(audit)
+            row.update(rows=rows, requests=stats["requests"], audit_tokens=tokens, audit_cost_usd=round(cost, 6),
+                       ledger_tokens=stats["prompt_tokens"] + stats["completion_tokens"],
+                       ledger_cost_usd=round(stats["cost_usd"], 6), ledger_ok=ledger_matches(stats, tokens, cost))
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    ledger_ok = all(r["ledger_ok"] for r in results)
     growth = results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"]
     ok = ledger_ok and growth <= 1.1 and all(r["peak_rss_mb"] <= 250 and r["errors"] == 0 for r in results)
     print(f"memory ({args.distinct} distinct prompts): "

@@ -17,12 +17,11 @@ import sys
 import time
 import uuid
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import BenchDatabase, sim_args
 
-from dbt_pg_llm import BufferedSink, Engine, Model  # noqa: E402
-from dbt_pg_llm.embedded_pg import EmbeddedPostgres  # noqa: E402
-from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column  # noqa: E402
-from dbt_pg_llm.simulator import SimulatorProcess  # noqa: E402
+from dbt_pg_llm import BufferedSink, Engine, Model
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
+from dbt_pg_llm.simulator import SimulatorProcess
 
 
 def by_package(stats: pstats.Stats, n: int, top: int) -> str:
@@ -48,41 +47,22 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
-    import psycopg2
-
-    server = EmbeddedPostgres()
-    info = server.start()
-    schema, audit = f"bench_{uuid.uuid4().hex[:8]}", f"bench_audit_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(**info.connect_kwargs())
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"create schema {schema}")
-            cur.execute(f"create table {schema}.t as select g as id, 'Profile review ' || (g %% %s) || "
-                        "': sturdy, quiet, arrives on time.' as body from generate_series(1, %s) g",
-                        (args.distinct, args.rows))
-        with SimulatorProcess(["--latency-ms", str(args.latency_ms)]) as sim:
-            engine = Engine([Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 64,
-                                           "max_concurrency": args.concurrency})], sinks=[BufferedSink()])
-            loop_prof, main_prof = cProfile.Profile(), cProfile.Profile()
-            engine.loop.loop.call_soon_threadsafe(loop_prof.enable)
-            spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body"}, default_model="sim")
-            t0 = time.perf_counter()
-            main_prof.enable()
-            fill_column(lambda: psycopg2.connect(**info.connect_kwargs()), engine, f"{schema}.t", spec,
-                        audit_schema=audit, run=RunContext(run_id=f"profile-{uuid.uuid4().hex[:6]}"),
-                        window=args.concurrency * 4)
-            main_prof.disable()
-            wall = time.perf_counter() - t0
-            engine.loop.loop.call_soon_threadsafe(loop_prof.disable)
-            time.sleep(0.2)
-            engine.close()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"drop schema if exists {schema} cascade")
-            cur.execute(f"drop schema if exists {audit} cascade")
-        admin.close()
-        server.release()
+    with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim:
+        source = db.source_table("t", args.rows, args.distinct, "Profile review")
+        engine = Engine([Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 64,
+                                       "max_concurrency": args.concurrency})], sinks=[BufferedSink()])
+        loop_prof, main_prof = cProfile.Profile(), cProfile.Profile()
+        engine.loop.loop.call_soon_threadsafe(loop_prof.enable)
+        spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body"}, default_model="sim")
+        t0 = time.perf_counter()
+        main_prof.enable()
+        fill_column(db.connect, engine, source, spec, audit_schema=db.new_schema("bench_audit"),
+                    run=RunContext(run_id=f"profile-{uuid.uuid4().hex[:6]}"), window=args.concurrency * 4)
+        main_prof.disable()
+        wall = time.perf_counter() - t0
+        engine.loop.loop.call_soon_threadsafe(loop_prof.disable)
+        time.sleep(0.2)
+        engine.close()
     loop_stats, main_stats = pstats.Stats(loop_prof), pstats.Stats(main_prof)
     print("loop thread (requests), own time per request by package:")
     print(by_package(loop_stats, args.distinct, args.top))

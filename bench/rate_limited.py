@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import PRICE_IN, PRICE_OUT, ledger_matches, sim_args
 
-from dbt_pg_llm import DiskJournal, Engine, Model, ModelInput, ResultCache  # noqa: E402
-from dbt_pg_llm.simulator import SimulatorProcess  # noqa: E402
-
-PRICE_IN, PRICE_OUT = 0.15, 0.6
+from dbt_pg_llm import DiskJournal, Engine, Model, ModelInput, ResultCache
+from dbt_pg_llm.simulator import SimulatorProcess
 
 
 def main(argv=None) -> int:
@@ -32,9 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
-    sim_args = ["--latency-ms", str(args.latency_ms), "--rpm", str(args.rpm), "--rate-window-s", "1",
-                "--cost-per-1k-input", str(PRICE_IN), "--cost-per-1k-output", str(PRICE_OUT)]
-    with SimulatorProcess(sim_args) as sim, tempfile.TemporaryDirectory() as tmp:
+    with SimulatorProcess(sim_args(args.latency_ms, "--rpm", str(args.rpm), "--rate-window-s", "1")) as sim, tempfile.TemporaryDirectory() as tmp:
         engine = Engine(cache=ResultCache(DiskJournal(tmp)))
         engine.register(Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 32,
                                       "max_concurrency": args.concurrency, "rpm": args.rpm,
@@ -54,7 +49,7 @@ def main(argv=None) -> int:
     steady = (len(done_at) * 9 // 10 - len(done_at) // 10) / (hi - lo)
     share_429 = stats["rate_limited"] / max(1, stats["requests"])
     ledger_tokens = stats["prompt_tokens"] + stats["completion_tokens"]
-    ledger_ok = ledger_tokens == tokens and abs(stats["cost_usd"] - cost) < 1e-6
+    ledger_ok = ledger_matches(stats, tokens, cost)
     print(json.dumps({"n": args.n, "rpm": args.rpm, "requests": stats["requests"], "rate_limited": stats["rate_limited"],
                       "failed_rows": failed, "steady_rps": round(steady, 2), "limit_rps": round(limit, 2),
                       "wall_s": round(done_at[-1], 1), "ledger_tokens": ledger_tokens, "engine_tokens": tokens,

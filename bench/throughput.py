@@ -26,12 +26,10 @@ import aiohttp
 import httpx
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from common import PRICE_IN, PRICE_OUT, ledger_matches, sim_args
 
-from dbt_pg_llm import DiskJournal, Engine, Model, ModelInput, ResultCache  # noqa: E402
-from dbt_pg_llm.simulator import SimulatorProcess  # noqa: E402
-
-PRICE_IN, PRICE_OUT = 0.15, 0.6  # per 1k tokens, on both sides so the ledgers can be compared
+from dbt_pg_llm import DiskJournal, Engine, Model, ModelInput, ResultCache
+from dbt_pg_llm.simulator import SimulatorProcess  
 
 
 def prompts(n: int, tag: str) -> list[str]:
@@ -81,7 +79,11 @@ async def openai_client(url: str, items: list[str], concurrency: int) -> float:
 
 
 async def litellm_client(url: str, items: list[str], concurrency: int) -> float:
+    import logging
+
     import litellm
+
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # its pool-saturation warnings, one per request
 
     async def one(prompt: str) -> None:
         answer = await litellm.acompletion(model="openai/sim-1", api_base=url, api_key="bench", num_retries=0,
@@ -113,7 +115,9 @@ def engine_client(sim, items: list[str], concurrency: int, journal_dir: str) -> 
     after = _ledger(sim.stats())
     engine.close()
     return {"rps": len(timed) / wall, "cpu_ms": cpu / len(timed) * 1000, "tokens": tokens, "cost": cost,
-            "ledger_tokens": after[0] - before[0], "ledger_cost": after[1] - before[1]}
+            "ledger_tokens": after[0] - before[0], "ledger_cost": after[1] - before[1],
+            "ledger_ok": ledger_matches({"prompt_tokens": after[0] - before[0], "completion_tokens": 0,
+                                         "cost_usd": after[1] - before[1]}, tokens, cost)}
 
 
 def naive_loop(base_url: str, items: list[str]) -> float:
@@ -147,6 +151,7 @@ def run_one(sim, args, concurrency: int, tmp: str) -> dict:
            "engine_rps": round(eng["rps"]), "engine_vs_reference": round(eng["rps"] / ref, 3),
            "engine_cpu_ms_per_request": round(eng["cpu_ms"], 3)}
     row["ledger_tokens"], row["ledger_cost_usd"] = eng["ledger_tokens"], round(eng["ledger_cost"], 9)
+    row["ledger_ok"] = eng["ledger_ok"]
     row["engine_tokens"], row["engine_cost_usd"] = eng["tokens"], round(eng["cost"], 9)
     for peer in args.peers:
         rate = _peer(peer, sim.base_url, prompts(min(args.n, args.peer_n), f"{peer}-{tag}"), concurrency)
@@ -167,16 +172,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.peers = [p for p in args.peers.split(",") if p]
     levels = [int(c) for c in args.concurrency.split(",")]
-    sim_args = ["--latency-ms", str(args.latency_ms), "--cost-per-1k-input", str(PRICE_IN),
-                "--cost-per-1k-output", str(PRICE_OUT)]
     rows = []
-    with SimulatorProcess(sim_args) as sim, tempfile.TemporaryDirectory() as tmp:
+    with SimulatorProcess(sim_args(args.latency_ms)) as sim, tempfile.TemporaryDirectory() as tmp:
         for concurrency in levels:
             rows.append(run_one(sim, args, concurrency, tmp))
             print(json.dumps(rows[-1]), flush=True)
         naive = naive_loop(sim.base_url, prompts(args.naive_sample, "naive"))
-    ledger_ok = all(r["ledger_tokens"] == r["engine_tokens"] and abs(r["ledger_cost_usd"] - r["engine_cost_usd"]) < 1e-6
-                    for r in rows)
+    ledger_ok = all(r["ledger_ok"] for r in rows)
     parts = []
     for r in rows:
         peers = "".join(f", {r[f'engine_vs_{p}']}x {p}" for p in args.peers if f"engine_vs_{p}" in r)
