@@ -1,10 +1,16 @@
-"""Throughput: the engine vs a minimal raw-aiohttp client vs a naive sequential loop, in one run.
+"""Throughput: the engine vs a raw-aiohttp client, the openai SDK, LiteLLM and a naive loop, in one run.
 
-    python bench/throughput.py [--n 5000] [--latency-ms 100] [--concurrency 64] [--naive-sample 40]
+    python bench/throughput.py [--n 5000] [--latency-ms 100] [--concurrency 64,256,512]
+                               [--peers openai,litellm] [--peer-n 2000] [--naive-sample 20]
 
-The simulator runs in its own process (so it does not share this process's GIL). All three clients
-send distinct prompts to the same simulator; ratios are printed side by side because absolute times
-on a noisy 2-core machine mean little. Targets: engine >= 0.9x the reference, >= 50x the naive loop.
+The simulator runs in its own process (so it does not share this process's GIL). Every client sends
+distinct prompts to the same simulator; ratios are printed side by side because absolute times on a
+noisy 2-core machine mean little. Peers are optional (``pip install -e .[bench]``); LiteLLM runs with
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no network). The engine's CPU per request is this process's
+CPU time (both threads) over the requests. The simulator's ledger for the engine's requests is
+compared with the engine's own token and cost totals (they must be equal).
+
+Prints one JSON line per concurrency and ONE summary line.
 """
 from __future__ import annotations
 
@@ -19,48 +25,99 @@ import time
 import aiohttp
 import httpx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from common import PRICE_IN, PRICE_OUT, ledger_matches, sim_args
 
-from dbt_pg_llm import DiskJournal, Engine, Model, ModelInput, ResultCache  # noqa: E402
-from dbt_pg_llm.simulator import SimulatorProcess  # noqa: E402
+from dbt_pg_llm import DiskJournal, Engine, Model, ModelInput, ResultCache
+from dbt_pg_llm.simulator import SimulatorProcess  
 
 
 def prompts(n: int, tag: str) -> list[str]:
     return [f"[{tag}] Summarize review #{i}: the product arrived on time and works as described." for i in range(n)]
 
 
+def _body(prompt: str) -> dict:
+    return {"model": "sim-1", "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
+
+
+async def _gather(one, items: list[str], concurrency: int) -> float:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def bounded(prompt: str) -> None:
+        async with sem:
+            await one(prompt)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(bounded(p) for p in items))
+    return len(items) / (time.perf_counter() - t0)
+
+
 async def reference_client(url: str, items: list[str], concurrency: int) -> float:
     """The ceiling for a Python client: one aiohttp session, a semaphore, nothing else."""
-    sem = asyncio.Semaphore(concurrency)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def one(prompt: str) -> None:
-            body = {"model": "sim-1", "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
-            async with sem:
-                async with session.post(url, json=body) as response:
-                    data = await response.json()
-                    assert data["choices"][0]["message"]["content"]
+            async with session.post(url + "/chat/completions", json=_body(prompt)) as response:
+                assert (await response.json())["choices"][0]["message"]["content"]
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(p) for p in items))
-        return len(items) / (time.perf_counter() - t0)
+        await _gather(one, items[:concurrency], concurrency)  # open the connections outside the timing
+        return await _gather(one, items[concurrency:], concurrency)
 
 
-def engine_client(base_url: str, items: list[str], concurrency: int, journal_dir: str) -> tuple[float, float]:
-    """The engine as the dbt adapter drives it: sync facade, streaming map, journal cache, logs."""
+async def openai_client(url: str, items: list[str], concurrency: int) -> float:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0)
+
+    async def one(prompt: str) -> None:
+        answer = await client.chat.completions.create(**_body(prompt))
+        assert answer.choices[0].message.content
+
+    await _gather(one, items[:concurrency], concurrency)
+    rate = await _gather(one, items[concurrency:], concurrency)
+    await client.close()
+    return rate
+
+
+async def litellm_client(url: str, items: list[str], concurrency: int) -> float:
+    import logging
+
+    import litellm
+
+    logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # its pool-saturation warnings, one per request
+
+    async def one(prompt: str) -> None:
+        answer = await litellm.acompletion(model="openai/sim-1", api_base=url, api_key="bench", num_retries=0,
+                                           messages=[{"role": "user", "content": prompt}], max_tokens=64)
+        assert answer.choices[0].message.content
+
+    await _gather(one, items[:concurrency], concurrency)
+    return await _gather(one, items[concurrency:], concurrency)
+
+
+def engine_client(sim, items: list[str], concurrency: int, journal_dir: str) -> dict:
+    """The engine as the dbt adapter drives it: sync facade, streaming map, journal cache, metrics."""
     engine = Engine(cache=ResultCache(DiskJournal(journal_dir)))
-    engine.register(Model("sim", {"api_url": base_url, "model_version": "sim-1", "max_tokens": 64,
-                                  "max_concurrency": concurrency}))
-    engine.call("sim", ModelInput("warm-up"))  # open the loop and the first connection outside the timing
+    engine.register(Model("sim", {"api_url": sim.base_url, "model_version": "sim-1", "max_tokens": 64,
+                                  "max_concurrency": concurrency, "cost_per_1k_input_tokens": PRICE_IN,
+                                  "cost_per_1k_output_tokens": PRICE_OUT}))
+    warm = items[:concurrency]  # open the loop and the connections outside the timing
+    list(engine.map_unordered("sim", ((i, ModelInput(p)) for i, p in enumerate(warm)), window=concurrency))
+    timed = items[concurrency:]
+    before = _ledger(sim.stats())
     cpu0, t0 = time.process_time(), time.perf_counter()
-    done = 0
-    for _, output in engine.map_unordered("sim", ((i, ModelInput(p)) for i, p in enumerate(items)),
+    tokens = cost = 0
+    for _, output in engine.map_unordered("sim", ((i, ModelInput(p)) for i, p in enumerate(timed)),
                                           window=concurrency * 4):
         assert output.ok, output.error_message
-        done += 1
+        tokens += output.tokens.prompt + output.tokens.completion
+        cost += output.cost_usd
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    after = _ledger(sim.stats())
     engine.close()
-    return done / wall, cpu / done * 1000
+    return {"rps": len(timed) / wall, "cpu_ms": cpu / len(timed) * 1000, "tokens": tokens, "cost": cost,
+            "ledger_tokens": after[0] - before[0], "ledger_cost": after[1] - before[1],
+            "ledger_ok": ledger_matches({"prompt_tokens": after[0] - before[0], "completion_tokens": 0,
+                                         "cost_usd": after[1] - before[1]}, tokens, cost)}
 
 
 def naive_loop(base_url: str, items: list[str]) -> float:
@@ -68,41 +125,69 @@ def naive_loop(base_url: str, items: list[str]) -> float:
     with httpx.Client(timeout=30) as client:
         t0 = time.perf_counter()
         for prompt in items:
-            r = client.post(base_url + "/chat/completions",
-                            json={"model": "sim-1", "messages": [{"role": "user", "content": prompt}],
-                                  "max_tokens": 64})
-            r.raise_for_status()
+            client.post(base_url + "/chat/completions", json=_body(prompt)).raise_for_status()
         return len(items) / (time.perf_counter() - t0)
+
+
+def _peer(name: str, url: str, items: list[str], concurrency: int) -> float | None:
+    runner = {"openai": openai_client, "litellm": litellm_client}[name]
+    try:
+        return asyncio.run(runner(url, items, concurrency))
+    except ImportError as exc:
+        print(f"# {name} not installed ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+        return None
+
+
+def _ledger(stats: dict) -> tuple[int, float]:
+    return stats["prompt_tokens"] + stats["completion_tokens"], stats["cost_usd"]
+
+
+def run_one(sim, args, concurrency: int, tmp: str) -> dict:
+    ceiling = concurrency / (args.latency_ms / 1000)
+    tag = f"c{concurrency}"
+    ref = asyncio.run(reference_client(sim.base_url, prompts(args.n, f"ref-{tag}"), concurrency))
+    eng = engine_client(sim, prompts(args.n, f"engine-{tag}"), concurrency, os.path.join(tmp, tag))
+    row = {"concurrency": concurrency, "ceiling_rps": round(ceiling), "reference_rps": round(ref),
+           "engine_rps": round(eng["rps"]), "engine_vs_reference": round(eng["rps"] / ref, 3),
+           "engine_cpu_ms_per_request": round(eng["cpu_ms"], 3)}
+    row["ledger_tokens"], row["ledger_cost_usd"] = eng["ledger_tokens"], round(eng["ledger_cost"], 9)
+    row["ledger_ok"] = eng["ledger_ok"]
+    row["engine_tokens"], row["engine_cost_usd"] = eng["tokens"], round(eng["cost"], 9)
+    for peer in args.peers:
+        rate = _peer(peer, sim.base_url, prompts(min(args.n, args.peer_n), f"{peer}-{tag}"), concurrency)
+        if rate is not None:
+            row[f"{peer}_rps"] = round(rate)
+            row[f"engine_vs_{peer}"] = round(eng["rps"] / rate, 2)
+    return row
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--latency-ms", type=int, default=100)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--naive-sample", type=int, default=40)
+    parser.add_argument("--concurrency", default="64,256,512", help="comma-separated list")
+    parser.add_argument("--peers", default="openai,litellm", help="comma-separated; '' for none")
+    parser.add_argument("--peer-n", type=int, default=2000, help="prompts per peer run (they are slow)")
+    parser.add_argument("--naive-sample", type=int, default=20)
     args = parser.parse_args(argv)
-
-    with SimulatorProcess(["--latency-ms", str(args.latency_ms)]) as sim, tempfile.TemporaryDirectory() as tmp:
-        ceiling = args.concurrency / (args.latency_ms / 1000)
-        ref = asyncio.run(reference_client(sim.base_url + "/chat/completions", prompts(args.n, "ref"),
-                                           args.concurrency))
-        eng, cpu_ms = engine_client(sim.base_url, prompts(args.n, "engine"), args.concurrency, tmp)
+    args.peers = [p for p in args.peers.split(",") if p]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    with SimulatorProcess(sim_args(args.latency_ms)) as sim, tempfile.TemporaryDirectory() as tmp:
+        for concurrency in levels:
+            rows.append(run_one(sim, args, concurrency, tmp))
+            print(json.dumps(rows[-1]), flush=True)
         naive = naive_loop(sim.base_url, prompts(args.naive_sample, "naive"))
-        stats = sim.stats()
-    result = {
-        "n": args.n, "latency_ms": args.latency_ms, "concurrency": args.concurrency,
-        "ceiling_rps": round(ceiling, 1), "reference_rps": round(ref, 1), "engine_rps": round(eng, 1),
-        "naive_rps": round(naive, 2), "engine_cpu_ms_per_request": round(cpu_ms, 3),
-        "engine_vs_reference": round(eng / ref, 3), "engine_vs_naive": round(eng / naive, 1),
-        "reference_vs_ceiling": round(ref / ceiling, 3), "simulator_requests": stats["requests"],
-    }
-    print(json.dumps(result))
-    print(f"engine {eng:.0f} req/s = {eng / ref:.2f}x reference ({ref:.0f} req/s), {eng / naive:.0f}x naive "
-          f"({naive:.1f} req/s); engine CPU {cpu_ms:.3f} ms/request; ceiling C/L = {ceiling:.0f} req/s")
-    ok = eng / ref >= 0.9 and eng / naive >= 50
-    print("targets (>= 0.9x reference, >= 50x naive):", "met" if ok else "NOT met")
-    return 0 if ok else 1
+    ledger_ok = all(r["ledger_ok"] for r in rows)
+    parts = []
+    for r in rows:
+        peers = "".join(f", {r[f'engine_vs_{p}']}x {p}" for p in args.peers if f"engine_vs_{p}" in r)
+        parts.append(f"c={r['concurrency']}: {r['engine_vs_reference']:.2f}x aiohttp{peers}, "
+                     f"{r['engine_cpu_ms_per_request']:.2f} ms CPU/req")
+    print(f"throughput (n={args.n}, latency {args.latency_ms} ms): " + "; ".join(parts)
+          + f"; {rows[0]['engine_rps'] / naive:.0f}x naive; ledger vs engine tokens/cost "
+          + ("equal" if ledger_ok else "DIFFERENT"))
+    return 0 if ledger_ok else 1
 
 
 if __name__ == "__main__":

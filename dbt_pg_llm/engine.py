@@ -158,10 +158,9 @@ class Engine:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while pending > 0:
             try:
-                results.get(timeout=max(deadline - time.monotonic(), 0.01))
+                pending -= len(results.get(timeout=max(deadline - time.monotonic(), 0.01)))
             except queue.Empty:
                 return
-            pending -= 1
             if time.monotonic() >= deadline:
                 return
 
@@ -181,10 +180,10 @@ class Engine:
                 counter[0] = in_flight
             if not in_flight:
                 return
-            ready = [results.get()]
+            ready = results.get()
             while True:
                 try:
-                    ready.append(results.get_nowait())
+                    ready += results.get_nowait()
                 except queue.Empty:
                     break
             in_flight -= len(ready)
@@ -198,9 +197,10 @@ class Engine:
                      spend_limit: SpendLimit | None = None) -> None:
         """Runs on the loop thread: start one task per input; each reports to ``results``."""
         loop = self.loop.loop
+        batch = _ResultBatch(loop, results)
         for tag, inp in chunk:
             task = loop.create_task(self.acall(model_name, inp, context=context, spend_limit=spend_limit))
-            task.add_done_callback(functools.partial(_report, results, tag))
+            task.add_done_callback(functools.partial(batch.report, tag))
 
     def close(self) -> None:
         try:
@@ -209,9 +209,30 @@ class Engine:
             pass
 
 
-def _report(results: queue.SimpleQueue, tag, task) -> None:
-    if task.cancelled():
-        results.put((tag, RuntimeError("call cancelled (the engine loop was stopped)")))
-    else:
-        error = task.exception()
-        results.put((tag, error if error is not None else task.result()))
+class _ResultBatch:
+    """Results of one chunk cross to the consuming thread as one list per loop iteration, not one
+    queue item each: every ``put`` may wake the consumer, which then competes with the loop thread
+    for the GIL (measured: a quarter of the loop thread's time at concurrency 256 went to waiting
+    for the GIL in socket sends while the consumer woke once per answer)."""
+
+    __slots__ = ("_loop", "_results", "_ready")
+
+    def __init__(self, loop, results: queue.SimpleQueue):
+        self._loop = loop
+        self._results = results
+        self._ready: list | None = None
+
+    def report(self, tag, task) -> None:
+        if task.cancelled():
+            item = (tag, RuntimeError("call cancelled (the engine loop was stopped)"))
+        else:
+            error = task.exception()
+            item = (tag, error if error is not None else task.result())
+        if self._ready is None:
+            self._ready = []
+            self._loop.call_soon(self._flush)
+        self._ready.append(item)
+
+    def _flush(self) -> None:
+        ready, self._ready = self._ready, None
+        self._results.put(ready)

@@ -3,7 +3,9 @@
 Every request takes, in this order and first-come first-served:
 
 * a concurrency slot (``limit`` of them; ``limit`` adapts, see below),
-* one request from the RPM token bucket (capacity ``rpm``, refilled continuously at rpm/60 per s),
+* one request from the RPM token bucket (refilled continuously at rpm/60 per s, holding one
+  second's share: providers enforce a per-minute limit in per-second slices -- 600 RPM is at most 10
+  in any second -- so a minute's worth sent at once would earn 429s for most of it),
 * ``estimated_tokens`` from the TPM token bucket (capacity ``tpm``, refilled at tpm/60 per s).
 
 A request estimated at more tokens than the whole TPM capacity is admitted when the bucket is full
@@ -38,15 +40,16 @@ __all__ = ["RequestPool", "TokenBucket"]
 
 
 class TokenBucket:
-    """``capacity`` tokens, refilled continuously at ``capacity`` per ``period_s``; starts full."""
+    """``per_period`` tokens per ``period_s``, refilled continuously; starts full. It holds at most
+    ``window_s``'s share of them (at least 1), or the whole period's when ``window_s`` is None."""
 
     __slots__ = ("capacity", "rate", "tokens", "updated")
 
-    def __init__(self, capacity: float, now: float, period_s: float = 60.0):
-        if capacity <= 0:
+    def __init__(self, per_period: float, now: float, period_s: float = 60.0, window_s: float | None = None):
+        if per_period <= 0:
             raise ValueError("a token bucket needs a capacity > 0")
-        self.capacity = float(capacity)
-        self.rate = self.capacity / period_s
+        self.rate = float(per_period) / period_s
+        self.capacity = float(per_period) if window_s is None else max(1.0, self.rate * window_s)
         self.tokens = self.capacity
         self.updated = now
 
@@ -104,7 +107,7 @@ class RequestPool:
         self._clock = clock
         self._sleep = sleep
         now = clock()
-        self._rpm = TokenBucket(rpm, now) if rpm else None
+        self._rpm = TokenBucket(rpm, now, window_s=1.0) if rpm else None
         self._tpm = TokenBucket(tpm, now) if tpm else None
         self._limit = self.max_concurrency
         self._in_flight = 0

@@ -69,7 +69,7 @@ RUN_HEARTBEAT_EVERY_S = 10.0
 def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: ColumnSpec | Mapping, *,
                 audit_schema: str = "llm_audit", run: RunContext, on_error: str = "null",
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
-                progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
+                progress: Callable[[dict], None] | None = None, window: int | None = None, chunk_rows: int = 500,
                 claim_timeout_s: float = 120.0, wait_timeout_s: float = 900.0,
                 default_model: str | None = None, max_error_rate: float | None = None) -> FillReport:
     """Make sure ``llm_results`` holds an answer for every distinct non-NULL prompt of ``source_sql``.
@@ -93,7 +93,7 @@ class _Fill(_Claims):
                  max_error_rate: float | None = None):
         if not isinstance(run, RunContext):
             raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
-        if window < 1 or chunk_rows < 1:
+        if (window is not None and window < 1) or chunk_rows < 1:
             raise ValueError("window and chunk_rows must be >= 1")
         if max_cost_usd is not None and (not isinstance(max_cost_usd, (int, float)) or max_cost_usd <= 0):
             raise ConfigError([f"max_cost_usd: {max_cost_usd!r} must be a number > 0, or unset for no limit"])
@@ -114,17 +114,20 @@ class _Fill(_Claims):
         self.ttl = timedelta(days=cache_ttl_days) if cache_ttl_days else None
         self.max_cost = max_cost_usd
         self.progress_cb = progress
-        self.window = window
         self.chunk_rows = chunk_rows
         self.claim_timeout_s = claim_timeout_s
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
-        self.claim_batch = max(window, 64)
         self.token = uuid.uuid4().hex
         self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
         self.context = run.as_context(operation=spec.kind)
         model = engine.registry.get(spec.model)  # RegistryError (listing known models) if unknown
         self.model_config = model.config
+        # Calls in flight plus answers waiting for the consumer: 4x the model's concurrency, so the
+        # pool stays full while this thread claims keys and COPYs answers (a fixed 256 capped a
+        # max_concurrency of 256 well below it: the answers being written hold window places).
+        self.window = window or max(256, 4 * model.config.max_concurrency)
+        self.claim_batch = max(self.window, 64)
         self.fingerprint = spec.fingerprint(self.model_config)
         self.report = FillReport(model=spec.model, node_id=run.node_id)
         self.sinks = buffered_sinks(engine)

@@ -53,7 +53,7 @@ class LlmFrameSession:
     def __init__(self, connect: Callable[[], Any], engine, audit_schema: str = "llm_audit",
                  run: RunContext | None = None, default_model: str | None = None, *, on_error: str = "null",
                  cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
-                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
+                 progress: Callable[[dict], None] | None = None, window: int | None = None, chunk_rows: int = 500,
                  claim_timeout_s: float = 120.0, max_error_rate: float | None = None):
         self.connect = connect
         self.engine = engine

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=int, default=None, help="server-side cap; excess requests wait")
     p.add_argument("--rpm", type=int, default=None, help="requests per minute (429 + Retry-After above)")
     p.add_argument("--tpm", type=int, default=None, help="tokens per minute (429 + Retry-After above)")
+    p.add_argument("--rate-window-s", type=float, default=60.0,
+                   help="enforce --rpm/--tpm per window of this many seconds (1 = per-second slices, as real "
+                        "providers do: 600 RPM = at most 10 per second)")
     p.add_argument("--cost-per-1k-input", type=float, default=0.0)
     p.add_argument("--cost-per-1k-output", type=float, default=0.0)
     p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
@@ -57,7 +60,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         faults[kind] = rate
     return SimulatorConfig(
         latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, per_token_ms=ns.per_token_ms,
-        max_concurrency=ns.max_concurrency, rpm=ns.rpm, tpm=ns.tpm, api_key=ns.api_key,
+        max_concurrency=ns.max_concurrency, rpm=ns.rpm, tpm=ns.tpm, rate_window_s=ns.rate_window_s, api_key=ns.api_key,
         cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
         faults=faults, seed=ns.seed, stall_s=ns.stall_s, models=ns.models,
         reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,

@@ -36,6 +36,7 @@ class SimulatorConfig:
     max_concurrency: int | None = None
     rpm: int | None = None
     tpm: int | None = None
+    rate_window_s: float = 60.0  # rpm/tpm enforced per window of this length (1 = per-second slices)
     api_key: str | None = field(default=None, repr=False)
     cost_per_1k_input: float = 0.0
     cost_per_1k_output: float = 0.0
@@ -53,6 +54,9 @@ class SimulatorConfig:
 
     def __post_init__(self):
         self.faults = check_faults(self.faults)
+        if isinstance(self.rate_window_s, bool) or not isinstance(self.rate_window_s, (int, float)) \
+                or self.rate_window_s <= 0:
+            raise ValueError(f"rate_window_s: {self.rate_window_s!r} must be > 0 seconds (60 = per-minute buckets)")
         for name in ("batch_error_rate", "batch_expire_rate", "batch_discount"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name}: {getattr(self, name)!r} must be between 0 and 1")

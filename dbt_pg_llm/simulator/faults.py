@@ -7,7 +7,8 @@ gets KIND; ``[[fault:KIND*N]]`` gets KIND on its first N requests (counted per d
 then is answered normally (and never gets a random fault).
 
 RPM / TPM: token buckets (capacity = the per-minute limit, refilled continuously at limit/60 per
-second). TPM charges prompt + completion tokens of the request.
+second; with ``rate_window_s`` one window's share of it: 600 RPM in 1 s slices = 10). TPM charges
+prompt + completion tokens of the request.
 """
 from __future__ import annotations
 
@@ -93,9 +94,11 @@ class FaultPicker:
 class _Bucket:
     __slots__ = ("capacity", "rate", "level", "stamp")
 
-    def __init__(self, per_minute: float):
-        self.capacity = float(per_minute)
+    def __init__(self, per_minute: float, window_s: float = 60.0):
+        # Real providers quantize a per-minute limit into shorter windows (600 RPM = 10 per second):
+        # the bucket then holds one window's share, refilled at the same per-minute rate.
         self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * window_s)
         self.level = self.capacity
         self.stamp = time.monotonic()
 
@@ -115,9 +118,9 @@ class _Bucket:
 class RateLimiter:
     """RPM and TPM token buckets; ``admit(tokens)`` returns 0 (admitted, charged) or seconds to wait."""
 
-    def __init__(self, rpm: float | None, tpm: float | None):
-        self.rpm = _Bucket(rpm) if rpm else None
-        self.tpm = _Bucket(tpm) if tpm else None
+    def __init__(self, rpm: float | None, tpm: float | None, window_s: float = 60.0):
+        self.rpm = _Bucket(rpm, window_s) if rpm else None
+        self.tpm = _Bucket(tpm, window_s) if tpm else None
 
     @property
     def active(self) -> bool:

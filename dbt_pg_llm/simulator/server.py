@@ -46,7 +46,7 @@ class Simulator:
     def _apply_config(self) -> None:
         c = self.config
         self.picker = FaultPicker(c.faults, c.seed)
-        self.limiter = RateLimiter(c.rpm, c.tpm)
+        self.limiter = RateLimiter(c.rpm, c.tpm, c.rate_window_s)
         self.sem = asyncio.Semaphore(c.max_concurrency) if c.max_concurrency else None
         self.jitter_rng = random.Random(c.seed)
 
@@ -78,7 +78,7 @@ class Simulator:
         self.max_active = 0
         self.picker.reset()
         self.batches.reset()
-        self.limiter = RateLimiter(self.config.rpm, self.config.tpm)
+        self.limiter = RateLimiter(self.config.rpm, self.config.tpm, self.config.rate_window_s)
         self.jitter_rng = random.Random(self.config.seed)
 
     def stats(self) -> dict:

@@ -656,3 +656,20 @@ def test_rejected_answers_are_paid_requests_in_llm_calls(db, pg_conn, sim):
     assert calls == [(ledger["requests"], ledger["requests"] - 2)]
     assert q(pg_conn, f'select error_kind, attempts from "{audit}".llm_errors') == [
         ("invalid_output", ledger["requests"] - 2)]
+
+
+def test_the_fill_keeps_the_models_concurrency_in_flight_beyond_256(db, pg_conn, simulator_factory):
+    """The default window follows the model's max_concurrency: a fixed window of 256 capped a model
+    allowed 400 concurrent requests at 256 (and less while answers were being written)."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(latency_ms=400))
+    with pg_conn.cursor() as cur:
+        cur.execute(f'create table "{schema}".wide as select g as id, \'wide prompt \' || g as body '
+                    'from generate_series(1, 800) g')
+    engine = make_engine(sim, max_concurrency=400)
+    try:
+        rep = fill_column(connect, engine, f'"{schema}".wide', spec(), audit_schema=audit, run=RunContext("r", "n"))
+    finally:
+        engine.close()
+    assert rep.errors == 0 and sim.stats()["requests"] == 800
+    assert sim.stats()["max_in_flight"] > 256

@@ -237,6 +237,19 @@ def test_rpm_and_tpm_limits():
         assert statuses[0] == 200 and 429 in statuses
 
 
+
+def test_rpm_in_per_second_slices_refuses_a_burst_above_one_seconds_share():
+    """600 RPM enforced per 1-second slice (as real providers quantize it) = 10 per second: a burst of
+    12 gets 10 answers and 2 refusals, where the per-minute bucket would have answered all 12."""
+    with SimulatorServer(SimulatorConfig(rpm=600, rate_window_s=1)) as s, httpx.Client(base_url=s.base_url) as c:
+        statuses = [chat(c, f"burst {i}").status_code for i in range(12)]
+        assert statuses.count(200) in (10, 11) and statuses[-1] == 429  # 11: a refill while the burst ran
+        time.sleep(0.25)  # 10 per second: a quarter second later two more are due
+        assert chat(c, "after the refill").status_code == 200
+    with pytest.raises(ValueError, match="rate_window_s"):
+        SimulatorConfig(rpm=600, rate_window_s=0)
+
+
 # -- concurrency and latency -----------------------------------------------------------------------
 def test_max_concurrency_and_latency():
     with SimulatorServer(SimulatorConfig(max_concurrency=2, latency_ms=150)) as s:

@@ -87,10 +87,10 @@ def test_fifo_order_under_contention():
 
 def test_rpm_bucket_timing():
     async def main():
-        pool, ft = fake_pool(rpm=60)  # capacity 60, refills 1 per second
-        times = await admit_times(pool, ft, 70)
-        assert times[:60] == [0.0] * 60  # a full bucket at start: a burst of 60
-        assert times[60:] == pytest.approx([float(i) for i in range(1, 11)])  # then one per second
+        pool, ft = fake_pool(rpm=600)  # 10 per second, in per-second slices as providers enforce it
+        times = await admit_times(pool, ft, 30)
+        assert times[:10] == [0.0] * 10  # a full bucket at start: one second's share, not a minute's 600
+        assert times[10:] == pytest.approx([(i + 1) / 10 for i in range(20)])  # then one per 0.1 s
 
     run(main())
 
@@ -123,9 +123,9 @@ def test_request_larger_than_tpm_capacity_is_admitted_when_full_and_leaves_a_deb
 
 def test_rpm_and_concurrency_together():
     async def main():
-        pool, ft = fake_pool(max_concurrency=2, rpm=2)  # 2 in flight, 1 request per 30 s
+        pool, ft = fake_pool(max_concurrency=2, rpm=2)  # 2 in flight, 1 request per 30 s, burst 1
         times = await admit_times(pool, ft, 4)
-        assert times == pytest.approx([0.0, 0.0, 30.0, 60.0])
+        assert times == pytest.approx([0.0, 30.0, 60.0, 90.0])
 
     run(main())
 

@@ -1,0 +1,139 @@
+"""dbt end to end: `dbt run` of an enriching model vs a plain SQL model's run (dbt's own startup).
+
+    python bench/dbt_run.py [--rows 20000] [--distinct 10000] [--latency-ms 100] [--concurrency 64,256]
+
+A temporary dbt project (profile ``type: pg_llm``) against an embedded Postgres and the simulator in
+its own process. For each concurrency C, in one run: ``dbt run -s plain`` (a plain SQL model over
+the same table: dbt's startup, parsing, connection and DDL), then ``dbt run -s enriched`` (the same
+table enriched with ``pg_llm.complete``; a fresh audit schema and journal, so every distinct prompt
+is paid once). The enrichment's rate is D / (enriched - plain) against the ceiling C / L.
+Also compares the simulator's ledger with the audit's tokens and cost (``llm_audit.llm_calls``).
+Targets: >= 0.93 of C/L at 64, >= 0.85 at 256. ONE summary line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import PRICE_IN, PRICE_OUT, BenchDatabase, ledger_matches, sim_args
+
+from dbt_pg_llm.simulator import SimulatorProcess
+
+PROFILE = """bench:
+  target: dev
+  outputs:
+    dev:
+      type: pg_llm
+      host: "{{ env_var('PGHOST') }}"
+      port: "{{ env_var('PGPORT') | as_number }}"
+      user: "{{ env_var('PGUSER') }}"
+      password: "{{ env_var('PGPASSWORD', '') }}"
+      dbname: "{{ env_var('PGDATABASE') }}"
+      schema: "{{ env_var('DBT_SCHEMA') }}"
+      threads: 1
+      llm:
+        default_model: sim
+        audit_schema: "{{ env_var('LLM_AUDIT_SCHEMA') }}"
+        journal_dir: "{{ env_var('LLM_JOURNAL_DIR') }}"
+        on_error: "null"
+        models:
+          sim:
+            provider: openai
+            api_url: "{{ env_var('LLM_API_URL') }}"
+            api_key: "{{ env_var('DBT_ENV_SECRET_LLM_API_KEY') }}"
+            model_version: sim-1
+            max_tokens: 64
+            max_concurrency: "{{ env_var('LLM_CONCURRENCY') | as_number }}"
+            timeout_ms: 30000
+            cost_per_1k_input_tokens: %(in)s
+            cost_per_1k_output_tokens: %(out)s
+""" % {"in": PRICE_IN, "out": PRICE_OUT}
+
+PROJECT = """name: bench
+version: "1.0"
+config-version: 2
+profile: bench
+model-paths: ["models"]
+"""
+
+
+def _project(root: Path, source: str) -> None:
+    (root / "models").mkdir(parents=True)
+    (root / "dbt_project.yml").write_text(PROJECT)
+    (root / "profiles.yml").write_text(PROFILE)
+    (root / "models" / "plain.sql").write_text(f"select id, body from {source}\n")
+    (root / "models" / "enriched.sql").write_text(
+        "{{ pg_llm.llm_enrich('select id, body from " + source + "', {'summary': pg_llm.complete('body')}) }}\n")
+
+
+def _dbt(root: Path, env: dict, *args: str, py_spy: str | None = None) -> float:
+    """Wall time of one dbt command (in its own process, as a user runs it); under py-spy when asked."""
+    prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o", py_spy, "--"] \
+        if py_spy else []
+    t0 = time.perf_counter()
+    done = subprocess.run([*prefix, str(Path(sys.executable).parent / "dbt"), *args, "--project-dir", str(root),
+                           "--profiles-dir", str(root)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"dbt {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
+    return wall
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--distinct", type=int, default=10_000)
+    parser.add_argument("--latency-ms", type=int, default=100)
+    parser.add_argument("--concurrency", default="64,256")
+    parser.add_argument("--py-spy", default=None, metavar="PREFIX",
+                        help="record the enriched runs with py-spy (raw stacks in PREFIX-<concurrency>.txt)")
+    args = parser.parse_args(argv)
+    rows = []
+    with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim, \
+            tempfile.TemporaryDirectory() as tmp:
+        source = db.source_table("source", args.rows, args.distinct, "Summarize review")
+        root = Path(tmp) / "project"
+        _project(root, source)
+        info = db.info
+        env = {**os.environ, "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
+               "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname, "DBT_SCHEMA": db.schema,
+               "LLM_API_URL": sim.base_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key",
+               "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
+                       LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
+            plain = _dbt(root, env, "run", "-s", "plain")
+            sim.reset()
+            enriched = _dbt(root, env, "run", "-s", "enriched",
+                            py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
+            stats = sim.stats()
+            audit_tokens, audit_cost = db.audit_totals(env["LLM_AUDIT_SCHEMA"])
+            total, filled = db.execute(f"select count(*), count(summary) from {db.schema}.enriched")[0]
+            ceiling = concurrency / (args.latency_ms / 1000)
+            rate = args.distinct / max(enriched - plain, 1e-9)
+            rows.append({"concurrency": concurrency, "plain_s": round(plain, 2), "enriched_s": round(enriched, 2),
+                         "requests": stats["requests"], "rows": total, "filled": filled,
+                         "rate_rps": round(rate), "ceiling_rps": round(ceiling), "of_ceiling": round(rate / ceiling, 3),
+                         "ledger_tokens": stats["prompt_tokens"] + stats["completion_tokens"],
+                         "audit_tokens": audit_tokens, "ledger_cost_usd": round(stats["cost_usd"], 6),
+                         "audit_cost_usd": round(audit_cost, 6),
+                         "ledger_ok": ledger_matches(stats, audit_tokens, audit_cost)})
+            print(json.dumps(rows[-1]), flush=True)
+    ledger_ok = all(r["ledger_ok"] for r in rows)
+    complete = all(r["requests"] == args.distinct and r["filled"] == args.rows for r in rows)
+    print(f"dbt_run ({args.rows} rows / {args.distinct} distinct, latency {args.latency_ms} ms): "
+          + "; ".join(f"c={r['concurrency']}: enriched {r['enriched_s']:.1f}s - plain {r['plain_s']:.1f}s -> "
+                      f"{r['rate_rps']} req/s = {r['of_ceiling']:.2f} of C/L" for r in rows)
+          + f"; {'every row filled, one request per distinct prompt' if complete else 'ROWS OR REQUESTS OFF'}"
+          + f"; ledger vs audit tokens/cost {'equal' if ledger_ok else 'DIFFERENT'}")
+    return 0 if ledger_ok and complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
