@@ -46,7 +46,7 @@ from ..model_io import ModelInput
 from .budget import _budgets
 from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .connectivity import buffered_sinks, db_errors
-from .join import _fresh, quote_literal
+from .join import _fresh, distinct_prompts_sql, quote_literal, uncached_prompts_sql
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, too_many_errors, where_kept
 from .report import FillError, FillReport
@@ -68,12 +68,15 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
                 progress: Callable[[dict], None] | None = None, window: int = 256, chunk_rows: int = 500,
                 claim_timeout_s: float = 120.0, wait_timeout_s: float = 900.0,
-                default_model: str | None = None, max_error_rate: float | None = None) -> FillReport:
+                default_model: str | None = None, max_error_rate: float | None = None,
+                store_prompts: bool = True) -> FillReport:
     """Make sure ``llm_results`` holds an answer for every distinct non-NULL prompt of ``source_sql``.
 
     ``connect()`` must return a NEW psycopg2 connection (two are opened: a reader holding the
     candidate cursor and the claims, and an autocommit writer); they are closed at the end.
     ``source_sql``: a relation (``"analytics"."reviews"``) or a parenthesized subquery.
+    Each answer is stored with its provenance: node, column (``spec.name``), model, model_version,
+    fingerprint, run id and, unless ``store_prompts`` is False, the prompt text.
     Returns a FillReport; with ``on_error="fail"`` raises ModelError after writing what was paid,
     as it does when more than ``max_error_rate`` (0..1) of the distinct keys failed or were skipped.
     """
@@ -81,13 +84,14 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
     return _Fill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
                  cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
                  chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
-                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate).run(source_sql)
+                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate,
+                 store_prompts=store_prompts).run(source_sql)
 
 
 class _Fill(_Claims):
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
                  max_cost_usd, progress, window, chunk_rows, claim_timeout_s, wait_timeout_s, poll_s=0.25,
-                 max_error_rate: float | None = None):
+                 max_error_rate: float | None = None, store_prompts: bool = True):
         if not isinstance(run, RunContext):
             raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
         if window < 1 or chunk_rows < 1:
@@ -101,6 +105,8 @@ class _Fill(_Claims):
         if max_error_rate is not None and (isinstance(max_error_rate, bool) or not 0 <= max_error_rate <= 1):
             raise ConfigError([f"max_error_rate: {max_error_rate!r} must be a share from 0 to 1, or unset"])
         self.max_error_rate = max_error_rate
+        self.store_prompts = bool(store_prompts)  # False: llm_results keeps the key (a hash) only
+        self._prompts: dict[str, str] = {}
         self.connect = connect
         self.engine = engine
         self.spec = spec
@@ -216,7 +222,7 @@ class _Fill(_Claims):
         return float(row[0]) if row else 0.0
 
     def _prompts_sql(self, source_sql: str) -> str:
-        return f"select distinct ({self.spec.prompt_sql})::text as p from {source_sql} __llm_src"
+        return distinct_prompts_sql(source_sql, self.spec.prompt_sql)
 
     def _key_expr(self, column: str) -> str:
         return key_sql(self.fingerprint, column)
@@ -249,10 +255,7 @@ class _Fill(_Claims):
         rep.requests_total = rep.distinct_keys - rep.cache_hits
 
     def _candidates_sql(self, source_sql: str) -> str:
-        return f"""
-            select c.k, c.p from (select {self._key_expr('d.p')} as k, d.p
-                                  from ({self._prompts_sql(source_sql)}) d where d.p is not null) c
-            where not exists (select 1 from {self.q}.llm_results r where r.key = c.k and {_fresh('r')})"""
+        return uncached_prompts_sql(source_sql, self.spec, self.fingerprint, self.schema)
 
     # -- requesting -------------------------------------------------------------------------------
     def _claimed_inputs(self, cursor) -> Iterator[tuple[str, ModelInput]]:
@@ -279,9 +282,16 @@ class _Fill(_Claims):
                     self.first_submit = time.monotonic()
                 yield key, spec.model_input(prompts[key])
 
+    def _remember_prompts(self, inputs: Iterable[tuple[str, ModelInput]]) -> Iterator[tuple[str, ModelInput]]:
+        """Keep each key's prompt until its answer is written (provenance; at most ``window`` held)."""
+        for key, inp in inputs:
+            if self.store_prompts:
+                self._prompts[key] = inp.prompt
+            yield key, inp
+
     def _request(self, inputs: Iterable[tuple[str, ModelInput]]) -> None:
-        for key, output in self.engine.map_unordered(self.spec.model, inputs, window=self.window,
-                                                     context=self.context):
+        for key, output in self.engine.map_unordered(self.spec.model, self._remember_prompts(inputs),
+                                                     window=self.window, context=self.context):
             self._on_output(key, output)
             if self._journal_error() is not None and self._results:
                 self._flush()  # not journaled: into llm_results before the next request goes out
@@ -338,9 +348,11 @@ class _Fill(_Claims):
                 confidence=output.confidence, prompt_tokens=output.tokens.prompt,
                 completion_tokens=output.tokens.completion, cost_usd=stored, truncated=bool(output.truncated),
                 expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None,
-                run_id=self.run_ctx.run_id))
+                run_id=self.run_ctx.run_id, node_id=self.run_ctx.node_id or None, column_name=self.spec.name,
+                prompt=self._prompts.pop(key, None)))
             self._ok_keys.append(key)
         else:
+            self._prompts.pop(key, None)
             self._add_error(key, str(output.error_kind), output.error_message or "",
                             attempts=0 if output.cached else output.attempts)
         if paid and self.budget_id is not None:

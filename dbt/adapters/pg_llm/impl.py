@@ -240,7 +240,7 @@ class PgLlmAdapter(PostgresAdapter):
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
                 progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
-                max_error_rate=settings.max_error_rate,
+                max_error_rate=settings.max_error_rate, store_prompts=settings.store_prompts,
             )
             report = batched.report
         except PgLlmError as exc:
@@ -330,8 +330,10 @@ class PgLlmAdapter(PostgresAdapter):
             logger.warning(f"pg_llm alert: {redact(str(alert))}")
 
     @available
-    def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None) -> str:
-        """SQL selecting every column of the source plus the LLM columns, joined on their keys."""
+    def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
+                     keep_keys: bool = False) -> str:
+        """SQL selecting every column of the source plus the LLM columns, joined on their keys
+        (``keep_keys``: plus each column's key as ``<column>__llm_key``)."""
         from dbt_pg_llm.pg.join import join_sql
 
         settings = self._settings()
@@ -341,7 +343,7 @@ class PgLlmAdapter(PostgresAdapter):
             triples.append((column["name"], spec, column["fingerprint"]))
         mode = self._on_error(on_error)
         default = None if mode in ON_ERROR_MODES else mode
-        return join_sql(str(source_sql), triples, settings.audit_schema, default)
+        return join_sql(str(source_sql), triples, settings.audit_schema, default, keep_keys=bool(keep_keys))
 
     @available
     def llm_prepare(self) -> str:
@@ -369,6 +371,28 @@ class PgLlmAdapter(PostgresAdapter):
         finally:
             conn.close()
         return ""
+
+    @available
+    def llm_estimate(self, source_sql: str, columns: List[Dict[str, Any]], node_id: Optional[str] = None):
+        """Estimate mode of llm_enrich: log the uncached keys, tokens and cost of each column (and the
+        selection's running total against max_cost_usd_per_run); requests nothing."""
+        from dbt.adapters.pg_llm.operations import estimate_columns
+
+        return estimate_columns(self, get_engine(self._credentials), source_sql, columns, node_id, _invocation_id())
+
+    @available
+    def llm_invalidate(self, args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """``pg_llm.invalidate``: mark matching cached answers invalid in llm_results AND the journal."""
+        from dbt.adapters.pg_llm.operations import invalidate_cache
+
+        return invalidate_cache(self, get_engine(self._credentials), dict(args or {}))
+
+    @available
+    def llm_purge_audit(self, older_than_days: Any = None) -> Dict[str, Any]:
+        """``pg_llm.purge_audit``: delete audit rows older than ``older_than_days`` (never valid answers)."""
+        from dbt.adapters.pg_llm.operations import purge_audit_rows
+
+        return purge_audit_rows(self, older_than_days)
 
     @available
     def llm_audit_schema(self) -> str:
@@ -409,6 +433,7 @@ class PgLlmAdapter(PostgresAdapter):
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
             claim_timeout_s=settings.claim_timeout_s, max_error_rate=settings.max_error_rate,
+            store_prompts=settings.store_prompts,
         )
 
 
