@@ -184,3 +184,27 @@ def test_estimate_mode_prices_uncached_keys_with_the_budget_estimator_and_change
     partly = project.run("compile", "--vars", "{pg_llm_estimate: true, tag: b}")
     assert partly.text.count(f"0 of {ROWS} distinct keys uncached") == 2
     assert _requests(simulator) == 0
+
+
+def _journal_cli(*args: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dbt_pg_llm.journal_cli", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_journal_stats_and_prune_after_invalidate(op_project, simulator):
+    project = op_project
+    journal = project.llm_env["LLM_JOURNAL_DIR"]
+    project.run("run")
+    project.run("run-operation", "pg_llm.invalidate", "--args", "{column: sentiment}")
+    stats = _journal_cli("--stats", "--journal-dir", journal)
+    assert f"{2 * ROWS} entries ({ROWS} valid, {ROWS} invalidated, 0 expired)" in stats
+    assert " MB, oldest 20" in stats
+    pruned = _journal_cli("--prune", "--journal-dir", journal)
+    assert f"pruned {ROWS} entries" in pruned and f"{ROWS} entries ({ROWS} valid" in pruned
+    everything = _journal_cli("--prune", "--older-than-days", "0", "--journal-dir", journal)
+    assert f"pruned {ROWS} entries" in everything and "0 entries" in everything
