@@ -49,6 +49,7 @@ from .connectivity import buffered_sinks, db_errors
 from .join import _fresh, distinct_prompts_sql, quote_literal, uncached_prompts_sql
 from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, too_many_errors, where_kept
+from .progress import AttemptCounter, ProgressPacer, eta_s
 from .report import FillError, FillReport
 from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext
@@ -58,7 +59,7 @@ __all__ = ["fill_column"]
 
 log = logging.getLogger("dbt_pg_llm")
 
-PROGRESS_EVERY_S = 2.0
+FLUSH_EVERY_S = 2.0  # answers reach llm_results (and claims are released) at least this often
 RUN_HEARTBEAT_EVERY_S = 10.0
 
 
@@ -133,7 +134,8 @@ class _Fill(_Claims):
         self.sinks = buffered_sinks(engine)
         self.reader = self.writer = None
         self.started = time.monotonic()
-        self.last_progress = 0.0
+        self.pacer = ProgressPacer()
+        self.attempt_counter = AttemptCounter(self.context)  # retries / 429s of this fill, for progress
         self.last_flush = time.monotonic()
         self.first_submit: float | None = None
         self.waiting: dict[str, str] = {}
@@ -177,6 +179,7 @@ class _Fill(_Claims):
             run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
             self.run_open = True
             self.reader = self._open()
+            self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:
                 self.budget_id = _db_identity(self.writer, self.schema) + (self.run_ctx.run_id,)
@@ -211,9 +214,18 @@ class _Fill(_Claims):
                                  f"{' '.join(redact(str(exc)).split())}; {kept}") from exc
             raise
         finally:
+            self._count_attempts(False)
             self._release_all()
         self._finish()
         return rep
+
+    def _count_attempts(self, on: bool) -> None:
+        """Add (remove) this fill's retry / 429 counter to the engine's log dispatcher."""
+        dispatcher = getattr(self.engine, "log", None)
+        if on and callable(getattr(dispatcher, "add", None)):
+            dispatcher.add(self.attempt_counter)
+        elif not on and callable(getattr(dispatcher, "remove", None)):
+            dispatcher.remove(self.attempt_counter)
 
     def _load_run_cost(self) -> float:
         with self.writer.cursor() as cur:
@@ -296,7 +308,7 @@ class _Fill(_Claims):
             if self._journal_error() is not None and self._results:
                 self._flush()  # not journaled: into llm_results before the next request goes out
             elif len(self._results) + len(self._errors) >= self.chunk_rows \
-                    or time.monotonic() - self.last_flush >= PROGRESS_EVERY_S:
+                    or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
                 self._flush()
             self._emit_progress()
 
@@ -463,17 +475,20 @@ class _Fill(_Claims):
         self.run_open = False
 
     def _progress_due(self) -> bool:
-        return self.progress_cb is not None and time.monotonic() - self.last_progress >= PROGRESS_EVERY_S
+        return self.progress_cb is not None and time.monotonic() - self.pacer.last >= self.pacer.every_s
 
     def _emit_progress(self, force: bool = False) -> None:
+        """A progress event at most every 10 s, or per 10% of the keys to request (``ProgressPacer``)."""
         if self.progress_cb is None:
             return
         now = time.monotonic()
-        if not force and now - self.last_progress < PROGRESS_EVERY_S:
-            return
-        self.last_progress = now
         rep = self.report
+        if force:
+            self.pacer.mark(rep.requests_done, rep.requests_total, now)
+        elif not self.pacer.due(rep.requests_done, rep.requests_total, now):
+            return
         rep.elapsed_s = now - self.started
+        rep.retries, rep.rate_limited = self.attempt_counter.retries, self.attempt_counter.rate_limited
         rep.eta_s = self._eta(now)
         try:
             self.progress_cb(rep.as_progress())
@@ -481,14 +496,10 @@ class _Fill(_Claims):
             log.exception("progress callback failed")
 
     def _eta(self, now: float) -> float | None:
+        """At the keys/s observed since the first request: retries and 429 back-off included."""
         rep = self.report
-        remaining = max(rep.requests_total - rep.requests_done, 0)
-        if remaining == 0:
-            return 0.0
-        if self.first_submit is None or rep.requests_done == 0:
-            return None
-        rate = rep.requests_done / max(now - self.first_submit, 1e-6)
-        return round(remaining / rate, 1)
+        return eta_s(max(rep.requests_total - rep.requests_done, 0), rep.requests_done,
+                     None if self.first_submit is None else max(now - self.first_submit, 1e-6))
 
     def _finish(self) -> None:
         rep = self.report
@@ -505,7 +516,6 @@ class _Fill(_Claims):
         except Exception as exc:
             log.error("could not record the run in %s.llm_runs: %s", self.schema, redact(str(exc)).strip())
         if self.progress_cb is not None:
-            self.last_progress = 0.0
             self._emit_progress(force=True)
         if too_many and not self.fail_fast:
             raise error_rate_exceeded(rep, self.max_error_rate, self.schema, self.answers_written)

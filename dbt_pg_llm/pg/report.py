@@ -48,6 +48,8 @@ class FillReport:
     # since_s, heartbeat_age_s, keys}; filled while the fill waits for them
     waiting_on: list = field(default_factory=list)
     journal_error: str | None = None
+    retries: int = 0  # retry attempts of this fill's requests so far (progress)
+    rate_limited: int = 0  # HTTP 429 answers seen so far (progress)
 
     @property
     def tokens(self) -> int:
@@ -61,6 +63,7 @@ class FillReport:
             "tokens": self.tokens,
             "cost_usd": round(self.cost_usd, 8), "eta_s": self.eta_s, "elapsed_s": round(self.elapsed_s, 3),
             "waiting_keys": self.waiting_keys, "waiting_on": [dict(w) for w in self.waiting_on],
+            "retries": self.retries, "rate_limited": self.rate_limited,
         }
 
     def summary(self) -> str:

@@ -466,7 +466,8 @@ def warn_or_error(message: str) -> None:
 
 
 class _ProgressLogger:
-    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line. While the fill waits
+    """fill_column's progress callback (a dict at most every 10 s, or per 10% of the keys) -> one dbt
+    log line with retries and 429s seen. While the fill waits
     for keys claimed by another run, the line says who holds them, since when, and how many."""
 
     def __init__(self, label: str, claim_timeout_s: Optional[float] = None):
@@ -485,7 +486,9 @@ class _ProgressLogger:
         line = (
             f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
             f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
-            f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta and not blocked else "")
+            f"{p.get('retries', 0)} retries ({p.get('rate_limited', 0)} rate-limited 429), "
+            f"${float(p.get('cost_usd') or 0):.4f}"
+            + (f", eta {eta:.0f}s (at the rate so far, retries and back-off included)" if eta and not blocked else "")
         )
         waiting = waiting_text(p)
         if waiting:
