@@ -1,4 +1,4 @@
-"""Progress of a fill (issue 9): at most every 10 s or per 10% of the keys, with the retries and
+"""Progress and provenance of a fill (issue 9): at most every 10 s or per 10% of the keys, with the retries and
 HTTP 429s seen so far and an ETA at the observed rate — real Postgres, real simulator."""
 from __future__ import annotations
 
@@ -42,3 +42,32 @@ def test_pacer_waits_10_s_between_lines_unless_a_tenth_more_is_done():
     assert pacer.due(100, 1000, now=6.0)  # 10%: a line
     assert not pacer.due(150, 1000, now=9.0)
     assert pacer.due(160, 1000, now=16.5)  # 10 s later
+
+
+def test_python_model_frames_record_the_same_provenance(db, simulator):
+    """LlmFrameSession (dbt Python models) stores node, model, version, fingerprint, run and prompt;
+    with store_prompts=False only the key."""
+    import pandas as pd
+
+    from dbt_pg_llm.pg.frame import LlmFrameSession
+
+    simulator.reset()
+    connect, _, audit = db
+    engine = make_engine(simulator)
+    try:
+        for node, store in (("model.p.py_kept", True), ("model.p.py_hashed", False)):
+            session = LlmFrameSession(connect, engine, audit, RunContext("inv-py", node), "sim", store_prompts=store)
+            session.classify(pd.Series([f"{node} good", f"{node} bad"]), ["positive", "negative"])
+    finally:
+        engine.close()
+    conn = connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'select node_id, model, model_version, fingerprint is not null, run_id, prompt '
+                        f'from "{audit}".llm_results order by node_id, prompt')
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    assert rows == [("model.p.py_hashed", "sim", "sim-small", True, "inv-py", None)] * 2 + [
+        ("model.p.py_kept", "sim", "sim-small", True, "inv-py", "model.p.py_kept bad"),
+        ("model.p.py_kept", "sim", "sim-small", True, "inv-py", "model.p.py_kept good")]
