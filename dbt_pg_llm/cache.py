@@ -361,17 +361,20 @@ def _shared_copy(output: ModelOutput) -> ModelOutput:
 
 
 # -- operating the journal (python -m dbt_pg_llm journal) ------------------------------------------
+def _entries(backend: CacheBackend) -> Iterator[tuple[str, CacheEntry]]:
+    for key in backend.keys():
+        data = backend.get(key)
+        if data is not None:  # None: deleted meanwhile
+            yield key, CacheEntry.from_dict(data)
+
+
 def journal_stats(backend: CacheBackend, now: float | None = None) -> dict:
     """Entries (valid / invalid / expired), bytes on disk (a DiskJournal's ``volume``) and the oldest
     and newest ``created_at`` (epoch seconds, None when empty). Reads every entry."""
     now = time.time() if now is None else now
     counts = {"entries": 0, "valid": 0, "invalid": 0, "expired": 0}
     oldest = newest = None
-    for key in backend.keys():
-        data = backend.get(key)
-        if data is None:  # deleted meanwhile
-            continue
-        entry = CacheEntry.from_dict(data)
+    for _, entry in _entries(backend):
         counts["entries"] += 1
         state = "invalid" if not entry.valid else "expired" if entry.expired(now) else "valid"
         counts[state] += 1
@@ -387,11 +390,7 @@ def prune_journal(backend: CacheBackend, now: float | None = None, older_than_s:
     ``llm_results``; the journal only protects answers not written there yet). Returns how many."""
     now = time.time() if now is None else now
     removed = 0
-    for key in backend.keys():
-        data = backend.get(key)
-        if data is None:
-            continue
-        entry = CacheEntry.from_dict(data)
+    for key, entry in _entries(backend):
         old = older_than_s is not None and entry.created_at < now - older_than_s
         if (not entry.valid or entry.expired(now) or old) and backend.delete(key):
             removed += 1
