@@ -131,6 +131,8 @@ def test_purge_audit_deletes_old_audit_rows_but_never_valid_answers(op_project, 
     simulator.reset()
     project.run("run")
     assert _requests(simulator) == ROWS  # the purged (invalid) summaries, nothing else
+    everything = project.run("run-operation", "pg_llm.invalidate", "--args", "{all: true}")
+    assert f"invalidated {2 * ROWS} cached answer(s)" in everything.text
 
 
 def _table_state(project) -> list[tuple]:
