@@ -9,7 +9,7 @@ import asyncio
 import signal
 import sys
 
-from .faults import FAULT_KINDS, parse_fault_arg
+from .faults import FAULT_KINDS, RATE_LIMIT_HEADER_MODES, parse_fault_arg
 from .server import Simulator, SimulatorConfig, start_runner
 
 
@@ -32,7 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
                    help=f"random fault, repeatable; KIND one of {', '.join(FAULT_KINDS)}; RATE in 0..1")
     p.add_argument("--stall-s", type=float, default=300.0, help="how long a 'stall' fault sleeps")
+    p.add_argument("--fault-retry-after-s", type=float, default=1.0, help="the wait a '429' fault asks for")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
+    p.add_argument("--models", default=None, metavar="A,B",
+                   help="model names served; any other gets 404 model_not_found (default: accept every name)")
+    p.add_argument("--reject-params", default="", metavar="P,Q",
+                   help="request parameters refused with 400 naming them, like a server without them "
+                        "(e.g. logprobs,top_logprobs)")
+    p.add_argument("--rate-limit-headers", choices=RATE_LIMIT_HEADER_MODES, default="retry-after",
+                   help="how 429s say when to come back: Retry-After + retry-after-ms (default), OpenAI "
+                        "x-ratelimit-reset-* durations / Anthropic anthropic-ratelimit-*-reset times, or nothing")
     p.add_argument("--batch-delay-s", type=float, default=0.0, help="batch APIs: a batch ends this long after creation")
     p.add_argument("--batch-error-rate", type=float, default=0.0, help="batch APIs: share of requests that error")
     p.add_argument("--batch-expire-rate", type=float, default=0.0,
@@ -50,7 +59,9 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, per_token_ms=ns.per_token_ms,
         max_concurrency=ns.max_concurrency, rpm=ns.rpm, tpm=ns.tpm, api_key=ns.api_key,
         cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
-        faults=faults, seed=ns.seed, stall_s=ns.stall_s, batch_delay_s=ns.batch_delay_s,
+        faults=faults, seed=ns.seed, stall_s=ns.stall_s, models=ns.models,
+        reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,
+        fault_retry_after_s=ns.fault_retry_after_s, batch_delay_s=ns.batch_delay_s,
         batch_error_rate=ns.batch_error_rate, batch_expire_rate=ns.batch_expire_rate, batch_discount=ns.batch_discount,
     )
 

@@ -8,7 +8,9 @@ Everything is derived from sha256(system message + NUL + last user message):
   (in list order) that occurs as a word in the user text, case-insensitively, else one chosen by hash.
 * JSON: an OpenAI ``response_format`` of type ``json_schema``, or the system phrase
   ``Reply with JSON only, matching this JSON schema: `` followed by the schema JSON. The answer is
-  compact JSON valid for the schema. ``response_format: {"type": "json_object"}`` gives a small object.
+  compact JSON valid for the schema; a string enum is picked like a label (so labels asked as an enum
+  schema or a forced tool match the plain labels prompt). ``response_format: {"type": "json_object"}``
+  gives a small object.
 * TEXT: otherwise ``Summary: `` followed by words of the prompt, 5-20 words in all.
 
 Token counting: prompt_tokens = sum over messages of ceil(len(content)/4) + 3; completion_tokens =
@@ -144,15 +146,31 @@ def _schema_from_system(system: str) -> Any:
     return schema if isinstance(schema, (dict, bool)) else {"type": "object"}
 
 
+_LIMIT_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength",
+               "minItems", "maxItems")
+_DESCRIBED_RE = re.compile(r"\b(" + "|".join(_LIMIT_KEYS) + r")\s*:\s*(-?\d+(?:\.\d+)?)")
+
+
+def _with_described_limits(schema: dict) -> dict:
+    """Limits a client moved into the description, as a model reads them: the anthropic SDK's
+    structured outputs turn ``minimum: 1`` into ``"description": "{maximum: 5, minimum: 1}"``."""
+    description = schema.get("description")
+    if not isinstance(description, str) or ":" not in description:
+        return schema
+    found = {k: (float(v) if "." in v else int(v)) for k, v in _DESCRIBED_RE.findall(description) if k not in schema}
+    return {**schema, **found} if found else schema
+
+
 class _Gen:
     """Builds one value valid for a JSON schema, deterministically from a digest and the prompt words."""
 
     MAX_DEPTH = 12
 
-    def __init__(self, root: Any, digest: bytes, words: list[str]):
+    def __init__(self, root: Any, digest: bytes, user: str):
         self.root = root
         self.digest = digest
-        self.words = words
+        self.user = user
+        self.words = _words(user)
 
     def h(self, path: str) -> int:
         return int.from_bytes(hashlib.sha256(self.digest + path.encode()).digest()[:8], "big")
@@ -183,13 +201,16 @@ class _Gen:
             return self.string({}, path)
         if schema is False or not isinstance(schema, dict):
             return None
-        schema = self.resolve(schema)
+        schema = _with_described_limits(self.resolve(schema))
         if "allOf" in schema and isinstance(schema["allOf"], list):
             schema = self.merge(schema)
         if "const" in schema:
             return schema["const"]
-        if isinstance(schema.get("enum"), list) and schema["enum"]:
-            return schema["enum"][self.h(path + "#enum") % len(schema["enum"])]
+        options = schema.get("enum")
+        if isinstance(options, list) and options:
+            if all(isinstance(o, str) for o in options):  # read the text, as a model picks a label
+                return _pick_label(options, self.user, self.digest)
+            return options[self.h(path + "#enum") % len(options)]
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
@@ -352,7 +373,7 @@ class _Gen:
 
 def generate_json(schema: Any, user: str, system: str = "") -> Any:
     """A value valid for ``schema``, derived from the prompt (deterministic)."""
-    return _Gen(schema, _digest(system, user), _words(user)).value(schema)
+    return _Gen(schema, _digest(system, user), user).value(schema)
 
 
 def _dumps(value: Any) -> str:
@@ -377,11 +398,11 @@ def compute_answer(system: str, user: str, response_format: str | None = None) -
     if rf_type == "json_schema":
         spec = rf.get("json_schema") or {}
         schema = spec.get("schema", {"type": "object"}) if isinstance(spec, dict) else {"type": "object"}
-        return "json", _dumps(_Gen(schema, digest, _words(user)).value(schema))
+        return "json", _dumps(_Gen(schema, digest, user).value(schema))
     if system:
         schema = _schema_from_system(system)
         if schema is not None:
-            return "json", _dumps(_Gen(schema, digest, _words(user)).value(schema))
+            return "json", _dumps(_Gen(schema, digest, user).value(schema))
         labels = _labels_from(system)
         if labels:
             return "labels", _pick_label(labels, user, digest)

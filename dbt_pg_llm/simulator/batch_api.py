@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from . import answers as A
-from .wire import Request, anthropic_body, anthropic_error, openai_body, openai_error, parse_request
+from .errors import ApiError, anthropic_error, openai_error
+from .validate import check_request
+from .wire import Request, anthropic_body, openai_body, parse_request
 
 __all__ = ["BatchApi", "add_batch_routes", "OPENAI_MAX_REQUESTS", "OPENAI_MAX_FILE_BYTES",
            "ANTHROPIC_MAX_REQUESTS", "ANTHROPIC_MAX_BYTES"]
@@ -122,7 +124,8 @@ class BatchApi:
             if i >= processed:
                 b.results.append((custom_id, "canceled", None))
                 continue
-            req = parse_request(body, b.anthropic) if isinstance(body, dict) else "body is not an object"
+            problem = check_request(body, b.anthropic, cfg.models, cfg.reject_params)  # as strict as a call
+            req = parse_request(body, b.anthropic) if problem is None else problem
             user = req.user if isinstance(req, Request) else custom_id
             if cfg.batch_expire_rate and _share(user, cfg.seed, "expire") < cfg.batch_expire_rate:
                 b.results.append((custom_id, "expired", None))
@@ -139,20 +142,17 @@ class BatchApi:
 
     def _process(self, custom_id: str, req, anth: bool) -> tuple:
         cfg = self.sim.config
-        if not isinstance(req, Request):
+        if isinstance(req, ApiError):
             self.errors += 1
-            return custom_id, "errored", (400, req)
+            return custom_id, "errored", (req.status, (req.anthropic_message or req.message) if anth else req.message)
         fault = self.sim.picker.pick(req.user)
         if fault is not None or (cfg.batch_error_rate and _share(req.user, cfg.seed, "error") < cfg.batch_error_rate):
             self.errors += 1
             status = 400 if fault == "400" else 500
             return custom_id, "errored", (status, "Invalid request (simulated)." if status == 400
                                           else "The server had an error while processing your request.")
-        _, answer = A.compute_answer(req.system, req.user, req.response_format)
-        finish = "stop"
-        if req.max_tokens is not None and A.completion_tokens(answer) > req.max_tokens:
-            answer, finish = A.cut_to_tokens(answer, req.max_tokens), "length"
-        ptoks, ctoks = A.prompt_tokens(req.contents), A.completion_tokens(answer)
+        reply = self.sim.reply_for(req)
+        ptoks, ctoks = reply.ptoks, reply.ctoks * req.n
         cost = (ptoks / 1000 * cfg.cost_per_1k_input + ctoks / 1000 * cfg.cost_per_1k_output) * cfg.batch_discount
         self.requests += 1
         self.prompt_tokens += ptoks
@@ -164,9 +164,8 @@ class BatchApi:
         sim.cost_usd += cost
         sha = A.prompt_sha256(req.user)
         self.by_prompt[sha] = self.by_prompt.get(sha, 0) + 1
-        n = self.requests
-        body = (anthropic_body(req, answer, finish, None, ptoks, ctoks, n) if anth
-                else openai_body(req, answer, finish, ptoks, ctoks, n))
+        req.seq = self.requests
+        body = anthropic_body(req, reply) if anth else openai_body(req, reply)
         return custom_id, "succeeded", body
 
     def _write_openai_files(self, b: _Batch) -> None:

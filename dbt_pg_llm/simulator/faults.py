@@ -15,13 +15,17 @@ import math
 import random
 import re
 import time
+from datetime import datetime, timedelta, timezone
 
-__all__ = ["FAULT_KINDS", "parse_fault_arg", "FaultPicker", "RateLimiter"]
+__all__ = ["FAULT_KINDS", "RATE_LIMIT_HEADER_MODES", "parse_fault_arg", "check_faults", "FaultPicker", "RateLimiter",
+           "rate_limit_headers", "go_duration"]
 
 FAULT_KINDS = (
     "429", "500", "503", "529", "reset", "malformed", "truncated", "stall",
     "error_body", "insufficient_quota", "length", "content_filter", "400",
+    "refusal", "overloaded", "context_length",
 )
+RATE_LIMIT_HEADER_MODES = ("retry-after", "x-ratelimit", "none")
 
 _SCRIPT_RE = re.compile(r"\[\[fault:([A-Za-z0-9_]+)(?:\*(\d+))?\]\]")
 
@@ -139,10 +143,61 @@ class RateLimiter:
             self.tpm.level -= tokens
         return 0.0, ""
 
+    def bucket(self, which: str) -> "_Bucket | None":
+        return self.rpm if which == "requests" else self.tpm
 
-def retry_after_headers(wait_s: float) -> dict[str, str]:
-    """``Retry-After`` (whole seconds, >= 1) and ``retry-after-ms`` (>= 1)."""
-    return {
-        "Retry-After": str(max(1, math.ceil(wait_s))),
-        "retry-after-ms": str(max(1, math.ceil(wait_s * 1000))),
-    }
+    def state_headers(self, anthropic: bool) -> dict[str, str]:
+        """What a real provider sends on every answer: limit, remaining and reset of each bucket."""
+        headers: dict[str, str] = {}
+        for which in ("requests", "tokens"):
+            b = self.bucket(which)
+            if b is not None:
+                b.refill(time.monotonic())
+                headers.update(rate_limit_headers("x-ratelimit", anthropic, (b.capacity - b.level) / b.rate, which,
+                                                  b.capacity, b.level))
+        return headers
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's ``x-ratelimit-reset-*`` format: ``300ms``, ``1s``, ``3.2s``, ``1m30s``, ``6m0s`` (rounded up
+    to the millisecond, so a client that waits exactly this long is not early)."""
+    ms = max(1, math.ceil(seconds * 1000))
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest_ms = divmod(ms, 60_000)
+    secs = f"{rest_ms / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _rfc3339_after(seconds: float) -> str:
+    """Anthropic's ``anthropic-ratelimit-*-reset``: an RFC 3339 time, whole seconds, rounded up."""
+    when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    if when.microsecond:
+        when = when.replace(microsecond=0) + timedelta(seconds=1)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rate_limit_headers(mode: str, anthropic: bool, wait_s: float, which: str = "requests",
+                       limit: float | None = None, remaining: float = 0) -> dict[str, str]:
+    """How a 429 says when to come back.
+
+    ``retry-after``: ``Retry-After`` (whole seconds, >= 1) and ``retry-after-ms``.
+    ``x-ratelimit``: OpenAI ``x-ratelimit-{limit,remaining,reset}-{requests|tokens}`` (reset as a duration
+    such as ``1s``), Anthropic ``anthropic-ratelimit-{requests|tokens}-{limit,remaining,reset}`` (reset as
+    an RFC 3339 time); no Retry-After, so a client must read these.
+    ``none``: nothing (OpenAI's message still says "Please try again in Xs")."""
+    if mode == "none":
+        return {}
+    if mode == "retry-after":
+        return {"Retry-After": str(max(1, math.ceil(wait_s))), "retry-after-ms": str(max(1, math.ceil(wait_s * 1000)))}
+    headers: dict[str, str] = {}
+    if anthropic:
+        prefix = f"anthropic-ratelimit-{which}"
+        headers[f"{prefix}-reset"] = _rfc3339_after(wait_s)
+    else:
+        prefix = "x-ratelimit"
+        headers[f"{prefix}-reset-{which}"] = go_duration(wait_s)
+    if limit is not None:
+        headers[f"{prefix}-limit{'' if anthropic else '-' + which}"] = str(int(limit))
+    headers[f"{prefix}-remaining{'' if anthropic else '-' + which}"] = str(max(0, int(remaining)))
+    return headers

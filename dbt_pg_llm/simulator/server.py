@@ -11,50 +11,26 @@ import json
 import random
 import socket
 import struct
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 
 from aiohttp import web
 
 from . import answers as A
+from . import packing
 from .batch_api import BatchApi, add_batch_routes
-from .faults import FaultPicker, RateLimiter, check_faults, retry_after_headers
-from .wire import (Request, anthropic_body, anthropic_error, make_sse_anthropic, make_sse_openai, openai_body,
-                   openai_error, parse_request)
+from .catalog import DEFAULT_MODELS, anthropic_model, anthropic_model_list, openai_model, openai_model_list
+from .config import SimulatorConfig
+from .errors import BAD_GATEWAY_HTML, ApiError, fault_error
+from .faults import FaultPicker, RateLimiter, go_duration, rate_limit_headers
+from .streams import anthropic_error_event, make_sse_anthropic, make_sse_openai, openai_error_event
+from .validate import check_request, model_not_found
+from .wire import REFUSAL_TEXT, Reply, Request, anthropic_body, openai_body, parse_request
 
 __all__ = ["SimulatorConfig", "Simulator", "make_app", "start_runner", "MODELS"]
 
-MODELS = ("sim-small", "sim-large", "gpt-4o-mini", "claude-3-5-haiku-latest")
+MODELS = DEFAULT_MODELS
 _JSON = "application/json"
 SIMULATOR_KEY = web.AppKey("simulator", object)
-_RETRY_1S = {"Retry-After": "1", "retry-after-ms": "1000"}
-
-
-@dataclass
-class SimulatorConfig:
-    """The simulator's knobs (see ``python -m dbt_pg_llm.simulator --help``)."""
-
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    per_token_ms: float = 0.0
-    max_concurrency: int | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    api_key: str | None = field(default=None, repr=False)
-    cost_per_1k_input: float = 0.0
-    cost_per_1k_output: float = 0.0
-    faults: dict[str, float] = field(default_factory=dict)
-    seed: int | None = 0
-    stall_s: float = 300.0
-    batch_delay_s: float = 0.0  # batch APIs (batch_api.py): a batch ends this long after creation
-    batch_error_rate: float = 0.0  # share of batch requests answered with an error
-    batch_expire_rate: float = 0.0  # share of batch requests left unprocessed (expired) at the end
-    batch_discount: float = 0.5  # batch price = list price x this
-
-    def __post_init__(self):
-        self.faults = check_faults(self.faults)
-        for name in ("batch_error_rate", "batch_expire_rate", "batch_discount"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name}: {getattr(self, name)!r} must be between 0 and 1")
 
 
 class Simulator:
@@ -95,6 +71,7 @@ class Simulator:
         self.answered = 0
         self.rate_limited = 0
         self.unauthorized = 0
+        self.rejected = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.active = 0  # requests past the max_concurrency semaphore
@@ -115,6 +92,7 @@ class Simulator:
             "answered": self.answered,
             "rate_limited": self.rate_limited,
             "unauthorized": self.unauthorized,
+            "rejected": self.rejected,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "active": self.active,
@@ -129,20 +107,42 @@ class Simulator:
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, True)
 
-    def _error(self, anth: bool, status: int, message: str, kind: str | None = None,
-               code: str | None = None, headers: dict | None = None) -> web.Response:
-        body = anthropic_error(status, message, kind) if anth else openai_error(status, message, kind, code)
-        return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+    async def azure(self, request: web.Request) -> web.StreamResponse:
+        """Azure OpenAI: ``/openai/deployments/{deployment}/chat/completions?api-version=...`` with an
+        ``api-key`` header; the deployment names the model (a body ``model`` is ignored, as Azure does).
+        No api-version or an unknown deployment is a 404 in Azure's own shape."""
+        deployment = request.match_info["deployment"]
+        if not request.query.get("api-version"):
+            return web.json_response({"error": {"code": "404", "message": "Resource not found"}}, status=404)
+        models = self.config.models
+        if models is not None and deployment not in models:
+            self.rejected += 1
+            return web.json_response({"error": {
+                "code": "DeploymentNotFound",
+                "message": "The API deployment for this resource does not exist. If you created the deployment "
+                           "within the last 5 minutes, please wait a moment and try again."}}, status=404)
+        return await self._handle(request, False, deployment=deployment)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _id_headers(self, anth: bool, rid: str) -> dict[str, str]:
+        return {"request-id": rid} if anth else {"x-request-id": rid}
+
+    def _error(self, anth: bool, rid: str, error: ApiError) -> web.Response:
+        headers = {**self._id_headers(anth, rid), **error.headers}
+        return web.Response(status=error.status, body=error.body(anth, rid), content_type=_JSON, headers=headers)
+
+    def _authorized(self, request: web.Request, azure: bool = False) -> bool:
         key = self.config.api_key
         if not key:
             return True
         h = request.headers
+        if azure:  # Azure takes the resource key in api-key (or an Entra bearer token)
+            return h.get("api-key") == key or h.get("Authorization") == f"Bearer {key}"
         return h.get("Authorization") == f"Bearer {key}" or h.get("x-api-key") == key
 
-    async def _handle(self, request: web.Request, anth: bool) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, anth: bool, deployment: str | None = None) -> web.StreamResponse:
         self.requests += 1
+        seq = self.requests
+        rid = f"req_sim{seq:016x}"
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
             self.max_in_flight = self.in_flight
@@ -152,42 +152,51 @@ class Simulator:
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 body = None
-            req = parse_request(body, anth) if isinstance(body, dict) else "request body is not a JSON object"
-            if isinstance(req, Request):
+            if deployment is not None and isinstance(body, dict):
+                body["model"] = deployment
+            cfg = self.config
+            problem = check_request(body, anth, cfg.models, cfg.reject_params)
+            req = parse_request(body, anth) if problem is None else None
+            if req is not None:
+                req.seq = seq
                 sha = A.prompt_sha256(req.user)
                 self.by_prompt[sha] = self.by_prompt.get(sha, 0) + 1
-            if not self._authorized(request):
+            if not self._authorized(request, azure=deployment is not None):
                 self.unauthorized += 1
-                msg = "invalid x-api-key" if anth else "Incorrect API key provided. You can find your API key in your account settings."
-                return self._error(anth, 401, msg, code="invalid_api_key")
-            if not isinstance(req, Request):
-                return self._error(anth, 400, req)
-            return await self._answer(request, req, anth)
+                msg = "invalid x-api-key" if anth else \
+                    "Incorrect API key provided. You can find your API key in your account settings."
+                return self._error(anth, rid, ApiError(401, msg, code="invalid_api_key"))
+            if problem is not None:
+                self.rejected += 1
+                return self._error(anth, rid, problem)
+            return await self._answer(request, req, anth, rid)
         finally:
             self.in_flight -= 1
 
-    async def _answer(self, request: web.Request, req: Request, anth: bool) -> web.StreamResponse:
-        cfg = self.config
-        mode, answer = A.compute_answer(req.system, req.user, req.response_format)
-        finish = "stop"
-        stop_seq = None
+    def reply_for(self, req: Request) -> Reply:
+        """The model's answer to ``req``: stop sequences applied, cut at max_tokens."""
+        _, text = packing.answer(req.system, req.user, req.response_format)
+        finish, stop_seq = "stop", None
         for s in req.stop:
-            i = answer.find(s) if s else -1
-            if i >= 0 and (stop_seq is None or i < answer.find(stop_seq)):
+            i = text.find(s) if s else -1
+            if i >= 0 and (stop_seq is None or i < text.find(stop_seq)):
                 stop_seq = s
         if stop_seq is not None:
-            answer = answer[: answer.find(stop_seq)]
-        if req.max_tokens is not None and A.completion_tokens(answer) > req.max_tokens:
-            answer, finish, stop_seq = A.cut_to_tokens(answer, req.max_tokens), "length", None
-        ptoks = A.prompt_tokens(req.contents)
+            text = text[: text.find(stop_seq)]
+        if req.max_tokens is not None and A.completion_tokens(text) > req.max_tokens:
+            text, finish, stop_seq = A.cut_to_tokens(text, req.max_tokens), "length", None
+        return Reply(text, finish, stop_seq, A.prompt_tokens(req.contents), A.completion_tokens(text))
 
+    async def _answer(self, request: web.Request, req: Request, anth: bool, rid: str) -> web.StreamResponse:
+        cfg = self.config
+        reply = self.reply_for(req)
         if self.limiter.active:
-            wait, which = self.limiter.admit(ptoks + A.completion_tokens(answer))
+            tokens = reply.ptoks + reply.ctoks * req.n
+            wait, which = self.limiter.admit(tokens)
             if wait > 0:
                 self.rate_limited += 1
-                msg = f"Rate limit reached for {which} per minute. Please try again in {wait:.3f}s."
-                return self._error(anth, 429, msg, kind="requests" if which == "requests" else "tokens",
-                                   code="rate_limit_exceeded", headers=retry_after_headers(wait))
+                requested = 1 if which == "requests" else tokens
+                return self._error(anth, rid, self._rate_limited(req, anth, wait, which, requested))
 
         fault = self.picker.pick(req.user)
         if fault is not None:
@@ -201,44 +210,62 @@ class Simulator:
             if self.active > self.max_active:
                 self.max_active = self.active
             try:
-                return await self._respond(request, req, anth, answer, finish, stop_seq, ptoks, fault)
+                return await self._respond(request, req, anth, rid, reply, fault)
             finally:
                 self.active -= 1
 
-    async def _respond(self, request, req, anth, answer, finish, stop_seq, ptoks, fault) -> web.StreamResponse:
+    def _rate_limited(self, req: Request, anth: bool, wait: float, which: str, requested: int) -> ApiError:
+        bucket = self.limiter.bucket(which)
+        limit = int(bucket.capacity)
+        unit = "RPM" if which == "requests" else "TPM"
+        message = (f"Rate limit reached for {req.model} in organization org-simulator on {which} per min ({unit}): "
+                   f"Limit {limit}, Used {limit - max(0, int(bucket.level))}, Requested {requested}. "
+                   f"Please try again in {go_duration(wait)}. Visit https://platform.openai.com/account/rate-limits "
+                   "to learn more.")
+        anth_message = (f"This request would exceed the rate limit for your organization of {limit} {which} per "
+                        "minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the "
+                        "response headers for current usage.")
+        headers = rate_limit_headers(self.config.rate_limit_headers, anth, wait, which, limit, bucket.level)
+        return ApiError(429, message, anth_message, kind=which, code="rate_limit_exceeded", headers=headers)
+
+    async def _respond(self, request, req: Request, anth: bool, rid: str, reply: Reply,
+                       fault: str | None) -> web.StreamResponse:
         cfg = self.config
         delay = cfg.latency_ms
         if cfg.jitter_ms:
             delay += self.jitter_rng.uniform(0, cfg.jitter_ms)
         if cfg.per_token_ms and not req.stream and fault is None:
-            delay += cfg.per_token_ms * A.completion_tokens(answer)
+            delay += cfg.per_token_ms * reply.ctoks
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
-        if fault is not None:
-            if fault == "length":
-                answer, finish, stop_seq = answer[: len(answer) // 2], "length", None
-            elif fault == "content_filter":
-                answer, finish, stop_seq = "", "content_filter", None
-            else:
-                return await self._fault_response(request, req, anth, fault)
-        ctoks = A.completion_tokens(answer)
+        if fault == "length":
+            text = reply.text[: len(reply.text) // 2]
+            reply = Reply(text, "length", None, reply.ptoks, A.completion_tokens(text))
+        elif fault == "content_filter":
+            reply = Reply("", "content_filter", None, reply.ptoks, A.completion_tokens(""))
+        elif fault == "refusal":
+            reply = Reply(REFUSAL_TEXT, "refusal", None, reply.ptoks, A.completion_tokens(REFUSAL_TEXT))
+        elif fault is not None:
+            return await self._fault_response(request, req, anth, rid, reply, fault)
+        # what a real provider bills: an answer, even a refusal or a cut one; never an HTTP error
+        ctoks = reply.ctoks * req.n
         self.answered += 1
-        self.prompt_tokens += ptoks
+        self.prompt_tokens += reply.ptoks
         self.completion_tokens += ctoks
-        self.cost_usd += ptoks / 1000 * cfg.cost_per_1k_input + ctoks / 1000 * cfg.cost_per_1k_output
+        self.cost_usd += reply.ptoks / 1000 * cfg.cost_per_1k_input + ctoks / 1000 * cfg.cost_per_1k_output
+        headers = self._id_headers(anth, rid)
+        if self.limiter.active and cfg.rate_limit_headers == "x-ratelimit":
+            headers.update(self.limiter.state_headers(anth))
         if req.stream:
-            return await self._stream(request, req, anth, answer, finish, stop_seq, ptoks, ctoks)
-        if anth:
-            payload = anthropic_body(req, answer, finish, stop_seq, ptoks, ctoks, self.requests)
-        else:
-            payload = openai_body(req, answer, finish, ptoks, ctoks, self.requests)
-        return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=_JSON)
+            make = make_sse_anthropic if anth else make_sse_openai
+            return await self._stream(request, make(req, reply), headers)
+        payload = anthropic_body(req, reply) if anth else openai_body(req, reply)
+        return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=_JSON,
+                            headers=headers)
 
-    async def _stream(self, request, req, anth, answer, finish, stop_seq, ptoks, ctoks) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    async def _stream(self, request: web.Request, events: list[tuple[bytes, int]], headers: dict) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})
         await resp.prepare(request)
-        make = make_sse_anthropic if anth else make_sse_openai
-        events = make(req, answer, finish, stop_seq, ptoks, ctoks, self.requests)
         pt = self.config.per_token_ms
         if pt:
             for ev, ntok in events:
@@ -250,48 +277,34 @@ class Simulator:
         await resp.write_eof()
         return resp
 
-    async def _fault_response(self, request: web.Request, req: Request, anth: bool, fault: str) -> web.StreamResponse:
-        if fault == "429":
-            return self._error(anth, 429, "Rate limit reached for requests. Please try again in 1s.",
-                               kind="requests", code="rate_limit_exceeded", headers=_RETRY_1S)
-        if fault == "insufficient_quota":
-            if anth:
-                return self._error(anth, 400, "Your credit balance is too low to access the Anthropic API. "
-                                   "Please go to Plans & Billing to upgrade or purchase credits.")
-            return self._error(anth, 429, "You exceeded your current quota, please check your plan and billing details.",
-                               kind="insufficient_quota", code="insufficient_quota")
-        if fault == "400":
-            return self._error(anth, 400, "Invalid request (simulated).")
-        if fault == "500":
-            return self._error(anth, 500, "The server had an error while processing your request. Sorry about that!")
-        if fault == "503":
-            return self._error(anth, 503, "The engine is currently overloaded, please try again later.",
-                               code="service_unavailable")
-        if fault == "529":
-            return self._error(anth, 529, "Overloaded")
-        if fault == "error_body":
-            body = anthropic_error(500, "Internal server error (simulated).") if anth else \
-                openai_error(500, "The server had an error while processing your request.")
+    async def _fault_response(self, request: web.Request, req: Request, anth: bool, rid: str, reply: Reply,
+                              fault: str) -> web.StreamResponse:
+        wait = self.config.fault_retry_after_s
+        wait_headers = rate_limit_headers(self.config.rate_limit_headers, anth, wait, "requests", None, 0)
+        error = fault_error(fault, anth, reply.ptoks, wait, wait_headers)
+        if error is not None:
+            return self._error(anth, rid, error)
+        ids = self._id_headers(anth, rid)
+        if fault == "error_body":  # an error inside a 200 answer (or a stream that fails after it started)
             if req.stream:
-                return await self._raw_stream(request, b"data: " + body + b"\n\n")
-            return web.Response(body=body, content_type=_JSON)
-        if fault == "malformed":
-            body = b"<html><body>502 Bad Gateway (simulated: this is not JSON)</body></html>"
-            if req.stream:
-                return await self._raw_stream(request, b"data: {\"choices\": [{\"delta\": {\"content\": \"x\n\n")
-            return web.Response(body=body, content_type=_JSON)
+                data = (anthropic_error_event(req, "overloaded_error", "Overloaded", reply.ptoks) if anth
+                        else openai_error_event(ApiError(500, "The server had an error while processing your "
+                                                              "request.").body(False)))
+                return await self._raw_stream(request, data, ids)
+            body = ApiError(500, "The server had an error while processing your request.",
+                            "Internal server error (simulated).").body(anth, rid)
+            return web.Response(body=body, content_type=_JSON, headers=ids)
+        if fault == "malformed":  # a proxy's error page instead of the API's answer
+            return web.Response(status=502, body=BAD_GATEWAY_HTML, content_type="text/html")
         if fault == "truncated":
-            mode, answer = A.compute_answer(req.system, req.user, req.response_format)
-            ptoks, ctoks = A.prompt_tokens(req.contents), A.completion_tokens(answer)
             if req.stream:
                 make = make_sse_anthropic if anth else make_sse_openai
-                data = b"".join(ev for ev, _ in make(req, answer, "stop", None, ptoks, ctoks, self.requests))
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                data = b"".join(ev for ev, _ in make(req, reply))
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **ids})
             else:
-                payload = (anthropic_body(req, answer, "stop", None, ptoks, ctoks, self.requests) if anth
-                           else openai_body(req, answer, "stop", ptoks, ctoks, self.requests))
+                payload = anthropic_body(req, reply) if anth else openai_body(req, reply)
                 data = json.dumps(payload).encode()
-                resp = web.StreamResponse(headers={"Content-Type": _JSON})
+                resp = web.StreamResponse(headers={"Content-Type": _JSON, **ids})
                 resp.content_length = len(data)
             await resp.prepare(request)
             await resp.write(data[: len(data) // 2])
@@ -301,8 +314,8 @@ class Simulator:
         _drop(request)
         return web.Response(status=500)
 
-    async def _raw_stream(self, request: web.Request, data: bytes) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    async def _raw_stream(self, request: web.Request, data: bytes, headers: dict) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
         await resp.prepare(request)
         await resp.write(data)
         await resp.write_eof()
@@ -329,11 +342,33 @@ class Simulator:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def _served(self) -> tuple[str, ...]:
+        return self.config.models if self.config.models is not None else MODELS
+
     async def models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: Anthropic's shape when the client speaks Anthropic (anthropic-version
+        header), else OpenAI's."""
+        anth = "anthropic-version" in request.headers
+        rid = f"req_sim{self.requests:016x}models"
         if not self._authorized(request):
-            return self._error(False, 401, "Incorrect API key provided.", code="invalid_api_key")
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "dbt-pg-llm-simulator"} for m in MODELS]
-        return web.json_response({"object": "list", "data": data})
+            msg = "invalid x-api-key" if anth else "Incorrect API key provided."
+            return self._error(anth, rid, ApiError(401, msg, code="invalid_api_key"))
+        model_id = request.match_info.get("model_id")
+        if model_id is not None:  # GET /v1/models/{id}
+            if self.config.models is not None and model_id not in self.config.models:
+                return self._error(anth, rid, model_not_found(model_id))
+            payload = anthropic_model(model_id) if anth else openai_model(model_id)
+            return web.json_response(payload, headers=self._id_headers(anth, rid))
+        if anth:
+            q = request.query
+            try:
+                limit = max(1, min(1000, int(q.get("limit", 20))))
+            except ValueError:
+                return self._error(True, rid, ApiError(400, "", "limit: Input should be a valid integer"))
+            payload = anthropic_model_list(self._served(), limit, q.get("after_id"), q.get("before_id"))
+        else:
+            payload = openai_model_list(self._served())
+        return web.json_response(payload, headers=self._id_headers(anth, rid))
 
 
 def _drop(request: web.Request, hard: bool = True) -> None:
@@ -359,6 +394,8 @@ def make_app(sim: Simulator) -> web.Application:
         r.add_post(prefix + "/chat/completions", sim.openai)
         r.add_post(prefix + "/messages", sim.anthropic)
         r.add_get(prefix + "/models", sim.models)
+        r.add_get(prefix + "/models/{model_id}", sim.models)
+    r.add_post("/openai/deployments/{deployment}/chat/completions", sim.azure)
     add_batch_routes(app, sim.batches)
     r.add_get("/_stats", sim.get_stats)
     r.add_post("/_reset", sim.post_reset)

@@ -1,4 +1,8 @@
-"""Wire formats of the simulator: request parsing, error bodies, SSE streams (OpenAI and Anthropic)."""
+"""Wire formats of the simulator: the parsed request, and the answer bodies (OpenAI and Anthropic).
+
+The request is validated first (validate.py); ``parse_request`` only reads a valid body. Streams are
+in streams.py, error bodies in errors.py.
+"""
 from __future__ import annotations
 
 import json
@@ -7,8 +11,10 @@ from dataclasses import dataclass
 
 from . import answers as A
 
-__all__ = ["Request", "parse_request", "openai_error", "anthropic_error", "openai_body", "anthropic_body",
-           "make_sse_openai", "make_sse_anthropic"]
+__all__ = ["Request", "Reply", "parse_request", "openai_body", "anthropic_body", "openai_usage", "anthropic_usage",
+           "REFUSAL_TEXT"]
+
+REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
 
 
 @dataclass(slots=True)
@@ -20,9 +26,26 @@ class Request:
     max_tokens: int | None
     stop: tuple
     stream: bool
+    include_usage: bool  # OpenAI stream_options.include_usage
     logprobs: bool
     top_logprobs: int
-    response_format: str | None  # OpenAI response_format as canonical JSON text
+    response_format: str | None  # the JSON format asked for, as canonical JSON text (OpenAI shape)
+    n: int = 1
+    tool_name: str | None = None  # Anthropic: the tool the model is made to call (tool_choice tool/any)
+    seq: int = 0  # the server's request number: ids of the answer (chatcmpl-…, msg_…, toolu_…)
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the simulated model answers, before it is put on the wire.
+
+    finish: "stop" | "length" | "content_filter" | "refusal"; ctoks are per choice."""
+
+    text: str
+    finish: str
+    stop_seq: str | None
+    ptoks: int
+    ctoks: int
 
 
 def _text(content) -> str:
@@ -41,11 +64,36 @@ def _text(content) -> str:
     return str(content)
 
 
-def parse_request(body: dict, anthropic: bool) -> "Request | str":
-    """The request, or a message saying why it is invalid (answered with HTTP 400)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "'messages' is required and must be a non-empty array"
+def _json_format(name: str, schema: dict) -> str:
+    """An OpenAI-shaped json_schema format as canonical text: the answer key of a JSON request, so a
+    forced Anthropic tool, Anthropic's output_config and OpenAI's response_format agree on one schema."""
+    return json.dumps({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}, sort_keys=True)
+
+
+def _output_config_format(body: dict) -> str | None:
+    """Anthropic structured outputs: ``output_config: {"format": {"type": "json_schema", "schema": ...}}``."""
+    fmt = (body.get("output_config") or {}).get("format") or {}
+    if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return _json_format("output", fmt["schema"])
+    return None
+
+
+def _forced_tool(body: dict) -> tuple[str | None, str | None]:
+    """Anthropic ``tool_choice`` tool/any: (tool name, its input_schema as an OpenAI json_schema format)."""
+    choice = body.get("tool_choice") or {}
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("input_schema"), dict)]
+    if choice.get("type") == "tool":
+        tools = [t for t in tools if t.get("name") == choice.get("name")]
+    elif choice.get("type") != "any":
+        return None, None
+    if not tools:
+        return None, None
+    tool = tools[0]
+    return tool["name"], _json_format(tool["name"], tool["input_schema"])
+
+
+def parse_request(body: dict, anthropic: bool) -> Request:
+    """Read a request that validate.check_request accepted."""
     systems: list[str] = []
     contents: list[str] = []
     user = ""
@@ -54,155 +102,119 @@ def parse_request(body: dict, anthropic: bool) -> "Request | str":
         if system:
             systems.append(system)
             contents.append(system)
-    for m in messages:
-        if not isinstance(m, dict):
-            return "each message must be an object with 'role' and 'content'"
+    for m in body["messages"]:
         text = _text(m.get("content"))
-        role = m.get("role")
         contents.append(text)
-        if role == "user":
+        if m.get("role") == "user":
             user = text
-        elif role in ("system", "developer") and not anthropic:
+        elif m.get("role") in ("system", "developer"):
             systems.append(text)
     max_tokens = body.get("max_tokens")
     if max_tokens is None and not anthropic:
         max_tokens = body.get("max_completion_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-        return f"'max_tokens' must be a positive integer, got {max_tokens!r}"
     stop = body.get("stop_sequences" if anthropic else "stop")
-    if stop is None:
-        stop = ()
-    elif isinstance(stop, str):
+    if isinstance(stop, str):
         stop = (stop,)
-    elif isinstance(stop, list):
-        stop = tuple(s for s in stop if isinstance(s, str) and s)
-    else:
-        return "'stop' must be a string or an array of strings"
+    stop = tuple(s for s in stop or () if isinstance(s, str) and s)
+    tool_name, rf_text = _forced_tool(body) if anthropic else (None, None)
+    if anthropic and tool_name is None:
+        rf_text = _output_config_format(body)
     rf = None if anthropic else body.get("response_format")
-    rf_text = None
     if isinstance(rf, dict) and rf.get("type") in ("json_schema", "json_object"):
         rf_text = json.dumps(rf, sort_keys=True)
-    top = body.get("top_logprobs") or 0
-    if not isinstance(top, int) or not 0 <= top <= 20:
-        return "'top_logprobs' must be an integer between 0 and 20"
     return Request(
-        model=str(body.get("model") or "sim-small"),
+        model=body["model"],
         system="\n".join(systems),
         user=user,
         contents=contents,
         max_tokens=max_tokens,
         stop=stop,
         stream=bool(body.get("stream")),
+        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         logprobs=bool(body.get("logprobs")),
-        top_logprobs=top,
+        top_logprobs=body.get("top_logprobs") or 0,
         response_format=rf_text,
+        n=body.get("n") or 1,
+        tool_name=tool_name,
     )
 
 
-# -- errors ----------------------------------------------------------------------------------------
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "requests",
-                 500: "server_error", 503: "server_error", 529: "overloaded_error"}
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-                    500: "api_error", 503: "api_error", 529: "overloaded_error"}
+# -- usage -----------------------------------------------------------------------------------------
+def openai_usage(ptoks: int, ctoks: int) -> dict:
+    return {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
-def openai_error(status: int, message: str, kind: str | None = None, code: str | None = None) -> bytes:
-    """``{"error": {"message", "type", "param", "code"}}``."""
-    err = {"message": message, "type": kind or _OPENAI_TYPES.get(status, "server_error"), "param": None, "code": code}
-    return json.dumps({"error": err}).encode()
-
-
-def anthropic_error(status: int, message: str, kind: str | None = None) -> bytes:
-    """``{"type": "error", "error": {"type", "message"}}`` (the Anthropic type is chosen by status)."""
-    return json.dumps({"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"),
-                                                  "message": message}}).encode()
+def anthropic_usage(ptoks: int, ctoks: int) -> dict:
+    return {"input_tokens": ptoks, "output_tokens": ctoks, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "service_tier": "standard"}
 
 
 # -- answers ---------------------------------------------------------------------------------------
-_ANTH_STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal"}
+def openai_logprobs(req: Request, text: str) -> list[dict] | None:
+    return A.logprobs_for(text, req.top_logprobs, req.model + "\x00" + req.user) if req.logprobs else None
 
 
-def openai_body(req: Request, answer: str, finish: str, ptoks: int, ctoks: int, n: int) -> dict:
-    lp = {"content": A.logprobs_for(answer, req.top_logprobs, req.model + "\x00" + req.user), "refusal": None} if req.logprobs else None
+def openai_body(req: Request, reply: Reply) -> dict:
+    refused = reply.finish == "refusal"
+    message = {"role": "assistant", "content": None if refused else reply.text,
+               "refusal": reply.text if refused else None, "annotations": []}
+    lps = None if refused else openai_logprobs(req, reply.text)
+    choice = {"message": message, "logprobs": {"content": lps, "refusal": None} if lps is not None else None,
+              "finish_reason": "stop" if refused else reply.finish}
     return {
-        "id": f"chatcmpl-sim{n:010x}",
+        "id": f"chatcmpl-sim{req.seq:010x}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": req.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": answer, "refusal": None},
-            "logprobs": lp,
-            "finish_reason": finish,
-        }],
-        "usage": {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks},
+        "choices": [{"index": i, **choice} for i in range(req.n)],
+        "usage": openai_usage(reply.ptoks, reply.ctoks * req.n),
+        "service_tier": "default",
         "system_fingerprint": "fp_simulator",
     }
 
 
-def anthropic_body(req: Request, answer: str, finish: str, stop_seq: str | None,
-                    ptoks: int, ctoks: int, n: int) -> dict:
+_ANTH_STOP = {"stop": "end_turn", "length": "max_tokens", "content_filter": "refusal", "refusal": "refusal"}
+
+
+def anthropic_stop_reason(req: Request, reply: Reply) -> str:
+    if reply.stop_seq is not None:
+        return "stop_sequence"
+    if req.tool_name and reply.finish == "stop":
+        return "tool_use"
+    return _ANTH_STOP[reply.finish]
+
+
+def tool_input(reply: Reply) -> dict:
+    """The forced tool call's input: the JSON answer, or ``{}`` when max_tokens cut it short."""
+    try:
+        value = json.loads(reply.text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def anthropic_content(req: Request, reply: Reply) -> list[dict]:
+    if reply.finish == "content_filter":
+        return []
+    if req.tool_name and reply.finish != "refusal":
+        return [{"type": "tool_use", "id": f"toolu_sim{req.seq:010x}", "name": req.tool_name,
+                 "input": tool_input(reply)}]
+    return [{"type": "text", "text": reply.text}]
+
+
+def anthropic_body(req: Request, reply: Reply) -> dict:
     return {
-        "id": f"msg_sim{n:010x}",
+        "id": f"msg_sim{req.seq:010x}",
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": [{"type": "text", "text": answer}] if finish != "content_filter" else [],
-        "stop_reason": "stop_sequence" if stop_seq is not None else _ANTH_STOP[finish],
-        "stop_sequence": stop_seq,
-        "usage": {"input_tokens": ptoks, "output_tokens": ctoks},
+        "content": anthropic_content(req, reply),
+        "stop_reason": anthropic_stop_reason(req, reply),
+        "stop_sequence": reply.stop_seq,
+        "usage": anthropic_usage(reply.ptoks, reply.ctoks),
     }
-
-
-# -- streams ---------------------------------------------------------------------------------------
-def _tokens(answer: str) -> list[str]:
-    return [answer[i: i + 4] for i in range(0, len(answer), 4)]
-
-
-def make_sse_openai(req: Request, answer: str, finish: str, stop_seq, ptoks: int, ctoks: int,
-                    n: int) -> list[tuple[bytes, int]]:
-    """(event bytes, tokens in it) for each chunk; the last chunk has finish_reason and usage."""
-    base = {"id": f"chatcmpl-sim{n:010x}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": req.model, "system_fingerprint": "fp_simulator"}
-    lps = A.logprobs_for(answer, req.top_logprobs, req.model + "\x00" + req.user) if req.logprobs else None
-
-    def ev(choice: dict, usage=None) -> bytes:
-        payload = {**base, "choices": [choice]}
-        if usage is not None:
-            payload["usage"] = usage
-        return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
-
-    out = [(ev({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                "finish_reason": None}), 0)]
-    for i, tok in enumerate(_tokens(answer)):
-        lp = {"content": [lps[i]], "refusal": None} if lps else None
-        out.append((ev({"index": 0, "delta": {"content": tok}, "logprobs": lp, "finish_reason": None}), 1))
-    usage = {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks}
-    out.append((ev({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}, usage), 0))
-    out.append((b"data: [DONE]\n\n", 0))
-    return out
-
-
-def make_sse_anthropic(req: Request, answer: str, finish: str, stop_seq, ptoks: int, ctoks: int,
-                       n: int) -> list[tuple[bytes, int]]:
-    """Anthropic's event stream: message_start, content_block_*, message_delta (usage), message_stop."""
-
-    def ev(name: str, data: dict) -> bytes:
-        return f"event: {name}\ndata: ".encode() + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
-
-    message = {"id": f"msg_sim{n:010x}", "type": "message", "role": "assistant", "model": req.model,
-               "content": [], "stop_reason": None, "stop_sequence": None,
-               "usage": {"input_tokens": ptoks, "output_tokens": 1}}
-    out = [(ev("message_start", {"type": "message_start", "message": message}), 0),
-           (ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                       "content_block": {"type": "text", "text": ""}}), 0)]
-    for tok in _tokens(answer):
-        out.append((ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": tok}}), 1))
-    out.append((ev("content_block_stop", {"type": "content_block_stop", "index": 0}), 0))
-    reason = "stop_sequence" if stop_seq is not None else _ANTH_STOP[finish]
-    out.append((ev("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": reason, "stop_sequence": stop_seq},
-                                     "usage": {"output_tokens": ctoks}}), 0))
-    out.append((ev("message_stop", {"type": "message_stop"}), 0))
-    return out

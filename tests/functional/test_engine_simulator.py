@@ -140,7 +140,7 @@ def test_batch_order_failed_count_and_packing_fallback(keyed_sim):
     out = model.batch_call(BatchInput([ModelInput(p) for p in prompts]))
     assert [o.ok for o in out.outputs] == [True, False, True, True]
     assert out.failed_count == 1 and out.error.startswith("quota")
-    # the simulator does not answer packed prompts with an array: every row falls back to a single call
+    # packed prompts: the simulator answers each packed row as it would answer it alone
     fmt = ResponseFormat.one_of(["positive", "negative"])
     system = "Answer with exactly one of these labels and nothing else: positive | negative"
     packed = model.batch_call(BatchInput([ModelInput(f"review {i} positive", system_message=system,

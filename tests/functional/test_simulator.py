@@ -73,7 +73,7 @@ def test_labels_answered_from_the_list(client):
 
 
 def test_json_schema_via_response_format_and_system_phrase(client):
-    rf = {"type": "json_schema", "json_schema": {"name": "review", "schema": SCHEMA, "strict": True}}
+    rf = {"type": "json_schema", "json_schema": {"name": "review", "schema": SCHEMA}}  # not strict: optional keys
     for i in range(10):
         value = json.loads(content(chat(client, f"Ada Lovelace review {i}", response_format=rf)))
         jsonschema.validate(value, SCHEMA)
@@ -81,7 +81,7 @@ def test_json_schema_via_response_format_and_system_phrase(client):
     system = f"Extract fields.\n{JSON_PHRASE}{json.dumps(SCHEMA)}\nNo prose."
     value = json.loads(content(chat(client, "Grace Hopper, Arlington", system)))
     jsonschema.validate(value, SCHEMA)
-    obj = json.loads(content(chat(client, "anything", response_format={"type": "json_object"})))
+    obj = json.loads(content(chat(client, "anything, as JSON", response_format={"type": "json_object"})))
     assert isinstance(obj, dict) and obj
 
 
@@ -179,11 +179,14 @@ def test_fault_kinds_with_status(client, kind, status, check):
     assert check(r)
 
 
-def test_malformed_is_not_json(client):
-    r = chat(client, "x [[fault:malformed]]")
-    assert r.status_code == 200
-    with pytest.raises(json.JSONDecodeError):
-        json.loads(r.text)
+def test_malformed_is_a_502_html_page(client):
+    """A proxy's error page, as a real gateway sends it: status 502, HTML, not the API's JSON."""
+    for stream in (False, True):
+        r = chat(client, "x [[fault:malformed]]", stream=stream)
+        assert r.status_code == 502 and r.headers["content-type"].startswith("text/html")
+        assert "<h1>502 Bad Gateway</h1>" in r.text
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(r.text)
 
 
 @pytest.mark.parametrize("kind", ["reset", "truncated"])
@@ -265,23 +268,36 @@ def test_anthropic_messages(client):
     body["messages"][0]["content"] = "busy [[fault:529]]"
     r = client.post("/messages", json=body)
     assert r.status_code == 529 and r.json() == {"type": "error", "error": {"type": "overloaded_error",
-                                                                            "message": "Overloaded"}}
+                                                                            "message": "Overloaded"},
+                                                 "request_id": r.headers["request-id"]}
     body["messages"][0]["content"] = "many words " * 20
     body["system"] = None
     assert client.post("/messages", json=body | {"max_tokens": 3}).json()["stop_reason"] == "max_tokens"
 
 
+def stream_lines(client, path, body):
+    with client.stream("POST", path, json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        return [line for line in r.iter_lines() if line]
+
+
 def test_openai_streaming(client):
     plain = chat(client, "stream this answer please").json()
-    with client.stream("POST", "/chat/completions", json={
-            "model": "m", "stream": True, "messages": [{"role": "user", "content": "stream this answer please"}]}) as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in r.iter_lines() if line]
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "stream this answer please"}]}
+    lines = stream_lines(client, "/chat/completions", body)
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line[len("data: "):]) for line in lines[:-1]]
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text == plain["choices"][0]["message"]["content"]
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"] == plain["usage"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in c for c in chunks)  # usage only when asked for
+    # with stream_options.include_usage: "usage": null on every chunk, then one last chunk with
+    # "choices": [] and the usage
+    lines = stream_lines(client, "/chat/completions", body | {"stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[len("data: "):]) for line in lines[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert all(c["usage"] is None for c in chunks[:-1])
 
 
 def test_anthropic_streaming(client):
