@@ -21,9 +21,9 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from dbt_pg_llm import BufferedSink, Engine, Model, ModelInput  # noqa: E402
-from dbt_pg_llm.embedded_pg import EmbeddedPostgres  # noqa: E402
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column  # noqa: E402
 from dbt_pg_llm.simulator import SimulatorProcess  # noqa: E402
+from bench_db import bench_db  # noqa: E402
 
 
 def engine_for(base_url: str, concurrency: int) -> Engine:
@@ -39,20 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
 
-    import psycopg2
-
-    server = EmbeddedPostgres()
-    info = server.start()
-    schema, audit = f"bench_{uuid.uuid4().hex[:8]}", f"bench_audit_{uuid.uuid4().hex[:8]}"
-
-    def connect():
-        return psycopg2.connect(**info.connect_kwargs())
-
-    admin = connect()
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"create schema {schema}")
+    with bench_db() as db:
+        connect, schema, audit = db.connect, db.schema(), db.schema("bench_audit", create=False)
+        with db.admin.cursor() as cur:
             cur.execute(f"create table {schema}.reviews as select g as id, 'Review number ' || (g %% %s) || "
                         "': sturdy, quiet, arrives on time.' as body from generate_series(1, %s) g",
                         (args.distinct, args.rows))
@@ -80,12 +69,6 @@ def main(argv=None) -> int:
                 assert report.errors == 0
                 fill_engine.close()
             engine.close()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"drop schema if exists {schema} cascade")
-            cur.execute(f"drop schema if exists {audit} cascade")
-        admin.close()
-        server.release()
 
     result = {"rows": args.rows, "distinct": args.distinct, "latency_ms": args.latency_ms,
               "engine_s": round(engine_s, 2), "cold_fill_s": round(timings["cold"], 2),

@@ -3,7 +3,7 @@
 The model layer: ModelConfig (validated settings), Model (one endpoint: call / batch_call),
 ModelRegistry, ModelStatus + CircuitBreaker, RetryPolicy (tenacity, the only retry layer),
 Failover, InferenceStrategy (cascade on confidence, vote + merge, route by task),
-RequestPool (concurrency, RPM/TPM), ResultCache (memory or diskcache journal),
+RequestPool (concurrency, RPM/TPM), SpendLimit (a hard cost cap, reserved before each request), ResultCache (memory or diskcache journal),
 ModelMetrics / ModelLog / ModelAlert, and Engine, which ties them together for the dbt adapter.
 Exceptions are documented in ``dbt_pg_llm.errors``; the cache key in ``dbt_pg_llm.keys``.
 """
@@ -23,6 +23,7 @@ from .pool import RequestPool
 from .registry import ModelRegistry
 from .retry import RetryPolicy
 from .settings import LlmSettings, build_engine
+from .spend import Reservation, SpendLimit, estimate_cost
 from .status import CircuitBreaker, ModelStatus
 from .strategy import InferenceStrategy
 from .strategy_model import StrategyConfig, StrategyModel
@@ -34,6 +35,6 @@ __all__ = [
     "DiskJournal", "Engine", "ErrorKind", "Failover", "InferenceStrategy", "LlmSettings", "LoggingSink", "MemoryBackend",
     "MemorySink", "MetricsRegistry", "Model", "ModelAlert", "ModelConfig", "ModelError", "ModelInput",
     "ModelLog", "ModelMetrics", "ModelOutput", "ModelRegistry", "ModelStatus", "PgLlmError", "RegistryError",
-    "RequestPool", "ResponseFormat", "ResultCache", "RetryPolicy", "StrategyConfig", "StrategyModel", "TokenUsage", "build_engine", "cache_key",
-    "fingerprint", "should_alert",
+    "RequestPool", "Reservation", "ResponseFormat", "ResultCache", "RetryPolicy", "SpendLimit", "StrategyConfig", "StrategyModel", "TokenUsage", "build_engine", "cache_key",
+    "estimate_cost", "fingerprint", "should_alert",
 ]

@@ -6,6 +6,9 @@ items falls back to single calls for the rows whose item was missing or invalid,
 only save requests, never lose rows. Paid is paid: the cost and tokens of a packed request (its
 failed attempts included) are split evenly over all its rows, also over the rows whose item was
 unusable, which then add the cost of their own single call; the rows' costs sum to what was paid.
+
+Every request, packed or single, is sent by ``Model.acall``, so each reserves its worst case (a
+packed one: ``max_tokens`` times its rows) from the active spend limit first (spend.py).
 """
 from __future__ import annotations
 

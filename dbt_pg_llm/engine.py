@@ -7,6 +7,9 @@ crashes or the database is down afterwards. Failed outputs are never cached.
 
 The sync facade (``call``, ``submit``, ``map_unordered``) runs everything on one shared loop thread
 so every dbt thread shares one HTTP pool, one set of rate limits and one cache.
+
+A ``spend_limit`` (spend.py) passed to ``acall`` / ``call`` / ``submit`` / ``map_unordered`` is a
+hard cap: each HTTP attempt reserves its worst-case cost before it is sent.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from .model import Model
 from .model_io import ModelInput, ModelOutput
 from .registry import ModelRegistry
 from .runtime import LoopThread, shared_loop
+from .spend import SpendLimit, using_limit
 
 __all__ = ["Engine"]
 
@@ -70,8 +74,18 @@ class Engine:
 
     # -- async core ----------------------------------------------------------------------------
     async def acall(self, model_name: str, inp: ModelInput, *, context: dict | None = None,
-                    use_cache: bool = True, key: str | None = None) -> ModelOutput:
-        """Never raises ModelError: a failure is an output with ``error_kind`` set."""
+                    use_cache: bool = True, key: str | None = None,
+                    spend_limit: SpendLimit | None = None) -> ModelOutput:
+        """Never raises ModelError: a failure is an output with ``error_kind`` set.
+
+        ``spend_limit``: every request made for this call (retries, failover, strategy members)
+        reserves its worst case there before it is sent; one that does not fit is not sent and the
+        output fails with ``ErrorKind.BUDGET`` (spend.py). None: the caller's active limit, if any."""
+        with using_limit(spend_limit):
+            return await self._acall(model_name, inp, context=context, use_cache=use_cache, key=key)
+
+    async def _acall(self, model_name: str, inp: ModelInput, *, context: dict | None, use_cache: bool,
+                     key: str | None) -> ModelOutput:
         model = self.model(model_name)
         inp = inp.with_defaults(model.config.temperature, model.config.max_tokens)
         key = key or request_key(model.config, inp)
@@ -115,8 +129,11 @@ class Engine:
         return self.loop.submit(self.acall(model_name, inp, **kwargs))
 
     def map_unordered(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, window: int = 256,
-                      context: dict | None = None) -> Iterator[tuple[Any, ModelOutput]]:
+                      context: dict | None = None,
+                      spend_limit: SpendLimit | None = None) -> Iterator[tuple[Any, ModelOutput]]:
         """Yield (tag, output) as calls complete, with at most ``window`` in flight.
+
+        ``spend_limit``: as in ``acall``, shared by every call of the map (and whoever else uses it).
 
         The input iterator is pulled lazily, so a server-side cursor can feed millions of rows in
         constant memory. Stopping the iteration early submits nothing more; calls already in flight
@@ -130,7 +147,7 @@ class Engine:
         results: queue.SimpleQueue = queue.SimpleQueue()
         in_flight = [0]  # shared with _pump, read by _settle
         try:
-            yield from self._pump(model_name, iter(items), window, context, results, in_flight)
+            yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit)
         finally:
             self._settle(results, in_flight[0])
 
@@ -148,7 +165,7 @@ class Engine:
             if time.monotonic() >= deadline:
                 return
 
-    def _pump(self, model_name, source, window, context, results, counter):
+    def _pump(self, model_name, source, window, context, results, counter, spend_limit):
         chunk_size = max(1, window // 4)
         in_flight = 0
         exhausted = False
@@ -158,7 +175,8 @@ class Engine:
                 if not chunk:
                     exhausted = True
                     break
-                self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results)
+                self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results,
+                                                    spend_limit)
                 in_flight += len(chunk)
                 counter[0] = in_flight
             if not in_flight:
@@ -176,11 +194,12 @@ class Engine:
                     raise output
                 yield tag, output
 
-    def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue) -> None:
+    def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue,
+                     spend_limit: SpendLimit | None = None) -> None:
         """Runs on the loop thread: start one task per input; each reports to ``results``."""
         loop = self.loop.loop
         for tag, inp in chunk:
-            task = loop.create_task(self.acall(model_name, inp, context=context))
+            task = loop.create_task(self.acall(model_name, inp, context=context, spend_limit=spend_limit))
             task.add_done_callback(functools.partial(_report, results, tag))
 
     def close(self) -> None:

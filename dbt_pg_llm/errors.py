@@ -23,6 +23,10 @@ Every failure the engine reports is one of these, so callers can catch at the le
                                ``stop_reason: "refusal"``); the provider's text is the message, the
                                tokens are paid; not recoverable (the same request gets the same no)
             INTERNAL           a bug or unexpected state inside the engine
+            BUDGET             not sent: the request's worst-case cost does not fit in the active
+                               spend limit (``llm.max_cost_usd_per_run``, see spend.py); nothing
+                               was paid, and the key is requested again on the next run (not
+                               recoverable, no failover, not counted by the circuit breaker)
 
 ``recoverable`` tells the retry layer (``RetryPolicy``) whether the same request may succeed later.
 Messages never contain API keys: ``redact()`` is applied to every message built from a response.
@@ -55,6 +59,7 @@ class ErrorKind(str, enum.Enum):
     INVALID_OUTPUT = "invalid_output"
     REFUSED = "refused"
     INTERNAL = "internal"
+    BUDGET = "budget"
 
     def __str__(self) -> str:  # so f"{kind}" gives "timeout", not "ErrorKind.TIMEOUT"
         return self.value
@@ -71,6 +76,7 @@ _RECOVERABLE_BY_DEFAULT = {
     ErrorKind.INVALID_OUTPUT: False,
     ErrorKind.REFUSED: False,
     ErrorKind.INTERNAL: False,
+    ErrorKind.BUDGET: False,
 }
 
 _SECRET_PATTERNS = [

@@ -2,7 +2,8 @@
 backup model serves the call. The output's ``model`` says which one answered.
 
 An INVALID_INPUT failure does not fail over: the request itself is wrong, and every backup would
-reject it too (and bill for it).
+reject it too (and bill for it). Nor does BUDGET: the spend limit is reached; a backup must not
+silently serve the rest of the run.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Failover"]
 
-_NO_FAILOVER = {ErrorKind.NONE, ErrorKind.INVALID_INPUT}
+_NO_FAILOVER = {ErrorKind.NONE, ErrorKind.INVALID_INPUT, ErrorKind.BUDGET}
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .metrics import ModelMetrics
 from .model_io import ModelInput, ModelOutput, TokenUsage, confidence_from_logprobs
 from .pool import RequestPool
 from .providers import ProviderResult, provider_for
+from .spend import Reservation, SpendLimit, active_limit, estimate_cost, using_limit
 from .status import CircuitBreaker, ModelStatus
 
 if TYPE_CHECKING:
@@ -110,16 +111,25 @@ class Model:
         # latency = the last attempt's request time: pool queueing and retry waits are not the model's
         paid = {"tokens": TokenUsage(), "cost": 0.0, "attempts": 0, "latency_ms": 0.0}
         estimate = len(inp.prompt) // 4 + len(inp.system_message or "") // 4 + (inp.max_tokens or 0)
+        limit = active_limit()
+        worst_case = estimate_cost(self.config, inp) if limit is not None else 0.0
 
         async def attempt() -> ModelOutput:
-            paid["attempts"] += 1
-            number = paid["attempts"]
             async with self.pool.slot(estimate) as slot:
+                # reserved inside the slot: a reservation is only ever held by a request about to be sent
+                reservation = await self._reserve(limit, worst_case)
+                paid["attempts"] += 1
+                number = paid["attempts"]
                 self.status.request_started()
                 t0 = time.perf_counter()
                 result: ProviderResult | None = None
                 try:
-                    result = await self.provider.complete(inp)
+                    try:
+                        result = await self.provider.complete(inp)
+                    except BaseException as exc:
+                        self._settle(reservation, None, exc)
+                        raise
+                    self._settle(reservation, result, None)
                     slot.settle(result.prompt_tokens + result.completion_tokens)
                     output = self._to_output(result, inp)
                 except ModelError as error:
@@ -141,13 +151,40 @@ class Model:
         try:
             output, attempts = await self.config.retry.run(attempt)
         except ModelError as error:
-            return self._finish_failure(error, paid["latency_ms"], paid["attempts"], paid["tokens"], paid["cost"])
+            # a request the spend limit kept from being sent is not the model's failure
+            sent = error.kind is not ErrorKind.BUDGET
+            return self._finish_failure(error, paid["latency_ms"], paid["attempts"], paid["tokens"], paid["cost"],
+                                        count_in_breaker=sent, count_in_metrics=sent or paid["attempts"] > 0)
         self.breaker.record_success()
         output.attempts = attempts
         output.tokens, output.cost_usd = paid["tokens"], paid["cost"]  # all attempts' paid tokens
         output.latency_ms = paid["latency_ms"]
         self.metrics.record(output)
         return output
+
+    async def _reserve(self, limit: SpendLimit | None, worst_case: float) -> Reservation | None:
+        """Hold this attempt's worst-case cost in the active spend limit, or raise BUDGET (not sent)."""
+        if limit is None:
+            return None
+        reservation = await limit.reserve(worst_case)
+        if reservation is None:
+            raise ModelError(ErrorKind.BUDGET, f"not sent: its worst-case cost ${worst_case:.6f} does not fit in the "
+                             f"spend limit (${limit.spent_usd:.6f} of ${limit.cap_usd:.6f} spent)",
+                             recoverable=False, model=self.name)
+        return reservation
+
+    def _settle(self, reservation: Reservation | None, result: ProviderResult | None,
+                error: BaseException | None) -> None:
+        """Settle an attempt's reservation: the real cost of an answer; nothing for an HTTP error
+        status; the whole reservation when there is no readable answer (it may have been billed)."""
+        if reservation is None:
+            return
+        if result is not None:
+            reservation.settle(self.cost_of(result.prompt_tokens, result.completion_tokens))
+        elif isinstance(error, ModelError) and error.http_status is not None and error.http_status >= 300:
+            reservation.release()
+        else:
+            reservation.keep()
 
     def _charge(self, result: ProviderResult | None, paid: dict) -> tuple[TokenUsage, float]:
         """Add one answered attempt's tokens and cost to the call's total; return this attempt's."""
@@ -185,12 +222,13 @@ class Model:
         return self._to_output(result, inp)
 
     def _finish_failure(self, error: ModelError, latency_ms: float, attempts: int, tokens: TokenUsage, cost: float,
-                        count_in_breaker: bool = True) -> ModelOutput:
+                        count_in_breaker: bool = True, count_in_metrics: bool = True) -> ModelOutput:
         if count_in_breaker:
             self.breaker.record_failure(error)
         output = ModelOutput.failure(error, model=self.name, latency_ms=latency_ms, attempts=attempts)
         output.tokens, output.cost_usd = tokens, cost
-        self.metrics.record(output)
+        if count_in_metrics:
+            self.metrics.record(output)
         return output
 
     def _log(self, operation, input_hash, attempt, latency_ms, tokens: TokenUsage, cost, context, *,
@@ -212,10 +250,13 @@ class Model:
 
         return shared_loop().run(self.acall(inp, **kwargs))
 
-    async def abatch_call(self, batch: "BatchInput", *, context: dict | None = None) -> "BatchOutput":
+    async def abatch_call(self, batch: "BatchInput", *, context: dict | None = None,
+                          spend_limit: SpendLimit | None = None) -> "BatchOutput":
+        """``spend_limit``: each request of the batch (packed or single) reserves its worst case there."""
         from .batch import run_batch
 
-        return await run_batch(self, batch, context=context)
+        with using_limit(spend_limit):
+            return await run_batch(self, batch, context=context)
 
     def batch_call(self, batch: "BatchInput", **kwargs) -> "BatchOutput":
         from .runtime import shared_loop

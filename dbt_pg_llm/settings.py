@@ -21,9 +21,10 @@ from .errors import ConfigError, RegistryError
 from .strategy import InferenceStrategy
 from .strategy_model import StrategyConfig, StrategyModel
 
-__all__ = ["LlmSettings", "build_engine", "ON_ERROR_MODES"]
+__all__ = ["LlmSettings", "build_engine", "ON_ERROR_MODES", "ON_BUDGET_MODES"]
 
 ON_ERROR_MODES = ("null", "fail")  # or any other literal: the default value for failed rows
+ON_BUDGET_MODES = ("warn", "fail")  # when max_cost_usd_per_run stopped requests: a warning, or the model fails
 _PG_IDENTIFIER = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
@@ -34,7 +35,8 @@ class LlmSettings:
     audit_schema: str = "llm_audit"
     cache_ttl_days: float | None = None  # None = cached answers never expire
     audit_retention_days: int | None = None
-    max_cost_usd_per_run: float | None = None
+    max_cost_usd_per_run: float | None = None  # a hard cap: requests reserve their worst case (spend.py)
+    on_budget: str = "warn"  # the cap stopped requests: "warn" (rows NULL, a warning) or "fail" the model
     journal_dir: str | None = None  # None = the user's cache dir (not target/: it must survive `dbt clean`)
     on_error: Any = "null"
     max_error_rate: float = 0.5  # a column with a larger share of failed/skipped keys fails its model
@@ -47,8 +49,8 @@ class LlmSettings:
     store_prompts: bool = True
 
     FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
-              "max_cost_usd_per_run", "journal_dir", "on_error", "max_error_rate", "alerts", "claim_timeout_s",
-              "store_prompts")
+              "max_cost_usd_per_run", "on_budget", "journal_dir", "on_error", "max_error_rate", "alerts",
+              "claim_timeout_s", "store_prompts")
 
     @classmethod
     def from_dict(cls, data: dict | None, path: str = "llm") -> "LlmSettings":
@@ -110,6 +112,9 @@ class LlmSettings:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 out.append(f"{path}.{key}: {value!r} must be a positive number, or omitted")
+        if self.on_budget not in ON_BUDGET_MODES:
+            out.append(f"{path}.on_budget: {self.on_budget!r} is not a mode; use 'warn' (keys over the "
+                       "max_cost_usd_per_run cap get NULL and a warning) or 'fail' (the model fails)")
         timeout = self.claim_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 1 <= timeout <= 86400:
             out.append(f"{path}.claim_timeout_s: {timeout!r} must be a number of seconds from 1 to 86400 "

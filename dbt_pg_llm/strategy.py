@@ -21,7 +21,9 @@ A profile names a strategy like a model (``settings.py`` parses it with ``from_d
 and ``strategy_model.StrategyModel`` registers it in the Engine under its name, so columns use it
 like any model. Members are real models (strategies do not nest).
 
-Fallback on failure is not a strategy here: it is each model's ``fallbacks`` (failover.py), and
+A member not asked because the spend limit was reached (``ErrorKind.BUDGET``) makes the whole
+strategy call that failure: a cascade that could not escalate, or a vote short of a member, is
+not stored as if it had run. Fallback on failure is not a strategy here: it is each model's ``fallbacks`` (failover.py), and
 applies inside every strategy. Each model's answer is cached under its own key, so re-running a
 strategy pays only for what is new. The returned output's cost and tokens are the sum of every
 answer paid for now (cached answers count nothing).
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 from .config import check_keys
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ErrorKind, ModelError
 from .model_io import ModelInput, ModelOutput, TokenUsage
 
 if TYPE_CHECKING:
@@ -198,12 +200,18 @@ class InferenceStrategy:
             answers.append(out)
             if out.ok and (out.confidence is None or out.confidence >= self.min_confidence):
                 break
+        refused = _refused(answers)
+        if refused is not None:  # the escalation the strategy asked for was not sent
+            return _with_total_cost(refused, answers)
         ok = [a for a in answers if a.ok]
         best = max(ok, key=lambda a: a.confidence or 0.0) if ok else answers[-1]
         return _with_total_cost(best, answers)
 
     async def _vote(self, engine, inp, context) -> ModelOutput:
         answers = await asyncio.gather(*(engine.acall(m, inp, context=context) for m in self.models))
+        refused = _refused(answers)
+        if refused is not None:  # a vote short of a member is not the vote the strategy describes
+            return _with_total_cost(refused, answers)
         ok = [a for a in answers if a.ok]
         if not ok:
             return _with_total_cost(answers[0], answers)
@@ -223,6 +231,13 @@ class InferenceStrategy:
         # agreement is the confidence of a vote: 3 of 3 models agreeing is worth more than 2 of 3
         winner = replace(winner, confidence=counts[top] / len(self.models))
         return _with_total_cost(winner, answers)
+
+
+def _refused(answers: list[ModelOutput]) -> ModelOutput | None:
+    """A member the spend limit kept from being asked (ErrorKind.BUDGET), if any: then the strategy's
+    answer is that failure, so nothing is cached under the strategy's key and the next run asks
+    again (the members' answers paid now are cached under their own keys)."""
+    return next((a for a in answers if a.error_kind is ErrorKind.BUDGET), None)
 
 
 def _hashable(value: Any) -> Any:

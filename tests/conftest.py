@@ -10,12 +10,15 @@
   call ``simulator.reset()`` first.
 * ``simulator_factory`` (function): ``simulator_factory(SimulatorConfig(...))`` starts an extra
   simulator, stopped after the test.
+* ``in_threads`` (function): ``in_threads(fn, [args, ...])`` runs ``fn(*args)`` in one thread per
+  args, all released at once (like dbt threads); returns the results in order, raises the first error.
 
 Tests under tests/functional/ get the ``functional`` marker automatically.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -149,3 +152,29 @@ def simulator_factory() -> Iterator[Callable[..., Any]]:
     finally:
         for server in reversed(started):
             server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def in_threads() -> Callable[..., list]:
+    def run(fn: Callable[..., Any], arg_lists: list[tuple], timeout_s: float = 120.0) -> list:
+        barrier = threading.Barrier(len(arg_lists))
+        results: list[Any] = [None] * len(arg_lists)
+        errors: list[BaseException] = []
+
+        def worker(i: int, args: tuple) -> None:
+            try:
+                barrier.wait(timeout_s)
+                results[i] = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i, a)) for i, a in enumerate(arg_lists)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout_s)
+        if errors:
+            raise errors[0]
+        return results
+
+    return run

@@ -8,7 +8,10 @@
    ``batch:`` or ``mode='batch'``) and at least ``min_keys`` of them, *claim* them (``claims``: two
    concurrent runs never submit one key), drop those that meanwhile joined an open batch, and
    submit them in provider-sized batches: each batch is recorded (``record_intent``) BEFORE it
-   is created at the provider, its claims released only then;
+   is created at the provider, its claims released only then. With ``max_cost_usd``, a batch
+   first reserves its worst case (``spend.estimate_cost`` x the batch discount, per key) from the
+   run's spend limit and keeps it as spent (the provider bills it later); a batch that does not
+   fit is not submitted, and its keys take the normal path, under the same cap;
 3. wait up to ``max_wait_s`` for them, polling every ``poll_s`` with a progress line;
 4. fill the rest through the normal path, with the keys of open batches left out of the source
    (they are paid for already: never requested twice); their rows stay NULL (or the on_error
@@ -26,9 +29,11 @@ from typing import Any, Callable, Mapping
 from ..batch_api import BatchClient
 from ..batch_policy import BATCH_PROVIDERS, BatchPolicy
 from ..errors import ModelError, redact
+from ..spend import SpendLimit, estimate_cost
 from ..keys import key_sql
 from . import batch_store as store
 from .batch_collect import BatchCollector, CollectReport
+from .budget import run_spend_limit
 from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .fill import fill_column
 from .join import _fresh
@@ -102,8 +107,10 @@ def _fill(connect, engine, source_sql: str, spec: ColumnSpec, policy: BatchPolic
                                 f"({', '.join(BATCH_PROVIDERS)}); this column uses the normal path")
             policy = None
         if policy is not None and todo >= policy.min_keys:
+            cap = fill_kwargs.get("max_cost_usd")
+            limit = run_spend_limit(conn, audit_schema, run.run_id, cap) if cap is not None else None
             mine = _Submitter(connect, engine, collector, spec, fingerprint, policy, audit_schema, run,
-                              fill_kwargs.get("claim_timeout_s", 120.0)).submit(source_sql, out)
+                              fill_kwargs.get("claim_timeout_s", 120.0), limit).submit(source_sql, out)
             if mine and policy.max_wait_s > 0:
                 waited = collector.wait(mine, policy.max_wait_s, policy.poll_s, say)
                 out.collected += waited.collected
@@ -174,8 +181,11 @@ class _Submitter:
     CLAIM_BATCH = 1000
 
     def __init__(self, connect, engine, collector: BatchCollector, spec: ColumnSpec, fingerprint: str,
-                 policy: BatchPolicy, schema: str, run: RunContext, claim_timeout_s: float):
+                 policy: BatchPolicy, schema: str, run: RunContext, claim_timeout_s: float,
+                 limit: SpendLimit | None = None):
         self.connect, self.engine, self.collector = connect, engine, collector
+        self.limit = limit
+        self.worst_case: dict[str, float] = {}  # per claimed key, at the batch price
         self.spec, self.fingerprint, self.policy, self.schema, self.run = spec, fingerprint, policy, schema, run
         self.claim_timeout_s = claim_timeout_s
         self.client = collector.client(spec.model)
@@ -230,11 +240,22 @@ class _Submitter:
                     claims._release(list(taken))
                 for key in mine:
                     if key not in taken:
-                        yield key, self.client.request_body(self.spec.model_input(prompts[key]))
+                        inp = self.spec.model_input(prompts[key])
+                        if self.limit is not None:
+                            self.worst_case[key] = estimate_cost(self.model.config, inp) * self.policy.discount
+                        yield key, self.client.request_body(inp)
 
     def _submit_chunk(self, writer, claims: _SubmitClaims, chunk, out: BatchedFill) -> str | None:
         uid = uuid.uuid4().hex[:24]
         keys = [custom_id for custom_id, _, _ in chunk]  # custom_id = the cache key
+        reservation = None
+        if self.limit is not None:
+            reservation = self.limit.try_reserve(sum(self.worst_case.pop(k, 0.0) for k in keys))
+            if reservation is None:  # not submitted: the normal path requests them, under the same cap
+                claims._release(keys)
+                log.warning("max_cost_usd %.4f: a batch of %d keys (%s) does not fit; not submitted",
+                            self.limit.cap_usd, len(keys), self.spec.model)
+                return None
         spec = {k: v for k, v in asdict(self.spec).items() if v not in (None, ())}
         store.record_intent(writer, self.schema, {
             "batch_uid": uid, "provider": self.client.provider, "model": self.spec.model,
@@ -245,7 +266,12 @@ class _Submitter:
         try:
             info = self.client.submit(uid, chunk)
         except ModelError as exc:
-            return self._failed(writer, uid, keys, exc, out)
+            created = self._failed(writer, uid, keys, exc, out)
+            if reservation is not None:
+                reservation.settle(reservation.amount if created else 0.0)
+            return created
+        if reservation is not None:
+            reservation.keep()  # billed by the provider when the batch ends: its worst case stays spent
         store.record_submitted(writer, self.schema, uid, info.id, info.status)
         out.submitted.append(info.id)
         log.info("submitted batch %s (%s, %d keys)", info.id, self.spec.model, len(keys))

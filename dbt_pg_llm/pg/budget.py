@@ -1,39 +1,47 @@
-"""The shared run budget: what one dbt invocation has paid, for ``max_cost_usd``.
+"""The shared run budget: one ``SpendLimit`` per dbt invocation, for ``max_cost_usd_per_run``.
 
-One process-wide ``_budgets`` keyed by (database, schema, run_id): the concurrent fills of one
-dbt invocation (dbt threads) add to it live and stop once it reaches ``max_cost_usd``; a run seen
-for the first time in this process starts from its ``llm_runs`` row (a retry continues the sum).
+``run_spend_limit(conn, schema, run_id, cap)`` gives the process-wide SpendLimit of (database,
+schema, run_id): the concurrent fills of one dbt invocation (dbt threads) and the provider batches
+it submits reserve from the same limit, so together they never exceed the cap. A run seen for the
+first time in this process starts from what its ``llm_runs`` row says it already paid: a dbt
+``retry`` continues the sum.
 """
 from __future__ import annotations
 
 import threading
 from typing import Callable
 
+from ..spend import SpendLimit
+from .migrations import _db_identity, quote_ident
 
-class _Budgets:
-    """Paid cost per (database, schema, run_id) in this process: concurrent fills of one dbt
-    invocation (dbt threads) share it live; a run seen for the first time starts from llm_runs."""
+__all__ = ["run_spend_limit"]
 
+
+class _RunBudgets:
     def __init__(self):
-        self._spent: dict[tuple, float] = {}
+        self._limits: dict[tuple, SpendLimit] = {}
         self._lock = threading.Lock()
 
-    def start(self, ident: tuple, load: Callable[[], float]) -> None:
+    def get(self, ident: tuple, cap_usd: float, load: Callable[[], float]) -> SpendLimit:
         with self._lock:
-            if ident in self._spent:
-                return
-        value = load()
-        with self._lock:
-            self._spent.setdefault(ident, value)
-
-    def add(self, ident: tuple, amount: float) -> float:
-        with self._lock:
-            self._spent[ident] = self._spent.get(ident, 0.0) + amount
-            return self._spent[ident]
-
-    def spent(self, ident: tuple) -> float:
-        with self._lock:
-            return self._spent.get(ident, 0.0)
+            limit = self._limits.get(ident)
+        if limit is None:
+            spent = load()  # outside the lock: a database round trip
+            with self._lock:
+                limit = self._limits.setdefault(ident, SpendLimit(cap_usd, spent))
+        return limit
 
 
-_budgets = _Budgets()
+_budgets = _RunBudgets()
+
+
+def run_spend_limit(conn, schema: str, run_id: str, cap_usd: float) -> SpendLimit:
+    """The SpendLimit every fill of run ``run_id`` shares (``conn``: any connection to the database)."""
+    return _budgets.get(_db_identity(conn, schema) + (run_id,), cap_usd, lambda: _paid_by_run(conn, schema, run_id))
+
+
+def _paid_by_run(conn, schema: str, run_id: str) -> float:
+    with conn.cursor() as cur:
+        cur.execute(f"select cost_usd from {quote_ident(schema)}.llm_runs where run_id = %s", (run_id,))
+        row = cur.fetchone()
+    return float(row[0]) if row else 0.0

@@ -212,7 +212,7 @@ class _Claims:
                 self.report.waiting_keys, self.report.waiting_on = len(self.waiting), []  # ours now
                 if self.report.stopped == "max_cost":
                     self._release(mine)
-                    self._fail_keys(mine, ErrorKind.QUOTA, "max_cost_usd_per_run reached")
+                    self._skip_for_budget(mine)
                 else:
                     self._request((k, self.spec.model_input(p)) for k, p in prompts.items())
                 delay = self.poll_s

@@ -21,8 +21,11 @@ in ``llm_results``:
 
 ``on_error``: "fail" stops submitting at the first failed key, writes what was paid and raises
 ModelError; anything else ("null", "default") dead-letters failures and carries on (the join
-then gives NULL, or the column's default). ``max_cost_usd`` is shared by the fills of one run
-(``budget``).
+then gives NULL, or the column's default). ``max_cost_usd`` is a hard cap shared by the fills of
+one run (``budget.run_spend_limit``, a ``spend.SpendLimit``): every request reserves its worst case
+before it is sent; once one does not fit, the fill stops submitting and every key left is a
+dead letter of kind ``budget`` (NULL now, requested on the next run), counted in
+``FillReport.budget_skipped``. Whether that fails the model is the caller's choice (``on_budget``).
 
 User SQL (the source SQL and the prompt SQL) may contain ``%`` (``LIKE '%x%'``, modulo), which
 psycopg2 reads as a placeholder whenever parameters are passed. Rule: a statement that embeds
@@ -43,11 +46,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ..errors import ConfigError, ErrorKind, ModelError, PgLlmError, redact
 from ..keys import key_sql
 from ..model_io import ModelInput
-from .budget import _budgets
+from .budget import run_spend_limit
 from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .connectivity import buffered_sinks, db_errors
 from .join import _fresh, distinct_prompts_sql, quote_literal, uncached_prompts_sql
-from .migrations import _db_identity, ensure_call_partitions, ensure_migrated, quote_ident
+from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, too_many_errors, where_kept
 from .progress import AttemptCounter, ProgressPacer, eta_s
 from .report import FillError, FillReport
@@ -144,7 +147,7 @@ class _Fill(_Claims):
         self._errors: list[ErrorRow] = []
         self._done_keys: list[str] = []
         self._versions: dict[str, str | None] = {}
-        self.budget_id: tuple | None = None
+        self.spend_limit = None  # the run's SpendLimit when max_cost_usd is set
         self.engine_hits = 0
         self.answers_written = 0
         self._salvaged = False  # a failed write already said where the answers are
@@ -182,8 +185,8 @@ class _Fill(_Claims):
             self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:
-                self.budget_id = _db_identity(self.writer, self.schema) + (self.run_ctx.run_id,)
-                _budgets.start(self.budget_id, self._load_run_cost)
+                self.spend_limit = run_spend_limit(self.writer, self.schema, self.run_ctx.run_id, self.max_cost)
+                self.report.budget_cap_usd = float(self.max_cost)
             self._count_and_log_hits(source_sql)
             if rows_hint is not None:
                 rep.rows = rows_hint
@@ -194,7 +197,7 @@ class _Fill(_Claims):
             try:
                 self._request(self._claimed_inputs(cursor))
                 if rep.stopped == "max_cost":
-                    self._fail_unrequested(cursor, ErrorKind.QUOTA, "max_cost_usd_per_run reached")
+                    self._fail_unrequested(cursor)
             finally:
                 try:
                     cursor.close()
@@ -226,12 +229,6 @@ class _Fill(_Claims):
             dispatcher.add(self.attempt_counter)
         elif not on and callable(getattr(dispatcher, "remove", None)):
             dispatcher.remove(self.attempt_counter)
-
-    def _load_run_cost(self) -> float:
-        with self.writer.cursor() as cur:
-            cur.execute(f"select cost_usd from {self.q}.llm_runs where run_id = %s", (self.run_ctx.run_id,))
-            row = cur.fetchone()
-        return float(row[0]) if row else 0.0
 
     def _prompts_sql(self, source_sql: str) -> str:
         return distinct_prompts_sql(source_sql, self.spec.prompt_sql)
@@ -288,7 +285,7 @@ class _Fill(_Claims):
                     rest = mine[i:]
                     self._release(rest)
                     if self.report.stopped == "max_cost":
-                        self._fail_keys(rest, ErrorKind.QUOTA, "max_cost_usd_per_run reached")
+                        self._skip_for_budget(rest)
                     return
                 if self.first_submit is None:
                     self.first_submit = time.monotonic()
@@ -303,7 +300,8 @@ class _Fill(_Claims):
 
     def _request(self, inputs: Iterable[tuple[str, ModelInput]]) -> None:
         for key, output in self.engine.map_unordered(self.spec.model, self._remember_prompts(inputs),
-                                                     window=self.window, context=self.context):
+                                                     window=self.window, context=self.context,
+                                                     spend_limit=self.spend_limit):
             self._on_output(key, output)
             if self._journal_error() is not None and self._results:
                 self._flush()  # not journaled: into llm_results before the next request goes out
@@ -337,7 +335,9 @@ class _Fill(_Claims):
 
     def _on_output(self, key: str, output) -> None:
         rep = self.report
-        rep.requests_done += 1
+        prompt = self._prompts.pop(key, None)  # provenance of a stored answer (None: store_prompts off)
+        if output.attempts or output.error_kind is not ErrorKind.BUDGET:  # else: never sent
+            rep.requests_done += 1
         paid = 0.0 if output.cached else float(output.cost_usd or 0.0)
         if not output.cached:
             rep.requests_sent += output.attempts  # HTTP requests really made (0: refused by an open circuit)
@@ -361,18 +361,13 @@ class _Fill(_Claims):
                 completion_tokens=output.tokens.completion, cost_usd=stored, truncated=bool(output.truncated),
                 expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None,
                 run_id=self.run_ctx.run_id, node_id=self.run_ctx.node_id or None, column_name=self.spec.name,
-                prompt=self._prompts.pop(key, None)))
+                prompt=prompt))
             self._ok_keys.append(key)
+        elif output.error_kind is ErrorKind.BUDGET:
+            self._skip_for_budget([key], output.error_message)
         else:
-            self._prompts.pop(key, None)
             self._add_error(key, str(output.error_kind), output.error_message or "",
                             attempts=0 if output.cached else output.attempts)
-        if paid and self.budget_id is not None:
-            spent = _budgets.add(self.budget_id, paid)
-            if self.max_cost is not None and spent >= self.max_cost and not rep.stopped:
-                rep.stopped = "max_cost"
-                log.warning("max_cost_usd %.4f reached (run has paid %.4f): no more requests for %s",
-                            self.max_cost, spent, self.run_ctx.node_id or self.spec.model)
 
     def _add_error(self, key: str, kind: str, message: str, attempts: int = 0) -> None:
         rep = self.report
@@ -381,10 +376,24 @@ class _Fill(_Claims):
         self._errors.append(ErrorRow(key=key, node_id=self.run_ctx.node_id, model=self.spec.model,
                                      error_kind=kind, message=message, run_id=self.run_ctx.run_id,
                                      attempts=attempts))
-        if rep.first_error is None:
-            rep.first_error = FillError(key=key, kind=kind, message=message)
-        if self.fail_fast and not rep.stopped:
+        budget = kind == ErrorKind.BUDGET.value
+        if rep.first_error is None or (rep.first_error.kind == ErrorKind.BUDGET.value and not budget):
+            rep.first_error = FillError(key=key, kind=kind, message=message)  # a real failure first
+        if self.fail_fast and not budget and not rep.stopped:
             rep.stopped = "error"
+
+    def _skip_for_budget(self, keys: list[str], message: str | None = None) -> None:
+        """Keys the spend limit stopped: dead letters of kind budget; no new key is submitted."""
+        rep = self.report
+        if not rep.stopped:
+            rep.stopped = "max_cost"
+            log.warning("max_cost_usd %.4f reached (run has spent %.4f): no more requests for %s",
+                        self.max_cost or 0.0, self._spent(), self.run_ctx.node_id or self.spec.model)
+        rep.budget_skipped += len(keys)
+        self._fail_keys(keys, ErrorKind.BUDGET, message or f"not requested: max_cost_usd_per_run (${self.max_cost}) reached")
+
+    def _spent(self) -> float:
+        return self.spend_limit.spent_usd if self.spend_limit is not None else self.report.cost_usd
 
     def _fail_keys(self, keys: list[str], kind: ErrorKind, message: str) -> None:
         for key in keys:
@@ -392,17 +401,13 @@ class _Fill(_Claims):
             if len(self._errors) >= self.chunk_rows * 4:
                 self._flush()
 
-    def _fail_unrequested(self, cursor, kind: ErrorKind, message: str) -> None:
-        """After max_cost: the keys never requested are failures (not claimed, not requested)."""
-        if self.fail_fast:  # stop at once: fail the next batch only, so the raise names a key
-            self._fail_keys([k for k, _ in cursor.fetchmany(self.claim_batch)], kind, message)
-            self._flush()
-            return
+    def _fail_unrequested(self, cursor) -> None:
+        """After max_cost: the keys never requested are budget dead letters (not claimed, not requested)."""
         while True:
             batch = cursor.fetchmany(self.claim_batch * 4)
             if not batch:
                 break
-            self._fail_keys([k for k, _ in batch], kind, message)
+            self._skip_for_budget([k for k, _ in batch])
         self._flush()
 
     # -- writing ----------------------------------------------------------------------------------
@@ -490,6 +495,7 @@ class _Fill(_Claims):
         rep.elapsed_s = now - self.started
         rep.retries, rep.rate_limited = self.attempt_counter.retries, self.attempt_counter.rate_limited
         rep.eta_s = self._eta(now)
+        rep.budget_spent_usd = self._spent() if self.spend_limit is not None else None
         try:
             self.progress_cb(rep.as_progress())
         except Exception:  # a progress printer must never fail a run
@@ -505,8 +511,10 @@ class _Fill(_Claims):
         rep = self.report
         rep.elapsed_s = time.monotonic() - self.started
         rep.eta_s = 0.0 if not rep.stopped else None
+        rep.budget_spent_usd = self._spent() if self.spend_limit is not None else None
         too_many = too_many_errors(rep, self.max_error_rate)
-        failed = (self.fail_fast and rep.first_error is not None) or too_many
+        failed = (self.fail_fast and rep.first_error is not None and rep.first_error.kind != ErrorKind.BUDGET.value) \
+            or too_many
         try:
             writer = self._open()
             try:

@@ -24,7 +24,12 @@ class FillReport:
     journal); ``requests_done`` counts keys handed to the engine (progress); ``requests_sent`` the
     HTTP requests really made (retries included; journal hits and calls refused by an open
     circuit excluded), what the provider bills; ``cost_usd`` is what was paid now.
-    ``journal_error``: set when the engine's journal stopped accepting answers during the fill."""
+    ``journal_error``: set when the engine's journal stopped accepting answers during the fill.
+
+    The spend cap (``max_cost_usd``): ``budget_skipped`` keys were not answered because the run's
+    spend limit stopped them (dead letters of kind ``budget``, also counted in ``errors``);
+    ``budget_cap_usd`` / ``budget_spent_usd`` are the cap and what the whole run has spent against
+    it (every fill of the run, settled; None without a cap)."""
 
     model: str
     node_id: str | None = None
@@ -43,6 +48,9 @@ class FillReport:
     eta_s: float | None = None
     stopped: str | None = None  # None | "error" (on_error=fail) | "max_cost"
     first_error: FillError | None = None
+    budget_skipped: int = 0
+    budget_cap_usd: float | None = None
+    budget_spent_usd: float | None = None
     waiting_keys: int = 0  # keys claimed by other runs, not answered yet
     # who holds them, biggest first: {run_id, node_id, pid, host, application_name, since (ISO, UTC),
     # since_s, heartbeat_age_s, keys}; filled while the fill waits for them
@@ -62,9 +70,18 @@ class FillReport:
             "requests_total": self.requests_total, "requests_sent": self.requests_sent, "errors": self.errors,
             "tokens": self.tokens,
             "cost_usd": round(self.cost_usd, 8), "eta_s": self.eta_s, "elapsed_s": round(self.elapsed_s, 3),
+            "budget_skipped": self.budget_skipped, "budget_cap_usd": self.budget_cap_usd,
+            "budget_spent_usd": None if self.budget_spent_usd is None else round(self.budget_spent_usd, 8),
             "waiting_keys": self.waiting_keys, "waiting_on": [dict(w) for w in self.waiting_on],
             "retries": self.retries, "rate_limited": self.rate_limited,
         }
+
+    def budget_text(self) -> str:
+        """'$0.0009 of the $0.0010 cap spent, 35 key(s) skipped for budget' ('' without a cap)."""
+        if self.budget_cap_usd is None:
+            return ""
+        text = f"{_usd(self.budget_spent_usd or 0.0)} of the {_usd(self.budget_cap_usd)} cap spent"
+        return text + (f", {self.budget_skipped} key(s) skipped for budget" if self.budget_skipped else "")
 
     def summary(self) -> str:
         text = (f"{self.model}: {self.rows} rows, {self.distinct_keys} distinct keys, {self.cache_hits} cached, "
@@ -72,7 +89,14 @@ class FillReport:
                 f"${self.cost_usd:.4f} paid, ${self.saved_cost_usd:.4f} saved, {self.elapsed_s:.1f}s")
         if self.stopped:
             text += f" (stopped: {self.stopped})"
+        if self.budget_cap_usd is not None:
+            text += f"; budget: {self.budget_text()}"
         return text
+
+
+def _usd(amount: float) -> str:
+    """Dollars with enough digits for tiny caps ($0.000800) and plain cents for big ones ($12.3400)."""
+    return f"${amount:.4f}" if amount >= 0.01 else f"${amount:.6f}"
 
 
 def waiting_text(progress: dict) -> str | None:

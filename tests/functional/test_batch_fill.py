@@ -17,10 +17,11 @@ import uuid
 
 import pytest
 
-from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache
+from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache, estimate_cost
 from dbt_pg_llm.batch_policy import BatchPolicy
 from dbt_pg_llm.pg import ColumnSpec, RunContext
 from dbt_pg_llm.pg.batch_fill import fill_column_batched
+from dbt_pg_llm.pg.budget import run_spend_limit
 from dbt_pg_llm.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.functional
@@ -343,3 +344,28 @@ def test_the_fill_closes_the_batch_http_clients_it_opened(db, pg_conn, bsim, mon
     source = make_source(pg_conn, pg_conn.schema, prompts(6))
     fill(db, make_engine(bsim), source)
     assert len(closed) == 1 and closed[0]._http_client.is_closed
+
+
+def test_a_batch_reserves_its_worst_case_from_the_run_cap_or_is_not_submitted(db, pg_conn, bsim):
+    engine = make_engine(bsim)
+    config = engine.model("sim").config
+    texts = prompts(12, "cap")
+    source = make_source(pg_conn, pg_conn.schema, texts)
+    worst = sum(estimate_cost(config, SPEC.model_input(t).with_defaults(config.temperature, config.max_tokens))
+                for t in texts) * config.batch.discount
+    small = fill(db, engine, source, max_cost_usd=worst * 0.9)  # the batch does not fit: the normal path, capped
+    ledger = bsim.stats()
+    assert small.submitted == [] and ledger["batches_created"] == 0
+    assert 0 < ledger["cost_usd"] <= worst * 0.9 and small.report.requests_done == 12  # refunds make room
+
+    with pg_conn.cursor() as cur:  # new keys, and a fresh run with room for the batch: submitted, worst case held
+        cur.execute(f'update "{pg_conn.schema}".src set body = body || \' again\'')
+    run_id = uuid.uuid4().hex
+    big = fill(db, engine, source, max_cost_usd=worst * 2, run_id=run_id)
+    assert len(big.submitted) == 1 and bsim.stats()["batches_created"] == 1
+    conn = db[0]()
+    try:
+        held = run_spend_limit(conn, db[2], run_id, worst * 2).spent_usd
+    finally:
+        conn.close()
+    assert held >= worst * (big.pending_keys / len(texts)) - 1e-12

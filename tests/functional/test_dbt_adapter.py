@@ -64,6 +64,13 @@ def model(dbt, session):
     {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative', 'neutral'], model='sim_cascade')}
 ) }}
 """,
+    # The first 200 reviews, for the spend cap tests.
+    "budget_sentiment.sql": """
+{{ pg_llm.llm_enrich(
+    "select review_id, review_text from " ~ ref('product_reviews') ~ " where review_id <= 200",
+    {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative', 'neutral'])}
+) }}
+""",
     "functional.yml": """
 version: 2
 models:
@@ -629,3 +636,58 @@ def test_cascade_strategy_model_from_the_profile(fresh_llm, simulator):
     simulator.reset()
     project.run("run", "-s", "cascade_sentiment")
     assert simulator.stats()["requests"] == 0
+
+
+# -- the spend cap -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def priced(simulator):
+    """The simulator bills at the profile's prices for model `sim` while inside. (The cap tests set
+    llm.max_error_rate to 1: about half of the keys are skipped, which that threshold would fail.)"""
+    simulator.configure(cost_per_1k_input=0.00015, cost_per_1k_output=0.0006)
+    try:
+        yield
+    finally:
+        simulator.configure(cost_per_1k_input=0.0, cost_per_1k_output=0.0)
+
+
+def test_max_cost_is_a_hard_cap_budget_dead_letters_and_a_rerun_fills_the_skipped_keys(fresh_llm, simulator):
+    project = fresh_llm
+    table, audit = f'"{project.schema}".budget_sentiment', f'"{project.audit}"'
+    with priced(simulator):
+        out = project.run("run", "-s", "budget_sentiment", LLM_MAX_COST_USD_PER_RUN="0.001", LLM_MAX_ERROR_RATE="1")
+        ledger = simulator.stats()
+        skipped = project.scalar(f"select count(*) from {audit}.llm_errors where error_kind = 'budget' "
+                                 "and resolved_at is null")
+        assert 0 < ledger["cost_usd"] <= 0.001 and skipped > 0
+        assert project.scalar(f"select count(*) from {audit}.llm_errors where error_kind <> 'budget'") == 0
+        assert f"{skipped} key(s) skipped for budget" in out.text and "max_cost_usd_per_run" in out.text
+        assert f"{skipped} skipped for budget ($" in out.text  # the progress line
+        assert project.scalar(f"select count(distinct review_text) from {table} where sentiment is null "
+                              "and review_text is not null") == skipped
+        assert project.scalar(f"select count(*) from {audit}.llm_results") == ledger["requests"]
+
+        simulator.reset()
+        project.run("run", "-s", "budget_sentiment", LLM_MAX_COST_USD_PER_RUN="1.0")
+        assert simulator.stats()["requests"] == skipped  # exactly the skipped keys
+        assert project.scalar(f"select count(*) from {table} where sentiment is null and review_text is not null") == 0
+        assert project.scalar(f"select count(*) from {audit}.llm_errors where resolved_at is null") == 0
+
+
+def test_on_budget_fail_fails_the_model_naming_cap_spent_and_skipped_keys(fresh_llm, simulator):
+    project = fresh_llm
+    with priced(simulator):
+        out = project.run("run", "-s", "budget_sentiment", LLM_MAX_COST_USD_PER_RUN="0.001", LLM_MAX_ERROR_RATE="1", LLM_ON_BUDGET="fail",
+                          expect=False)
+        assert simulator.stats()["cost_usd"] <= 0.001
+    skipped = project.scalar(f"select count(*) from \"{project.audit}\".llm_errors where error_kind = 'budget'")
+    assert skipped > 0
+    assert "on_budget" in out.text and "$0.001000 cap" in out.text and f"{skipped} key(s) skipped for budget" in out.text
+    # a Python model too: the same cap, the same failure
+    simulator.reset()
+    with priced(simulator):
+        out = project.run("run", "-s", "py_incremental_topics", "--full-refresh", "--vars",
+                          json.dumps({"max_review_id": 300}), LLM_MAX_COST_USD_PER_RUN="0.0005", LLM_MAX_ERROR_RATE="1", LLM_ON_BUDGET="fail",
+                          expect=False)
+        assert 0 < simulator.stats()["cost_usd"] <= 0.0005
+    assert "on_budget" in out.text and "$0.000500 cap" in out.text and "skipped for budget" in out.text

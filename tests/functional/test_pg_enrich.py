@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ModelError, ResultCache
+from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ModelError, ResultCache, estimate_cost
 from dbt_pg_llm.keys import cache_key
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
 from dbt_pg_llm.simulator import SimulatorConfig
@@ -316,56 +316,112 @@ def test_costs_and_tokens_equal_the_simulator_ledger(db, pg_conn, simulator_fact
     assert ledger["cost_usd"] > 0
 
 
-def test_max_cost_stops_submitting(db, pg_conn, simulator_factory):
+def cost_of_one(engine, prompt: str) -> float:
+    """What one request of ``prompt`` really costs (not cached: the fill will ask again)."""
+    return engine.call("sim", spec().model_input(prompt), use_cache=False).cost_usd
+
+
+def worst_case(engine, prompt: str) -> float:
+    config = engine.registry.get("sim").config
+    return estimate_cost(config, spec().model_input(prompt).with_defaults(config.temperature, config.max_tokens))
+
+
+def test_max_cost_is_a_hard_cap_and_skipped_keys_are_budget_dead_letters(db, pg_conn, simulator_factory):
     connect, schema, audit = db
     sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
-    source = make_source(pg_conn, schema, [f"some prompt text number {i}" for i in range(40)])
-    engine = make_engine(sim, cost=True)
-    one = engine.call("sim", spec().model_input("some prompt text number 0")).cost_usd  # ~ the cost of one key
+    prompts = [f"some prompt text number {i}" for i in range(40)]
+    source = make_source(pg_conn, schema, prompts)
+    engine = make_engine(sim, cost=True, max_tokens=16)
+    cap = 20 * cost_of_one(engine, prompts[-1])  # half of what the 40 keys cost
     sim.reset()
-    engine.cache.invalidate(cache_key(spec().fingerprint(engine.registry.get("sim").config), "some prompt text number 0"))
+    progress = []
     try:
         rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"),
-                          max_cost_usd=one * 4.5, window=1)
+                          max_cost_usd=cap, window=1, progress=progress.append)
     finally:
         engine.close()
-    assert rep.stopped == "max_cost"
-    assert rep.requests_done == 5 and sim.stats()["requests"] == 5
-    assert rep.cost_usd >= one * 4.5
-    assert rep.errors == 35
-    assert q(pg_conn, f'select error_kind, message, count(*) from "{audit}".llm_errors group by 1, 2') == [
-        ("quota", "max_cost_usd_per_run reached", 35)]
-    assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(5,)]
+    ledger = sim.stats()
+    assert rep.stopped == "max_cost" and 0 < rep.requests_done < 40
+    assert ledger["cost_usd"] <= cap and ledger["requests"] == rep.requests_done
+    assert rep.cost_usd == pytest.approx(ledger["cost_usd"]) and rep.budget_spent_usd == pytest.approx(ledger["cost_usd"])
+    assert ledger["cost_usd"] > cap - worst_case(engine, prompts[-1])  # stopped only when the next could not fit
+    assert rep.budget_skipped == rep.errors == 40 - rep.requests_done and rep.budget_cap_usd == cap
+    assert f"{rep.budget_skipped} key(s) skipped for budget" in rep.summary() and "cap spent" in rep.summary()
+    assert progress[0]["budget_skipped"] == 0 and progress[0]["budget_cap_usd"] == cap
+    assert (progress[-1]["budget_skipped"], progress[-1]["budget_spent_usd"]) == (
+        rep.budget_skipped, pytest.approx(ledger["cost_usd"]))
+    assert q(pg_conn, f'select error_kind, count(*) from "{audit}".llm_errors group by 1') == [
+        ("budget", rep.budget_skipped)]
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(rep.requests_done,)]
     assert q(pg_conn, f'select count(*) from "{audit}".llm_claims') == [(0,)]
+    # the next run (a higher cap) requests exactly the skipped keys and resolves their dead letters
+    sim.reset()
+    engine = make_engine(sim, cost=True, max_tokens=16)
+    try:
+        again = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r2", "n"),
+                            max_cost_usd=100.0, window=8)
+    finally:
+        engine.close()
+    assert again.requests_done == sim.stats()["requests"] == rep.budget_skipped and again.budget_skipped == 0
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_errors where resolved_at is null') == [(0,)]
 
 
-def test_two_concurrent_fills_pay_once_per_key(db, pg_conn, simulator_factory):
+def test_max_cost_with_256_in_flight_never_bills_more_than_the_cap(db, pg_conn, simulator_factory):
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=100))
+    prompts = [f"a longer review text, number {i}, about a kettle" for i in range(1500)]
+    source = make_source(pg_conn, schema, prompts)
+    engine = make_engine(sim, cost=True, max_concurrency=256, max_tokens=16)
+    cap = 700 * cost_of_one(engine, prompts[-1])  # about half of what the 1500 keys cost
+    assert cap > 256 * worst_case(engine, prompts[-1])  # room for the whole window
+    sim.reset()
+    try:
+        rep = fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("r", "n"),
+                          max_cost_usd=cap, window=256)
+    finally:
+        engine.close()
+    ledger = sim.stats()
+    assert ledger["max_in_flight"] >= 200
+    assert rep.stopped == "max_cost" and rep.budget_skipped > 0
+    assert ledger["cost_usd"] <= cap, f"billed ${ledger['cost_usd']:.4f} with a ${cap:.4f} cap"
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_results') == [(ledger["requests"],)]
+    assert q(pg_conn, f"select count(*) from \"{audit}\".llm_errors where error_kind = 'budget'") == [(rep.budget_skipped,)]
+    assert rep.budget_skipped + ledger["requests"] == 1500
+
+
+def test_two_concurrent_fills_of_one_run_share_its_cap(db, pg_conn, simulator_factory, in_threads):
+    """Two dbt threads of one invocation (same run_id), two models: one budget between them."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=30))
+    sources = [make_source(pg_conn, schema, [f"thread {t} review {i} text" for i in range(400)], table=f"src{t}")
+               for t in range(2)]
+    engine = make_engine(sim, cost=True, max_concurrency=64, max_tokens=16)
+    cap = 400 * cost_of_one(engine, "thread 0 review 399 text")  # half of what the 800 keys cost
+    sim.reset()
+    try:
+        reports = in_threads(lambda source: fill_column(
+            connect, engine, source, spec(), audit_schema=audit, run=RunContext("one-run", source), max_cost_usd=cap,
+            window=64), [(s,) for s in sources])
+    finally:
+        engine.close()
+    assert all(r.budget_skipped > 0 and r.requests_done > 0 for r in reports)
+    assert sim.stats()["cost_usd"] <= cap
+    assert q(pg_conn, f'select cost_usd::float from "{audit}".llm_runs') == [(pytest.approx(sim.stats()["cost_usd"]),)]
+
+
+def test_two_concurrent_fills_pay_once_per_key(db, pg_conn, simulator_factory, in_threads):
     connect, schema, audit = db
     sim = simulator_factory(SimulatorConfig(latency_ms=5, jitter_ms=5))
     prompts = [f"concurrent prompt {i}" for i in range(300)]
     source = make_source(pg_conn, schema, prompts + prompts[:50])
     engines = [make_engine(sim), make_engine(sim)]  # separate engines: no shared in-process cache
-    reports, errors = [], []
-    barrier = threading.Barrier(2)
-
-    def worker(engine, n):
-        try:
-            barrier.wait()
-            reports.append(fill_column(connect, engine, source, spec(), audit_schema=audit,
-                                       run=RunContext(f"run-{n}", "n"), window=16, wait_timeout_s=60))
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(e, i)) for i, e in enumerate(engines)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        reports = in_threads(lambda engine, n: fill_column(
+            connect, engine, source, spec(), audit_schema=audit, run=RunContext(f"run-{n}", "n"), window=16,
+            wait_timeout_s=60), [(e, i) for i, e in enumerate(engines)])
     finally:
         for e in engines:
             e.close()
-    assert errors == []
     stats = sim.stats()
     assert stats["requests"] == 300
     assert set(stats["by_prompt_sha256"].values()) == {1}

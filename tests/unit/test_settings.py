@@ -56,6 +56,15 @@ def test_identity_changes_with_keys_and_strategies_but_is_never_the_key():
     assert "sk-settings-secret-99" not in one.identity()
 
 
+def test_on_budget_defaults_to_warn_and_is_validated_with_key_path_and_fix():
+    assert LlmSettings.from_dict({"models": {"a": GOOD}}).on_budget == "warn"
+    assert LlmSettings.from_dict({"models": {"a": GOOD}, "on_budget": "fail", "max_cost_usd_per_run": 0.5}).on_budget == "fail"
+    with pytest.raises(ConfigError) as info:
+        LlmSettings.from_dict({"models": {"a": GOOD}, "on_budget": "stop"})
+    assert any(p.startswith("llm.on_budget: 'stop' is not a mode; use 'warn'") and "'fail'" in p
+               for p in info.value.problems), info.value.problems
+
+
 def test_claim_timeout_defaults_to_120_s_and_is_checked():
     assert LlmSettings.from_dict({"models": {"local": GOOD}}).claim_timeout_s == 120
     assert LlmSettings.from_dict({"models": {"local": GOOD}, "claim_timeout_s": 5}).claim_timeout_s == 5

@@ -257,11 +257,7 @@ class PgLlmAdapter(PostgresAdapter):
         if report.journal_error:
             warn_or_error(f"{label}: {redact(report.journal_error)}; the answers of this run were written "
                           f"straight to {settings.audit_schema}.llm_results instead")
-        if report.stopped == "max_cost":
-            warn_or_error(
-                f"{label}: llm.max_cost_usd_per_run (${settings.max_cost_usd_per_run}) reached; "
-                "the remaining keys were not requested"
-            )
+        self.llm_report_budget(label, report)
         if report.errors:
             first = report.first_error
             first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
@@ -277,6 +273,21 @@ class PgLlmAdapter(PostgresAdapter):
                 f"First error: {first_text}"
             )
         return report.as_progress()
+
+    def llm_report_budget(self, label: str, report) -> None:
+        """Keys the spend cap stopped (a FillReport's ``budget_skipped``): a warning, or
+        DbtRuntimeError naming the cap, the spent amount and the skipped keys with ``llm.on_budget: fail``."""
+        if not report.budget_skipped:
+            return
+        from dbt_pg_llm.errors import redact
+
+        settings = self._settings()
+        budget = (f"{label}: llm.max_cost_usd_per_run reached: {redact(report.budget_text())}; those keys were "
+                  f"not requested (NULL now, dead letters of kind 'budget' in {settings.audit_schema}.llm_errors, "
+                  "requested on the next run)")
+        if settings.on_budget == "fail":
+            raise DbtRuntimeError(f"pg_llm: {budget} (llm.on_budget is 'fail')")
+        warn_or_error(budget)
 
     def _batch_policy(self, spec):
         """The column's batch policy: the model's ``batch:`` setting, switched by ``mode=``."""
@@ -487,7 +498,9 @@ class _ProgressLogger:
             f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
             f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
             f"{p.get('retries', 0)} retries ({p.get('rate_limited', 0)} rate-limited 429), "
-            f"${float(p.get('cost_usd') or 0):.4f}"
+            + (f"{p['budget_skipped']} skipped for budget (${float(p.get('budget_spent_usd') or 0):.6f} of the "
+               f"${float(p.get('budget_cap_usd') or 0):.6f} cap spent), " if p.get("budget_skipped") else "")
+            + f"${float(p.get('cost_usd') or 0):.4f}"
             + (f", eta {eta:.0f}s (at the rate so far, retries and back-off included)" if eta and not blocked else "")
         )
         waiting = waiting_text(p)

@@ -83,6 +83,7 @@ class Session:
                     f"and retried on the next run. First error: "
                     f"{redact(f'{first.kind}: {first.message}') if first else '?'}"
                 )
+            self._adapter.llm_report_budget(self._model.get("unique_id"), report)
 
     def __repr__(self) -> str:
         return f"<pg_llm session for {self._model.get('unique_id')}>"
