@@ -30,11 +30,7 @@ MODEL = """
 def op_project(pg, simulator, tmp_path):
     path = tmp_path / "operate_project"
     (path / "models").mkdir(parents=True)
-    profile = (INTEGRATION / "profiles.yml").read_text()
-    store = "        store_prompts:"
-    assert store in profile
-    (path / "profiles.yml").write_text(profile.replace(
-        store, "        max_cost_usd_per_run: \"{{ env_var('LLM_MAX_COST_USD', '1000') | as_number }}\"\n" + store))
+    shutil.copy(INTEGRATION / "profiles.yml", path / "profiles.yml")
     (path / "dbt_project.yml").write_text(
         "name: operate_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
         "models:\n  operate_project:\n    +materialized: table\n")
@@ -155,7 +151,7 @@ def test_estimate_mode_prices_uncached_keys_with_the_budget_estimator_and_change
     simulator.reset()
     # a new tag changes every prompt: every key is uncached
     out = project.run("compile", "--select", "tag:llm", "--vars", "{pg_llm_estimate: true, tag: b}",
-                      LLM_MAX_COST_USD="0.001")
+                      LLM_MAX_COST_USD_PER_RUN="0.001")
     lines = [line for line in out.text.splitlines() if "pg_llm estimate:" in line]
     assert len(lines) == 2, out.text[-3000:]
     assert all(f"{ROWS} of {ROWS} distinct keys uncached" in line for line in lines)
