@@ -20,6 +20,7 @@ from .config import ModelConfig, check_keys
 from .errors import ConfigError, RegistryError
 from .strategy import InferenceStrategy
 from .strategy_model import StrategyConfig, StrategyModel
+from .webhook import AlertWebhook
 
 __all__ = ["LlmSettings", "build_engine", "ON_ERROR_MODES", "ON_BUDGET_MODES"]
 
@@ -42,6 +43,7 @@ class LlmSettings:
     max_error_rate: float = 0.5  # a column with a larger share of failed/skipped keys fails its model
     alerts: AlertThresholds = field(default_factory=AlertThresholds)  # when to write llm_alerts rows
     strategies: dict[str, InferenceStrategy] = field(default_factory=dict)  # from models: entries with strategy:
+    alert_webhook: AlertWebhook | None = None  # from alerts.webhook_url: where new alerts are POSTed
     # A run's claims on keys it is requesting are taken over by another run when their heartbeat
     # (refreshed every claim_timeout_s / 4 while the run works) is older than this.
     claim_timeout_s: float = 120.0
@@ -79,11 +81,17 @@ class LlmSettings:
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if "alerts" in data:
+            raw_alerts = data.pop("alerts")
+            if isinstance(raw_alerts, dict):
+                try:
+                    data["alert_webhook"] = AlertWebhook.from_alerts_block(raw_alerts, f"{path}.alerts")
+                except ConfigError as exc:
+                    problems.extend(exc.problems)
+                raw_alerts = {k: v for k, v in raw_alerts.items() if k not in AlertWebhook.KEYS}
             try:
-                data["alerts"] = _thresholds(data["alerts"], f"{path}.alerts")
+                data["alerts"] = _thresholds(raw_alerts, f"{path}.alerts")
             except ConfigError as exc:
                 problems.extend(exc.problems)
-                data.pop("alerts")
         settings = cls(models=models, strategies=strategies, **data)
         problems.extend(settings.problems(path, known_models=real_names, known_strategies=strategy_names))
         if problems:
@@ -189,7 +197,7 @@ def _thresholds(data, path: str) -> AlertThresholds:
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping, e.g. {{max_error_rate: 0.2, max_avg_latency_ms: 10000}}"])
     names = ("max_error_rate", "max_avg_latency_ms", "max_cost_usd", "min_requests", "critical_factor")
-    check_keys(data, names, path)
+    check_keys(data, names + AlertWebhook.KEYS, path)
     problems = [f"{path}.{k}: {v!r} must be a number >= 0, or null to switch this alert off"
                 for k, v in data.items()
                 if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0)]

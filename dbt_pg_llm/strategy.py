@@ -8,6 +8,11 @@
         confidence); JSON objects are merged field by field, each field by majority.
     InferenceStrategy.route({"classify": "small", "extract": "large"}, default="large")
         pick the model by task type (the column kind: complete / classify / extract).
+    InferenceStrategy.route({}, default="large", scores={"small": {"classify": 0.9}, "large": {"classify": 0.8}})
+        pick among the models suited to the task (a score > 0 for it), highest score first; at call
+        time, models that are disabled (``enabled: false``) or whose circuit is open are skipped.
+        Candidates, in order: ``routes[task]``, the scored models by score, ``default``; the first
+        usable one answers (if none is usable, the first is asked and fails fast, as a model would).
 
 A profile names a strategy like a model (``settings.py`` parses it with ``from_dict``)::
 
@@ -17,6 +22,8 @@ A profile names a strategy like a model (``settings.py`` parses it with ``from_d
       smart: {strategy: cascade, models: [small, large], min_confidence: 0.8}
       panel: {strategy: vote, models: [small, large, other]}
       split: {strategy: route, routes: {classify: small, extract: large}, default: large}
+      pick:  {strategy: route, default: large,
+              scores: {small: {classify: 0.9, complete: 0.6}, large: {classify: 0.8, extract: 0.95}}}
 
 and ``strategy_model.StrategyModel`` registers it in the Engine under its name, so columns use it
 like any model. Members are real models (strategies do not nest).
@@ -47,7 +54,7 @@ __all__ = ["InferenceStrategy", "TASKS", "task_of"]
 
 TASKS = ("complete", "classify", "extract")
 _TASK_OF_FORMAT = {"text": "complete", "labels": "classify", "json": "extract"}
-_KEYS = ("strategy", "models", "min_confidence", "routes", "default")
+_KEYS = ("strategy", "models", "min_confidence", "routes", "default", "scores")
 
 
 def task_of(inp: ModelInput) -> str:
@@ -61,6 +68,7 @@ class InferenceStrategy:
     models: tuple[str, ...] = ()  # route: (default,)
     min_confidence: float = 0.8
     routes: Mapping[str, str] = field(default_factory=dict)
+    scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # route: model -> task -> score
 
     KINDS = ("cascade", "vote", "route")
 
@@ -73,8 +81,10 @@ class InferenceStrategy:
         return cls("vote", tuple(models)).validate()
 
     @classmethod
-    def route(cls, routes: Mapping[str, str], default: str) -> "InferenceStrategy":
-        return cls("route", (default,), routes=dict(routes)).validate()
+    def route(cls, routes: Mapping[str, str], default: str,
+              scores: Mapping[str, Mapping[str, float]] | None = None) -> "InferenceStrategy":
+        return cls("route", (default,), routes=dict(routes),
+                   scores={m: dict(t) for m, t in (scores or {}).items()}).validate()
 
     @classmethod
     def from_dict(cls, data: Mapping, path: str, models: Collection[str],
@@ -100,9 +110,10 @@ class InferenceStrategy:
 
         names: tuple[str, ...] = ()
         routes: dict[str, str] = {}
+        scores: dict[str, dict[str, float]] = {}
         min_confidence = data.get("min_confidence", 0.8) if kind == "cascade" else 0.8
-        unused = {"route": ("models", "min_confidence"), "vote": ("routes", "default", "min_confidence"),
-                  "cascade": ("routes", "default")}
+        unused = {"route": ("models", "min_confidence"), "vote": ("routes", "default", "min_confidence", "scores"),
+                  "cascade": ("routes", "default", "scores")}
         for key in unused.get(kind, ()):
             if key in data:
                 problems.append(f"{path}.{key}: not used by strategy '{kind}'; remove it")
@@ -114,6 +125,7 @@ class InferenceStrategy:
                 problems.append(f"{path}.routes: expected a mapping of task -> model, e.g. {{classify: small}}")
                 raw_routes = {}
             routes = {str(task): member(target, f"{path}.routes.{task}") for task, target in raw_routes.items()}
+            scores = _scores(data.get("scores") or {}, f"{path}.scores", member, problems)
             if data.get("default") is None:
                 problems.append(f"{path}.default: missing; name the model for tasks without a route")
             else:
@@ -132,15 +144,22 @@ class InferenceStrategy:
                 problems.append(f"{path}.min_confidence: {min_confidence!r} must be a number from 0 to 1")
                 min_confidence = 0.8
         if kind in cls.KINDS:
-            problems.extend(cls(kind, names, float(min_confidence), routes).problems(path, check_kind=False))
+            problems.extend(cls(kind, names, float(min_confidence), routes, scores).problems(path, check_kind=False))
         if problems:
             raise ConfigError(problems)
-        return cls(kind, names, float(min_confidence), routes)
+        return cls(kind, names, float(min_confidence), routes, scores)
 
     @property
     def members(self) -> tuple[str, ...]:
         """Every model the strategy may call, in order, once each."""
-        return tuple(dict.fromkeys((*self.models, *self.routes.values())))
+        return tuple(dict.fromkeys((*self.models, *self.routes.values(), *self.scores)))
+
+    def candidates(self, task: str) -> tuple[str, ...]:
+        """Route: the models for ``task``, in order of preference (see the module docstring)."""
+        scored = sorted((m for m, by_task in self.scores.items() if by_task.get(task, 0) > 0),
+                        key=lambda m: -self.scores[m][task])  # stable: ties keep the listed order
+        first = (self.routes[task],) if task in self.routes else ()
+        return tuple(dict.fromkeys((*first, *scored, *self.models)))
 
     def problems(self, path: str = "strategy", check_kind: bool = True) -> list[str]:
         out = []
@@ -155,6 +174,13 @@ class InferenceStrategy:
         for task in self.routes:
             if task not in TASKS:
                 out.append(f"{path}.routes.{task}: unknown task; use one of {', '.join(TASKS)}")
+        for model, by_task in self.scores.items():
+            for task, score in by_task.items():
+                if task not in TASKS:
+                    out.append(f"{path}.scores.{model}.{task}: unknown task; use one of {', '.join(TASKS)}")
+                elif isinstance(score, bool) or not isinstance(score, (int, float)) or score < 0:
+                    out.append(f"{path}.scores.{model}.{task}: {score!r} must be a number >= 0 "
+                               "(higher is preferred; 0 = not suited)")
         return out
 
     def validate(self, path: str = "strategy") -> "InferenceStrategy":
@@ -173,8 +199,12 @@ class InferenceStrategy:
                     "max_tokens": int(c.max_tokens)}
 
         if self.kind == "route":
-            return {"strategy": "route", "default": who(self.models[0]),
-                    "routes": {task: who(m) for task, m in sorted(self.routes.items())}}
+            out = {"strategy": "route", "default": who(self.models[0]),
+                   "routes": {task: who(m) for task, m in sorted(self.routes.items())}}
+            if self.scores:  # only when set: the keys of plain routes stay what they were
+                out["scores"] = {task: [[who(m), float(self.scores[m][task])] for m in self.candidates(task)
+                                        if self.scores.get(m, {}).get(task, 0) > 0] for task in TASKS}
+            return out
         out = {"strategy": self.kind, "models": [who(m) for m in self.models]}
         if self.kind == "cascade":
             out["min_confidence"] = float(self.min_confidence)
@@ -183,7 +213,8 @@ class InferenceStrategy:
     async def acall(self, engine: "Engine", inp: ModelInput, *, task: str | None = None,
                     context: dict | None = None) -> ModelOutput:
         if self.kind == "route":
-            return await engine.acall(self.routes.get(task or task_of(inp), self.models[0]), inp, context=context)
+            return await engine.acall(self._usable(engine, self.candidates(task or task_of(inp))), inp,
+                                      context=context)
         # cascade and vote decide on each member's confidence: ask the members for it
         inp = replace(inp, want_confidence=True)
         if self.kind == "cascade":
@@ -192,6 +223,14 @@ class InferenceStrategy:
 
     def call(self, engine: "Engine", inp: ModelInput, **kwargs) -> ModelOutput:
         return engine.loop.run(self.acall(engine, inp, **kwargs))
+
+    @staticmethod
+    def _usable(engine: "Engine", names: tuple[str, ...]) -> str:
+        """The first of ``names`` that is enabled and whose circuit is not open (else the first)."""
+        for name in names:
+            if engine.registry.get(name).status.refresh().available:
+                return name
+        return names[0]
 
     async def _cascade(self, engine, inp, context) -> ModelOutput:
         answers: list[ModelOutput] = []
@@ -231,6 +270,21 @@ class InferenceStrategy:
         # agreement is the confidence of a vote: 3 of 3 models agreeing is worth more than 2 of 3
         winner = replace(winner, confidence=counts[top] / len(self.models))
         return _with_total_cost(winner, answers)
+
+
+def _scores(raw: Any, path: str, member, problems: list[str]) -> dict[str, dict[str, float]]:
+    """``scores: {model: {task: score}}`` of a route, each model checked by ``member``."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: expected a mapping of model -> {{task: score}}, e.g. {{small: {{classify: 0.9}}}}")
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for model, by_task in raw.items():
+        name = member(model, f"{path}.{model}")
+        if not isinstance(by_task, Mapping):
+            problems.append(f"{path}.{model}: expected a mapping of task -> score, e.g. {{classify: 0.9}}")
+            continue
+        out[name] = dict(by_task)  # values checked by problems()
+    return out
 
 
 def _refused(answers: list[ModelOutput]) -> ModelOutput | None:

@@ -31,6 +31,9 @@ DEFAULT_PROJECT = REPO / "integration_tests"
 DEMO_KEY = "sk-demo-" + "0123456789abcdef"  # the simulator checks it; dbt must never print it
 MODEL_SCHEMA = "reviews"
 AUDIT_SCHEMA = "llm_audit"
+SIMULATOR_NOTICE = ("The answers come from the bundled LLM API simulator, not from a real model: their text is "
+                    "synthetic (deterministic per prompt). Requests, caching, costs and the audit tables are real. "
+                    "To use a real endpoint, see README.md, 'Point the example project at a real endpoint'.")
 
 
 class Step:
@@ -197,7 +200,8 @@ from {AUDIT_SCHEMA}.llm_metrics order by model, day
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 dev.py demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 dev.py demo",
+                                     description=f"{__doc__.splitlines()[0]} {SIMULATOR_NOTICE}")
     parser.add_argument("--project-dir", type=Path, default=DEFAULT_PROJECT, help="the dbt project to build")
     parser.add_argument("--pg-data-dir", type=Path, default=None, help="embedded Postgres data dir (default .pg/)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="simulated latency per answer")
@@ -213,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     journal = REPO / ".journal" / "demo"
     started = time.monotonic()
     warm_paid = counts_wrong = False
+    print(textwrap.fill(f"Note: {SIMULATOR_NOTICE}", width=100), flush=True)
     try:
         with contextlib.ExitStack() as stack:
             with Step(f"starting embedded Postgres ({args.pg_data_dir or '.pg/'})"):
@@ -248,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("   !! the warm build made requests: something is not cached", file=sys.stderr)
                     warm_paid = True
 
-            with Step(f"sample of the enriched reviews ({MODEL_SCHEMA}.review_*)"):
+            with Step(f"sample of the enriched reviews ({MODEL_SCHEMA}.review_*), answered by the simulator"):
                 headers, rows = query(info, SAMPLE_SQL % args.rows)
                 print(textwrap.indent(format_table(headers, rows, max_width=34), "   "))
 

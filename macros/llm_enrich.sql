@@ -44,6 +44,9 @@
     {%- endif -%}
   {%- elif execute and flags.WHICH in ('run', 'build', 'retry') -%}
     {%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=node_id) -%}
+  {%- elif execute -%}
+    {#- show / compile: say (once per invocation) that uncached keys stay empty -#}
+    {%- do adapter.llm_note_unfilled() -%}
   {%- endif -%}
   {{ return(adapter.llm_join_sql(source_sql, resolved, on_error=on_error, keep_keys=keep_keys)) }}
 {%- endmacro %}

@@ -6,7 +6,7 @@ import shutil
 import uuid
 
 import pytest
-from test_dbt_adapter import INTEGRATION, DbtProject  # the dbtRunner helper of the adapter tests
+from dbt_harness import INTEGRATION, DbtProject  # the dbtRunner helper of the dbt tests
 
 from dbt_pg_llm.simulator import SimulatorConfig
 

@@ -29,8 +29,23 @@ def dbt_profile_target(pg, simulator, tmp_path_factory):
         "dbname": pg.dbname, "threads": 2,
         "llm": {"default_model": "sim", "audit_schema": "llm_conformance",
                 "journal_dir": str(tmp_path_factory.mktemp("journal")),
-                "models": {"sim": {"api_url": simulator.base_url, "api_key": "sim-key", "model_version": "sim-1"}}},
+                "models": {"sim": {"api_url": simulator.base_url, "api_key": "sim-key", "model_version": "sim-small"}}},
     }
+
+
+@pytest.fixture(scope="class")
+def dbt_project_yml(project_root, project_config_update):
+    """dbt's fixture of the same name, plus vars: {pg_llm_audit_sources: false}: the suite counts the
+    manifest's sources exactly, and the pg_llm package ships the audit schema's."""
+    import yaml
+    from dbt.tests.util import write_file
+
+    config = {"name": "test", "profile": "test", "flags": {"send_anonymous_usage_stats": False}}
+    update = project_config_update
+    config.update(yaml.safe_load(update) if isinstance(update, str) else dict(update or {}))
+    config["vars"] = {**config.get("vars", {}), "pg_llm_audit_sources": False}
+    write_file(yaml.safe_dump(config), project_root, "dbt_project.yml")
+    return config
 
 
 class TestSimpleMaterializations(BaseSimpleMaterializations):

@@ -8,7 +8,7 @@ import shutil
 import uuid
 
 import pytest
-from test_dbt_adapter import INTEGRATION, DbtProject  # the dbtRunner helper of the adapter tests
+from dbt_harness import INTEGRATION, DbtProject  # the dbtRunner helper of the dbt tests
 
 pytestmark = pytest.mark.functional
 
@@ -59,8 +59,9 @@ def test_llm_results_record_provenance_and_keep_keys_explains_each_row(op_projec
     rows = project.query(f"select node_id, column_name, model, model_version, fingerprint is not null, "
                          f"run_id is not null, prompt from {audit}.llm_results order by column_name, prompt")
     assert len(rows) == 2 * ROWS
-    assert {r[:6] for r in rows} == {(NODE, "sentiment", "sim", "sim-1", True, True),
-                                     (NODE, "summary", "sim", "sim-1", True, True)}
+    version = project.env()["LLM_MODEL"]
+    assert {r[:6] for r in rows} == {(NODE, "sentiment", "sim", version, True, True),
+                                     (NODE, "summary", "sim", version, True, True)}
     # the key columns explain every value: its prompt, model and answer, joined on the key
     explained = project.query(f"""
         select count(*) filter (where s.prompt = t.body and s.output_text = t.sentiment),
@@ -157,7 +158,7 @@ def test_estimate_mode_prices_uncached_keys_with_the_budget_estimator_and_change
     assert all(f"{ROWS} of {ROWS} distinct keys uncached" in line for line in lines)
     # the same estimator as the budget's hard cap
     config = LlmSettings.from_dict({"models": {"sim": {"provider": "openai", "api_url": "http://x/v1",
-                                                       "model_version": "sim-1", "max_tokens": 200,
+                                                       "model_version": "any", "max_tokens": 200,
                                                        "cost_per_1k_input_tokens": 0.00015,
                                                        "cost_per_1k_output_tokens": 0.0006}}}).models["sim"]
     bodies = [f"review {i} b was {'good' if i % 2 == 0 else 'bad'}" for i in range(1, ROWS + 1)]
@@ -184,12 +185,16 @@ def test_estimate_mode_prices_uncached_keys_with_the_budget_estimator_and_change
     assert _requests(simulator) == 0
 
 
-def _journal_cli(*args: str) -> str:
+def _journal_cli(*args: str, project=None) -> str:
+    """``python -m dbt_pg_llm journal ...``; with ``project``, the journal is found through its profile."""
+    import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "dbt_pg_llm.journal_cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    where = ["--project-dir", str(project.path), "--profiles-dir", str(project.path)] if project else []
+    env = {**os.environ, **(project.env() if project else {})}
+    done = subprocess.run([sys.executable, "-m", "dbt_pg_llm", "journal", *args, *where], capture_output=True,
+                          text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -199,7 +204,8 @@ def test_journal_stats_and_prune_after_invalidate(op_project, simulator):
     journal = project.llm_env["LLM_JOURNAL_DIR"]
     project.run("run")
     project.run("run-operation", "pg_llm.invalidate", "--args", "{column: sentiment}")
-    stats = _journal_cli("--stats", "--journal-dir", journal)
+    stats = _journal_cli("--stats", project=project)  # llm.journal_dir of the profile
+    assert journal in stats
     assert f"{2 * ROWS} entries ({ROWS} valid, {ROWS} invalidated, 0 expired)" in stats
     assert " MB, oldest 20" in stats
     pruned = _journal_cli("--prune", "--journal-dir", journal)

@@ -21,7 +21,7 @@ import pytest
 
 from dbt_pg_llm.embedded_pg import EmbeddedPostgres, default_data_dir
 from dbt_pg_llm.simulator import SimulatorConfig
-from test_dbt_adapter import INTEGRATION, DbtProject
+from dbt_harness import INTEGRATION, DbtProject
 
 pytestmark = pytest.mark.functional
 LATENCY_MS = 150

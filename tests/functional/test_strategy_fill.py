@@ -89,3 +89,35 @@ def test_cascade_fill_pays_members_once_then_nothing(db, pg_conn, simulator_fact
     assert (small.stats()["requests"], large.stats()["requests"]) == (distinct, unsure)
     assert q(pg_conn, f"select model, count(*) from \"{audit}\".llm_calls where run_id = 'run-2' group by 1") \
         == [("smart", distinct)]
+
+
+def test_route_by_scores_moves_off_a_model_whose_circuit_opens_mid_run(simulator_factory):
+    from dbt_pg_llm import ModelInput
+
+    small, large = (simulator_factory(SimulatorConfig()) for _ in range(2))
+    member = {"retry": {"max_retries": 0}}
+    settings = LlmSettings.from_dict({"default_model": "pick", "models": {
+        "small": {"api_url": small.base_url, "model_version": "sim-small", **member},
+        "large": {"api_url": large.base_url, "model_version": "sim-large", **member},
+        "off": {"api_url": large.base_url, "model_version": "sim-large", "enabled": False},
+        "pick": {"strategy": "route", "default": "large",
+                 "scores": {"off": {"complete": 1.0}, "small": {"complete": 0.9}, "large": {"complete": 0.5}}}}})
+    engine = build_engine(settings, journal=False)
+    items = ((i, ModelInput(f"Summarize review number {i}: it works")) for i in range(80))  # task: complete
+    outputs = []
+    try:
+        for tag, out in engine.map_unordered("pick", items, window=4):
+            outputs.append(out)
+            if len(outputs) == 20:  # small starts failing mid-run: its circuit opens after 5 failures
+                small.configure(faults={"500": 1.0})
+        breaker = engine.registry.get("small").breaker
+        assert breaker.state == "open"
+    finally:
+        engine.close()
+    failed = [o for o in outputs if not o.ok]
+    by_model = {m: sum(o.model == m for o in outputs if o.ok) for m in ("small", "large", "off")}
+    # 'off' (disabled, the best score) never answered; small answered until it broke; then large
+    assert by_model["off"] == 0 and by_model["small"] >= 20 - 4 and by_model["large"] > 0
+    assert len(outputs) == 80 and 0 < len(failed) <= breaker.failure_threshold + 4
+    assert small.stats()["requests"] == by_model["small"] + len(failed)  # nothing more reached the broken model
+    assert large.stats()["requests"] == by_model["large"]

@@ -12,11 +12,14 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_readme_profile_example_parses():
     text = README.read_text(encoding="utf-8")
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    block = re.sub(r"\"\{\{[^}]*URL[^}]*\}\}\"", '"https://hooks.example/from-env"', block)  # URLs from env_var
     block = re.sub(r"\"\{\{.*?\}\}\"", '"from-env"', block)  # env_var(...) calls, as dbt would render them
     profile = yaml.safe_load(block)
     settings = LlmSettings.from_dict(profile["my_project"]["outputs"]["prod"]["llm"])
     assert settings.model_for_default == "gpt"
-    assert set(settings.strategies) == {"smart", "panel", "by_task"}
+    assert set(settings.strategies) == {"smart", "panel", "by_task", "best_for_task"}
+    assert settings.strategies["best_for_task"].candidates("extract") == ("claude", "gpt")
+    assert settings.alert_webhook is not None and settings.alert_webhook.url == "https://hooks.example/from-env"
     assert settings.models["gpt"].fallbacks == ("claude",)
     assert settings.models["gpt"].batch.min_keys == 1000 and not settings.models["gpt"].batch.enabled
 
@@ -28,6 +31,50 @@ def test_readme_batch_example_parses():
     settings = LlmSettings.from_dict({"models": {"gpt": {"api_url": "https://api.openai.com/v1",
                                                          "model_version": "gpt-4o-mini", **gpt}}})
     assert settings.models["gpt"].batch.enabled and settings.models["gpt"].batch.poll_s == 60
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_operating_it_lists_real_commands():
+    import contextlib
+    import io
+
+    from dbt_pg_llm.cli import main
+
+    text = README.read_text(encoding="utf-8")
+    section = _section(text, "Operating it")
+    for command in ("dbt debug", "dbt run-operation pg_llm.report --args '{days: 7}'",
+                    "python -m dbt_pg_llm report --html report.html", "dbt show", "webhook_url"):
+        assert command in section, command
+    macros = Path(README.parent, "macros", "report.sql").read_text()
+    assert "macro report(days=7)" in macros
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main(["report", "--help"])
+    assert "--html" in out.getvalue() and "--profiles-dir" in out.getvalue() and "--target" in out.getvalue()
+
+
+def test_readme_says_what_newcomers_hit():
+    text = README.read_text(encoding="utf-8")
+    use = _section(text, "Use it in your dbt project")
+    python_models = use.index("Python models get the")
+    assert "pip install 'dbt-pg-llm[python-models]'" in use[python_models:python_models + 400]
+    profile_end = use.index("```", use.index("```yaml") + 7)
+    note = use[profile_end:profile_end + 800]  # right after the profile example
+    assert "`target.type` is `pg_llm`" in note and "target.type in ('postgres', 'pg_llm')" in note
+    assert "adapter.dispatch" in note
+
+
+def test_demo_says_its_answers_come_from_the_simulator():
+    import subprocess
+    import sys
+
+    demo = README.parent / "integration_tests" / "demo.py"
+    out = subprocess.run([sys.executable, str(demo), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "simulator, not from a real model" in " ".join(out.stdout.split()) and "synthetic" in out.stdout
 
 
 def test_readme_providers_examples_are_valid_model_configs():

@@ -285,3 +285,65 @@ def test_strategy_model_follows_member_changes_and_refuses_nesting():
         StrategyModel("loop", InferenceStrategy.cascade(["loop", "small"]), engine)
     with pytest.raises(RegistryError, match="unknown model 'ghost'"):
         StrategyModel("ghosts", InferenceStrategy.vote(["ghost", "small"]), engine)
+
+
+# -- route by scores, skipping disabled models and open circuits --------------------------------------
+
+def test_route_scores_pick_the_best_usable_model():
+    calls = []
+    engine = engine_with(model("small", "positive", calls=calls), model("large", "negative", calls=calls),
+                         model("other", "positive", calls=calls))
+    pick = InferenceStrategy.route({}, default="other",
+                                   scores={"small": {"classify": 0.9, "complete": 0.2}, "large": {"classify": 0.8}})
+    assert pick.candidates("classify") == ("small", "large", "other")
+    assert pick.candidates("extract") == ("other",)
+    assert pick.members == ("other", "small", "large")
+    out = pick.call(engine, ModelInput("x", response_format=LABELS))
+    assert out.model == "small" and calls == ["small"]
+
+    # small disabled: the next best answers
+    calls.clear()
+    engine.registry.get("small").configure(enabled=False)
+    assert pick.call(engine, ModelInput("x", response_format=LABELS)).model == "large" and calls == ["large"]
+
+    # large's circuit open too: the default answers
+    calls.clear()
+    breaker = engine.registry.get("large").breaker
+    for _ in range(breaker.failure_threshold):
+        breaker.record_failure("api")
+    assert breaker.state == "open"
+    assert pick.call(engine, ModelInput("x", response_format=LABELS)).model == "other" and calls == ["other"]
+
+    # a fixed route comes first, but is skipped as well when unusable
+    calls.clear()
+    routed = InferenceStrategy.route({"classify": "large"}, default="other", scores={"small": {"classify": 1}})
+    assert routed.candidates("classify") == ("large", "small", "other")
+    assert routed.call(engine, ModelInput("x", response_format=LABELS)).model == "other"
+
+
+def test_route_scores_validation_and_key():
+    from dbt_pg_llm import LlmSettings
+
+    base = {"small": {"api_url": "http://x/v1", "model_version": "s"},
+            "large": {"api_url": "http://x/v1", "model_version": "l"}}
+    with pytest.raises(ConfigError) as err:
+        LlmSettings.from_dict({"default_model": "pick", "models": {**base, "pick": {
+            "strategy": "route", "default": "large",
+            "scores": {"small": {"classify": -1, "summarize": 0.5}, "nope": {"classify": 1}, "large": 3}}}})
+    text = str(err.value)
+    assert "llm.models.pick.scores.small.classify: -1 must be a number >= 0" in text
+    assert "llm.models.pick.scores.small.summarize: unknown task; use one of complete, classify, extract" in text
+    assert "llm.models.pick.scores.nope: 'nope' is not a defined model" in text
+    assert "llm.models.pick.scores.large: expected a mapping of task -> score" in text
+    with pytest.raises(ConfigError, match=r"llm.models.smart.scores: not used by strategy 'cascade'"):
+        LlmSettings.from_dict({"default_model": "smart", "models": {**base, "smart": {
+            "strategy": "cascade", "models": ["small", "large"], "scores": {"small": {"classify": 1}}}}})
+
+    def key(**entry):
+        s = LlmSettings.from_dict({"default_model": "pick", "models": {**base, "pick": {"strategy": "route", **entry}}})
+        return s.config_for("pick").model_version
+
+    plain = key(routes={"classify": "small"}, default="large")
+    assert "scores" not in plain  # the keys of routes without scores did not change
+    scored = key(default="large", scores={"small": {"classify": 0.9}})
+    assert scored != plain and scored != key(default="large", scores={"small": {"classify": 0.5}})

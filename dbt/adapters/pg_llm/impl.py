@@ -37,6 +37,9 @@ ON_ERROR_MODES = ("null", "fail")
 _ENGINES: Dict[str, Any] = {}
 _ENGINES_LOCK = threading.Lock()
 _RETENTION_DONE: set = set()  # (invocation_id, audit schema) pairs whose llm_calls retention ran
+_UNFILLED_NOTED: set = set()  # invocation ids that were told LLM columns stay empty outside run/build
+# Commands that render the join of an LLM model for the user to look at, without filling it.
+PREVIEW_COMMANDS = frozenset({"show", "compile"})
 
 
 def get_engine(credentials: PgLlmCredentials):
@@ -74,15 +77,19 @@ def close_engines() -> None:
 atexit.register(close_engines)
 
 
-def really_executing() -> bool:
-    """True when dbt is running models for real (run / build / retry), not compiling or showing them."""
+def dbt_command() -> Optional[str]:
+    """The dbt command being run (run, build, show, compile, ...), or None if unknown."""
     try:
         from dbt.flags import get_flags  # dbt-core; an adapter normally avoids it, but it is the truth
 
-        which = getattr(get_flags(), "WHICH", None)
+        return getattr(get_flags(), "WHICH", None)
     except Exception:
-        return False
-    return which in EXECUTING_COMMANDS
+        return None
+
+
+def really_executing() -> bool:
+    """True when dbt is running models for real (run / build / retry), not compiling or showing them."""
+    return dbt_command() in EXECUTING_COMMANDS
 
 
 def _invocation_id() -> str:
@@ -116,6 +123,25 @@ class PgLlmAdapter(PostgresAdapter):
             adapter_version=version,
             model_adapter_details=cls._get_adapter_specific_run_info(config),
         )
+
+    def debug_query(self) -> None:
+        """`dbt debug`: the database check (dbt-postgres' ``select 1``), then one free GET per LLM
+        endpoint (reachable, key accepted, model known). A failure fails the connection test with
+        the endpoint's problem; the key is never shown."""
+        super().debug_query()
+        from dbt_pg_llm.endpoints import check_endpoint
+
+        failed = []
+        for name, config in self._settings().models.items():
+            if not config.enabled:
+                logger.info(f"pg_llm endpoint {name}: disabled (enabled: false), not checked")
+                continue
+            check = check_endpoint(name, config)
+            logger.info(f"pg_llm endpoint {check}")
+            if not check.ok:
+                failed.append(str(check))
+        if failed:
+            raise DbtRuntimeError("the database answered, but an LLM endpoint check failed: " + "; ".join(failed))
 
     def clear_transaction(self) -> None:
         """dbt-core calls this around on-run-* hooks; its RunTask.after_run reports a DbtRuntimeError
@@ -339,6 +365,10 @@ class PgLlmAdapter(PostgresAdapter):
             return
         for alert in alerts:
             logger.warning(f"pg_llm alert: {redact(str(alert))}")
+        if settings.alert_webhook is not None and alerts:
+            # never raises: a webhook that fails is logged and the run goes on
+            for problem in settings.alert_webhook.send(alerts, run_id=run.run_id, target=run.target):
+                logger.warning(f"pg_llm: alert webhook: {redact(problem)}; the run goes on")
 
     @available
     def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
@@ -406,6 +436,22 @@ class PgLlmAdapter(PostgresAdapter):
         return purge_audit_rows(self, older_than_days)
 
     @available
+    def llm_note_unfilled(self) -> str:
+        """Say once per invocation of `dbt show` / `dbt compile` that LLM columns of keys not cached
+        yet stay empty (NULL): only run / build / retry request answers."""
+        which = dbt_command()
+        invocation = _invocation_id()
+        if which not in PREVIEW_COMMANDS or invocation in _UNFILLED_NOTED:
+            return ""
+        with _ENGINES_LOCK:
+            first = invocation not in _UNFILLED_NOTED
+            _UNFILLED_NOTED.add(invocation)
+        if first:
+            logger.info(f"pg_llm: `dbt {which}` requests no LLM answers: the LLM columns of rows whose "
+                        "answers are not cached yet are empty (NULL). `dbt run` or `dbt build` fills them.")
+        return ""
+
+    @available
     def llm_audit_schema(self) -> str:
         return self._settings().audit_schema
 
@@ -415,6 +461,23 @@ class PgLlmAdapter(PostgresAdapter):
         settings = self._settings()
         engine = _ENGINES.get(settings.identity())
         return engine.metrics.report() if engine is not None else ""
+
+    @available
+    def llm_usage_report(self, days: Any = 7) -> str:
+        """The text of ``pg_llm.report``: per model usage over the last ``days`` days (read-only)."""
+        from dbt_pg_llm.pg.usage_report import audit_schema_exists, format_usage, usage_by_model
+
+        schema = self._settings().audit_schema
+        conn = self._credentials.connect_autocommit()
+        try:
+            if not audit_schema_exists(conn, schema):
+                return (f"pg_llm usage report: the audit schema {schema} does not exist yet; "
+                        "it is created by the first run of an LLM model")
+            return format_usage(usage_by_model(conn, schema, days), days, schema)
+        except ValueError as exc:
+            raise DbtRuntimeError(f"pg_llm.report: {exc}") from None
+        finally:
+            conn.close()
 
     # -- Python models ---------------------------------------------------------------------------
     def submit_python_job(self, parsed_model: dict, compiled_code: str) -> AdapterResponse:

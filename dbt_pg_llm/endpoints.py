@@ -1,0 +1,93 @@
+"""Check a model's endpoint without paying: reachable, key accepted, model known (for `dbt debug`).
+
+One free GET per model, on the provider's model listing:
+
+* OpenAI-compatible (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, the simulator): ``GET {api_url}/models``
+  with ``Authorization: Bearer <key>``; the model is known if ``model_version`` is one of ``data[].id``.
+* Anthropic: ``GET {api_url}/models`` (``/v1/models``) with ``x-api-key`` and ``anthropic-version``.
+* Azure OpenAI: ``GET {api_url}/openai/models?api-version=...`` with ``api-key``: reachable and key
+  accepted. Azure lists the resource's models, not its deployments, so the deployment itself is
+  only checked by the first real request (said in the result).
+
+The headers are the provider's own (``provider_for(config).headers()``), so the check sends the key
+exactly as a real call would. Results never contain the key: messages are built from the status
+code and the model names, and go through ``redact``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .errors import redact
+
+__all__ = ["EndpointCheck", "check_endpoint"]
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    model: str          # the name in the profile
+    ok: bool
+    detail: str         # one sentence: what was found, or what is wrong and how to fix it
+
+    def __str__(self) -> str:
+        return f"{self.model}: {'OK' if self.ok else 'FAILED'}: {self.detail}"
+
+
+def _request(config: Any, name: str) -> tuple[str, dict[str, str]]:
+    from .providers import provider_for
+
+    headers = {k: v for k, v in provider_for(config, name).headers().items() if k.lower() != "content-type"}
+    base = (config.base_url or "").rstrip("/")
+    if config.provider == "azure":
+        return f"{base}/openai/models?api-version={quote(getattr(config, 'api_version', None) or '', safe='')}", headers
+    return f"{base}/models", headers
+
+
+def _listed(data: Any) -> list[str]:
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        items = data.get("models") if isinstance(data, dict) else None  # Ollama's native /api/tags shape
+    return [str(i.get("id") or i.get("name")) for i in items or [] if isinstance(i, dict)]
+
+
+def _known(version: str, listed: list[str]) -> bool:
+    # Ollama lists "llama3.2:latest" for a model asked for as "llama3.2"
+    return version in listed or f"{version}:latest" in listed
+
+
+def check_endpoint(name: str, config: Any, *, timeout_s: float = 10.0,
+                   transport: httpx.BaseTransport | None = None) -> EndpointCheck:
+    """Check one model (a ModelConfig). Never raises for what the endpoint does; never pays."""
+    url, headers = _request(config, name)
+    shown = redact(url.split("?")[0], [config.api_key or ""])
+    try:
+        with httpx.Client(timeout=timeout_s, transport=transport) as client:
+            response = client.get(url, headers=headers)
+    except httpx.TimeoutException:
+        return EndpointCheck(name, False, f"unreachable: no answer from {shown} within {timeout_s:g}s")
+    except httpx.HTTPError as exc:
+        return EndpointCheck(name, False, f"unreachable: {shown}: {type(exc).__name__}: "
+                                          f"{redact(str(exc), [config.api_key or ''])[:200]}; check api_url")
+    status = response.status_code
+    if status in (401, 403):
+        return EndpointCheck(name, False, f"key rejected (HTTP {status} from {shown}); check the model's api_key")
+    if config.provider == "azure":
+        if status >= 300:
+            return EndpointCheck(name, False, f"HTTP {status} from {shown}; check api_url and api_version")
+        return EndpointCheck(name, True, "reachable, key accepted (Azure lists models, not deployments: "
+                                         "the deployment is checked by the first request)")
+    if status >= 300:
+        return EndpointCheck(name, False, f"HTTP {status} from {shown}; check api_url (the base URL, e.g. "
+                                          "https://api.openai.com/v1)")
+    try:
+        listed = _listed(response.json())
+    except ValueError:
+        return EndpointCheck(name, False, f"{shown} did not answer JSON; check api_url")
+    if not _known(config.model_version, listed):
+        some = ", ".join(sorted(listed)[:10]) or "none"
+        return EndpointCheck(name, False, f"reachable, key accepted, but model_version {config.model_version!r} "
+                                          f"is not among the endpoint's models ({some}); fix model_version")
+    return EndpointCheck(name, True, f"reachable, key accepted, model {config.model_version!r} known")
