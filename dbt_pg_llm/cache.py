@@ -34,7 +34,7 @@ from .errors import PgLlmError, redact
 from .model_io import ModelOutput, TokenUsage
 
 __all__ = ["CacheEntry", "CacheBackend", "MemoryBackend", "DiskJournal", "ResultCache", "JournalError",
-           "journal_problem"]
+           "journal_problem", "journal_stats", "prune_journal"]
 
 log = logging.getLogger("dbt_pg_llm")
 
@@ -200,6 +200,10 @@ class DiskJournal:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def volume(self) -> int:
+        """Bytes the journal takes on disk (diskcache's estimate: database plus value files)."""
+        return int(self._cache.volume())
+
     def close(self) -> None:
         self._cache.close()
 
@@ -354,3 +358,40 @@ def _shared_copy(output: ModelOutput) -> ModelOutput:
         return replace(output, value=copy.deepcopy(output.value), cached=True, cost_usd=0.0,
                        latency_ms=0.0, attempts=0, saved_cost_usd=output.cost_usd)
     return replace(output, cost_usd=0.0, attempts=0)
+
+
+# -- operating the journal (python -m dbt_pg_llm journal) ------------------------------------------
+def _entries(backend: CacheBackend) -> Iterator[tuple[str, CacheEntry]]:
+    for key in backend.keys():
+        data = backend.get(key)
+        if data is not None:  # None: deleted meanwhile
+            yield key, CacheEntry.from_dict(data)
+
+
+def journal_stats(backend: CacheBackend, now: float | None = None) -> dict:
+    """Entries (valid / invalid / expired), bytes on disk (a DiskJournal's ``volume``) and the oldest
+    and newest ``created_at`` (epoch seconds, None when empty). Reads every entry."""
+    now = time.time() if now is None else now
+    counts = {"entries": 0, "valid": 0, "invalid": 0, "expired": 0}
+    oldest = newest = None
+    for _, entry in _entries(backend):
+        counts["entries"] += 1
+        state = "invalid" if not entry.valid else "expired" if entry.expired(now) else "valid"
+        counts[state] += 1
+        oldest = entry.created_at if oldest is None else min(oldest, entry.created_at)
+        newest = entry.created_at if newest is None else max(newest, entry.created_at)
+    volume = getattr(backend, "volume", None)
+    return {**counts, "bytes": volume() if volume is not None else None, "oldest": oldest, "newest": newest}
+
+
+def prune_journal(backend: CacheBackend, now: float | None = None, older_than_s: float | None = None) -> int:
+    """Delete the entries that can never be served again (invalidated or expired) and, with
+    ``older_than_s``, those created more than that many seconds ago (their answers stay in
+    ``llm_results``; the journal only protects answers not written there yet). Returns how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    for key, entry in _entries(backend):
+        old = older_than_s is not None and entry.created_at < now - older_than_s
+        if (not entry.valid or entry.expired(now) or old) and backend.delete(key):
+            removed += 1
+    return removed

@@ -2,6 +2,7 @@
 
     python -m dbt_pg_llm report [--days 7]                 the per-model usage report, as text
     python -m dbt_pg_llm report --html report.html         one self-contained HTML page with charts
+    python -m dbt_pg_llm journal --stats | --prune [--older-than-days N]   the local journal (journal_cli)
 
 The connection comes from the dbt profile, like dbt's: ``--project-dir``, ``--profiles-dir``,
 ``--target``, ``--profile``, ``--vars``. The profile is read by the adapter package with dbt's own
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from .journal_cli import add_journal_command, run_journal
 
 __all__ = ["main"]
 
@@ -35,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--days", type=float, default=None, help="days back (default: 7 for text, 30 for --html)")
     report.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with charts")
     _profile_args(report)
+    add_journal_command(commands, _profile_args)
     return parser
 
 
@@ -77,6 +81,8 @@ def _report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "journal":  # the profile is read only when --journal-dir is not given
+            return run_journal(args, lambda: _credentials(args).llm_settings())
         return {"report": _report}[args.command](args)
     except (ValueError, ImportError) as exc:  # bad arguments, a profile problem (a ValueError), no plotly
         print(f"python -m dbt_pg_llm {args.command}: {exc}", file=sys.stderr)

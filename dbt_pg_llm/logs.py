@@ -178,6 +178,11 @@ class LogDispatcher:
     def add(self, sink: LogSink) -> None:
         self.sinks.append(sink)
 
+    def remove(self, sink: LogSink) -> None:
+        """Stop sending to ``sink``. The list is replaced, not changed in place: an ``emit`` iterating
+        it on the loop thread meanwhile still reaches every other sink."""
+        self.sinks = [s for s in self.sinks if s is not sink]
+
     def emit(self, log: ModelLog) -> None:
         for sink in self.sinks:
             try:

@@ -47,10 +47,12 @@ class LlmSettings:
     # A run's claims on keys it is requesting are taken over by another run when their heartbeat
     # (refreshed every claim_timeout_s / 4 while the run works) is older than this.
     claim_timeout_s: float = 120.0
+    # llm_results keeps each answer's prompt text (provenance); false keeps only its key (a hash)
+    store_prompts: bool = True
 
     FIELDS = ("models", "default_model", "audit_schema", "cache_ttl_days", "audit_retention_days",
               "max_cost_usd_per_run", "on_budget", "journal_dir", "on_error", "max_error_rate", "alerts",
-              "claim_timeout_s")
+              "claim_timeout_s", "store_prompts")
 
     @classmethod
     def from_dict(cls, data: dict | None, path: str = "llm") -> "LlmSettings":
@@ -130,6 +132,9 @@ class LlmSettings:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
             out.append(f"{path}.max_error_rate: {rate!r} must be a share from 0 to 1 (e.g. 0.5: a column fails "
                        "its model when more than half of its keys fail; 1: never)")
+        if not isinstance(self.store_prompts, bool):
+            out.append(f"{path}.store_prompts: {self.store_prompts!r} must be true (llm_results keeps each prompt, "
+                       "the default) or false (only the key, a hash of the prompt)")
         for name, config in self.models.items():
             for backup in config.fallbacks:
                 if backup in strategies:  # a strategy may call this very model: a cycle

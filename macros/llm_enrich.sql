@@ -1,5 +1,5 @@
 {#-
-  pg_llm.llm_enrich(relation, columns, model=none, on_error=none, mode=none)
+  pg_llm.llm_enrich(relation, columns, model=none, on_error=none, mode=none, keep_keys=false)
 
   Select every column of `relation` (a Relation such as ref('x'), or a SQL query string) plus one
   column per entry of `columns` (column name -> spec from pg_llm.complete / classify / extract).
@@ -7,12 +7,16 @@
   the audit schema); every other command just renders the join.
   mode='batch' sends the missing answers of every column (that sets no mode itself) through the
   provider's batch API (half price, answers within 24 h; see the README's "Large backfills").
+  keep_keys=true adds `<column>__llm_key` per LLM column: join it to llm_audit.llm_results to explain a value.
+  With the var pg_llm_estimate true (`dbt compile --select ... --vars '{pg_llm_estimate: true}'`) the
+  missing keys are only counted and priced (no request); a run/build in that mode stops the model
+  before it touches its table.
 -#}
-{% macro llm_enrich(relation, columns, model=none, on_error=none, mode=none) -%}
-  {{ return(adapter.dispatch('llm_enrich', 'pg_llm')(relation, columns, model=model, on_error=on_error, mode=mode)) }}
+{% macro llm_enrich(relation, columns, model=none, on_error=none, mode=none, keep_keys=false) -%}
+  {{ return(adapter.dispatch('llm_enrich', 'pg_llm')(relation, columns, model=model, on_error=on_error, mode=mode, keep_keys=keep_keys)) }}
 {%- endmacro %}
 
-{% macro default__llm_enrich(relation, columns, model=none, on_error=none, mode=none) -%}
+{% macro default__llm_enrich(relation, columns, model=none, on_error=none, mode=none, keep_keys=false) -%}
   {%- if columns is not mapping or columns | length == 0 -%}
     {{ exceptions.raise_compiler_error("pg_llm.llm_enrich: `columns` must be a non-empty mapping of column name -> spec, e.g. {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative'])}") }}
   {%- endif -%}
@@ -30,12 +34,19 @@
     {#- creates/migrates the audit schema the join reads (no LLM requests) -#}
     {%- do adapter.llm_prepare() -%}
   {%- endif -%}
-  {%- if execute and flags.WHICH in ('run', 'build', 'retry') -%}
-    {%- set node = context.get('model') -%}
-    {%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=(node.unique_id if node else none)) -%}
+  {%- set node = context.get('model') -%}
+  {%- set node_id = node.unique_id if node else none -%}
+  {%- if execute and var('pg_llm_estimate', false) -%}
+    {#- estimate mode: count and price the missing keys, request nothing -#}
+    {%- do adapter.llm_estimate(source_sql, resolved, node_id=node_id) -%}
+    {%- if flags.WHICH in ('run', 'build', 'retry') -%}
+      {{ exceptions.raise_compiler_error("pg_llm: estimate mode (var pg_llm_estimate): the estimate is logged above; nothing was requested and the model's table was left unchanged. Use `dbt compile --select <models> --vars '{pg_llm_estimate: true}'` to estimate without failing models.") }}
+    {%- endif -%}
+  {%- elif execute and flags.WHICH in ('run', 'build', 'retry') -%}
+    {%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=node_id) -%}
   {%- elif execute -%}
     {#- show / compile: say (once per invocation) that uncached keys stay empty -#}
     {%- do adapter.llm_note_unfilled() -%}
   {%- endif -%}
-  {{ return(adapter.llm_join_sql(source_sql, resolved, on_error=on_error)) }}
+  {{ return(adapter.llm_join_sql(source_sql, resolved, on_error=on_error, keep_keys=keep_keys)) }}
 {%- endmacro %}

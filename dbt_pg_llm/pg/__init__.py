@@ -13,6 +13,9 @@ Everything here talks to a DB-API (psycopg2) connection handed in by the caller 
 * ``frame``      — ``LlmFrameSession``: the same fill over a pandas Series (Python models).
 * ``upkeep``     — ``raise_alerts``: the engine's alerts into ``llm_alerts``, once per run/model/type.
 * ``usage_report`` — per-model usage over N days from the audit tables (``pg_llm.report``, the HTML report).
+* ``cache_control`` — ``invalidate`` (``llm_results`` and the journal together), ``purge_audit``.
+* ``estimate``   — ``estimate_column``: the uncached keys, tokens and cost of a fill, requesting nothing.
+* ``progress``   — ``ProgressPacer`` (every 10 s or 10% of keys), ``AttemptCounter`` (retries / 429s).
 """
 from .fill import fill_column
 from .frame import LlmFrameSession

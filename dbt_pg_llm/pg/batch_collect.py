@@ -197,7 +197,8 @@ class BatchCollector:
             output_json=json.dumps(output.value, ensure_ascii=False, separators=(",", ":")) if is_json else None,
             confidence=output.confidence, prompt_tokens=output.tokens.prompt,
             completion_tokens=output.tokens.completion, cost_usd=output.cost_usd, truncated=bool(output.truncated),
-            expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None, run_id=self.run.run_id)
+            expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None, run_id=self.run.run_id,
+            node_id=row.node_id, column_name=spec.name)  # the prompt is not kept with a batch
 
     # -- operations -------------------------------------------------------------------------------
     def cancel(self) -> list[str]:

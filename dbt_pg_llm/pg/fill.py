@@ -49,9 +49,10 @@ from ..model_io import ModelInput
 from .budget import run_spend_limit
 from .claims import ClaimHeartbeat, _Claims, heartbeat_every
 from .connectivity import buffered_sinks, db_errors
-from .join import _fresh, quote_literal
+from .join import _fresh, distinct_prompts_sql, quote_literal, uncached_prompts_sql
 from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, too_many_errors, where_kept
+from .progress import AttemptCounter, ProgressPacer, eta_s
 from .report import FillError, FillReport
 from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext
@@ -61,7 +62,7 @@ __all__ = ["fill_column"]
 
 log = logging.getLogger("dbt_pg_llm")
 
-PROGRESS_EVERY_S = 2.0
+FLUSH_EVERY_S = 2.0  # answers reach llm_results (and claims are released) at least this often
 RUN_HEARTBEAT_EVERY_S = 10.0
 
 
@@ -71,12 +72,15 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
                 cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
                 progress: Callable[[dict], None] | None = None, window: int | None = None, chunk_rows: int = 500,
                 claim_timeout_s: float = 120.0, wait_timeout_s: float = 900.0,
-                default_model: str | None = None, max_error_rate: float | None = None) -> FillReport:
+                default_model: str | None = None, max_error_rate: float | None = None,
+                store_prompts: bool = True) -> FillReport:
     """Make sure ``llm_results`` holds an answer for every distinct non-NULL prompt of ``source_sql``.
 
     ``connect()`` must return a NEW psycopg2 connection (two are opened: a reader holding the
     candidate cursor and the claims, and an autocommit writer); they are closed at the end.
     ``source_sql``: a relation (``"analytics"."reviews"``) or a parenthesized subquery.
+    Each answer is stored with its provenance: node, column (``spec.name``), model, model_version,
+    fingerprint, run id and, unless ``store_prompts`` is False, the prompt text.
     Returns a FillReport; with ``on_error="fail"`` raises ModelError after writing what was paid,
     as it does when more than ``max_error_rate`` (0..1) of the distinct keys failed or were skipped.
     """
@@ -84,13 +88,14 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
     return _Fill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
                  cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
                  chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
-                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate).run(source_sql)
+                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate,
+                 store_prompts=store_prompts).run(source_sql)
 
 
 class _Fill(_Claims):
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
                  max_cost_usd, progress, window, chunk_rows, claim_timeout_s, wait_timeout_s, poll_s=0.25,
-                 max_error_rate: float | None = None):
+                 max_error_rate: float | None = None, store_prompts: bool = True):
         if not isinstance(run, RunContext):
             raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
         if (window is not None and window < 1) or chunk_rows < 1:
@@ -104,6 +109,8 @@ class _Fill(_Claims):
         if max_error_rate is not None and (isinstance(max_error_rate, bool) or not 0 <= max_error_rate <= 1):
             raise ConfigError([f"max_error_rate: {max_error_rate!r} must be a share from 0 to 1, or unset"])
         self.max_error_rate = max_error_rate
+        self.store_prompts = bool(store_prompts)  # False: llm_results keeps the key (a hash) only
+        self._prompts: dict[str, str] = {}
         self.connect = connect
         self.engine = engine
         self.spec = spec
@@ -133,7 +140,8 @@ class _Fill(_Claims):
         self.sinks = buffered_sinks(engine)
         self.reader = self.writer = None
         self.started = time.monotonic()
-        self.last_progress = 0.0
+        self.pacer = ProgressPacer()
+        self.attempt_counter = AttemptCounter(self.context)  # retries / 429s of this fill, for progress
         self.last_flush = time.monotonic()
         self.first_submit: float | None = None
         self.waiting: dict[str, str] = {}
@@ -177,6 +185,7 @@ class _Fill(_Claims):
             run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
             self.run_open = True
             self.reader = self._open()
+            self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:
                 self.spend_limit = run_spend_limit(self.writer, self.schema, self.run_ctx.run_id, self.max_cost)
@@ -211,12 +220,21 @@ class _Fill(_Claims):
                                  f"{' '.join(redact(str(exc)).split())}; {kept}") from exc
             raise
         finally:
+            self._count_attempts(False)
             self._release_all()
         self._finish()
         return rep
 
+    def _count_attempts(self, on: bool) -> None:
+        """Add (remove) this fill's retry / 429 counter to the engine's log dispatcher."""
+        dispatcher = getattr(self.engine, "log", None)
+        if on and callable(getattr(dispatcher, "add", None)):
+            dispatcher.add(self.attempt_counter)
+        elif not on and callable(getattr(dispatcher, "remove", None)):
+            dispatcher.remove(self.attempt_counter)
+
     def _prompts_sql(self, source_sql: str) -> str:
-        return f"select distinct ({self.spec.prompt_sql})::text as p from {source_sql} __llm_src"
+        return distinct_prompts_sql(source_sql, self.spec.prompt_sql)
 
     def _key_expr(self, column: str) -> str:
         return key_sql(self.fingerprint, column)
@@ -249,10 +267,7 @@ class _Fill(_Claims):
         rep.requests_total = rep.distinct_keys - rep.cache_hits
 
     def _candidates_sql(self, source_sql: str) -> str:
-        return f"""
-            select c.k, c.p from (select {self._key_expr('d.p')} as k, d.p
-                                  from ({self._prompts_sql(source_sql)}) d where d.p is not null) c
-            where not exists (select 1 from {self.q}.llm_results r where r.key = c.k and {_fresh('r')})"""
+        return uncached_prompts_sql(source_sql, self.spec, self.fingerprint, self.schema)
 
     # -- requesting -------------------------------------------------------------------------------
     def _claimed_inputs(self, cursor) -> Iterator[tuple[str, ModelInput]]:
@@ -279,14 +294,22 @@ class _Fill(_Claims):
                     self.first_submit = time.monotonic()
                 yield key, spec.model_input(prompts[key])
 
+    def _remember_prompts(self, inputs: Iterable[tuple[str, ModelInput]]) -> Iterator[tuple[str, ModelInput]]:
+        """Keep each key's prompt until its answer is written (provenance; at most ``window`` held)."""
+        for key, inp in inputs:
+            if self.store_prompts:
+                self._prompts[key] = inp.prompt
+            yield key, inp
+
     def _request(self, inputs: Iterable[tuple[str, ModelInput]]) -> None:
-        for key, output in self.engine.map_unordered(self.spec.model, inputs, window=self.window,
-                                                     context=self.context, spend_limit=self.spend_limit):
+        for key, output in self.engine.map_unordered(self.spec.model, self._remember_prompts(inputs),
+                                                     window=self.window, context=self.context,
+                                                     spend_limit=self.spend_limit):
             self._on_output(key, output)
             if self._journal_error() is not None and self._results:
                 self._flush()  # not journaled: into llm_results before the next request goes out
             elif len(self._results) + len(self._errors) >= self.chunk_rows \
-                    or time.monotonic() - self.last_flush >= PROGRESS_EVERY_S:
+                    or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
                 self._flush()
             self._emit_progress()
 
@@ -315,6 +338,7 @@ class _Fill(_Claims):
 
     def _on_output(self, key: str, output) -> None:
         rep = self.report
+        prompt = self._prompts.pop(key, None)  # provenance of a stored answer (None: store_prompts off)
         if output.attempts or output.error_kind is not ErrorKind.BUDGET:  # else: never sent
             rep.requests_done += 1
         paid = 0.0 if output.cached else float(output.cost_usd or 0.0)
@@ -339,7 +363,8 @@ class _Fill(_Claims):
                 confidence=output.confidence, prompt_tokens=output.tokens.prompt,
                 completion_tokens=output.tokens.completion, cost_usd=stored, truncated=bool(output.truncated),
                 expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None,
-                run_id=self.run_ctx.run_id))
+                run_id=self.run_ctx.run_id, node_id=self.run_ctx.node_id or None, column_name=self.spec.name,
+                prompt=prompt))
             self._ok_keys.append(key)
         elif output.error_kind is ErrorKind.BUDGET:
             self._skip_for_budget([key], output.error_message)
@@ -458,17 +483,20 @@ class _Fill(_Claims):
         self.run_open = False
 
     def _progress_due(self) -> bool:
-        return self.progress_cb is not None and time.monotonic() - self.last_progress >= PROGRESS_EVERY_S
+        return self.progress_cb is not None and time.monotonic() - self.pacer.last >= self.pacer.every_s
 
     def _emit_progress(self, force: bool = False) -> None:
+        """A progress event at most every 10 s, or per 10% of the keys to request (``ProgressPacer``)."""
         if self.progress_cb is None:
             return
         now = time.monotonic()
-        if not force and now - self.last_progress < PROGRESS_EVERY_S:
-            return
-        self.last_progress = now
         rep = self.report
+        if force:
+            self.pacer.mark(rep.requests_done, rep.requests_total, now)
+        elif not self.pacer.due(rep.requests_done, rep.requests_total, now):
+            return
         rep.elapsed_s = now - self.started
+        rep.retries, rep.rate_limited = self.attempt_counter.retries, self.attempt_counter.rate_limited
         rep.eta_s = self._eta(now)
         rep.budget_spent_usd = self._spent() if self.spend_limit is not None else None
         try:
@@ -477,14 +505,10 @@ class _Fill(_Claims):
             log.exception("progress callback failed")
 
     def _eta(self, now: float) -> float | None:
+        """At the keys/s observed since the first request: retries and 429 back-off included."""
         rep = self.report
-        remaining = max(rep.requests_total - rep.requests_done, 0)
-        if remaining == 0:
-            return 0.0
-        if self.first_submit is None or rep.requests_done == 0:
-            return None
-        rate = rep.requests_done / max(now - self.first_submit, 1e-6)
-        return round(remaining / rate, 1)
+        return eta_s(max(rep.requests_total - rep.requests_done, 0), rep.requests_done,
+                     None if self.first_submit is None else max(now - self.first_submit, 1e-6))
 
     def _finish(self) -> None:
         rep = self.report
@@ -503,7 +527,6 @@ class _Fill(_Claims):
         except Exception as exc:
             log.error("could not record the run in %s.llm_runs: %s", self.schema, redact(str(exc)).strip())
         if self.progress_cb is not None:
-            self.last_progress = 0.0
             self._emit_progress(force=True)
         if too_many and not self.fail_fast:
             raise error_rate_exceeded(rep, self.max_error_rate, self.schema, self.answers_written)

@@ -54,7 +54,7 @@ class LlmFrameSession:
                  run: RunContext | None = None, default_model: str | None = None, *, on_error: str = "null",
                  cache_ttl_days: float | None = None, max_cost_usd: float | None = None,
                  progress: Callable[[dict], None] | None = None, window: int | None = None, chunk_rows: int = 500,
-                 claim_timeout_s: float = 120.0, max_error_rate: float | None = None):
+                 claim_timeout_s: float = 120.0, max_error_rate: float | None = None, store_prompts: bool = True):
         self.connect = connect
         self.engine = engine
         self.audit_schema = audit_schema
@@ -62,7 +62,7 @@ class LlmFrameSession:
         self.default_model = default_model
         self.options = dict(on_error=on_error, cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd,
                             progress=progress, window=window, chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
-                            max_error_rate=max_error_rate)
+                            max_error_rate=max_error_rate, store_prompts=store_prompts)
         self.reports: list[FillReport] = []
 
     # -- public API -------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ import math
 from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..keys import key_sql
 from .migrations import quote_ident
 from .spec import ColumnSpec
 
-__all__ = ["join_sql", "quote_literal"]
+__all__ = ["join_sql", "quote_literal", "key_column", "distinct_prompts_sql", "uncached_prompts_sql"]
 
 
 def quote_literal(value: Any) -> str:
@@ -32,12 +33,35 @@ def quote_literal(value: Any) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def key_column(name: str) -> str:
+    """The name of the column holding ``name``'s key when ``llm_enrich(..., keep_keys=true)``."""
+    return f"{name}__llm_key"
+
+
 def _fresh(alias: str) -> str:
     return f"{alias}.valid and ({alias}.expires_at is null or {alias}.expires_at > now())"
 
 
+def distinct_prompts_sql(source_sql: str, prompt_sql: str) -> str:
+    """SELECT of the distinct prompts (``p``, text, NULL included) of ``source_sql``."""
+    return f"select distinct ({prompt_sql})::text as p from {source_sql} __llm_src"
+
+
+def uncached_prompts_sql(source_sql: str, spec: ColumnSpec, fingerprint: str, audit_schema: str) -> str:
+    """SELECT ``k, p``: the distinct non-NULL prompts of ``source_sql`` with no usable answer in
+    ``llm_results`` (what a fill would request, and what an estimate prices). Embeds user SQL:
+    run it without parameters."""
+    q = quote_ident(audit_schema)
+    return f"""
+            select c.k, c.p from (select {key_sql(fingerprint, 'd.p')} as k, d.p
+                                  from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d
+                                  where d.p is not null) c
+            where not exists (select 1 from {q}.llm_results r where r.key = c.k and {_fresh('r')})"""
+
+
 def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], audit_schema: str = "llm_audit",
-             on_error_default: Any = None, source_columns: Sequence[str] | None = None) -> str:
+             on_error_default: Any = None, source_columns: Sequence[str] | None = None,
+             keep_keys: bool = False) -> str:
     """SELECT of the source plus one column per spec, joined to ``llm_results`` on the row's key.
 
     ``columns``: ``(output column name, spec, fingerprint)`` triples. complete/classify give text
@@ -46,6 +70,8 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
     where the prompt is not NULL but no answer exists (failed keys); for extract give JSON.
     ``source_columns``: when given, the source columns are listed explicitly and those named like an
     output column are left out (re-enriching a column replaces it); otherwise ``src.*``.
+    ``keep_keys``: also output each column's key as ``<column>__llm_key`` (NULL for a NULL prompt), so
+    ``join <audit>.llm_results r on r.key = t.<column>__llm_key`` explains a value.
     The keys are computed in a LATERAL subquery that sees only the source, so prompt expressions may
     use any source column unqualified, even ones named like llm_results columns (key, model, ...).
     """
@@ -59,7 +85,8 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
     if source_columns is None:
         select = ["__llm_src.*"]
     else:
-        select = [f"__llm_src.{quote_ident(c)}" for c in source_columns if c not in names]
+        replaced = set(names) | ({key_column(n) for n in names} if keep_keys else set())
+        select = [f"__llm_src.{quote_ident(c)}" for c in source_columns if c not in replaced]
     joins = []
     for i, (name, spec, _) in enumerate(columns):
         r = f"__llm_r{i}"
@@ -72,6 +99,8 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
                 literal = quote_literal(default) + "::text"
             value = f"case when __llm_k.__llm_k{i} is not null then coalesce({value}, {literal}) end"
         select.append(f"{value} as {quote_ident(name)}")
+        if keep_keys:
+            select.append(f"__llm_k.__llm_k{i} as {quote_ident(key_column(name))}")
         joins.append(f"left join {q}.llm_results {r} on {r}.key = __llm_k.__llm_k{i} and {_fresh(r)}")
     return (f"select {', '.join(select)}\nfrom {source_sql} __llm_src\n"
             f"cross join lateral (select {keys}) __llm_k\n" + "\n".join(joins))

@@ -9,7 +9,7 @@ a released step, add a new version.
 Tables (see ``docs`` of each step below): ``llm_results`` (the shared cache), ``llm_claims``,
 ``llm_calls`` (partitioned by month, with a DEFAULT partition), ``llm_runs``, ``llm_errors``
 (dead letters), ``llm_alerts``, ``llm_frame_prompts`` (staging for DataFrame sessions), ``llm_batches`` /
-``llm_batch_keys`` (provider batches, version 10) and the views
+``llm_batch_keys`` (provider batches, version 10; provenance columns of ``llm_results``: version 11) and the views
 ``llm_metrics`` and ``llm_model_status``.
 """
 from __future__ import annotations
@@ -341,6 +341,17 @@ create table if not exists {q}.llm_batch_keys (
     primary key (batch_uid, custom_id)
 );
 create index if not exists llm_batch_keys_key_idx on {q}.llm_batch_keys (key);
+"""),
+        (11, f"""
+-- Provenance (issue 9): which node and column asked for a cached answer, and the prompt itself
+-- (llm.store_prompts: true by default; with false only the key, a hash of fingerprint + prompt,
+-- is kept). invalidated_at says when pg_llm.invalidate marked a row invalid.
+alter table {q}.llm_results
+    add column if not exists node_id        text,
+    add column if not exists column_name    text,
+    add column if not exists prompt         text,
+    add column if not exists invalidated_at timestamptz;
+create index if not exists llm_results_node_idx on {q}.llm_results (node_id, column_name);
 """),
     ]
 

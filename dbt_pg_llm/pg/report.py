@@ -56,6 +56,8 @@ class FillReport:
     # since_s, heartbeat_age_s, keys}; filled while the fill waits for them
     waiting_on: list = field(default_factory=list)
     journal_error: str | None = None
+    retries: int = 0  # retry attempts of this fill's requests so far (progress)
+    rate_limited: int = 0  # HTTP 429 answers seen so far (progress)
 
     @property
     def tokens(self) -> int:
@@ -71,6 +73,7 @@ class FillReport:
             "budget_skipped": self.budget_skipped, "budget_cap_usd": self.budget_cap_usd,
             "budget_spent_usd": None if self.budget_spent_usd is None else round(self.budget_spent_usd, 8),
             "waiting_keys": self.waiting_keys, "waiting_on": [dict(w) for w in self.waiting_on],
+            "retries": self.retries, "rate_limited": self.rate_limited,
         }
 
     def budget_text(self) -> str:

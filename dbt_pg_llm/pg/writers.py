@@ -58,6 +58,10 @@ class ResultRow:
     expires_at: datetime | None = None
     valid: bool = True
     run_id: str | None = None
+    # provenance (migration 11): who asked, and the prompt (None when llm.store_prompts is false)
+    node_id: str | None = None
+    column_name: str | None = None
+    prompt: str | None = None
 
 
 RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
@@ -172,7 +176,7 @@ def write_results(conn, schema: str, rows: Iterable[ResultRow | Mapping]) -> int
     """Upsert cache rows (COPY to a temp table, then INSERT ... ON CONFLICT (key) DO UPDATE).
 
     A key that is already present is replaced: that is how a re-requested invalid or expired row
-    comes back to life. Duplicate keys within one batch keep the last one. Returns rows written.
+    comes back to life (``invalidated_at`` is cleared). Duplicate keys within one batch keep the last one. Returns rows written.
     """
     q = quote_ident(schema)
     defaults = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "truncated": False, "valid": True}
@@ -202,7 +206,8 @@ def write_results(conn, schema: str, rows: Iterable[ResultRow | Mapping]) -> int
         cur.execute(f"""
             insert into {q}.llm_results ({cols}, created_at)
             select {cols}, now() from pg_temp.llm_results_stage
-            on conflict (key) do update set {updates}, created_at = excluded.created_at""")
+            on conflict (key) do update set {updates}, created_at = excluded.created_at,
+                invalidated_at = null""")
         return cur.rowcount
 
 

@@ -108,3 +108,11 @@ def test_a_journal_dir_that_cannot_be_opened_names_llm_journal_dir(tmp_path):
         build_engine(settings)
     text = str(info.value)
     assert "llm.journal_dir" in text and str(not_a_dir / "journal") in text and "writable directory" in text
+
+
+def test_store_prompts_defaults_to_true_and_a_non_boolean_names_the_key_and_fix():
+    assert LlmSettings.from_dict({"models": {"local": GOOD}}).store_prompts is True
+    assert LlmSettings.from_dict({"models": {"local": GOOD}, "store_prompts": False}).store_prompts is False
+    with pytest.raises(ConfigError) as info:
+        LlmSettings.from_dict({"models": {"local": GOOD}, "store_prompts": "no"})
+    assert any(p.startswith("llm.store_prompts: 'no' must be true") for p in info.value.problems)

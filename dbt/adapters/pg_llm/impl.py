@@ -266,7 +266,7 @@ class PgLlmAdapter(PostgresAdapter):
                 audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
                 cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
                 progress=_ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
-                max_error_rate=settings.max_error_rate,
+                max_error_rate=settings.max_error_rate, store_prompts=settings.store_prompts,
             )
             report = batched.report
         except PgLlmError as exc:
@@ -371,8 +371,10 @@ class PgLlmAdapter(PostgresAdapter):
                 logger.warning(f"pg_llm: alert webhook: {redact(problem)}; the run goes on")
 
     @available
-    def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None) -> str:
-        """SQL selecting every column of the source plus the LLM columns, joined on their keys."""
+    def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
+                     keep_keys: bool = False) -> str:
+        """SQL selecting every column of the source plus the LLM columns, joined on their keys
+        (``keep_keys``: plus each column's key as ``<column>__llm_key``)."""
         from dbt_pg_llm.pg.join import join_sql
 
         settings = self._settings()
@@ -382,7 +384,7 @@ class PgLlmAdapter(PostgresAdapter):
             triples.append((column["name"], spec, column["fingerprint"]))
         mode = self._on_error(on_error)
         default = None if mode in ON_ERROR_MODES else mode
-        return join_sql(str(source_sql), triples, settings.audit_schema, default)
+        return join_sql(str(source_sql), triples, settings.audit_schema, default, keep_keys=bool(keep_keys))
 
     @available
     def llm_prepare(self) -> str:
@@ -410,6 +412,28 @@ class PgLlmAdapter(PostgresAdapter):
         finally:
             conn.close()
         return ""
+
+    @available
+    def llm_estimate(self, source_sql: str, columns: List[Dict[str, Any]], node_id: Optional[str] = None):
+        """Estimate mode of llm_enrich: log the uncached keys, tokens and cost of each column (and the
+        selection's running total against max_cost_usd_per_run); requests nothing."""
+        from dbt.adapters.pg_llm.operations import estimate_columns
+
+        return estimate_columns(self, get_engine(self._credentials), source_sql, columns, node_id, _invocation_id())
+
+    @available
+    def llm_invalidate(self, args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """``pg_llm.invalidate``: mark matching cached answers invalid in llm_results AND the journal."""
+        from dbt.adapters.pg_llm.operations import invalidate_cache
+
+        return invalidate_cache(self, get_engine(self._credentials), dict(args or {}))
+
+    @available
+    def llm_purge_audit(self, older_than_days: Any = None) -> Dict[str, Any]:
+        """``pg_llm.purge_audit``: delete audit rows older than ``older_than_days`` (never valid answers)."""
+        from dbt.adapters.pg_llm.operations import purge_audit_rows
+
+        return purge_audit_rows(self, older_than_days)
 
     @available
     def llm_note_unfilled(self) -> str:
@@ -483,6 +507,7 @@ class PgLlmAdapter(PostgresAdapter):
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=_ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),
             claim_timeout_s=settings.claim_timeout_s, max_error_rate=settings.max_error_rate,
+            store_prompts=settings.store_prompts,
         )
 
 
@@ -515,7 +540,8 @@ def warn_or_error(message: str) -> None:
 
 
 class _ProgressLogger:
-    """fill_column's progress callback (a dict every ~2 s) -> one dbt log line. While the fill waits
+    """fill_column's progress callback (a dict at most every 10 s, or per 10% of the keys) -> one dbt
+    log line with retries and 429s seen. While the fill waits
     for keys claimed by another run, the line says who holds them, since when, and how many."""
 
     def __init__(self, label: str, claim_timeout_s: Optional[float] = None):
@@ -534,9 +560,11 @@ class _ProgressLogger:
         line = (
             f"{self.label}: {p.get('requests_done', 0)}/{p.get('requests_total', 0)} requests, "
             f"{p.get('cache_hits', 0)} of {p.get('distinct_keys', 0)} keys cached, {p.get('errors', 0)} failed, "
+            f"{p.get('retries', 0)} retries ({p.get('rate_limited', 0)} rate-limited 429), "
             + (f"{p['budget_skipped']} skipped for budget (${float(p.get('budget_spent_usd') or 0):.6f} of the "
                f"${float(p.get('budget_cap_usd') or 0):.6f} cap spent), " if p.get("budget_skipped") else "")
-            + f"${float(p.get('cost_usd') or 0):.4f}" + (f", eta {eta:.0f}s" if eta and not blocked else "")
+            + f"${float(p.get('cost_usd') or 0):.4f}"
+            + (f", eta {eta:.0f}s (at the rate so far, retries and back-off included)" if eta and not blocked else "")
         )
         waiting = waiting_text(p)
         if waiting:

@@ -1,0 +1,83 @@
+"""Estimate before paying: what filling a column would request and cost, requesting nothing.
+
+``estimate_column`` streams the distinct prompts a fill would request (``join.uncached_prompts_sql``:
+no usable answer in ``llm_results``), leaves out those the local journal still holds (a fill gets
+them unpaid), and prices each with the budget's own estimator (``spend.estimate_cost`` /
+``estimate_prompt_tokens``: an upper bound, ``max_tokens`` output tokens per request), so the
+estimate and the hard cap of ``max_cost_usd_per_run`` agree. Read-only: no claims, no writes.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from ..spend import estimate_cost, estimate_prompt_tokens
+from .join import distinct_prompts_sql, uncached_prompts_sql
+from .spec import ColumnSpec
+
+__all__ = ["ColumnEstimate", "estimate_column"]
+
+_FETCH = 2000
+
+
+@dataclass
+class ColumnEstimate:
+    """One column's estimate. ``cost_usd`` is None when the model has no price (e.g. a strategy)."""
+
+    node_id: str | None
+    column: str | None
+    model: str
+    distinct_keys: int = 0
+    uncached_keys: int = 0  # would be requested (not in llm_results, not in the journal)
+    journal_keys: int = 0  # not in llm_results but in the local journal: written back, unpaid
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        cost = f"${self.cost_usd:.4f}" if self.cost_usd is not None else "cost unknown (no price configured)"
+        return (f"{self.node_id or 'model'}.{self.column}: {self.model}: {self.uncached_keys} of "
+                f"{self.distinct_keys} distinct keys uncached"
+                + (f" ({self.journal_keys} more in the local journal, free)" if self.journal_keys else "")
+                + f", ~{self.prompt_tokens} input + {self.completion_tokens} output tokens at most, {cost}")
+
+
+def estimate_column(conn, source_sql: str, spec: ColumnSpec, config: Any, fingerprint: str, audit_schema: str,
+                    *, node_id: str | None = None, in_journal: Callable[[str], bool] | None = None) -> ColumnEstimate:
+    """Price the keys a fill of ``spec`` over ``source_sql`` would request. ``conn``: a psycopg2
+    connection with no transaction open (a read-only transaction is used and rolled back).
+    ``config``: the model's ModelConfig (no prices: ``cost_usd`` None). ``in_journal(key)``: True
+    when the local journal still holds a usable answer."""
+    est = ColumnEstimate(node_id=node_id, column=spec.name, model=spec.model)
+    priced = all(hasattr(config, a) for a in ("cost_per_1k_input_tokens", "cost_per_1k_output_tokens", "max_tokens"))
+    cost = 0.0
+    was_autocommit = conn.autocommit
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("set transaction read only")
+            cur.execute(f"select count(*) from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d "
+                        "where d.p is not null")
+            est.distinct_keys = int(cur.fetchone()[0])
+        with conn.cursor(name=f"llm_estimate_{uuid.uuid4().hex}") as cur:
+            cur.itersize = _FETCH
+            cur.execute(uncached_prompts_sql(source_sql, spec, fingerprint, audit_schema))
+            for key, prompt in cur:
+                if in_journal is not None and in_journal(key):
+                    est.journal_keys += 1
+                    continue
+                inp = spec.model_input(prompt)
+                est.uncached_keys += 1
+                est.prompt_tokens += estimate_prompt_tokens(inp)
+                if priced:
+                    est.completion_tokens += inp.max_tokens if inp.max_tokens is not None else config.max_tokens
+                    cost += estimate_cost(config, inp)
+    finally:
+        conn.rollback()
+        conn.autocommit = was_autocommit
+    est.cost_usd = round(cost, 6) if priced else None
+    return est
