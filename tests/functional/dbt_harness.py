@@ -10,7 +10,8 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["DbtProject", "Out", "patched_env", "TIMINGS", "copy_integration_project", "seeded_project"]
+__all__ = ["DbtProject", "Out", "patched_env", "TIMINGS", "copy_integration_project", "seeded_project",
+           "one_model_project"]
 
 TIMINGS: dict[str, float] = {}
 
@@ -134,3 +135,29 @@ def seeded_project(tmp_path_factory, pg, api_url: str, extra_models: dict[str, s
     for schema in [proj.schema, proj.llm_env.get("LLM_AUDIT_SCHEMA"), *proj.extra_schemas]:
         if schema:
             proj.query(f'drop schema if exists "{schema}" cascade')
+
+
+def one_model_project(tmp_path: Path, pg, api_url: str, name: str, model_name: str, model_sql: str,
+                      schema_prefix: str, **llm_env: str):
+    """For a function-scoped fixture: ``yield from one_model_project(...)`` -> a project of one table
+    model on the example profile, its own audit schema and journal; afterwards the engines are closed
+    and both schemas dropped."""
+    import shutil
+    import uuid
+
+    path = tmp_path / name
+    (path / "models").mkdir(parents=True)
+    shutil.copy(INTEGRATION / "profiles.yml", path / "profiles.yml")
+    (path / "dbt_project.yml").write_text(
+        f"name: {name}\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
+        f"models:\n  {name}:\n    +materialized: table\n")
+    (path / "models" / f"{model_name}.sql").write_text(model_sql)
+    project = DbtProject(path, pg, api_url, schema=f"{schema_prefix}_{uuid.uuid4().hex[:8]}")
+    project.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_{schema_prefix}_{uuid.uuid4().hex[:8]}",
+                       "LLM_JOURNAL_DIR": str(tmp_path / "journal"), **llm_env}
+    yield project
+    from dbt.adapters.pg_llm.impl import close_engines
+
+    close_engines()
+    for schema in (project.schema, project.audit):
+        project.query(f'drop schema if exists "{schema}" cascade')

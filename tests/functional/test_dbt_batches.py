@@ -2,11 +2,8 @@
 next; pg_llm.batches lists open batches, pg_llm.cancel_batches cancels them."""
 from __future__ import annotations
 
-import shutil
-import uuid
-
 import pytest
-from dbt_harness import INTEGRATION, DbtProject  # the dbtRunner helper of the dbt tests
+from dbt_harness import one_model_project  # the dbtRunner helper of the dbt tests
 
 from dbt_pg_llm.simulator import SimulatorConfig
 
@@ -25,23 +22,9 @@ MODEL = """
 @pytest.fixture
 def batch_project(pg, simulator_factory, tmp_path):
     sim = simulator_factory(SimulatorConfig(cost_per_1k_input=0.15, cost_per_1k_output=0.6))
-    path = tmp_path / "batch_project"
-    (path / "models").mkdir(parents=True)
-    shutil.copy(INTEGRATION / "profiles.yml", path / "profiles.yml")
-    (path / "dbt_project.yml").write_text(
-        "name: batch_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
-        "models:\n  batch_project:\n    +materialized: table\n")
-    (path / "models" / "batch_sentiment.sql").write_text(MODEL)
-    project = DbtProject(path, pg, sim.base_url, schema=f"batch_{uuid.uuid4().hex[:8]}")
-    audit = f"llm_b_{uuid.uuid4().hex[:8]}"
-    project.llm_env = {"LLM_AUDIT_SCHEMA": audit, "LLM_JOURNAL_DIR": str(tmp_path / "journal"),
-                       "LLM_BATCH_MIN_KEYS": "5"}
-    yield project, sim
-    from dbt.adapters.pg_llm.impl import close_engines
-
-    close_engines()
-    for schema in (project.schema, audit):
-        project.query(f'drop schema if exists "{schema}" cascade')
+    for project in one_model_project(tmp_path, pg, sim.base_url, "batch_project", "batch_sentiment", MODEL,
+                                     "batch", LLM_BATCH_MIN_KEYS="5"):
+        yield project, sim
 
 
 def test_batch_mode_submits_then_a_later_run_collects_and_operations_list_and_cancel(batch_project):

@@ -4,11 +4,9 @@ simulator's ledger, on a small project of its own (20 rows, two LLM columns)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import uuid
 
 import pytest
-from dbt_harness import INTEGRATION, DbtProject  # the dbtRunner helper of the dbt tests
+from dbt_harness import one_model_project  # the dbtRunner helper of the dbt tests
 
 pytestmark = pytest.mark.functional
 
@@ -28,23 +26,8 @@ MODEL = """
 
 @pytest.fixture
 def op_project(pg, simulator, tmp_path):
-    path = tmp_path / "operate_project"
-    (path / "models").mkdir(parents=True)
-    shutil.copy(INTEGRATION / "profiles.yml", path / "profiles.yml")
-    (path / "dbt_project.yml").write_text(
-        "name: operate_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
-        "models:\n  operate_project:\n    +materialized: table\n")
-    (path / "models" / "keyed_reviews.sql").write_text(MODEL)
-    project = DbtProject(path, pg, simulator.base_url, schema=f"op_{uuid.uuid4().hex[:8]}")
-    project.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_o_{uuid.uuid4().hex[:8]}",
-                       "LLM_JOURNAL_DIR": str(tmp_path / "journal")}
     simulator.reset()
-    yield project
-    from dbt.adapters.pg_llm.impl import close_engines
-
-    close_engines()
-    for schema in (project.schema, project.audit):
-        project.query(f'drop schema if exists "{schema}" cascade')
+    yield from one_model_project(tmp_path, pg, simulator.base_url, "operate_project", "keyed_reviews", MODEL, "op")
 
 
 def _requests(simulator) -> int:
