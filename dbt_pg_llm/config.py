@@ -48,6 +48,7 @@ class ModelConfig:
     temperature: float = 0.0
     stream: bool = False
     max_concurrency: int = 16
+    batch_size: int = 1  # short prompts packed per request (batch.py); a transport detail, not in the key
     rpm: int | None = None
     tpm: int | None = None
     cost_per_1k_input_tokens: float = 0.0
@@ -104,7 +105,7 @@ class ModelConfig:
                 problems.append(f"{path}.fallbacks: expected a list of model names, got {type(fb).__name__}")
                 fb = []
             kwargs["fallbacks"] = tuple(str(x) for x in fb)
-        for name in ("timeout_ms", "max_tokens", "max_concurrency", "rpm", "tpm"):
+        for name in ("timeout_ms", "max_tokens", "max_concurrency", "batch_size", "rpm", "tpm"):
             kwargs[name] = _coerce(kwargs, name, int, path, problems)
         for name in ("temperature", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens"):
             kwargs[name] = _coerce(kwargs, name, float, path, problems)
@@ -164,6 +165,9 @@ class ModelConfig:
                        "use a number from 0 to 1")
         if not isinstance(self.max_concurrency, int) or self.max_concurrency <= 0:
             out.append(f"{path}.max_concurrency: {self.max_concurrency!r} must be a positive integer, e.g. 16")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            out.append(f"{path}.batch_size: {self.batch_size!r} must be a whole number >= 1, e.g. 16 to pack 16 short "
+                       "prompts per request (1 = one request per prompt)")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):

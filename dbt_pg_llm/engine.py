@@ -28,6 +28,7 @@ from .logs import LogDispatcher, ModelLog
 from .metrics import MetricsRegistry
 from .model import Model
 from .model_io import ModelInput, ModelOutput
+from .packed_calls import apacked, packed_groups
 from .registry import ModelRegistry
 from .runtime import LoopThread, shared_loop
 from .spend import SpendLimit, using_limit
@@ -100,10 +101,10 @@ class Engine:
             return await compute()
         output = await self.cache.get_or_compute(key, compute)
         if output.cached:
-            self._record_hit(model, key, output, context)
+            self.record_hit(model, key, output, context)
         return output
 
-    def _record_hit(self, model: Model, key: str, output: ModelOutput, context: dict | None) -> None:
+    def record_hit(self, model: Model, key: str, output: ModelOutput, context: dict | None) -> None:
         saved = output.saved_cost_usd
         model.metrics.record(output)
         if self.log.sinks:
@@ -130,7 +131,7 @@ class Engine:
 
     def map_unordered(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, window: int = 256,
                       context: dict | None = None,
-                      spend_limit: SpendLimit | None = None) -> Iterator[tuple[Any, ModelOutput]]:
+                      spend_limit: SpendLimit | None = None, _call=None) -> Iterator[tuple[Any, ModelOutput]]:
         """Yield (tag, output) as calls complete, with at most ``window`` in flight.
 
         ``spend_limit``: as in ``acall``, shared by every call of the map (and whoever else uses it).
@@ -147,9 +148,31 @@ class Engine:
         results: queue.SimpleQueue = queue.SimpleQueue()
         in_flight = [0]  # shared with _pump, read by _settle
         try:
-            yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit)
+            yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit,
+                                  _call or self.acall)
         finally:
             self._settle(results, in_flight[0])
+
+    def map_packed(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, batch_size: int,
+                   window: int = 256, context: dict | None = None,
+                   spend_limit: SpendLimit | None = None) -> Iterator[tuple[Any, ModelOutput]]:
+        """``map_unordered`` whose inputs go ``batch_size`` at a time into packed requests (batch.py).
+
+        Per row, as ``acall``: a cached key is a hit (not requested); each paid answer is journaled
+        before it is yielded; a failed row is a failed output. ``window`` counts rows in flight.
+        Packed requests and their fallback single calls go to the model itself, not its failover chain.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        groups = packed_groups(iter(items), batch_size)
+        for _tags, rows in self.map_unordered(model_name, groups, window=max(1, window // batch_size),
+                                              context=context, spend_limit=spend_limit, _call=self._apacked):
+            yield from rows
+
+    async def _apacked(self, model_name: str, rows: list, *, context: dict | None = None,
+                       spend_limit: SpendLimit | None = None) -> list:
+        with using_limit(spend_limit):
+            return await apacked(self, self.model(model_name), rows, context)
 
     def _settle(self, results: queue.SimpleQueue, pending: int) -> None:
         """When the consumer stops early (an error, a full database): wait for the calls still in
@@ -164,7 +187,7 @@ class Engine:
             if time.monotonic() >= deadline:
                 return
 
-    def _pump(self, model_name, source, window, context, results, counter, spend_limit):
+    def _pump(self, model_name, source, window, context, results, counter, spend_limit, call):
         chunk_size = max(1, window // 4)
         in_flight = 0
         exhausted = False
@@ -175,7 +198,7 @@ class Engine:
                     exhausted = True
                     break
                 self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results,
-                                                    spend_limit)
+                                                    spend_limit, call)
                 in_flight += len(chunk)
                 counter[0] = in_flight
             if not in_flight:
@@ -194,12 +217,13 @@ class Engine:
                 yield tag, output
 
     def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue,
-                     spend_limit: SpendLimit | None = None) -> None:
+                     spend_limit: SpendLimit | None = None, call=None) -> None:
         """Runs on the loop thread: start one task per input; each reports to ``results``."""
+        call = call or self.acall
         loop = self.loop.loop
         batch = _ResultBatch(loop, results)
         for tag, inp in chunk:
-            task = loop.create_task(self.acall(model_name, inp, context=context, spend_limit=spend_limit))
+            task = loop.create_task(call(model_name, inp, context=context, spend_limit=spend_limit))
             task.add_done_callback(functools.partial(batch.report, tag))
 
     def close(self) -> None:

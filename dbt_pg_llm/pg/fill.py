@@ -10,7 +10,8 @@ in ``llm_results``:
 3. a server-side cursor streams the distinct ``(key, prompt)`` pairs not in ``llm_results``
    (valid and unexpired); each batch is *claimed* in ``llm_claims`` (``claims``) so concurrent
    runs never pay twice for a key; keys claimed by someone else are set aside;
-4. claimed keys stream through ``engine.map_unordered`` (bounded in flight); answers are written
+4. claimed keys stream through ``engine.map_unordered`` (bounded in flight; ``engine.map_packed``
+   when the column's or model's ``batch_size`` > 1 packs that many per request); answers are written
    with COPY in chunks as they arrive, on our own autocommit connection, so everything paid
    before a later failure is kept (and the engine journals every paid answer before returning);
    failures become dead letters in ``llm_errors``; successes resolve old dead letters;
@@ -36,6 +37,7 @@ requesting, writing, progress and the final report.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -302,9 +304,10 @@ class _Fill(_Claims):
             yield key, inp
 
     def _request(self, inputs: Iterable[tuple[str, ModelInput]]) -> None:
-        for key, output in self.engine.map_unordered(self.spec.model, self._remember_prompts(inputs),
-                                                     window=self.window, context=self.context,
-                                                     spend_limit=self.spend_limit):
+        size = self.spec.batch_size or getattr(self.model_config, "batch_size", 1)
+        send = functools.partial(self.engine.map_packed, batch_size=size) if size > 1 else self.engine.map_unordered
+        for key, output in send(self.spec.model, self._remember_prompts(inputs), window=self.window,
+                                context=self.context, spend_limit=self.spend_limit):
             self._on_output(key, output)
             if self._journal_error() is not None and self._results:
                 self._flush()  # not journaled: into llm_results before the next request goes out

@@ -27,7 +27,7 @@ __all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE"]
 
 KINDS = ("complete", "classify", "extract")
 SPEC_KEYS = ("kind", "prompt_sql", "system", "model", "max_tokens", "temperature", "labels", "instructions",
-             "schema", "name", "mode")
+             "schema", "name", "mode", "batch_size")
 # The simulator (and good practice) recognise exactly these phrases.
 CLASSIFY_PHRASE = "Answer with exactly one of these labels and nothing else: "
 EXTRACT_PHRASE = "Reply with JSON only, matching this JSON schema: "
@@ -48,6 +48,7 @@ class ColumnSpec:
     schema: Any = None  # JSON schema (extract); a dict, kept as given
     name: str | None = None  # the output column, when the caller puts it in the spec
     mode: str | None = None  # "batch" | "normal" | None (the model's batch policy decides); not in the key
+    batch_size: int | None = None  # rows packed per request (None: the model's batch_size); not in the key
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | "ColumnSpec", default_model: str | None = None,
@@ -118,13 +119,18 @@ class ColumnSpec:
         if mode is not None and mode not in COLUMN_MODES:
             problems.append(f"{path}.mode: {mode!r} is not a mode; use 'batch' (provider batch API, half price, "
                             "answers within 24 h) or 'normal', or leave it out to follow the model's batch setting")
+        batch_size = data.get("batch_size")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            problems.append(f"{path}.batch_size: {batch_size!r} must be a whole number >= 1, e.g. 16 to pack 16 "
+                            "short prompts per request (1 = one request per prompt)")
         if problems:
             raise ConfigError(problems, context="LLM column spec")
         return cls(kind=kind, prompt_sql=prompt_sql, model=model, system=system, max_tokens=max_tokens,
                    temperature=temperature, labels=tuple(labels) if kind == "classify" else (),
                    instructions=instructions,
                    schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name,
-                   mode=mode)
+                   mode=mode, batch_size=batch_size)
 
     @property
     def system_message(self) -> str | None:
