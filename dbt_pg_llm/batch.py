@@ -96,16 +96,20 @@ async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None =
         parsed = unpack_answer(answer.text, len(indexes), first.response_format) if answer.ok else [None] * len(indexes)
         shares = _split(answer.tokens, len(indexes))
         cost_share = answer.cost_usd / len(indexes)
+        # the packed request's attempts count on its first row only: the rows' attempts sum to the
+        # HTTP requests really sent (the fill reports them as requests)
+        sent = {index: answer.attempts if k == 0 else 0 for k, index in enumerate(indexes)}
         for index, item, tokens in zip(indexes, parsed, shares):
             if item is not None:
                 outputs[index] = ModelOutput(
                     text=item[0], value=item[1], model=answer.model, latency_ms=answer.latency_ms,
-                    tokens=tokens, cost_usd=cost_share, truncated=answer.truncated, attempts=answer.attempts)
+                    tokens=tokens, cost_usd=cost_share, truncated=answer.truncated, attempts=sent[index])
         retry = [(i, tokens) for i, tokens in zip(indexes, shares) if outputs[i] is None]
         await _gather_or_loop([single(i) for i, _ in retry], batch.parallel)
         for index, tokens in retry:  # the packed request was paid for these rows too
             out = outputs[index]
-            outputs[index] = replace(out, tokens=out.tokens + tokens, cost_usd=out.cost_usd + cost_share)
+            outputs[index] = replace(out, tokens=out.tokens + tokens, cost_usd=out.cost_usd + cost_share,
+                                     attempts=out.attempts + sent[index])
 
     jobs = []
     if batch.batch_size > 1:

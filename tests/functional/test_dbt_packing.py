@@ -63,6 +63,8 @@ def test_batch_size_packs_requests_with_the_same_labels_and_cost(pack_project, s
     assert requests_16 <= ROWS / 12, requests_16
     assert packed == unpacked
     assert ledger > 0 and audit_cost == pytest.approx(ledger, rel=0, abs=ROUNDING)
+    runs = project.scalar(f'select requests from "{project.audit}".llm_runs')
+    assert runs == requests_16  # the HTTP requests really sent, not one per row
     calls = project.scalar(f'select coalesce(sum(cost_usd), 0) from "{project.audit}".llm_calls where not cached')
     assert float(calls) == pytest.approx(ledger, rel=0, abs=ROUNDING)
     simulator.reset()
