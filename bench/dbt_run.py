@@ -72,7 +72,7 @@ def _project(root: Path, source: str) -> None:
         "{{ pg_llm.llm_enrich('select id, body from " + source + "', {'summary': pg_llm.complete('body')}) }}\n")
 
 
-def _dbt(root: Path, env: dict, *args: str, py_spy: str | None = None) -> float:
+def dbt_command(root: Path, env: dict, *args: str, py_spy: str | None = None) -> float:
     """Wall time of one dbt command (in its own process, as a user runs it); under py-spy when asked."""
     prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o", py_spy, "--"] \
         if py_spy else []
@@ -108,9 +108,9 @@ def main(argv=None) -> int:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
                        LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
-            plain = _dbt(root, env, "run", "-s", "plain")
+            plain = dbt_command(root, env, "run", "-s", "plain")
             sim.reset()
-            enriched = _dbt(root, env, "run", "-s", "enriched",
+            enriched = dbt_command(root, env, "run", "-s", "enriched",
                             py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
             stats = sim.stats()
             audit_tokens, audit_cost = db.audit_totals(env["LLM_AUDIT_SCHEMA"])
