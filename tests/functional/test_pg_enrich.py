@@ -673,3 +673,35 @@ def test_the_fill_keeps_the_models_concurrency_in_flight_beyond_256(db, pg_conn,
         engine.close()
     assert rep.errors == 0 and sim.stats()["requests"] == 800
     assert sim.stats()["max_in_flight"] > 256
+
+
+def test_packed_fill_dead_letters_a_failing_row_journals_the_rest_and_reruns_nothing(db, pg_conn, sim):
+    """batch_size 16: a row the server refuses fails its packed request, the fallback single calls
+    answer its 15 neighbours and dead-letter it alone; every answer is in the journal; cost adds up."""
+    connect, schema, audit = db
+    prompts = [f"review {i} was {'good' if i % 2 else 'bad'}" for i in range(31)] + ["review 31 [[fault:400]]"]
+    source = make_source(pg_conn, schema, prompts)
+    s = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body", "labels": ["positive", "negative"],
+                              "batch_size": 16}, default_model="sim")
+    sim.configure(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT)
+    engine = make_engine(sim, cost=True)
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("run-p", "model.p.packed"))
+        stats = sim.stats()
+        assert stats["requests"] == 2 + 16  # two packed requests, then single calls for the failed one's group
+        assert (rep.errors, rep.requests_sent) == (1, 18)
+        errors = q(pg_conn, f'select key, error_kind from "{audit}".llm_errors')
+        assert errors == [(cache_key(s.fingerprint(engine.registry.get("sim").config), prompts[-1]), "invalid_input")]
+        keys = [k for k, in q(pg_conn, f'select key from "{audit}".llm_results')]
+        assert len(keys) == 31 and all(engine.cache.get(k) is not None for k in keys)  # journaled too
+        labels = dict(q(pg_conn, f'select prompt, output_text from "{audit}".llm_results'))
+        calls = q(pg_conn, f'select coalesce(sum(cost_usd), 0) from "{audit}".llm_calls where not cached')[0][0]
+        assert float(calls) == pytest.approx(stats["cost_usd"], abs=1e-9)
+        sim.reset()
+        again = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("run-q", "model.p.packed"))
+        assert sim.stats()["requests"] == 1 and again.cache_hits == 31  # only the dead letter is asked again
+        unpacked = {p: engine.call("sim", s.model_input(p), use_cache=False).text for p in prompts[:31]}
+        assert labels == unpacked  # the labels one request per row gives
+    finally:
+        sim.configure(cost_per_1k_input=0.0, cost_per_1k_output=0.0)
+        engine.close()
