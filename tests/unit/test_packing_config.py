@@ -34,3 +34,12 @@ def test_column_batch_size_is_validated_and_not_in_the_key():
     assert packed.fingerprint(config) == ColumnSpec.from_dict(spec).fingerprint(config)
     assert request_key(config.replace(batch_size=16), packed.model_input("x")) == \
         request_key(config, ColumnSpec.from_dict(spec).model_input("x"))
+
+
+def test_profile_batch_size_problem_names_the_llm_key_path():
+    from dbt_pg_llm.settings import LlmSettings
+
+    with pytest.raises(ConfigError, match=r"llm\.models\.m\.batch_size: 0 must be a whole number >= 1"):
+        LlmSettings.from_dict({"default_model": "m", "models": {"m": {**BASE, "batch_size": 0}}})
+    assert LlmSettings.from_dict({"default_model": "m", "models": {"m": {**BASE, "batch_size": 16}}}) \
+        .models["m"].batch_size == 16
