@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..errors import ErrorKind, redact
+from .batch_store import in_open_batch_sql
 from .join import _fresh
 from .migrations import ensure_call_partitions
 
@@ -141,17 +142,28 @@ class _Claims:
 
     def _drop_answered(self, keys: list[str]) -> list[str]:
         """Keys just claimed may have been answered by the previous claimer in between (it writes
-        the result before releasing its claim): release and skip those."""
+        the result before releasing its claim), or be in a provider batch it submitted meanwhile
+        (batch_fill records the batch before releasing): release and skip those."""
         if not keys:
             return keys
-        with self.reader.cursor() as cur:
-            cur.execute(f"select key from {self.q}.llm_results r where r.key = any(%s::text[]) and {_fresh('r')}",
-                        (keys,))
-            answered = {row[0] for row in cur.fetchall()}
+        answered, batched = self._settled(keys)
+        if answered or batched:
+            self._release(answered + batched)
         if answered:
-            self._release(list(answered))
-            self._log_late_hits(list(answered))
-        return [k for k in keys if k not in answered]
+            self._log_late_hits(answered)
+        gone = set(answered) | set(batched)
+        return [k for k in keys if k not in gone]
+
+    def _settled(self, keys: list[str]) -> tuple[list[str], list[str]]:
+        """(answered, in an open provider batch) among ``keys``: no request of ours is needed for either."""
+        with self.reader.cursor() as cur:
+            cur.execute(f"""
+                select u.k, exists (select 1 from {self.q}.llm_results r where r.key = u.k and {_fresh('r')})
+                from unnest(%s::text[]) u(k)
+                where exists (select 1 from {self.q}.llm_results r where r.key = u.k and {_fresh('r')})
+                   or {in_open_batch_sql(self.schema, 'u.k')}""", (keys,))
+            rows = cur.fetchall()
+        return [k for k, done in rows if done], [k for k, done in rows if not done]
 
     def _release(self, keys: list[str]) -> None:
         if not keys:
@@ -195,15 +207,11 @@ class _Claims:
             if self.report.stopped == "error":
                 return  # failing anyway: don't wait
             self._flush()
-            keys = list(self.waiting)
-            with self.reader.cursor() as cur:
-                cur.execute(f"select key from {self.q}.llm_results r where r.key = any(%s::text[]) and {_fresh('r')}",
-                            (keys,))
-                done = [row[0] for row in cur.fetchall()]
+            done, batched = self._settled(list(self.waiting))
             if done:
                 self._log_late_hits(done)
-                for key in done:
-                    self.waiting.pop(key, None)
+            for key in done + batched:  # a key the other run put in a provider batch is that batch's now
+                self.waiting.pop(key, None)
             if not self.waiting:
                 return
             mine = self._take_over(list(self.waiting))

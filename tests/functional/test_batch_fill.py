@@ -369,3 +369,48 @@ def test_a_batch_reserves_its_worst_case_from_the_run_cap_or_is_not_submitted(db
     finally:
         conn.close()
     assert held >= worst * (big.pending_keys / len(texts)) - 1e-12
+
+
+def test_keys_another_run_moves_from_its_claims_into_a_batch_are_not_taken_over_and_paid(db, pg_conn, bsim):
+    """The race behind two concurrent runs: run B finds keys claimed by run A (not in a batch yet) and
+    waits; A then records its batch and releases the claims. B must leave those keys to the batch,
+    not take them over and pay for them with normal requests."""
+    from dbt_pg_llm.keys import key_sql
+    from dbt_pg_llm.pg.migrations import ensure_migrated
+
+    engine = make_engine(bsim)
+    texts = prompts(5, "race")
+    source = make_source(pg_conn, pg_conn.schema, texts)
+    connect, _, audit = db
+    fingerprint = SPEC.fingerprint(engine.model("sim").config)
+    holder = connect()  # run A: a live session holding the claims
+    holder.autocommit = True
+    ensure_migrated(holder, audit)
+    with holder.cursor() as cur:
+        cur.execute(f"select distinct {key_sql(fingerprint, 'body')} from {source}")
+        keys = [row[0] for row in cur.fetchall()]
+        cur.executemany(f"""insert into "{audit}".llm_claims (key, run_id, claimed_at, heartbeat_at, claim_token,
+                                                              backend_pid)
+                            values (%s, 'run-a', now(), now(), 'token-a', pg_backend_pid())""", [(k,) for k in keys])
+
+    def a_records_its_batch_then_releases():
+        time.sleep(1.0)
+        with holder.cursor() as cur:
+            cur.execute(f"""insert into "{audit}".llm_batches (batch_uid, provider, model, fingerprint, spec, status,
+                                                               key_count)
+                            values ('uid-a', 'openai', 'sim', %s, '{{}}'::jsonb, 'in_progress', %s)""",
+                        (fingerprint, len(keys)))
+            cur.executemany(f"""insert into "{audit}".llm_batch_keys (batch_uid, custom_id, key)
+                                values ('uid-a', %s, %s)""", [(f"c{i}", k) for i, k in enumerate(keys)])
+            cur.execute(f"""delete from "{audit}".llm_claims where claim_token = 'token-a'""")
+
+    a = threading.Thread(target=a_records_its_batch_then_releases)
+    a.start()
+    try:
+        b = fill_column_batched(connect, engine, source, SPEC, policy=None, audit_schema=audit,
+                                run=RunContext(run_id="run-b", node_id="model.t.m"), claim_timeout_s=60)
+    finally:
+        a.join(10)
+        holder.close()
+    assert bsim.stats()["requests"] == 0  # B paid nothing: the keys are run A's batch's
+    assert b.report.errors == 0
