@@ -25,9 +25,10 @@ to the requests that are left; ``record_rate_limited(retry_after)`` holds new re
 as a 429 asked, so the other requests in the queue do not each earn their own 429.
 
 Design: pure asyncio, one event loop. The uncontended path takes no lock, creates no future and
-never yields to the loop. Waiters queue in a deque of futures; only the head of the queue waits on
-the resources (sleeping for a bucket to refill, or for a release), so arrival order is kept and a
-big request at the head is not starved by small ones behind it.
+never yields to the loop. Waiters queue in a deque of futures; whoever frees a resource (a release,
+a raised limit, the one refill timer) admits as many waiters from the head as now fit, in arrival
+order, and stops at the first that does not fit, so a big request at the head is not starved by
+small ones behind it.
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ class RequestPool:
         self._in_flight = 0
         self._successes = 0
         self._last_decrease: float | None = None
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
-        self._wake: asyncio.Future | None = None  # the head waiter waits on it for a free slot
+        self._waiters: collections.deque[tuple[asyncio.Future, int]] = collections.deque()  # (future, tokens)
+        self._timer: asyncio.Task | None = None  # wakes the queue when the head's rate budget refills
         self._hold_until = 0.0  # no request starts before this clock time (a spent provider budget)
         self.rate_limited_count = 0
 
@@ -208,51 +209,74 @@ class RequestPool:
         if not self._waiters and self._in_flight < self._limit and self._rate_delay(tokens) == 0.0:
             self._take(tokens)  # fast path: no queue, no await
             return
-        loop = asyncio.get_running_loop()
-        me = loop.create_future()
-        self._waiters.append(me)
+        me = asyncio.get_running_loop().create_future()
+        self._waiters.append((me, tokens))
+        self._dispatch()
         try:
-            if self._waiters[0] is not me:
-                await me  # resolved by _promote when we reach the head of the queue
-            while True:
-                if self._in_flight >= self._limit:
-                    self._wake = loop.create_future()
-                    await self._wake
-                    continue
-                delay = self._rate_delay(tokens)
-                if delay > 0.0:
-                    await self._sleep(delay)
-                    continue
-                break
+            await me  # resolved by _dispatch once this request has been admitted (its slot taken)
         except BaseException:
-            was_head = bool(self._waiters) and self._waiters[0] is me
-            try:
-                self._waiters.remove(me)
-            except ValueError:
-                pass
-            if was_head:
-                self._promote()
+            if me.done() and not me.cancelled():  # admitted, then cancelled before it could start
+                self._give_back(tokens)
+            else:
+                try:
+                    self._waiters.remove((me, tokens))
+                except ValueError:
+                    pass
+            self._dispatch()  # it may have been the head holding the others back
             raise
-        self._take(tokens)
-        self._waiters.popleft()
-        self._promote()
 
-    def _promote(self) -> None:
-        """Tell the (new) head of the queue that it is the head."""
-        if self._waiters:
-            head = self._waiters[0]
-            if not head.done():
-                head.set_result(None)
+    def _dispatch(self) -> None:
+        """Admit waiters from the head of the queue while a slot and the rate budgets allow.
+
+        Admission happens here, in the releasing code, for as many waiters as fit: each admitted
+        waiter only has to resume. (A queue whose head admits itself and then wakes the next one
+        admits one request per event-loop iteration: measured, it kept ~200 of 256 slots busy at
+        2,000 requests/s while hundreds waited.)"""
+        waiters = self._waiters
+        while waiters:
+            future, tokens = waiters[0]
+            if future.done():  # cancelled while waiting
+                waiters.popleft()
+                continue
+            if self._in_flight >= self._limit:
+                return
+            delay = self._rate_delay(tokens)
+            if delay > 0.0:
+                self._wake_after(delay)
+                return
+            waiters.popleft()
+            self._take(tokens)
+            future.set_result(None)
+        if self._timer is not None:  # nobody left to wake
+            self._timer.cancel()
+            self._timer = None
+
+    def _wake_after(self, delay: float) -> None:
+        """One timer at a time: the head of the queue waits for a bucket or a provider's hold."""
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.get_running_loop().create_task(self._sleep_then_dispatch(delay))
+
+    async def _sleep_then_dispatch(self, delay: float) -> None:
+        await self._sleep(delay)
+        self._timer = None
+        self._dispatch()
+
+    def _give_back(self, tokens: int) -> None:
+        """Undo ``_take`` for a request admitted but never started."""
+        if self._rpm is not None:
+            self._rpm.tokens = min(self._rpm.capacity, self._rpm.tokens + 1)
+        if self._tpm is not None and tokens > 0:
+            self._tpm.tokens = min(self._tpm.capacity, self._tpm.tokens + tokens)
+        self._release()
 
     def _notify(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._waiters:
+            self._dispatch()
 
     def _release(self) -> None:
         self._in_flight -= 1
         if self._waiters:
-            self._notify()
+            self._dispatch()
 
     def __repr__(self) -> str:
         return (f"RequestPool(limit={self._limit}/{self.max_concurrency}, in_flight={self._in_flight}, "
