@@ -1,8 +1,8 @@
-"""What every provider shares: the HTTP client, the result shape, and HTTP-error classification.
+"""What every provider shares: the wire (wire.py), the result shape, and HTTP-error classification.
 
 One provider per wire protocol (openai.py, anthropic.py). A provider turns a ModelInput into one HTTP
 request and the answer into a ProviderResult, or raises ModelError with the right kind. It never
-retries: RetryPolicy (retry.py) is the only retry layer, and the transport is built with retries=0.
+retries: RetryPolicy (retry.py) is the only retry layer; the wire underneath retries nothing.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import httpx
 
@@ -20,9 +20,9 @@ from ..errors import ErrorKind, ModelError, redact
 from ..model_io import ModelInput
 from .features import ModelFeatures
 from .rate_limits import RateLimitState, rate_limit_state, retry_after_seconds
+from .wire import TRANSPORT_ERRORS, WireResponse, wire_for
 
-__all__ = ["ProviderResult", "Provider", "make_client", "make_transport", "classify_http_error",
-           "classify_transport_error"]
+__all__ = ["ProviderResult", "Provider", "classify_http_error", "classify_transport_error"]
 
 logger = logging.getLogger("dbt_pg_llm")
 
@@ -43,27 +43,7 @@ class ProviderResult:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def make_transport(config: ModelConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncBaseTransport:
-    """``transport`` (a test's), or the aiohttp transport (measured far faster than httpx's own pool at
-    high concurrency) with its pool sized to the model's concurrency and no retries underneath ours."""
-    if transport is not None:
-        return transport
-    from httpx_aiohttp import AiohttpTransport
-
-    return AiohttpTransport(limits=_limits(config), retries=0)
-
-
-def make_client(config: ModelConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """An httpx client on ``make_transport``'s transport, with the model's timeout."""
-    return httpx.AsyncClient(transport=make_transport(config, transport),
-                             timeout=httpx.Timeout(config.timeout_ms / 1000.0), limits=_limits(config))
-
-
-def _limits(config: ModelConfig) -> httpx.Limits:
-    return httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency)
-
-
-def classify_http_error(status: int, body: bytes, headers: httpx.Headers, model: str) -> ModelError:
+def classify_http_error(status: int, body: bytes, headers: Mapping[str, str], model: str) -> ModelError:
     """Map a non-2xx answer to a ModelError: 429 rate limits are recoverable, quota/400/401/403 are not."""
     message, err_type = _error_message(body)
     short = f"HTTP {status}: {message}" if message else f"HTTP {status}"
@@ -131,9 +111,9 @@ def _causes(exc: BaseException):
 
 
 def classify_transport_error(exc: Exception, model: str, timeout_ms: int, url: str | None = None) -> ModelError:
-    """A request that got no HTTP answer. httpx-aiohttp maps every aiohttp connection error to
-    ConnectTimeout, so the cause chain decides: could not connect (refused, DNS, TLS) is reported at
-    once as such, a dropped connection as a connection error, and only a real wait as a timeout."""
+    """A request that got no HTTP answer (an aiohttp or httpx error). The cause chain decides: could
+    not connect (refused, DNS, TLS) is reported at once as such, a dropped connection as a
+    connection error, and only a real wait as a timeout."""
     chain = list(_causes(exc))
     names = {type(e).__name__ for e in chain}
     where = f" to {redact(url)}" if url else ""
@@ -147,18 +127,8 @@ def classify_transport_error(exc: Exception, model: str, timeout_ms: int, url: s
     return ModelError(ErrorKind.API, f"connection error{where} ({type(exc).__name__}: {detail[:200]})", model=model)
 
 
-def _parsed(url: str) -> "httpx.URL | str":
-    """The endpoint parsed once: httpx parses a str URL on every request (a measurable share of the
-    per-request CPU at thousands of requests per second). An unparsable URL stays a str, so the
-    request fails as before, with the transport error naming it."""
-    try:
-        return httpx.URL(url)
-    except (httpx.InvalidURL, TypeError):
-        return url
-
-
 class Provider:
-    """Base: owns one httpx client per event loop (aiohttp sessions are bound to their loop).
+    """Base: sends through its wire (wire.py: aiohttp, or an injected httpx transport).
 
     ``complete(inp)`` sends one request and returns its answer or raises ModelError. When the
     server rejects an optional feature of it with a 400 (logprobs, a structured-output method; see
@@ -172,12 +142,9 @@ class Provider:
     def __init__(self, config: ModelConfig, model_name: str, transport: httpx.AsyncBaseTransport | None = None):
         self.config = config
         self.model_name = model_name
-        self._transport = transport
-        self._clients: dict[int, httpx.AsyncClient] = {}
-        self._transports: dict[int, httpx.AsyncBaseTransport] = {}  # each client's, by loop
-        self._timeout = {"timeout": httpx.Timeout(config.timeout_ms / 1000.0).as_dict()}  # a request extension
+        self._wire = wire_for(config, transport)
         self.url = self.endpoint_url(config.base_url or "")
-        self._request_url = _parsed(self.url)
+        self._headers: dict[str, str] | None = None  # built on first use: the config never changes
         self.features = ModelFeatures(config.logprobs, config.structured_output, self.family)
         self.rate_observer: Callable[[RateLimitState], None] | None = None
         self._usage_warned = False
@@ -195,32 +162,10 @@ class Provider:
     def parse_body(self, data: dict, status: int, used: dict) -> ProviderResult:  # pragma: no cover
         raise NotImplementedError
 
-    def client(self) -> httpx.AsyncClient:
-        loop_id = id(asyncio.get_running_loop())
-        client = self._clients.get(loop_id)
-        if client is None:
-            transport = self._transports[loop_id] = make_transport(self.config, self._transport)
-            client = self._clients[loop_id] = make_client(self.config, transport)
-        return client
-
-    async def _send(self, content: bytes) -> httpx.Response:
-        """POST ``content`` through this loop's client's transport and read the answer.
-
-        The request goes straight to the transport, not through ``AsyncClient.post``: the client's
-        per-request work (merging URL, headers, cookies and params, auth and redirect flows) cost
-        about 0.15 ms of CPU per request -- half of what httpx adds over aiohttp -- and none of it
-        applies here (one fixed URL, no cookies, no redirects, no auth flow, the timeout set as
-        the request extension the client would set)."""
-        self.client()
-        transport = self._transports[id(asyncio.get_running_loop())]
-        request = httpx.Request("POST", self._request_url, content=content, headers=self.headers(),
-                                extensions=self._timeout)
-        response = await transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+    async def _send(self, content: bytes) -> WireResponse:
+        if self._headers is None:
+            self._headers = self.headers()
+        return await self._wire.post(self.url, content, self._headers)
 
     async def complete(self, inp: ModelInput) -> ProviderResult:
         while True:  # at most once per droppable feature: each adaptation removes one for good
@@ -239,7 +184,7 @@ class Provider:
         content_bytes = json.dumps(body, ensure_ascii=False).encode("utf-8")
         try:
             response = await self._send(content_bytes)
-        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise classify_transport_error(exc, self.model_name, self.config.timeout_ms, self.url) from None
         self._observe(response.headers)
         content = response.content
@@ -261,7 +206,7 @@ class Provider:
                            "and cost 0 (budgets and costs cannot count them)", self.model_name)
         return result
 
-    def _observe(self, headers: httpx.Headers) -> None:
+    def _observe(self, headers: Mapping[str, str]) -> None:
         if self.rate_observer is not None:
             state = rate_limit_state(headers)
             if state is not None:
@@ -275,9 +220,4 @@ class Provider:
                              model=self.model_name) from None
 
     async def aclose(self) -> None:
-        clients, self._clients, self._transports = list(self._clients.values()), {}, {}
-        for client in clients:
-            try:
-                await client.aclose()
-            except RuntimeError:  # its loop is gone; nothing left to close
-                pass
+        await self._wire.aclose()

@@ -182,3 +182,19 @@ def test_simulated_sentiment_follows_obvious_words(simulator):
     label = lambda text: engine.call("s", ModelInput(text, system_message=system, response_format=fmt)).value
     assert label("Regret buying this. It broke after two days.") == "negative"
     assert label("Exceeded my expectations, I love it.") == "positive"
+
+
+def test_requests_go_through_the_proxy_the_environment_names_unless_no_proxy_exempts_the_host(keyed_sim, monkeypatch):
+    """HTTPS_PROXY / HTTP_PROXY / NO_PROXY are honoured as httpx honours them (looked up once per URL):
+    the simulator stands in for the proxy of a host that does not exist."""
+    monkeypatch.setenv("HTTP_PROXY", keyed_sim.base_url.rsplit("/v1", 1)[0])
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = model_for(keyed_sim, api_url="http://llm.invalid/v1", retry={"max_retries": 0})
+    out = proxied.call(ModelInput("Summarize: through the proxy"))
+    assert out.ok, out.error_message
+    assert keyed_sim.stats()["by_prompt_sha256"][sha("Summarize: through the proxy")] == 1
+    monkeypatch.setenv("NO_PROXY", "llm.invalid")
+    direct = model_for(keyed_sim, api_url="http://llm.invalid/v1", retry={"max_retries": 0})
+    out = direct.call(ModelInput("Summarize: not through the proxy"))
+    assert not out.ok and "could not connect" in out.error_message
