@@ -1,14 +1,19 @@
 """What the bench scripts share: prices on both sides of the ledger, an embedded database with a
-source table, the audit's totals, and the ledger comparison every bench prints."""
+source table, the audit's totals, the ledger comparison every bench prints, and a temporary dbt
+project (profile ``type: pg_llm``) run by ``dbt`` in a process of its own."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-__all__ = ["PRICE_IN", "PRICE_OUT", "sim_args", "BenchDatabase", "ledger_matches"]
+__all__ = ["PRICE_IN", "PRICE_OUT", "sim_args", "BenchDatabase", "ledger_matches", "PROFILE", "PROJECT",
+           "write_dbt_project", "enriched_model", "dbt_env", "dbt_command"]
 
 PRICE_IN, PRICE_OUT = 0.15, 0.6  # $ per 1k tokens, in the simulator and the model config alike
 
@@ -76,3 +81,81 @@ class BenchDatabase:
 def ledger_matches(stats: dict, tokens: int, cost: float) -> bool:
     """The simulator's ledger (``stats``) equals our tokens and cost."""
     return stats["prompt_tokens"] + stats["completion_tokens"] == tokens and abs(stats["cost_usd"] - cost) < 1e-6
+
+
+PROFILE = """bench:
+  target: dev
+  outputs:
+    dev:
+      type: pg_llm
+      host: "{{ env_var('PGHOST') }}"
+      port: "{{ env_var('PGPORT') | as_number }}"
+      user: "{{ env_var('PGUSER') }}"
+      password: "{{ env_var('PGPASSWORD', '') }}"
+      dbname: "{{ env_var('PGDATABASE') }}"
+      schema: "{{ env_var('DBT_SCHEMA') }}"
+      threads: 1
+      llm:
+        default_model: sim
+        audit_schema: "{{ env_var('LLM_AUDIT_SCHEMA') }}"
+        journal_dir: "{{ env_var('LLM_JOURNAL_DIR') }}"
+        on_error: "null"
+        models:
+          sim:
+            provider: openai
+            api_url: "{{ env_var('LLM_API_URL') }}"
+            api_key: "{{ env_var('DBT_ENV_SECRET_LLM_API_KEY') }}"
+            model_version: sim-1
+            max_tokens: 64
+            max_concurrency: "{{ env_var('LLM_CONCURRENCY') | as_number }}"
+            timeout_ms: 30000
+            cost_per_1k_input_tokens: %(in)s
+            cost_per_1k_output_tokens: %(out)s
+""" % {"in": PRICE_IN, "out": PRICE_OUT}
+
+PROJECT = """name: bench
+version: "1.0"
+config-version: 2
+profile: bench
+model-paths: ["models"]
+"""
+
+
+def write_dbt_project(root: Path, models: dict[str, str]) -> None:
+    """A dbt project in ``root`` (profiles.yml beside dbt_project.yml) with ``models`` (name -> SQL)."""
+    (root / "models").mkdir(parents=True)
+    (root / "dbt_project.yml").write_text(PROJECT)
+    (root / "profiles.yml").write_text(PROFILE)
+    for name, sql in models.items():
+        (root / "models" / f"{name}.sql").write_text(sql)
+
+
+def enriched_model(source: str) -> str:
+    """The SQL of a model enriching ``source`` (id, body) with ``summary`` = pg_llm.complete('body')."""
+    return "{{ pg_llm.llm_enrich('select id, body from " + source + "', {'summary': pg_llm.complete('body')}) }}\n"
+
+
+def dbt_env(db: BenchDatabase, sim_url: str, **extra: str) -> dict:
+    """The environment PROFILE reads: ``db``'s server and bench schema, the simulator at ``sim_url``;
+    ``extra`` sets (or leaves to the caller) LLM_AUDIT_SCHEMA, LLM_JOURNAL_DIR, LLM_CONCURRENCY."""
+    info = db.info
+    return {**os.environ, "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
+            "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname, "DBT_SCHEMA": db.schema,
+            "LLM_API_URL": sim_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key",
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **extra}
+
+
+def dbt_command(root: Path, env: dict, *args: str, py_spy: str | None = None,
+                program: list[str] | None = None) -> float:
+    """Wall time of one dbt command in its own process, as a user runs it: the ``dbt`` executable, or
+    ``program`` (argv taking dbt's arguments after it); under py-spy when asked."""
+    prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o", py_spy, "--"] \
+        if py_spy else []
+    t0 = time.perf_counter()
+    done = subprocess.run([*prefix, *(program or [str(Path(sys.executable).parent / "dbt")]), *args,
+                           "--project-dir", str(root), "--profiles-dir", str(root)],
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"dbt {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
+    return wall

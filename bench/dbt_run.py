@@ -14,75 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import PRICE_IN, PRICE_OUT, BenchDatabase, ledger_matches, sim_args
+from common import BenchDatabase, dbt_command, dbt_env, enriched_model, ledger_matches, sim_args, write_dbt_project
 
 from dbt_pg_llm.simulator import SimulatorProcess
-
-PROFILE = """bench:
-  target: dev
-  outputs:
-    dev:
-      type: pg_llm
-      host: "{{ env_var('PGHOST') }}"
-      port: "{{ env_var('PGPORT') | as_number }}"
-      user: "{{ env_var('PGUSER') }}"
-      password: "{{ env_var('PGPASSWORD', '') }}"
-      dbname: "{{ env_var('PGDATABASE') }}"
-      schema: "{{ env_var('DBT_SCHEMA') }}"
-      threads: 1
-      llm:
-        default_model: sim
-        audit_schema: "{{ env_var('LLM_AUDIT_SCHEMA') }}"
-        journal_dir: "{{ env_var('LLM_JOURNAL_DIR') }}"
-        on_error: "null"
-        models:
-          sim:
-            provider: openai
-            api_url: "{{ env_var('LLM_API_URL') }}"
-            api_key: "{{ env_var('DBT_ENV_SECRET_LLM_API_KEY') }}"
-            model_version: sim-1
-            max_tokens: 64
-            max_concurrency: "{{ env_var('LLM_CONCURRENCY') | as_number }}"
-            timeout_ms: 30000
-            cost_per_1k_input_tokens: %(in)s
-            cost_per_1k_output_tokens: %(out)s
-""" % {"in": PRICE_IN, "out": PRICE_OUT}
-
-PROJECT = """name: bench
-version: "1.0"
-config-version: 2
-profile: bench
-model-paths: ["models"]
-"""
-
-
-def _project(root: Path, source: str) -> None:
-    (root / "models").mkdir(parents=True)
-    (root / "dbt_project.yml").write_text(PROJECT)
-    (root / "profiles.yml").write_text(PROFILE)
-    (root / "models" / "plain.sql").write_text(f"select id, body from {source}\n")
-    (root / "models" / "enriched.sql").write_text(
-        "{{ pg_llm.llm_enrich('select id, body from " + source + "', {'summary': pg_llm.complete('body')}) }}\n")
-
-
-def dbt_command(root: Path, env: dict, *args: str, py_spy: str | None = None) -> float:
-    """Wall time of one dbt command (in its own process, as a user runs it); under py-spy when asked."""
-    prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o", py_spy, "--"] \
-        if py_spy else []
-    t0 = time.perf_counter()
-    done = subprocess.run([*prefix, str(Path(sys.executable).parent / "dbt"), *args, "--project-dir", str(root),
-                           "--profiles-dir", str(root)], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"dbt {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
-    return wall
 
 
 def main(argv=None) -> int:
@@ -99,19 +37,15 @@ def main(argv=None) -> int:
             tempfile.TemporaryDirectory() as tmp:
         source = db.source_table("source", args.rows, args.distinct, "Summarize review")
         root = Path(tmp) / "project"
-        _project(root, source)
-        info = db.info
-        env = {**os.environ, "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
-               "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname, "DBT_SCHEMA": db.schema,
-               "LLM_API_URL": sim.base_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key",
-               "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        write_dbt_project(root, {"plain": f"select id, body from {source}\n", "enriched": enriched_model(source)})
+        env = dbt_env(db, sim.base_url)
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
                        LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
             plain = dbt_command(root, env, "run", "-s", "plain")
             sim.reset()
             enriched = dbt_command(root, env, "run", "-s", "enriched",
-                            py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
+                               py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
             stats = sim.stats()
             audit_tokens, audit_cost = db.audit_totals(env["LLM_AUDIT_SCHEMA"])
             total, filled = db.execute(f"select count(*), count(summary) from {db.schema}.enriched")[0]

@@ -2,7 +2,7 @@
 
     python bench/packing.py [--prompts 16000] [--batch-size 16] [--latency-ms 20] [--concurrency 64]
 
-A temporary dbt project (bench/dbt_run.py's profile) against an embedded Postgres and the simulator
+A temporary dbt project (bench/common.py's profile) against an embedded Postgres and the simulator
 in its own process. Two runs of one model, ``pg_llm.classify('body', ..., batch_size=var('bs'))``,
 each on a fresh audit schema and journal: unpacked (no batch_size), then packed. Compares the
 simulator's requests, the labels row by row, and per run the ledger with the audit: llm_calls'
@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from common import BenchDatabase, ledger_matches, sim_args
-from dbt_run import PROFILE, PROJECT, dbt_command
+from common import BenchDatabase, dbt_command, dbt_env, ledger_matches, sim_args, write_dbt_project
 
 from dbt_pg_llm.simulator import SimulatorProcess
 
@@ -39,15 +37,8 @@ def main(argv=None) -> int:
             tempfile.TemporaryDirectory() as tmp:
         source = db.source_table("source", args.prompts, args.prompts, "Classify review")
         root = Path(tmp) / "project"
-        (root / "models").mkdir(parents=True)
-        (root / "dbt_project.yml").write_text(PROJECT)
-        (root / "profiles.yml").write_text(PROFILE)
-        (root / "models" / "labelled.sql").write_text(MODEL % source)
-        info = db.info
-        env = {**os.environ, "PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user,
-               "PGPASSWORD": info.password or "", "PGDATABASE": info.dbname, "DBT_SCHEMA": db.schema,
-               "LLM_API_URL": sim.base_url, "DBT_ENV_SECRET_LLM_API_KEY": "sim-key",
-               "LLM_CONCURRENCY": str(args.concurrency), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+        write_dbt_project(root, {"labelled": MODEL % source})
+        env = dbt_env(db, sim.base_url, LLM_CONCURRENCY=str(args.concurrency))
         for name, size in (("unpacked", None), ("packed", args.batch_size)):
             audit = db.new_schema("bench_audit")
             env.update(LLM_AUDIT_SCHEMA=audit, LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{name}"))
