@@ -62,11 +62,11 @@ def fill_child(args) -> int:
 class TracedPeak:
     """tracemalloc on; a poll keeps a snapshot of the highest traced size seen (the peak's holders)."""
 
-    def __init__(self, poll_s: float = 2.0):
+    def __init__(self, poll_s: float = 5.0):
         import tracemalloc
 
         self._tm, self._poll_s, self.snapshot, self._high = tracemalloc, poll_s, None, 0
-        tracemalloc.start(8)
+        tracemalloc.start(4)
         self._stop = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -80,7 +80,7 @@ class TracedPeak:
         self._stop.set()
         stats = (self.snapshot or self._tm.take_snapshot()).statistics("traceback")[:n]
         return [f"{s.size / 2**20:.1f} MB in {s.count} blocks at " + " <- ".join(
-            f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}" for f in s.traceback[:4]) for s in stats]
+            f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}" for f in reversed(s.traceback)) for s in stats]
 
 
 def dbt_child(out: str, argv: list[str]) -> int:
@@ -88,8 +88,9 @@ def dbt_child(out: str, argv: list[str]) -> int:
     top_n = 0
     if argv[:1] == ["--tracemalloc"]:
         top_n, argv = int(argv[1]), argv[2:]
-    traced = TracedPeak() if top_n else None
     from dbt.cli.main import dbtRunner
+
+    traced = TracedPeak() if top_n else None  # after dbt's imports: they hold no per-row state
 
     t0 = time.perf_counter()
     result = dbtRunner().invoke(argv)
