@@ -38,6 +38,14 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # kB on Linux
 
 
+def rss_parts_mb() -> dict:
+    """This process's resident memory now, split: anonymous (heap, stacks) vs file-backed (mapped
+    files: libraries, SQLite's mmap of the journal) vs shared memory."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {f"{name.lower()}_mb": round(int(fields[name].split()[0]) / 1024, 1)
+            for name in ("RssAnon", "RssFile", "RssShmem") if name in fields}
+
+
 def fill_child(args) -> int:
     """One fill, in this process; prints a JSON line with its peak RSS."""
     import psycopg2
@@ -55,7 +63,8 @@ def fill_child(args) -> int:
                          run=RunContext(run_id=f"bench-memory-{uuid.uuid4().hex[:6]}"), window=args.concurrency * 4)
     wall = time.perf_counter() - t0
     engine.close()
-    print(json.dumps({"peak_rss_mb": peak_rss_mb(), "wall_s": round(wall, 1), "errors": report.errors}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(), **rss_parts_mb(), "wall_s": round(wall, 1),
+                      "errors": report.errors}))
     return 0
 
 
@@ -94,7 +103,8 @@ def dbt_child(out: str, argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     result = dbtRunner().invoke(argv)
-    row = {"peak_rss_mb": peak_rss_mb(), "wall_s": round(time.perf_counter() - t0, 1), "success": result.success}
+    row = {"peak_rss_mb": peak_rss_mb(), **rss_parts_mb(), "wall_s": round(time.perf_counter() - t0, 1),
+           "success": result.success}
     if traced:
         row.update(traced_high_mb=round(traced._high / 2**20, 1), traced_top=traced.top(top_n))
     Path(out).write_text(json.dumps(row))

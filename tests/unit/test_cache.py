@@ -265,6 +265,44 @@ def test_journal_is_shared_across_processes(tmp_path):
     journal.close()
 
 
+def _journal_rss_growth_kb(directory, n, queue):
+    """Peak RSS growth (kB) of this process while journaling and re-reading ``n`` ~1 kB answers."""
+    def peak_kb():
+        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+        return int(status["VmHWM"].split()[0])
+
+    journal = DiskJournal(directory)
+    before = peak_kb()
+    for start in range(0, n, 500):
+        journal.set_many([(f"key-{i}", {"text": "answer " * 150, "i": i}) for i in range(start, start + 500)])
+    for i in range(n):
+        journal.get(f"key-{i}")
+    queue.put(peak_kb() - before)
+    journal.close()
+
+
+def test_journal_memory_stays_bounded_as_it_grows(tmp_path):
+    # diskcache's defaults (a 64 MB mmap of the file, a 32 MB page cache per connection) made the
+    # dbt process grow ~1 kB per journaled answer: +46 MB peak RSS at 50,000 answers (bench/memory.py)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_journal_rss_growth_kb, args=(str(tmp_path / "j"), 20_000, queue))
+    proc.start()
+    growth_kb = queue.get(timeout=120)
+    proc.join(60)
+    assert growth_kb < 10 * 1024, f"journaling 20,000 answers (~20 MB on disk) grew peak RSS by {growth_kb} kB"
+
+
+def test_journal_bounds_sqlite_memory_of_an_existing_journal(tmp_path):
+    import diskcache
+
+    directory = str(tmp_path / "j")
+    diskcache.Cache(directory).close()  # made with diskcache's defaults, which it stores in the file
+    journal = DiskJournal(directory)
+    assert (journal._cache.sqlite_mmap_size, journal._cache.sqlite_cache_size) == (0, 1024)
+    journal.close()
+
+
 def test_journal_put_cost(tmp_path):
     journal = DiskJournal(str(tmp_path / "j"))
     cache = ResultCache(journal)
