@@ -11,7 +11,8 @@ its own ``ru_maxrss``:
   audit schema and journal per size, so every distinct prompt is paid once. This is what users run.
   Once, before the sizes: ``dbt run -s plain`` (a plain SQL model: dbt's own footprint).
 - fill: ``fill_column`` alone in a child process (the engine without dbt), fresh audit schema.
-Per measurement the simulator's ledger is compared with the audit's tokens and cost.
+Per measurement the simulator's ledger is compared with the audit's tokens and cost, and the
+process's RSS at its end is split into anonymous and file-backed memory (/proc/self/status).
 ``--tracemalloc N`` makes each dbt wrapper print (stderr, kept in the JSON) the N biggest allocation
 sites of its traced peak (slow: for finding a leak, not for the figures).
 Targets: <= 250 MB at both sizes, 1M within 1.1x of 100k (the dbt process). ONE summary line.
