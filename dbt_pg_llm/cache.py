@@ -305,17 +305,42 @@ class ResultCache:
         self.backend.close()
 
     # -- single-flight ---------------------------------------------------------------------------
-    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
+    async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[ModelOutput]], *,
+                             detach: bool = True) -> ModelOutput:
+        """``detach=False``: the caller runs in a task of its own that nobody cancels (the engine's
+        map), so the computation runs in it directly instead of in a task of its own -- a task, a
+        shield and their callbacks less per call."""
         hit = self.get(key)
         if hit is not None:
             return hit
         task = self._inflight.get(key)
         if task is not None:
             return _shared_copy(await asyncio.shield(task))
+        if not detach:
+            return await self._compute_in_caller(key, compute)
         task = asyncio.ensure_future(self._compute_and_store(key, compute))
         self._inflight[key] = task
         task.add_done_callback(lambda t: self._forget(key, t))
         return await asyncio.shield(task)
+
+    async def _compute_in_caller(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
+        shared = self._inflight[key] = asyncio.get_running_loop().create_future()  # what joiners wait for
+        try:
+            output = await self._compute_and_store(key, compute)
+        except BaseException as exc:
+            if not shared.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    shared.cancel()
+                else:
+                    shared.set_exception(exc)
+                    shared.exception()  # retrieved: a failure nobody joined is not an "unretrieved" one
+            raise
+        else:
+            shared.set_result(output)
+            return output
+        finally:
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
 
     async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
         output = await compute()
@@ -331,7 +356,9 @@ class ResultCache:
 
     async def _store(self, key: str, output: ModelOutput) -> None:
         """Group commit: every answer finished in the same loop iteration is written in one
-        transaction on the next one; each caller resumes only once its answer is stored."""
+        transaction on the next one; each caller resumes only once its answer is stored. The
+        callers are computations nobody cancels (detached tasks, or the engine's map tasks), so
+        they await the shared future without a shield each."""
         entry = self._entry(output)
         if self._pending_writes is None:
             loop = asyncio.get_running_loop()
@@ -339,7 +366,7 @@ class ResultCache:
             loop.call_soon(self._flush_writes)
         items, written = self._pending_writes
         items.append((key, entry))
-        await asyncio.shield(written)
+        await written
 
     def _flush_writes(self) -> None:
         items, written = self._pending_writes
@@ -347,9 +374,11 @@ class ResultCache:
         try:
             self.backend.set_many(items)
         except Exception as exc:
-            written.set_exception(exc)
+            if not written.done():  # done: cancelled, the loop is stopping
+                written.set_exception(exc)
         else:
-            written.set_result(None)
+            if not written.done():
+                written.set_result(None)
 
     def _forget(self, key: str, task: asyncio.Future) -> None:
         if self._inflight.get(key) is task:

@@ -85,8 +85,15 @@ class Engine:
         with using_limit(spend_limit):
             return await self._acall(model_name, inp, context=context, use_cache=use_cache, key=key)
 
+    async def _map_call(self, model_name: str, inp: ModelInput, *, context: dict | None = None,
+                        spend_limit: SpendLimit | None = None) -> ModelOutput:
+        """``acall`` as the map's own tasks make it: nobody can cancel them (see _start_chunk), so
+        the cache computes in them directly (``detach=False``)."""
+        with using_limit(spend_limit):
+            return await self._acall(model_name, inp, context=context, use_cache=True, key=None, detach=False)
+
     async def _acall(self, model_name: str, inp: ModelInput, *, context: dict | None, use_cache: bool,
-                     key: str | None) -> ModelOutput:
+                     key: str | None, detach: bool = True) -> ModelOutput:
         model = self.model(model_name)
         inp = inp.with_defaults(model.config.temperature, model.config.max_tokens)
         key = key or request_key(model.config, inp)
@@ -99,7 +106,7 @@ class Engine:
 
         if self.cache is None or not use_cache:
             return await compute()
-        output = await self.cache.get_or_compute(key, compute)
+        output = await self.cache.get_or_compute(key, compute, detach=detach)
         if output.cached:
             self.record_hit(model, key, output, context)
         return output
@@ -149,7 +156,7 @@ class Engine:
         in_flight = [0]  # shared with _pump, read by _settle
         try:
             yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit,
-                                  _call or self.acall)
+                                  _call or self._map_call)
         finally:
             self._settle(results, in_flight[0])
 
@@ -219,7 +226,7 @@ class Engine:
     def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue,
                      spend_limit: SpendLimit | None = None, call=None) -> None:
         """Runs on the loop thread: start one task per input; each reports to ``results``."""
-        call = call or self.acall
+        call = call or self._map_call
         loop = self.loop.loop
         batch = _ResultBatch(loop, results)
         for tag, inp in chunk:

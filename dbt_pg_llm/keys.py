@@ -57,18 +57,32 @@ def fingerprint(*, provider: str, model_version: str, system_message: str | None
     return _sha256_hex(canonical_json(params))
 
 
+# fingerprint_of's memo: every row of a column shares one config and one response format, so the
+# canonical JSON and its hash are made once per column, not once per request. The entries hold the
+# config and format themselves, so an id in a key can never be reused by another object while its
+# entry exists; both are frozen dataclasses.
+_MEMO: dict[tuple, tuple] = {}
+_MEMO_SIZE = 4096
+
+
 def fingerprint_of(config: "ModelConfig", inp: "ModelInput") -> str:
     """Fingerprint of a request to a model: unset input parameters take the model's defaults."""
-    return fingerprint(
-        provider=config.provider,
-        model_version=config.model_version,
-        system_message=inp.system_message,
-        temperature=config.temperature if inp.temperature is None else inp.temperature,
-        max_tokens=config.max_tokens if inp.max_tokens is None else inp.max_tokens,
-        stop=inp.stop,
-        response_format=inp.response_format.to_canonical(),
-        confidence=inp.want_confidence and inp.response_format.type != "labels",
-    )
+    temperature = config.temperature if inp.temperature is None else inp.temperature
+    max_tokens = config.max_tokens if inp.max_tokens is None else inp.max_tokens
+    response_format = inp.response_format
+    confidence = inp.want_confidence and response_format.type != "labels"
+    memo_key = (id(config), id(response_format), inp.system_message, temperature, max_tokens, tuple(inp.stop),
+                confidence)
+    hit = _MEMO.get(memo_key)
+    if hit is not None and hit[0] is config and hit[1] is response_format:
+        return hit[2]
+    value = fingerprint(provider=config.provider, model_version=config.model_version,
+                        system_message=inp.system_message, temperature=temperature, max_tokens=max_tokens,
+                        stop=inp.stop, response_format=response_format.to_canonical(), confidence=confidence)
+    if len(_MEMO) >= _MEMO_SIZE:
+        _MEMO.clear()
+    _MEMO[memo_key] = (config, response_format, value)
+    return value
 
 
 def cache_key(fingerprint_hex: str, prompt: str) -> str:

@@ -3,22 +3,39 @@
 dbt runs models on several threads; they all submit coroutines here, so one HTTP pool, one set of
 rate limits and one cache serve the whole process (aiohttp sessions and asyncio primitives are bound
 to the loop that first used them, so there must be exactly one).
+
+The loop is uvloop's where it is installed (Linux, macOS): its event-loop machinery is C, measured
+~0.02-0.03 ms of CPU less per request at thousands of requests per second (decision 0019).
+``DBT_PG_LLM_EVENT_LOOP=asyncio`` chooses the standard loop instead.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from typing import Awaitable, TypeVar
 
-__all__ = ["LoopThread", "shared_loop"]
+__all__ = ["LoopThread", "shared_loop", "new_event_loop"]
 
 T = TypeVar("T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed and not turned off, else the standard one."""
+    if os.environ.get("DBT_PG_LLM_EVENT_LOOP", "uvloop").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class LoopThread:
     def __init__(self, name: str = "dbt-pg-llm-loop"):
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 

@@ -106,7 +106,9 @@ def test_retries_of_billed_attempts_and_late_billed_timeouts_stay_under_the_cap(
     time.sleep(1.7)  # the stalled requests are billed when the simulator finally answers them
     ledger = sim.stats()
     assert ledger["faults"].get("stall", 0) > 0 and ledger["faults"].get("length", 0) > 0
-    assert sum(1 for o in outputs if o.attempts > 1) > 10  # retries happened
+    # retries happened: every 500 is retried unless the cap refuses the retry (counted per output
+    # only when the retry was sent, which the cap's timing makes vary between 8 and 23 here)
+    assert ledger["faults"].get("500", 0) > 10 and any(o.attempts > 1 for o in outputs)
     assert any(o.error_kind is ErrorKind.BUDGET for o in outputs)
     assert ledger["cost_usd"] <= cap
 

@@ -109,7 +109,8 @@ def test_validation():
 
 
 # -- single flight ---------------------------------------------------------------------------------
-def test_single_flight_50_concurrent_callers_one_compute(backend):
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-caller"])
+def test_single_flight_50_concurrent_callers_one_compute(backend, detach):
     async def main():
         cache = ResultCache(backend)
         calls = 0
@@ -121,7 +122,7 @@ def test_single_flight_50_concurrent_callers_one_compute(backend):
             await gate.wait()
             return paid(cost=0.01)
 
-        tasks = [asyncio.ensure_future(cache.get_or_compute(KEY, compute)) for _ in range(50)]
+        tasks = [asyncio.ensure_future(cache.get_or_compute(KEY, compute, detach=detach)) for _ in range(50)]
         await asyncio.sleep(0.01)
         assert calls == 1
         gate.set()
@@ -138,7 +139,8 @@ def test_single_flight_50_concurrent_callers_one_compute(backend):
     asyncio.run(main())
 
 
-def test_single_flight_failures_go_to_all_waiters_but_are_not_stored():
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-caller"])
+def test_single_flight_failures_go_to_all_waiters_but_are_not_stored(detach):
     async def main():
         cache = ResultCache(MemoryBackend())
         calls = 0
@@ -149,7 +151,7 @@ def test_single_flight_failures_go_to_all_waiters_but_are_not_stored():
             await asyncio.sleep(0.01)
             return failed() if calls == 1 else paid()
 
-        outs = await asyncio.gather(*(cache.get_or_compute(KEY, compute) for _ in range(50)))
+        outs = await asyncio.gather(*(cache.get_or_compute(KEY, compute, detach=detach) for _ in range(50)))
         assert calls == 1
         assert all(o.error_kind is ErrorKind.TIMEOUT and not o.cached for o in outs)
         assert cache.get(KEY) is None
@@ -160,7 +162,8 @@ def test_single_flight_failures_go_to_all_waiters_but_are_not_stored():
     asyncio.run(main())
 
 
-def test_single_flight_exception_reaches_every_waiter_and_is_not_stored():
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-caller"])
+def test_single_flight_exception_reaches_every_waiter_and_is_not_stored(detach):
     async def main():
         cache = ResultCache(MemoryBackend())
 
@@ -168,7 +171,7 @@ def test_single_flight_exception_reaches_every_waiter_and_is_not_stored():
             await asyncio.sleep(0.01)
             raise RuntimeError("bug")
 
-        results = await asyncio.gather(*(cache.get_or_compute(KEY, compute) for _ in range(5)),
+        results = await asyncio.gather(*(cache.get_or_compute(KEY, compute, detach=detach) for _ in range(5)),
                                        return_exceptions=True)
         assert all(isinstance(r, RuntimeError) for r in results)
         assert cache._inflight == {} and len(cache) == 0
@@ -320,3 +323,34 @@ def test_journal_put_cost(tmp_path):
     print(f"\nDiskJournal put {per_put * 1e6:.0f} us, get {per_get * 1e6:.0f} us (n={n})")
     assert per_put < 0.01  # far below the cost of the API call it protects
     journal.close()
+
+
+def test_request_keys_are_the_documented_fingerprint_whatever_the_memo_holds():
+    """fingerprint_of memoizes per (config, format object, parameters): every combination must still
+    give the key the documented formula gives, and equal formats in other objects the same key."""
+    from dbt_pg_llm.config import ModelConfig
+    from dbt_pg_llm.keys import request_key
+    from dbt_pg_llm.model_io import ModelInput, ResponseFormat
+
+    config = ModelConfig.from_dict({"api_url": "http://x/v1", "model_version": "v1", "temperature": 0.2,
+                                    "max_tokens": 50}, "m")
+    other = ModelConfig.from_dict({"api_url": "http://x/v1", "model_version": "v2", "max_tokens": 50}, "m")
+    labels, labels_again = ResponseFormat.one_of(["a", "b"]), ResponseFormat.one_of(["a", "b"])
+    schema = ResponseFormat.json({"type": "object"})
+    seen = set()
+    for _ in range(2):  # the second round is served by the memo
+        for cfg in (config, other):
+            for fmt in (ResponseFormat(), labels, labels_again, schema):
+                for system in (None, "sys"):
+                    for stop in ((), ("\n",)):
+                        for want in (False, True):
+                            inp = ModelInput("p", system_message=system, stop=stop, response_format=fmt,
+                                             want_confidence=want)
+                            expected = cache_key(fingerprint(
+                                provider=cfg.provider, model_version=cfg.model_version, system_message=system,
+                                temperature=cfg.temperature, max_tokens=cfg.max_tokens, stop=stop,
+                                response_format=fmt.to_canonical(),
+                                confidence=want and fmt.type != "labels"), "p")
+                            assert request_key(cfg, inp) == expected
+                            seen.add(expected)
+    assert len(seen) == 2 * 3 * 2 * 2 * 2 - 2 * 2 * 2  # labels ignore want_confidence
