@@ -58,9 +58,9 @@ def fingerprint(*, provider: str, model_version: str, system_message: str | None
 
 
 # fingerprint_of's memo: every row of a column shares one config and one response format, so the
-# canonical JSON and its hash are made once per column, not once per request. The entries hold the
-# config and format themselves, so an id in a key can never be reused by another object while its
-# entry exists; both are frozen dataclasses.
+# canonical JSON and its hash are made once per column, not once per request. A format is keyed by
+# its type and labels, or by its JSON schema object (a dict: by identity). Each entry holds the
+# config and that schema, so no id in a key can be reused by another object while the entry exists.
 _MEMO: dict[tuple, tuple] = {}
 _MEMO_SIZE = 4096
 
@@ -70,18 +70,19 @@ def fingerprint_of(config: "ModelConfig", inp: "ModelInput") -> str:
     temperature = config.temperature if inp.temperature is None else inp.temperature
     max_tokens = config.max_tokens if inp.max_tokens is None else inp.max_tokens
     response_format = inp.response_format
+    schema = response_format.json_schema
     confidence = inp.want_confidence and response_format.type != "labels"
-    memo_key = (id(config), id(response_format), inp.system_message, temperature, max_tokens, tuple(inp.stop),
-                confidence)
+    memo_key = (id(config), response_format.type, response_format.labels, id(schema), inp.system_message,
+                temperature, max_tokens, tuple(inp.stop), confidence)
     hit = _MEMO.get(memo_key)
-    if hit is not None and hit[0] is config and hit[1] is response_format:
+    if hit is not None and hit[0] is config and hit[1] is schema:
         return hit[2]
     value = fingerprint(provider=config.provider, model_version=config.model_version,
                         system_message=inp.system_message, temperature=temperature, max_tokens=max_tokens,
                         stop=inp.stop, response_format=response_format.to_canonical(), confidence=confidence)
     if len(_MEMO) >= _MEMO_SIZE:
         _MEMO.clear()
-    _MEMO[memo_key] = (config, response_format, value)
+    _MEMO[memo_key] = (config, schema, value)
     return value
 
 
