@@ -24,6 +24,7 @@ from typing import Mapping
 
 import aiohttp
 import httpx
+import yarl
 
 from ..config import ModelConfig
 
@@ -47,6 +48,7 @@ class AiohttpWire:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._proxies: dict[str, str | None] = {}
+        self._targets: dict[str, tuple[yarl.URL, str | None]] = {}
 
     def _session(self) -> aiohttp.ClientSession:
         loop_id = id(asyncio.get_running_loop())
@@ -56,7 +58,9 @@ class AiohttpWire:
             connector = aiohttp.TCPConnector(limit=self._limit, ssl=httpx.create_ssl_context())
             # not trust_env: aiohttp then reads the proxy variables and ~/.netrc on every request
             # (measured: it halved the throughput); the proxy is looked up once per URL instead
-            session = self._sessions[loop_id] = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            # no cookie jar: model APIs set no cookies we need, and the jar is consulted on every request
+            session = self._sessions[loop_id] = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
         return session
 
     def _proxy(self, url: str) -> str | None:
@@ -70,9 +74,17 @@ class AiohttpWire:
             self._proxies[url] = proxy
         return self._proxies[url]
 
+    def _target(self, url: str) -> tuple[yarl.URL, str | None]:
+        """The URL parsed once (aiohttp parses a str on every request) and its proxy."""
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = (yarl.URL(url), self._proxy(url))
+        return target
+
     async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> WireResponse:
-        async with self._session().post(url, data=content, headers=headers, allow_redirects=False,
-                                        proxy=self._proxy(url)) as response:
+        parsed, proxy = self._target(url)
+        async with self._session().post(parsed, data=content, headers=headers, allow_redirects=False,
+                                        proxy=proxy) as response:
             body = await response.read()
             return WireResponse(response.status, response.headers, body)
 
