@@ -4,6 +4,7 @@ project (profile ``type: pg_llm``) run by ``dbt`` in a process of its own."""
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -149,7 +150,8 @@ def dbt_command(root: Path, env: dict, *args: str, py_spy: str | None = None,
                 program: list[str] | None = None) -> float:
     """Wall time of one dbt command in its own process, as a user runs it: the ``dbt`` executable, or
     ``program`` (argv taking dbt's arguments after it); under py-spy when asked."""
-    prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "-o", py_spy, "--"] \
+    prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--rate", "250", "--format", "raw", "-o", py_spy,
+              "--"] \
         if py_spy else []
     t0 = time.perf_counter()
     done = subprocess.run([*prefix, *(program or [str(Path(sys.executable).parent / "dbt")]), *args,
@@ -159,3 +161,26 @@ def dbt_command(root: Path, env: dict, *args: str, py_spy: str | None = None,
     if done.returncode != 0:
         raise SystemExit(f"dbt {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
     return wall
+
+
+def process_cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds used so far by process ``pid`` (with ``children``: plus its exited, waited-for
+    children's, e.g. a postmaster's backends); 0.0 if it is gone. Linux /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postmaster_pid(db: "BenchDatabase") -> int:
+    """The embedded server's postmaster (first line of postmaster.pid)."""
+    return int((db.server.data_dir / "postmaster.pid").read_text().split()[0])
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's exited children (a dbt command run by ``dbt_command``)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BenchDatabase, dbt_command, dbt_env, enriched_model, ledger_matches, sim_args, write_dbt_project
+from common import (BenchDatabase, children_cpu_s, dbt_command, dbt_env, enriched_model, ledger_matches, postmaster_pid,
+                    process_cpu_s, sim_args, write_dbt_project)
 
 from dbt_pg_llm.simulator import SimulatorProcess
 
@@ -42,10 +43,18 @@ def main(argv=None) -> int:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
                        LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
+            cpu0 = children_cpu_s()
             plain = dbt_command(root, env, "run", "-s", "plain")
+            cpu1 = children_cpu_s()
             sim.reset()
+            sim0, pg0 = process_cpu_s(sim.process.pid), process_cpu_s(postmaster_pid(db), children=True)
             enriched = dbt_command(root, env, "run", "-s", "enriched",
-                               py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
+                                   py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
+            # CPU per request while enriching: the dbt process (beyond the plain run's), the
+            # simulator and Postgres -- on a 2-core box their sum says whether the box is the limit
+            dbt_cpu = (children_cpu_s() - cpu1) - (cpu1 - cpu0)
+            sim_cpu = process_cpu_s(sim.process.pid) - sim0
+            pg_cpu = process_cpu_s(postmaster_pid(db), children=True) - pg0
             stats = sim.stats()
             audit_tokens, audit_cost = db.audit_totals(env["LLM_AUDIT_SCHEMA"])
             total, filled = db.execute(f"select count(*), count(summary) from {db.schema}.enriched")[0]
@@ -54,6 +63,10 @@ def main(argv=None) -> int:
             rows.append({"concurrency": concurrency, "plain_s": round(plain, 2), "enriched_s": round(enriched, 2),
                          "requests": stats["requests"], "rows": total, "filled": filled,
                          "rate_rps": round(rate), "ceiling_rps": round(ceiling), "of_ceiling": round(rate / ceiling, 3),
+                         "cpu_ms_per_request": {"dbt": round(dbt_cpu / args.distinct * 1000, 3),
+                                                "simulator": round(sim_cpu / args.distinct * 1000, 3),
+                                                "postgres": round(pg_cpu / args.distinct * 1000, 3)},
+                         "cores_busy": round((dbt_cpu + sim_cpu + pg_cpu) / max(enriched - plain, 1e-9), 2),
                          "ledger_tokens": stats["prompt_tokens"] + stats["completion_tokens"],
                          "audit_tokens": audit_tokens, "ledger_cost_usd": round(stats["cost_usd"], 6),
                          "audit_cost_usd": round(audit_cost, 6),
@@ -63,7 +76,10 @@ def main(argv=None) -> int:
     complete = all(r["requests"] == args.distinct and r["filled"] == args.rows for r in rows)
     print(f"dbt_run ({args.rows} rows / {args.distinct} distinct, latency {args.latency_ms} ms): "
           + "; ".join(f"c={r['concurrency']}: enriched {r['enriched_s']:.1f}s - plain {r['plain_s']:.1f}s -> "
-                      f"{r['rate_rps']} req/s = {r['of_ceiling']:.2f} of C/L" for r in rows)
+                      f"{r['rate_rps']} req/s = {r['of_ceiling']:.2f} of C/L (CPU ms/req: dbt "
+                      f"{r['cpu_ms_per_request']['dbt']:.2f}, simulator {r['cpu_ms_per_request']['simulator']:.2f}, "
+                      f"postgres {r['cpu_ms_per_request']['postgres']:.2f}; {r['cores_busy']} cores busy)"
+                      for r in rows)
           + f"; {'every row filled, one request per distinct prompt' if complete else 'ROWS OR REQUESTS OFF'}"
           + f"; ledger vs audit tokens/cost {'equal' if ledger_ok else 'DIFFERENT'}")
     return 0 if ledger_ok and complete else 1

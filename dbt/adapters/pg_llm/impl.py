@@ -25,6 +25,7 @@ from dbt_common.exceptions import CompilationError, DbtRuntimeError
 from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 from dbt.adapters.pg_llm.fill_messages import ProgressLogger, log_batches, warn_or_error
+from dbt.adapters.pg_llm.heap import freeze_long_lived_heap
 
 logger = AdapterLogger("pg_llm")
 
@@ -44,7 +45,8 @@ PREVIEW_COMMANDS = frozenset({"show", "compile"})
 
 
 def get_engine(credentials: PgLlmCredentials):
-    """The process-wide Engine for these credentials' llm block (built on first use, thread-safe)."""
+    """The process-wide Engine for these credentials' llm block (built on first use, thread-safe).
+    On first use dbt's parsed project is also frozen out of the garbage collector's scans (heap.py)."""
     settings = credentials.llm_settings()
     key = settings.identity()
     engine = _ENGINES.get(key)
@@ -61,6 +63,7 @@ def get_engine(credentials: PgLlmCredentials):
             except PgLlmError as exc:  # e.g. the journal cannot be opened: name llm.journal_dir
                 raise DbtRuntimeError(f"pg_llm: {exc}") from None
             _ENGINES[key] = engine
+            freeze_long_lived_heap()
     return engine
 
 
