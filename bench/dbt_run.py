@@ -1,12 +1,14 @@
 """dbt end to end: `dbt run` of an enriching model vs a plain SQL model's run (dbt's own startup).
 
-    python bench/dbt_run.py [--rows 20000] [--distinct 10000] [--latency-ms 100] [--concurrency 64,256]
+    python bench/dbt_run.py [--rows 20000] [--distinct 10000] [--latency-ms 100] [--concurrency 64,256] [--repeat 3]
 
 A temporary dbt project (profile ``type: pg_llm``) against an embedded Postgres and the simulator in
 its own process. For each concurrency C, in one run: ``dbt run -s plain`` (a plain SQL model over
 the same table: dbt's startup, parsing, connection and DDL), then ``dbt run -s enriched`` (the same
 table enriched with ``pg_llm.complete``; a fresh audit schema and journal, so every distinct prompt
-is paid once). The enrichment's rate is D / (enriched - plain) against the ceiling C / L.
+is paid once); each --repeat times, medians taken (dbt's startup alone varies by seconds here).
+The enrichment's rate is D / (enriched - plain) against the ceiling C / L. The dbt process's,
+the simulator's and Postgres's CPU per request are printed too.
 Also compares the simulator's ledger with the audit's tokens and cost (``llm_audit.llm_calls``).
 Targets: >= 0.93 of C/L at 64, >= 0.85 at 256. ONE summary line.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--distinct", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--concurrency", default="64,256")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each model per concurrency (median)")
     parser.add_argument("--py-spy", default=None, metavar="PREFIX",
                         help="record the enriched runs with py-spy (raw stacks in PREFIX-<concurrency>.txt)")
     args = parser.parse_args(argv)
@@ -41,17 +45,23 @@ def main(argv=None) -> int:
         write_dbt_project(root, {"plain": f"select id, body from {source}\n", "enriched": enriched_model(source)})
         env = dbt_env(db, sim.base_url)
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
-                       LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}"))
-            cpu0 = children_cpu_s()
-            plain = dbt_command(root, env, "run", "-s", "plain")
-            cpu1 = children_cpu_s()
-            sim.reset()
-            sim0, pg0 = process_cpu_s(sim.process.pid), process_cpu_s(postmaster_pid(db), children=True)
-            enriched = dbt_command(root, env, "run", "-s", "enriched",
-                                   py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None)
-            # CPU per request while enriching: the dbt process (beyond the plain run's), the
-            # simulator and Postgres -- on a 2-core box their sum says whether the box is the limit
+            # dbt's startup varies by seconds run to run on this box: the plain run is timed
+            # --repeat times (median), and so is the enriched one, each into a fresh audit schema
+            # and journal so that every distinct prompt is paid once in each
+            plains, enricheds = [], []
+            for attempt in range(args.repeat):
+                env.update(LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"), LLM_CONCURRENCY=str(concurrency),
+                           LLM_JOURNAL_DIR=str(Path(tmp) / f"journal_{concurrency}_{attempt}"))
+                cpu0 = children_cpu_s()
+                plains.append(dbt_command(root, env, "run", "-s", "plain"))
+                cpu1 = children_cpu_s()
+                sim.reset()
+                sim0, pg0 = process_cpu_s(sim.process.pid), process_cpu_s(postmaster_pid(db), children=True)
+                enricheds.append(dbt_command(root, env, "run", "-s", "enriched",
+                                             py_spy=f"{args.py_spy}-{concurrency}.txt" if args.py_spy else None))
+            plain, enriched = statistics.median(plains), statistics.median(enricheds)
+            # CPU per request while enriching (the last repeat): the dbt process beyond the plain
+            # run's, the simulator and Postgres -- on a 2-core box their sum says whether the box is the limit
             dbt_cpu = (children_cpu_s() - cpu1) - (cpu1 - cpu0)
             sim_cpu = process_cpu_s(sim.process.pid) - sim0
             pg_cpu = process_cpu_s(postmaster_pid(db), children=True) - pg0
@@ -61,6 +71,7 @@ def main(argv=None) -> int:
             ceiling = concurrency / (args.latency_ms / 1000)
             rate = args.distinct / max(enriched - plain, 1e-9)
             rows.append({"concurrency": concurrency, "plain_s": round(plain, 2), "enriched_s": round(enriched, 2),
+                         "plain_runs_s": [round(t, 2) for t in plains], "enriched_runs_s": [round(t, 2) for t in enricheds],
                          "requests": stats["requests"], "rows": total, "filled": filled,
                          "rate_rps": round(rate), "ceiling_rps": round(ceiling), "of_ceiling": round(rate / ceiling, 3),
                          "cpu_ms_per_request": {"dbt": round(dbt_cpu / args.distinct * 1000, 3),

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from .cache import ResultCache
 from .failover import Failover
+from .gc_policy import bulk_gc
 from .keys import request_key
 from .logs import LogDispatcher, ModelLog
 from .metrics import MetricsRegistry
@@ -154,11 +155,12 @@ class Engine:
         # re-scans every pending future) cost more CPU than the HTTP request itself.
         results: queue.SimpleQueue = queue.SimpleQueue()
         in_flight = [0]  # shared with _pump, read by _settle
-        try:
-            yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit,
-                                  _call or self._map_call)
-        finally:
-            self._settle(results, in_flight[0])
+        with bulk_gc():  # fewer GC passes while thousands of calls stream (gc_policy.py)
+            try:
+                yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit,
+                                      _call or self._map_call)
+            finally:
+                self._settle(results, in_flight[0])
 
     def map_packed(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, batch_size: int,
                    window: int = 256, context: dict | None = None,
