@@ -106,11 +106,15 @@ class _Claims:
 
     # -- claims -----------------------------------------------------------------------------------
     def _insert_claims(self, cur, keys: list[str]) -> set[str]:
-        """Claim those of ``keys`` nobody holds a claim on; return them (now ours)."""
+        """Claim those of ``keys`` nobody holds a claim on; return them (now ours).
+
+        Inserted in key order: two runs claiming overlapping keys each wait on the other's
+        uncommitted rows, and in different orders that wait is a cycle Postgres breaks by
+        aborting one of them ('deadlock detected'); in one order one simply waits."""
         cur.execute(f"""
             insert into {self.q}.llm_claims (key, run_id, claimed_at, heartbeat_at, claim_token, backend_pid,
                                              node_id, client_pid, client_host)
-            select k, %s, now(), now(), %s, pg_backend_pid(), %s, %s, %s from unnest(%s::text[]) k
+            select k, %s, now(), now(), %s, pg_backend_pid(), %s, %s, %s from unnest(%s::text[]) k order by k
             on conflict (key) do nothing returning key""",
                     (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, keys))
         return {row[0] for row in cur.fetchall()}

@@ -3,7 +3,8 @@
 Every writer runs one transaction on the connection it is given and commits it (give it an
 autocommit connection, or one with no transaction open). Upserts COPY into a session temp table
 first and then ``INSERT ... SELECT ... ON CONFLICT`` into the real table, so a batch is one round
-trip of data plus one statement, whatever its size.
+trip of data plus one statement, whatever its size; rows go in key order, so two writers of
+overlapping keys wait for each other instead of deadlocking (as claims do, claims.py).
 
 COPY text format, escaped here: backslash, tab, newline and carriage return are backslash-escaped,
 ``\\N`` is NULL. Postgres text cannot hold NUL (U+0000): it is removed from text and from JSON
@@ -205,7 +206,7 @@ def write_results(conn, schema: str, rows: Iterable[ResultRow | Mapping]) -> int
         copy_rows(cur, "pg_temp.llm_results_stage", RESULT_COLUMNS, prepared)
         cur.execute(f"""
             insert into {q}.llm_results ({cols}, created_at)
-            select {cols}, now() from pg_temp.llm_results_stage
+            select {cols}, now() from pg_temp.llm_results_stage order by key
             on conflict (key) do update set {updates}, created_at = excluded.created_at,
                 invalidated_at = null""")
         return cur.rowcount
@@ -286,6 +287,7 @@ def write_errors(conn, schema: str, errors: Iterable[ErrorRow | Mapping]) -> int
         cur.execute(f"""
             insert into {q}.llm_errors as e (key, node_id, model, error_kind, message, run_id, attempts)
             select key, node_id, model, error_kind, message, run_id, attempts from pg_temp.llm_errors_stage2
+            order by key, node_id
             on conflict (key, node_id) do update set
                 attempts = e.attempts + excluded.attempts, last_seen = now(), model = excluded.model,
                 error_kind = excluded.error_kind, message = excluded.message, run_id = excluded.run_id,

@@ -169,3 +169,52 @@ def test_a_live_claimer_keeps_its_claims_however_slow_its_requests(db, pg_conn, 
     assert reports["second"].requests_done == 0 and reports["second"].cache_hits == len(PROMPTS)
     assert sim.stats()["requests"] == 0  # nothing paid twice
     assert slow.stats()["requests"] == len(PROMPTS)
+
+
+def test_concurrent_claims_of_overlapping_keys_in_any_order_never_deadlock(db):
+    """Two runs claiming the same keys at once, listed in opposite orders: each INSERT ... ON CONFLICT
+    waits on the other's uncommitted rows, so unless both insert in one order Postgres aborts one
+    with 'deadlock detected' (seen in test_dbt_adapter's two concurrent dbt runs)."""
+    import types
+
+    from dbt_pg_llm.pg.claims import _Claims
+    from dbt_pg_llm.pg.migrations import ensure_migrated, quote_ident
+
+    connect, _, audit = db
+    admin = connect()
+    admin.autocommit = True
+    ensure_migrated(admin, audit)
+    claimers = []
+    for name in ("a", "b"):
+        conn = connect()
+        conn.autocommit = True
+        claimers.append((conn, types.SimpleNamespace(q=quote_ident(audit), token=f"token-{name}",
+                                                     run_ctx=RunContext(f"run-{name}", f"model.p.{name}"))))
+    errors, won = [], []
+
+    def claim(conn, holder, keys, barrier):
+        barrier.wait()
+        try:
+            with conn.cursor() as cur:
+                won.append(len(_Claims._insert_claims(holder, cur, keys)))
+        except Exception as exc:  # a deadlock aborts one side's statement
+            errors.append(exc)
+
+    for round_ in range(15):
+        keys = [sha(f"round {round_} key {i}") for i in range(3000)]
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=claim, args=(*claimers[0], keys, barrier)),
+                   threading.Thread(target=claim, args=(*claimers[1], keys[::-1], barrier))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        with admin.cursor() as cur:
+            cur.execute(f'select count(*) from "{audit}".llm_claims')
+            assert cur.fetchone()[0] == len(keys)  # every key claimed exactly once
+            cur.execute(f'delete from "{audit}".llm_claims')
+    for conn, _ in claimers:
+        conn.close()
+    admin.close()
+    assert errors == []
+    assert sum(won) == 15 * 3000
