@@ -5,8 +5,8 @@
 
 The simulator runs in its own process (so it does not share this process's GIL). Every client sends
 distinct prompts to the same simulator; ratios are printed side by side because absolute times on a
-noisy 2-core machine mean little. Peers are optional (``pip install -e .[bench]``); LiteLLM runs with
-``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no network). The engine's CPU per request is this process's
+noisy 2-core machine mean little. Peers (each in a process of its own) are optional
+(``pip install -e .[bench]``); LiteLLM runs with ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no network). The engine's CPU per request is this process's
 CPU time (both threads) over the requests. The simulator's ledger for the engine's requests is
 compared with the engine's own token and cost totals (they must be equal).
 
@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,13 +130,28 @@ def naive_loop(base_url: str, items: list[str]) -> float:
         return len(items) / (time.perf_counter() - t0)
 
 
-def _peer(name: str, url: str, items: list[str], concurrency: int) -> float | None:
-    runner = {"openai": openai_client, "litellm": litellm_client}[name]
-    try:
-        return asyncio.run(runner(url, items, concurrency))
-    except ImportError as exc:
-        print(f"# {name} not installed ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+PEERS = {"openai": openai_client, "litellm": litellm_client}
+
+
+def _peer(name: str, url: str, n: int, tag: str, concurrency: int) -> float | None:
+    """A peer's rate, measured in a process of its own: LiteLLM's and the SDK's imports (thousands of
+    modules) would grow this process's heap, and every later full garbage collection here -- the
+    raw aiohttp reference's too -- would scan them (measured: the reference fell from ~3,900 to
+    ~2,700 req/s at 512 once LiteLLM had been imported)."""
+    done = subprocess.run([sys.executable, __file__, "--peer-run", name, "--peer-url", url, "--n", str(n),
+                           "--peer-tag", tag, "--concurrency", str(concurrency)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"# {name}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}; "
+              "pip install -e '.[bench]'", file=sys.stderr)
         return None
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def _peer_run(args) -> int:
+    """The child side of ``_peer``: prints the rate."""
+    rate = asyncio.run(PEERS[args.peer_run](args.peer_url, prompts(args.n, args.peer_tag), int(args.concurrency)))
+    print(rate)
+    return 0
 
 
 def _ledger(stats: dict) -> tuple[int, float]:
@@ -154,7 +170,7 @@ def run_one(sim, args, concurrency: int, tmp: str) -> dict:
     row["ledger_ok"] = eng["ledger_ok"]
     row["engine_tokens"], row["engine_cost_usd"] = eng["tokens"], round(eng["cost"], 9)
     for peer in args.peers:
-        rate = _peer(peer, sim.base_url, prompts(min(args.n, args.peer_n), f"{peer}-{tag}"), concurrency)
+        rate = _peer(peer, sim.base_url, min(args.n, args.peer_n), f"{peer}-{tag}", concurrency)
         if rate is not None:
             row[f"{peer}_rps"] = round(rate)
             row[f"engine_vs_{peer}"] = round(eng["rps"] / rate, 2)
@@ -169,7 +185,12 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default="openai,litellm", help="comma-separated; '' for none")
     parser.add_argument("--peer-n", type=int, default=2000, help="prompts per peer run (they are slow)")
     parser.add_argument("--naive-sample", type=int, default=20)
+    parser.add_argument("--peer-run", choices=sorted(PEERS), help=argparse.SUPPRESS)
+    parser.add_argument("--peer-url", help=argparse.SUPPRESS)
+    parser.add_argument("--peer-tag", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peer_run:
+        return _peer_run(args)
     args.peers = [p for p in args.peers.split(",") if p]
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
