@@ -28,7 +28,7 @@ import yarl
 
 from ..config import ModelConfig
 
-__all__ = ["WireResponse", "AiohttpWire", "HttpxWire", "wire_for", "TRANSPORT_ERRORS"]
+__all__ = ["WireResponse", "AiohttpWire", "HttpxWire", "wire_for", "env_proxy", "TRANSPORT_ERRORS"]
 
 # what a POST may raise when it gets no HTTP answer (refused, dropped, timed out, bad URL)
 TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.HTTPError, OSError, asyncio.TimeoutError)
@@ -47,7 +47,6 @@ class AiohttpWire:
         seconds = config.timeout_ms / 1000.0
         self._timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
         self._sessions: dict[int, aiohttp.ClientSession] = {}
-        self._proxies: dict[str, str | None] = {}
         self._targets: dict[str, tuple[yarl.URL, str | None]] = {}
 
     def _session(self) -> aiohttp.ClientSession:
@@ -63,22 +62,11 @@ class AiohttpWire:
                 connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
         return session
 
-    def _proxy(self, url: str) -> str | None:
-        """HTTP(S)_PROXY / ALL_PROXY for ``url`` unless NO_PROXY exempts its host, as httpx does."""
-        if url not in self._proxies:
-            parts = urllib.parse.urlsplit(url)
-            proxies = urllib.request.getproxies_environment()
-            proxy = proxies.get(parts.scheme) or proxies.get("all")
-            if proxy and urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
-                proxy = None
-            self._proxies[url] = proxy
-        return self._proxies[url]
-
     def _target(self, url: str) -> tuple[yarl.URL, str | None]:
         """The URL parsed once (aiohttp parses a str on every request) and its proxy."""
         target = self._targets.get(url)
         if target is None:
-            target = self._targets[url] = (yarl.URL(url), self._proxy(url))
+            target = self._targets[url] = (yarl.URL(url), env_proxy(url))
         return target
 
     async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> WireResponse:
@@ -123,3 +111,13 @@ class HttpxWire:
 def wire_for(config: ModelConfig, transport: httpx.AsyncBaseTransport | None = None) -> AiohttpWire | HttpxWire:
     """``transport`` (a test's) through httpx, else aiohttp."""
     return HttpxWire(config, transport) if transport is not None else AiohttpWire(config)
+
+
+def env_proxy(url: str) -> str | None:
+    """HTTP(S)_PROXY / ALL_PROXY for ``url`` unless NO_PROXY exempts its host, as httpx does."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return proxy

@@ -1,10 +1,10 @@
-"""The adapter freezes dbt's long-lived heap once per process before the first fill (heap.py)."""
+"""The adapter freezes dbt's long-lived heap once per process before the first fill (gc_policy.py)."""
 import subprocess
 import sys
 
 SCRIPT = """
 import gc, json
-from dbt.adapters.pg_llm.heap import freeze_long_lived_heap
+from dbt_pg_llm.gc_policy import freeze_long_lived_heap
 keep = [[i] for i in range(50000)]  # long-lived objects, as dbt's parsed project is
 before = gc.get_freeze_count()
 first = freeze_long_lived_heap()

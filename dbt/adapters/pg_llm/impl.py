@@ -25,7 +25,6 @@ from dbt_common.exceptions import CompilationError, DbtRuntimeError
 from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 from dbt.adapters.pg_llm.fill_messages import ProgressLogger, log_batches, warn_or_error
-from dbt.adapters.pg_llm.heap import freeze_long_lived_heap
 
 logger = AdapterLogger("pg_llm")
 
@@ -46,7 +45,7 @@ PREVIEW_COMMANDS = frozenset({"show", "compile"})
 
 def get_engine(credentials: PgLlmCredentials):
     """The process-wide Engine for these credentials' llm block (built on first use, thread-safe).
-    On first use dbt's parsed project is also frozen out of the garbage collector's scans (heap.py)."""
+    On first use dbt's parsed project is also frozen out of the garbage collector's scans (gc_policy.py)."""
     settings = credentials.llm_settings()
     key = settings.identity()
     engine = _ENGINES.get(key)
@@ -56,6 +55,7 @@ def get_engine(credentials: PgLlmCredentials):
         engine = _ENGINES.get(key)
         if engine is None:
             from dbt_pg_llm.errors import PgLlmError
+            from dbt_pg_llm.gc_policy import freeze_long_lived_heap
             from dbt_pg_llm.settings import build_engine
 
             try:
