@@ -140,7 +140,8 @@ class Engine:
     def map_unordered(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, window: int = 256,
                       context: dict | None = None,
                       spend_limit: SpendLimit | None = None, _call=None) -> Iterator[tuple[Any, ModelOutput]]:
-        """Yield (tag, output) as calls complete, with at most ``window`` in flight.
+        """Yield (tag, output) as calls complete, with at most ``window`` in flight (and at least
+        3/4 of it while inputs remain: make it a few times the model's ``max_concurrency``).
 
         ``spend_limit``: as in ``acall``, shared by every call of the map (and whoever else uses it).
 
@@ -201,7 +202,10 @@ class Engine:
         in_flight = 0
         exhausted = False
         while True:
-            while not exhausted and in_flight < window:
+            # Refill a whole chunk at a time: topping up after every answer crossed to the loop
+            # thread once per answer (a wake-up of each thread, ~0.05 ms of CPU). In flight stays
+            # between 3/4 of the window and the window, which is why it is a few times the pool's size.
+            while not exhausted and window - in_flight >= chunk_size:
                 chunk = list(itertools.islice(source, min(chunk_size, window - in_flight)))
                 if not chunk:
                     exhausted = True

@@ -354,3 +354,61 @@ def test_request_keys_are_the_documented_fingerprint_whatever_the_memo_holds():
                             assert request_key(cfg, inp) == expected
                             seen.add(expected)
     assert len(seen) == 2 * 3 * 2 * 2 * 2 - 2 * 2 * 2  # labels ignore want_confidence
+
+
+class CountingBackend(MemoryBackend):
+    """Records each transaction's keys (``set_many`` is one transaction)."""
+
+    def __init__(self):
+        super().__init__()
+        self.transactions: list[list[str]] = []
+
+    def set_many(self, items):
+        self.transactions.append([key for key, _ in items])
+        super().set_many(items)
+
+
+def _answers_arriving(cache, keys, gap_s):
+    """One computation per key, each answer arriving ``gap_s`` after the previous one; returns, for
+    each caller, whether its answer was already stored when the caller got it."""
+    async def one(i, key):
+        async def compute():
+            await asyncio.sleep(i * gap_s)
+            return paid(f"answer {i}")
+        await cache.get_or_compute(key, compute, detach=False)
+        return key in cache.backend.keys()
+
+    async def main():
+        return await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
+    return asyncio.run(main())
+
+
+def test_answers_arriving_within_the_commit_delay_share_one_transaction():
+    backend = CountingBackend()
+    keys = [f"k{i}" for i in range(6)]
+    stored_before_return = _answers_arriving(ResultCache(backend, commit_delay_s=0.2), keys, gap_s=0.01)
+    assert backend.transactions == [keys]  # one commit for answers spread over 50 ms of loop iterations
+    assert all(stored_before_return)  # nobody got an answer that was not yet written
+
+
+def test_commit_delay_zero_commits_each_loop_iteration_apart():
+    backend = CountingBackend()
+    keys = [f"k{i}" for i in range(4)]
+    assert all(_answers_arriving(ResultCache(backend, commit_delay_s=0), keys, gap_s=0.01))
+    assert backend.transactions == [[k] for k in keys]
+
+
+def test_a_full_group_commits_at_once_without_waiting_for_its_timer():
+    backend = CountingBackend()
+    keys = [f"k{i}" for i in range(4)]
+    t0 = time.perf_counter()
+    assert all(_answers_arriving(ResultCache(backend, commit_delay_s=30, commit_max=2), keys, gap_s=0))
+    assert time.perf_counter() - t0 < 5  # not the 30 s timer
+    assert backend.transactions == [keys[0:2], keys[2:4]]
+
+
+def test_commit_settings_are_checked():
+    with pytest.raises(ValueError, match="commit_delay_s"):
+        ResultCache(MemoryBackend(), commit_delay_s=-1)
+    with pytest.raises(ValueError, match="commit_max"):
+        ResultCache(MemoryBackend(), commit_max=0)

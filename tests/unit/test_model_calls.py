@@ -214,9 +214,18 @@ def test_map_unordered_streams_with_bounded_window():
     engine = Engine()
     engine.register(Model("m", {"api_url": "http://x/v1", "model_version": "v", "max_concurrency": 64},
                           transport=AsyncScript()))
+    chunks = []
+    start_chunk = engine._start_chunk
+
+    def counting_start_chunk(model_name, chunk, *args):
+        chunks.append(len(chunk))
+        start_chunk(model_name, chunk, *args)
+    engine._start_chunk = counting_start_chunk
     results = dict(engine.map_unordered("m", ((i, ModelInput(f"p{i}")) for i in range(200)), window=20))
     assert len(results) == 200 and results[7].text == "P7"
     assert in_flight["max"] <= 20
+    # inputs cross to the loop thread a chunk (window / 4) at a time, not one per answer
+    assert sum(chunks) == 200 and set(chunks) == {5} and len(chunks) == 40
 
 
 def test_batch_keeps_order_and_counts_failures():
