@@ -9,6 +9,7 @@ calls, the split of a packed request's cost over its rows and the spend reservat
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -51,11 +52,19 @@ async def apacked(engine: "Engine", model: "Model", rows: list[tuple[Any, ModelI
         return done
     batch = await run_batch(model, BatchInput([inp for _, inp, _ in misses], batch_size=len(misses)),
                             context=context)
-    for (tag, _, key), output in zip(misses, batch.outputs):
-        if cache is not None and output.ok:
-            output = await cache.get_or_compute(key, _returning(output))  # journaled before it is used
-        done.append((tag, output))
+    # the group's answers are journaled together, in one group commit: awaited one after another,
+    # each waited for a commit of its own (16 rows x commit_delay_s per packed request)
+    outputs = await asyncio.gather(*(_journaled(cache, key, output)
+                                     for (_, _, key), output in zip(misses, batch.outputs)))
+    done.extend((tag, output) for (tag, _, _), output in zip(misses, outputs))
     return done
+
+
+async def _journaled(cache, key: str, output: ModelOutput) -> ModelOutput:
+    """A paid answer once it is journaled (before it is used); a failure as it is."""
+    if cache is not None and output.ok:
+        return await cache.get_or_compute(key, _returning(output))
+    return output
 
 
 def _returning(output: ModelOutput):

@@ -34,9 +34,9 @@ from ..keys import key_sql
 from . import batch_store as store
 from .batch_collect import BatchCollector, CollectReport
 from .budget import run_spend_limit
-from .claims import ClaimHeartbeat, _Claims, heartbeat_every
+from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every
 from .fill import fill_column
-from .join import _fresh
+from .join import fresh_sql
 from .migrations import ensure_migrated, quote_ident
 from .report import FillReport
 from .spec import ColumnSpec, RunContext
@@ -140,7 +140,7 @@ def _count(conn, schema: str, source_sql: str, key_expr: str) -> tuple[int, int]
         cur.execute(f"""
             with k as (select distinct {key_expr} as k from {source_sql} __llm_src),
                  m as (select k.k from k where k.k is not null and not exists (
-                           select 1 from {q}.llm_results r where r.key = k.k and {_fresh('r')}))
+                           select 1 from {q}.llm_results r where r.key = k.k and {fresh_sql('r')}))
             select count(*) filter (where not {store.in_open_batch_sql(schema, 'm.k')}),
                    count(*) filter (where {store.in_open_batch_sql(schema, 'm.k')}) from m""")
         todo, waiting = cur.fetchone()
@@ -163,20 +163,6 @@ def _rows(connect, source_sql: str) -> int:
         conn.close()
 
 
-class _SubmitClaims(_Claims):
-    """The claims mechanism of ``fill`` (``claims._Claims``) on the submitter's connections."""
-
-    def __init__(self, reader, writer, schema: str, run: RunContext, spec: ColumnSpec, report: FillReport,
-                 claim_timeout_s: float, connect):
-        self.reader, self.writer, self.schema, self.q = reader, writer, schema, quote_ident(schema)
-        self.run_ctx, self.spec, self.report = run, spec, report
-        self.token = uuid.uuid4().hex
-        self.claim_timeout_s = claim_timeout_s
-        # submitting a big batch (upload + create) can outlast claim_timeout_s: keep the claims alive
-        self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
-        self.heartbeat.start()
-
-
 class _Submitter:
     CLAIM_BATCH = 1000
 
@@ -195,8 +181,11 @@ class _Submitter:
         """Claim and submit the column's uncached keys that no open batch holds; returns batch uids."""
         reader, writer = self.connect(), self.connect()
         reader.autocommit = writer.autocommit = True
-        claims = _SubmitClaims(reader, writer, self.schema, self.run, self.spec, out.report, self.claim_timeout_s,
-                               self.connect)
+        claims = Claims(reader, lambda: writer, self.schema, self.run, self.spec.model, self.spec.kind, out.report,
+                        self.claim_timeout_s, uuid.uuid4().hex)
+        # submitting a big batch (upload + create) can outlast claim_timeout_s: keep the claims alive
+        heartbeat = ClaimHeartbeat(self.connect, claims.q, claims.token, heartbeat_every(self.claim_timeout_s))
+        heartbeat.start()
         uids: list[str] = []
         try:
             cursor = reader.cursor(name=f"llm_batch_{claims.token}", withhold=True)
@@ -206,7 +195,7 @@ class _Submitter:
                 select c.k, c.p from (select {key_expr} as k, d.p from (select distinct ({self.spec.prompt_sql})::text
                                       as p from {source_sql} __llm_src) d where d.p is not null) c
                 where not exists (select 1 from {quote_ident(self.schema)}.llm_results r
-                                  where r.key = c.k and {_fresh('r')})
+                                  where r.key = c.k and {fresh_sql('r')})
                   and not {store.in_open_batch_sql(self.schema, 'c.k')}""")
             try:
                 items = self._claimed(cursor, claims, writer)
@@ -218,10 +207,12 @@ class _Submitter:
             finally:
                 cursor.close()
         finally:
-            claims._release_all()
+            heartbeat.stop()
+            claims.release_all()
+            close_quietly(reader, writer)
         return uids
 
-    def _claimed(self, cursor, claims: _SubmitClaims, writer):
+    def _claimed(self, cursor, claims: Claims, writer):
         """(key, request body) of the keys this run claimed and no open batch holds (checked after
         claiming: a concurrent submitter records its batch before releasing its claims)."""
         while True:
@@ -229,7 +220,7 @@ class _Submitter:
             if not rows:
                 return
             prompts = dict(rows)
-            mine = claims._claim(list(prompts))
+            mine = claims.claim(list(prompts))
             if mine:
                 with writer.cursor() as cur:
                     cur.execute(f"select bk.key from {quote_ident(self.schema)}.llm_batch_keys bk "
@@ -237,7 +228,7 @@ class _Submitter:
                                 "where b.open and bk.key = any(%s::text[])", (mine,))
                     taken = {r[0] for r in cur.fetchall()}
                 if taken:
-                    claims._release(list(taken))
+                    claims.release(list(taken))
                 for key in mine:
                     if key not in taken:
                         inp = self.spec.model_input(prompts[key])
@@ -245,14 +236,14 @@ class _Submitter:
                             self.worst_case[key] = estimate_cost(self.model.config, inp) * self.policy.discount
                         yield key, self.client.request_body(inp)
 
-    def _submit_chunk(self, writer, claims: _SubmitClaims, chunk, out: BatchedFill) -> str | None:
+    def _submit_chunk(self, writer, claims: Claims, chunk, out: BatchedFill) -> str | None:
         uid = uuid.uuid4().hex[:24]
         keys = [custom_id for custom_id, _, _ in chunk]  # custom_id = the cache key
         reservation = None
         if self.limit is not None:
             reservation = self.limit.try_reserve(sum(self.worst_case.pop(k, 0.0) for k in keys))
             if reservation is None:  # not submitted: the normal path requests them, under the same cap
-                claims._release(keys)
+                claims.release(keys)
                 log.warning("max_cost_usd %.4f: a batch of %d keys (%s) does not fit; not submitted",
                             self.limit.cap_usd, len(keys), self.spec.model)
                 return None
@@ -262,7 +253,7 @@ class _Submitter:
             "model_version": self.model.config.model_version, "fingerprint": self.fingerprint, "spec": spec,
             "key_count": len(keys), "discount": float(self.policy.discount), "run_id": self.run.run_id,
             "node_id": self.run.node_id}, ((k, k) for k in keys))
-        claims._release(keys)  # the open batch row protects them from now on
+        claims.release(keys)  # the open batch row protects them from now on
         try:
             info = self.client.submit(uid, chunk)
         except ModelError as exc:

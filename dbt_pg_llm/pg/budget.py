@@ -12,7 +12,7 @@ import threading
 from typing import Callable
 
 from ..spend import SpendLimit
-from .migrations import _db_identity, quote_ident
+from .migrations import db_identity, quote_ident
 
 __all__ = ["run_spend_limit"]
 
@@ -37,7 +37,7 @@ _budgets = _RunBudgets()
 
 def run_spend_limit(conn, schema: str, run_id: str, cap_usd: float) -> SpendLimit:
     """The SpendLimit every fill of run ``run_id`` shares (``conn``: any connection to the database)."""
-    return _budgets.get(_db_identity(conn, schema) + (run_id,), cap_usd, lambda: _paid_by_run(conn, schema, run_id))
+    return _budgets.get(db_identity(conn, schema) + (run_id,), cap_usd, lambda: _paid_by_run(conn, schema, run_id))
 
 
 def _paid_by_run(conn, schema: str, run_id: str) -> float:

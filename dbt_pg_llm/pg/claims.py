@@ -13,10 +13,8 @@ polling ``llm_results`` (those answered meanwhile are logged as cache hits); the
 names who holds them (``waiting_on``: run, node, pid / host / application_name, since when, how
 many keys, the age of their last heartbeat).
 
-``_Claims`` is a mixin of the fill (``fill._Fill``): it uses the fill's ``reader`` connection
-(which holds the claims) and ``writer`` connection, ``q``/``schema``, ``token``, ``run_ctx``,
-``spec``, ``report``, ``waiting``, ``heartbeat``, the timing settings, and its ``_flush``,
-``_request``, ``_fail_keys``, ``_progress_due`` and ``_emit_progress``.
+``Claims`` holds one run's claims (the fill's, and batch_fill's submitter's); the fill owns the
+waiting for keys claimed by others (``fill.ColumnFill._wait_for_others``), which uses it.
 """
 from __future__ import annotations
 
@@ -24,16 +22,15 @@ import logging
 import os
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ..errors import ErrorKind, redact
+from ..errors import redact
 from .batch_store import in_open_batch_sql
-from .join import _fresh
-from .migrations import ensure_call_partitions
+from .join import fresh_sql
+from .migrations import ensure_call_partitions, quote_ident
 
-__all__ = ["ClaimHeartbeat", "heartbeat_every"]
+__all__ = ["Claims", "ClaimHeartbeat", "close_quietly", "heartbeat_every"]
 
 log = logging.getLogger("dbt_pg_llm")
 
@@ -101,11 +98,23 @@ class ClaimHeartbeat:
                 pass
 
 
-class _Claims:
-    """The claims half of ``fill._Fill`` (see the module docstring for what it relies on)."""
+class Claims:
+    """One run's claims on ``<schema>.llm_claims``, held on the ``reader`` connection's session (a
+    claim whose session is gone may be taken over), identified by ``token``.
 
-    # -- claims -----------------------------------------------------------------------------------
-    def _insert_claims(self, cur, keys: list[str]) -> set[str]:
+    ``writer()`` gives the connection that logs late cache hits (the fill's writer, which it may
+    reopen). ``report`` (a FillReport) counts those hits. The caller owns both connections and the
+    ``ClaimHeartbeat``; ``release_all()`` before closing them."""
+
+    def __init__(self, reader, writer: Callable[[], Any], schema: str, run, model: str, kind: str, report,
+                 claim_timeout_s: float, token: str):
+        self.reader, self.writer = reader, writer
+        self.schema, self.q = schema, quote_ident(schema)
+        self.run_ctx, self.model, self.kind, self.report = run, model, kind, report
+        self.claim_timeout_s = claim_timeout_s
+        self.token = token
+
+    def insert(self, cur, keys: list[str]) -> set[str]:
         """Claim those of ``keys`` nobody holds a claim on; return them (now ours).
 
         Inserted in key order: two runs claiming overlapping keys each wait on the other's
@@ -119,18 +128,18 @@ class _Claims:
                     (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, keys))
         return {row[0] for row in cur.fetchall()}
 
-    def _claim(self, keys: list[str]) -> list[str]:
+    def claim(self, keys: list[str]) -> list[str]:
         """Claim ``keys``; return those now ours that still need an answer (in input order)."""
         with self.reader.cursor() as cur:
-            mine = self._insert_claims(cur, keys)
+            mine = self.insert(cur, keys)
         return self._drop_answered([k for k in keys if k in mine])
 
-    def _take_over(self, keys: list[str]) -> list[str]:
+    def take_over(self, keys: list[str]) -> list[str]:
         """Claim keys whose claim vanished, whose claimer's heartbeat is older than claim_timeout_s,
         or whose claiming session is gone. (greatest(): a claimer from before migration 6 refreshed
         claimed_at instead.)"""
         with self.reader.cursor() as cur:
-            mine = self._insert_claims(cur, keys)
+            mine = self.insert(cur, keys)
             cur.execute(f"""
                 update {self.q}.llm_claims c
                 set run_id = %s, claim_token = %s, claimed_at = now(), heartbeat_at = now(),
@@ -150,100 +159,45 @@ class _Claims:
         (batch_fill records the batch before releasing): release and skip those."""
         if not keys:
             return keys
-        answered, batched = self._settled(keys)
+        answered, batched = self.settled(keys)
         if answered or batched:
-            self._release(answered + batched)
+            self.release(answered + batched)
         if answered:
-            self._log_late_hits(answered)
+            self.log_late_hits(answered)
         gone = set(answered) | set(batched)
         return [k for k in keys if k not in gone]
 
-    def _settled(self, keys: list[str]) -> tuple[list[str], list[str]]:
+    def settled(self, keys: list[str]) -> tuple[list[str], list[str]]:
         """(answered, in an open provider batch) among ``keys``: no request of ours is needed for either."""
         with self.reader.cursor() as cur:
             cur.execute(f"""
-                select u.k, exists (select 1 from {self.q}.llm_results r where r.key = u.k and {_fresh('r')})
+                select u.k, exists (select 1 from {self.q}.llm_results r where r.key = u.k and {fresh_sql('r')})
                 from unnest(%s::text[]) u(k)
-                where exists (select 1 from {self.q}.llm_results r where r.key = u.k and {_fresh('r')})
+                where exists (select 1 from {self.q}.llm_results r where r.key = u.k and {fresh_sql('r')})
                    or {in_open_batch_sql(self.schema, 'u.k')}""", (keys,))
             rows = cur.fetchall()
         return [k for k, done in rows if done], [k for k, done in rows if not done]
 
-    def _release(self, keys: list[str]) -> None:
+    def release(self, keys: list[str]) -> None:
         if not keys:
             return
         with self.reader.cursor() as cur:
             cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s and key = any(%s::text[])",
                         (self.token, keys))
 
-    def _release_all(self) -> None:
-        self.heartbeat.stop()
-        for conn in (self.reader, self.writer):
+    def release_all(self) -> None:
+        """Every claim of ours, on whichever connection still works (stale claims expire anyway)."""
+        for conn in (self.reader, self.writer()):
             if conn is None or conn.closed:
                 continue
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s", (self.token,))
-                break
-            except Exception:  # try the other connection; stale claims expire anyway
-                continue
-        for conn in (self.reader, self.writer):
-            if conn is not None and not conn.closed:
-                try:
-                    conn.close()
-                except Exception:
-                    pass
-
-    # -- keys claimed by other runs ---------------------------------------------------------------
-    def _wait_for_others(self) -> None:
-        try:
-            self._wait_loop()
-        finally:
-            self.report.waiting_keys = len(self.waiting)
-            if not self.waiting:
-                self.report.waiting_on = []
-
-    def _wait_loop(self) -> None:
-        deadline = time.monotonic() + self.wait_timeout_s
-        delay = self.poll_s
-        announced = False  # the first waiting line goes out at once, later ones every few seconds
-        while self.waiting:
-            if self.report.stopped == "error":
-                return  # failing anyway: don't wait
-            self._flush()
-            done, batched = self._settled(list(self.waiting))
-            if done:
-                self._log_late_hits(done)
-            for key in done + batched:  # a key the other run put in a provider batch is that batch's now
-                self.waiting.pop(key, None)
-            if not self.waiting:
                 return
-            mine = self._take_over(list(self.waiting))
-            if mine:
-                prompts = {k: self.waiting.pop(k) for k in mine}
-                self.report.waiting_keys, self.report.waiting_on = len(self.waiting), []  # ours now
-                if self.report.stopped == "max_cost":
-                    self._release(mine)
-                    self._skip_for_budget(mine)
-                else:
-                    self._request((k, self.spec.model_input(p)) for k, p in prompts.items())
-                delay = self.poll_s
+            except Exception:  # try the other connection
                 continue
-            if time.monotonic() >= deadline:
-                self._fail_keys(list(self.waiting), ErrorKind.TIMEOUT,
-                                f"gave up after {self.wait_timeout_s:.0f}s waiting for another run that "
-                                "claimed this key to answer it")
-                self.waiting.clear()
-                return
-            self.report.waiting_keys = len(self.waiting)
-            if not announced or self._progress_due():
-                self.report.waiting_on = self._claimers(list(self.waiting))
-            self._emit_progress(force=not announced)
-            announced = True
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
 
-    def _claimers(self, keys: list[str]) -> list[dict]:
+    def claimers(self, keys: list[str]) -> list[dict]:
         """Who holds the claims on ``keys`` (the biggest holders first): what a waiting run shows."""
         with self.reader.cursor() as cur:
             cur.execute(f"""
@@ -261,9 +215,9 @@ class _Claims:
                  "keys": int(count)}
                 for run_id, node_id, pid, host, app, since, since_s, beat_s, count in rows]
 
-    def _log_late_hits(self, keys: list[str]) -> None:
+    def log_late_hits(self, keys: list[str]) -> None:
         """Keys answered by a concurrent run while we waited: cache hits for us (one INSERT ... SELECT)."""
-        with self.writer.cursor() as cur:
+        with self.writer().cursor() as cur:
             ensure_call_partitions(cur, self.schema, [datetime.now(timezone.utc)])
             cur.execute(f"""
                 with ins as (
@@ -273,8 +227,18 @@ class _Claims:
                     from {self.q}.llm_results r where r.key = any(%s::text[])
                     returning saved_cost_usd)
                 select count(*), coalesce(sum(saved_cost_usd), 0) from ins""",
-                        (self.run_ctx.run_id, self.run_ctx.node_id, self.spec.model, self.spec.kind, keys))
+                        (self.run_ctx.run_id, self.run_ctx.node_id, self.model, self.kind, keys))
             hits, saved = cur.fetchone()
         self.report.cache_hits += int(hits)
         self.report.requests_total -= int(hits)
         self.report.saved_cost_usd += float(saved)
+
+
+def close_quietly(*conns) -> None:
+    """Close connections that are open, ignoring errors (on the way out)."""
+    for conn in conns:
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except Exception:
+                pass

@@ -32,7 +32,7 @@ User SQL (the source SQL and the prompt SQL) may contain ``%`` (``LIKE '%x%'``, 
 psycopg2 reads as a placeholder whenever parameters are passed. Rule: a statement that embeds
 user SQL is executed WITHOUT parameters; its few values are inlined with ``quote_literal``.
 
-Here: ``fill_column`` and its ``_Fill`` (also driven by ``frame.LlmFrameSession``): counting,
+Here: ``fill_column`` and its ``ColumnFill`` (also driven by ``frame.LlmFrameSession``): counting,
 requesting, writing, progress and the final report.
 """
 from __future__ import annotations
@@ -45,22 +45,21 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from ..errors import ConfigError, ErrorKind, ModelError, PgLlmError, redact
-from ..keys import key_sql
+from ..errors import ErrorKind, PgLlmError, redact
 from ..model_io import ModelInput
 from .budget import run_spend_limit
-from .claims import ClaimHeartbeat, _Claims, heartbeat_every
+from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every
 from .connectivity import buffered_sinks, db_errors
-from .join import _fresh, distinct_prompts_sql, quote_literal, uncached_prompts_sql
+from .join import count_and_log_hits_sql, uncached_prompts_sql
 from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
-from .outcome import error_rate_exceeded, too_many_errors, where_kept
-from .progress import AttemptCounter, ProgressPacer, eta_s
+from .outcome import error_rate_exceeded, first_error_fails, too_many_errors, where_kept
+from .progress import FillProgress
 from .report import FillError, FillReport
 from .runs import run_heartbeat, run_started
-from .spec import ColumnSpec, RunContext
+from .spec import ColumnSpec, RunContext, check_fill_settings
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
 
-__all__ = ["fill_column"]
+__all__ = ["fill_column", "ColumnFill"]
 
 log = logging.getLogger("dbt_pg_llm")
 
@@ -87,29 +86,21 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
     as it does when more than ``max_error_rate`` (0..1) of the distinct keys failed or were skipped.
     """
     spec = ColumnSpec.from_dict(spec, default_model)
-    return _Fill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
+    return ColumnFill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
                  cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
                  chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
                  wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate,
                  store_prompts=store_prompts).run(source_sql)
 
 
-class _Fill(_Claims):
+class ColumnFill:
+    """One fill of one column (``fill_column``; ``frame.LlmFrameSession`` drives it too): ``run()``
+    once, then read ``report``."""
+
     def __init__(self, connect, engine, spec: ColumnSpec, *, audit_schema, run, on_error, cache_ttl_days,
                  max_cost_usd, progress, window, chunk_rows, claim_timeout_s, wait_timeout_s, poll_s=0.25,
                  max_error_rate: float | None = None, store_prompts: bool = True):
-        if not isinstance(run, RunContext):
-            raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
-        if (window is not None and window < 1) or chunk_rows < 1:
-            raise ValueError("window and chunk_rows must be >= 1")
-        if max_cost_usd is not None and (not isinstance(max_cost_usd, (int, float)) or max_cost_usd <= 0):
-            raise ConfigError([f"max_cost_usd: {max_cost_usd!r} must be a number > 0, or unset for no limit"])
-        if cache_ttl_days is not None and (not isinstance(cache_ttl_days, (int, float)) or cache_ttl_days <= 0):
-            raise ConfigError([f"cache_ttl_days: {cache_ttl_days!r} must be a number of days > 0, or unset"])
-        if isinstance(claim_timeout_s, bool) or not isinstance(claim_timeout_s, (int, float)) or claim_timeout_s <= 0:
-            raise ConfigError([f"claim_timeout_s: {claim_timeout_s!r} must be a number of seconds > 0, e.g. 120"])
-        if max_error_rate is not None and (isinstance(max_error_rate, bool) or not 0 <= max_error_rate <= 1):
-            raise ConfigError([f"max_error_rate: {max_error_rate!r} must be a share from 0 to 1, or unset"])
+        check_fill_settings(run, window, chunk_rows, max_cost_usd, cache_ttl_days, claim_timeout_s, max_error_rate)
         self.max_error_rate = max_error_rate
         self.store_prompts = bool(store_prompts)  # False: llm_results keeps the key (a hash) only
         self._prompts: dict[str, str] = {}
@@ -122,30 +113,30 @@ class _Fill(_Claims):
         self.fail_fast = on_error == "fail"
         self.ttl = timedelta(days=cache_ttl_days) if cache_ttl_days else None
         self.max_cost = max_cost_usd
-        self.progress_cb = progress
         self.chunk_rows = chunk_rows
         self.claim_timeout_s = claim_timeout_s
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.token = uuid.uuid4().hex
         self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
+        self.claims: Claims | None = None  # once the reader connection (which holds them) is open
         self.context = run.as_context(operation=spec.kind)
         model = engine.registry.get(spec.model)  # RegistryError (listing known models) if unknown
         self.model_config = model.config
         # Calls in flight plus answers waiting for the consumer: 4x the model's concurrency, so the
         # pool stays full while this thread claims keys and COPYs answers (a fixed 256 capped a
         # max_concurrency of 256 well below it: the answers being written hold window places).
-        self.window = window or max(256, 4 * model.config.max_concurrency)
+        # The window counts rows: packed, a request holds batch_size of them (16 rows per request
+        # in 256 kept 16 of 64 slots busy).
+        self.batch_size = spec.batch_size or getattr(model.config, "batch_size", 1)
+        self.window = window or max(256, 4 * model.config.max_concurrency) * self.batch_size
         self.claim_batch = max(self.window, 64)
         self.fingerprint = spec.fingerprint(self.model_config)
         self.report = FillReport(model=spec.model, node_id=run.node_id)
         self.sinks = buffered_sinks(engine)
         self.reader = self.writer = None
-        self.started = time.monotonic()
-        self.pacer = ProgressPacer()
-        self.attempt_counter = AttemptCounter(self.context)  # retries / 429s of this fill, for progress
+        self.progress = FillProgress(progress, self.report, self.context, self._budget_spent)
         self.last_flush = time.monotonic()
-        self.first_submit: float | None = None
         self.waiting: dict[str, str] = {}
         self._results: list[ResultRow] = []
         self._ok_keys: list[str] = []
@@ -187,6 +178,8 @@ class _Fill(_Claims):
             run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
             self.run_open = True
             self.reader = self._open()
+            self.claims = Claims(self.reader, lambda: self.writer, self.schema, self.run_ctx, self.spec.model,
+                                 self.spec.kind, self.report, self.claim_timeout_s, self.token)
             self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:
@@ -195,10 +188,10 @@ class _Fill(_Claims):
             self._count_and_log_hits(source_sql)
             if rows_hint is not None:
                 rep.rows = rows_hint
-            self._emit_progress(force=True)
+            self.progress.emit(force=True)
             cursor = self.reader.cursor(name=f"llm_fill_{self.token}", withhold=True)
             cursor.itersize = self.claim_batch
-            cursor.execute(self._candidates_sql(source_sql))
+            cursor.execute(uncached_prompts_sql(source_sql, self.spec, self.fingerprint, self.schema))
             try:
                 self._request(self._claimed_inputs(cursor))
                 if rep.stopped == "max_cost":
@@ -223,7 +216,7 @@ class _Fill(_Claims):
             raise
         finally:
             self._count_attempts(False)
-            self._release_all()
+            self._close()
         self._finish()
         return rep
 
@@ -231,45 +224,20 @@ class _Fill(_Claims):
         """Add (remove) this fill's retry / 429 counter to the engine's log dispatcher."""
         dispatcher = getattr(self.engine, "log", None)
         if on and callable(getattr(dispatcher, "add", None)):
-            dispatcher.add(self.attempt_counter)
+            dispatcher.add(self.progress.attempts)
         elif not on and callable(getattr(dispatcher, "remove", None)):
-            dispatcher.remove(self.attempt_counter)
-
-    def _prompts_sql(self, source_sql: str) -> str:
-        return distinct_prompts_sql(source_sql, self.spec.prompt_sql)
-
-    def _key_expr(self, column: str) -> str:
-        return key_sql(self.fingerprint, column)
+            dispatcher.remove(self.progress.attempts)
 
     def _count_and_log_hits(self, source_sql: str) -> None:
-        """One statement: rows, distinct keys, and the cached keys logged as cached llm_calls rows.
-
-        It embeds user SQL, so it runs without parameters (values inlined with quote_literal)."""
+        """Rows, distinct keys, and the cached keys logged as cached llm_calls rows (one statement)."""
         rep = self.report
-        run_id, node_id, model, op = (quote_literal(v) for v in (self.run_ctx.run_id, self.run_ctx.node_id,
-                                                                 self.spec.model, self.spec.kind))
         with self.writer.cursor() as cur:
             ensure_call_partitions(cur, self.schema, [datetime.now(timezone.utc)])
-            cur.execute(f"""
-                with d as ({self._prompts_sql(source_sql)}),
-                     k as (select {self._key_expr('d.p')} as k from d where d.p is not null),
-                     hits as (select r.key, r.cost_usd from k join {self.q}.llm_results r
-                              on r.key = k.k and {_fresh('r')}),
-                     ins as (insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
-                                 attempt, latency_ms, cost_usd, cached, saved_cost_usd)
-                             select now(), {run_id}, {node_id}, {model}, {op}, hits.key, 0, 0, 0, true,
-                                    hits.cost_usd from hits
-                             returning saved_cost_usd)
-                select (select count(*) from {source_sql} __llm_src),
-                       (select count(*) from k),
-                       (select count(*) from ins),
-                       (select coalesce(sum(saved_cost_usd), 0) from ins)""")
+            cur.execute(count_and_log_hits_sql(source_sql, self.spec, self.fingerprint, self.schema,
+                                               self.run_ctx.run_id, self.run_ctx.node_id))
             rows, distinct, hits, saved = cur.fetchone()
         rep.rows, rep.distinct_keys, rep.cache_hits, rep.saved_cost_usd = int(rows), int(distinct), int(hits), float(saved)
         rep.requests_total = rep.distinct_keys - rep.cache_hits
-
-    def _candidates_sql(self, source_sql: str) -> str:
-        return uncached_prompts_sql(source_sql, self.spec, self.fingerprint, self.schema)
 
     # -- requesting -------------------------------------------------------------------------------
     def _claimed_inputs(self, cursor) -> Iterator[tuple[str, ModelInput]]:
@@ -279,7 +247,7 @@ class _Fill(_Claims):
             if not batch:
                 return
             prompts = dict(batch)
-            mine = self._claim(list(prompts))
+            mine = self.claims.claim(list(prompts))
             mine_set = set(mine)
             for key in prompts:
                 if key not in mine_set:
@@ -288,12 +256,11 @@ class _Fill(_Claims):
             for i, key in enumerate(mine):
                 if self.report.stopped:
                     rest = mine[i:]
-                    self._release(rest)
+                    self.claims.release(rest)
                     if self.report.stopped == "max_cost":
                         self._skip_for_budget(rest)
                     return
-                if self.first_submit is None:
-                    self.first_submit = time.monotonic()
+                self.progress.submitted()
                 yield key, spec.model_input(prompts[key])
 
     def _remember_prompts(self, inputs: Iterable[tuple[str, ModelInput]]) -> Iterator[tuple[str, ModelInput]]:
@@ -304,7 +271,7 @@ class _Fill(_Claims):
             yield key, inp
 
     def _request(self, inputs: Iterable[tuple[str, ModelInput]]) -> None:
-        size = self.spec.batch_size or getattr(self.model_config, "batch_size", 1)
+        size = self.batch_size
         send = functools.partial(self.engine.map_packed, batch_size=size) if size > 1 else self.engine.map_unordered
         for key, output in send(self.spec.model, self._remember_prompts(inputs), window=self.window,
                                 context=self.context, spend_limit=self.spend_limit):
@@ -314,7 +281,7 @@ class _Fill(_Claims):
             elif len(self._results) + len(self._errors) >= self.chunk_rows \
                     or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
                 self._flush()
-            self._emit_progress()
+            self.progress.emit()
 
     def _journal_error(self):
         """The engine journal's write failure (answers are no longer kept there), or None."""
@@ -401,6 +368,10 @@ class _Fill(_Claims):
     def _spent(self) -> float:
         return self.spend_limit.spent_usd if self.spend_limit is not None else self.report.cost_usd
 
+    def _budget_spent(self) -> float | None:
+        """What the run's spend limit has spent (None: no max_cost_usd)."""
+        return self.spend_limit.spent_usd if self.spend_limit is not None else None
+
     def _fail_keys(self, keys: list[str], kind: ErrorKind, message: str) -> None:
         for key in keys:
             self._add_error(key, kind.value, message)
@@ -415,6 +386,62 @@ class _Fill(_Claims):
                 break
             self._skip_for_budget([k for k, _ in batch])
         self._flush()
+
+    # -- keys claimed by other runs ---------------------------------------------------------------
+    def _wait_for_others(self) -> None:
+        try:
+            self._wait_loop()
+        finally:
+            self.report.waiting_keys = len(self.waiting)
+            if not self.waiting:
+                self.report.waiting_on = []
+
+    def _wait_loop(self) -> None:
+        deadline = time.monotonic() + self.wait_timeout_s
+        delay = self.poll_s
+        announced = False  # the first waiting line goes out at once, later ones every few seconds
+        while self.waiting:
+            if self.report.stopped == "error":
+                return  # failing anyway: don't wait
+            self._flush()
+            done, batched = self.claims.settled(list(self.waiting))
+            if done:
+                self.claims.log_late_hits(done)
+            for key in done + batched:  # a key the other run put in a provider batch is that batch's now
+                self.waiting.pop(key, None)
+            if not self.waiting:
+                return
+            mine = self.claims.take_over(list(self.waiting))
+            if mine:
+                prompts = {k: self.waiting.pop(k) for k in mine}
+                self.report.waiting_keys, self.report.waiting_on = len(self.waiting), []  # ours now
+                if self.report.stopped == "max_cost":
+                    self.claims.release(mine)
+                    self._skip_for_budget(mine)
+                else:
+                    self._request((k, self.spec.model_input(p)) for k, p in prompts.items())
+                delay = self.poll_s
+                continue
+            if time.monotonic() >= deadline:
+                self._fail_keys(list(self.waiting), ErrorKind.TIMEOUT,
+                                f"gave up after {self.wait_timeout_s:.0f}s waiting for another run that "
+                                "claimed this key to answer it")
+                self.waiting.clear()
+                return
+            self.report.waiting_keys = len(self.waiting)
+            if not announced or self.progress.due():
+                self.report.waiting_on = self.claims.claimers(list(self.waiting))
+            self.progress.emit(force=not announced)
+            announced = True
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    def _close(self) -> None:
+        """Stop the heartbeat, release every claim of ours, close both connections."""
+        self.heartbeat.stop()
+        if self.claims is not None:
+            self.claims.release_all()
+        close_quietly(self.reader, self.writer)
 
     # -- writing ----------------------------------------------------------------------------------
     def _flush(self, final: bool = False) -> None:
@@ -436,7 +463,7 @@ class _Fill(_Claims):
             self._write(resolve_errors, ok_keys)
         if errors:
             self._write(write_errors, errors)
-        self._release(ok_keys + [e.key for e in errors])  # results are committed: let others see them
+        self.claims.release(ok_keys + [e.key for e in errors])  # results are committed: let others see them
         self._drain_logs()
         if self.run_open and time.monotonic() - self.last_run_heartbeat >= RUN_HEARTBEAT_EVERY_S:
             self.last_run_heartbeat = time.monotonic()
@@ -485,39 +512,11 @@ class _Fill(_Claims):
                    saved_cost_usd=rep.saved_cost_usd)
         self.run_open = False
 
-    def _progress_due(self) -> bool:
-        return self.progress_cb is not None and time.monotonic() - self.pacer.last >= self.pacer.every_s
-
-    def _emit_progress(self, force: bool = False) -> None:
-        """A progress event at most every 10 s, or per 10% of the keys to request (``ProgressPacer``)."""
-        if self.progress_cb is None:
-            return
-        now = time.monotonic()
-        rep = self.report
-        if force:
-            self.pacer.mark(rep.requests_done, rep.requests_total, now)
-        elif not self.pacer.due(rep.requests_done, rep.requests_total, now):
-            return
-        rep.elapsed_s = now - self.started
-        rep.retries, rep.rate_limited = self.attempt_counter.retries, self.attempt_counter.rate_limited
-        rep.eta_s = self._eta(now)
-        rep.budget_spent_usd = self._spent() if self.spend_limit is not None else None
-        try:
-            self.progress_cb(rep.as_progress())
-        except Exception:  # a progress printer must never fail a run
-            log.exception("progress callback failed")
-
-    def _eta(self, now: float) -> float | None:
-        """At the keys/s observed since the first request: retries and 429 back-off included."""
-        rep = self.report
-        return eta_s(max(rep.requests_total - rep.requests_done, 0), rep.requests_done,
-                     None if self.first_submit is None else max(now - self.first_submit, 1e-6))
-
     def _finish(self) -> None:
         rep = self.report
-        rep.elapsed_s = time.monotonic() - self.started
+        rep.elapsed_s = time.monotonic() - self.progress.started
         rep.eta_s = 0.0 if not rep.stopped else None
-        rep.budget_spent_usd = self._spent() if self.spend_limit is not None else None
+        rep.budget_spent_usd = self._budget_spent()
         too_many = too_many_errors(rep, self.max_error_rate)
         failed = (self.fail_fast and rep.first_error is not None and rep.first_error.kind != ErrorKind.BUDGET.value) \
             or too_many
@@ -529,18 +528,9 @@ class _Fill(_Claims):
                 writer.close()
         except Exception as exc:
             log.error("could not record the run in %s.llm_runs: %s", self.schema, redact(str(exc)).strip())
-        if self.progress_cb is not None:
-            self._emit_progress(force=True)
+        self.progress.emit(force=True)
         if too_many and not self.fail_fast:
             raise error_rate_exceeded(rep, self.max_error_rate, self.schema, self.answers_written)
         if failed:
-            err = rep.first_error
-            who = f"{self.run_ctx.node_id}: " if self.run_ctx.node_id else ""
-            raise ModelError(
-                err.kind,
-                f"{who}model '{self.spec.model}': {rep.errors} key(s) failed and on_error is 'fail', so the fill "
-                f"stopped after {rep.requests_done} of {rep.requests_total} requests; first error, for key "
-                f"{err.key[:16]}: {err.kind}: {err.message}. The {self.answers_written} answer(s) already "
-                f"received were kept in {self.schema}.llm_results (set on_error: 'null' to keep going).",
-                model=self.spec.model)
+            raise first_error_fails(rep, self.schema, self.answers_written)
 

@@ -21,8 +21,8 @@ import uuid
 from typing import Any, Callable
 
 from ..keys import cache_key
-from .fill import _Fill
-from .join import _fresh
+from .fill import ColumnFill
+from .join import fresh_sql
 from .migrations import ensure_migrated, quote_ident, transaction
 from .report import FillReport
 from .spec import ColumnSpec, RunContext
@@ -112,7 +112,7 @@ class LlmFrameSession:
                             f"'{_STAGING_MAX_AGE}'")
                 copy_rows(cur, f"{q}.llm_frame_prompts", ("batch_id", "prompt"), ((batch_id, p) for p in prompts))
             try:
-                fill = _Fill(self.connect, self.engine, spec, audit_schema=self.audit_schema, run=self.run,
+                fill = ColumnFill(self.connect, self.engine, spec, audit_schema=self.audit_schema, run=self.run,
                              wait_timeout_s=900.0, **self.options)
                 source = f"(select prompt from {q}.llm_frame_prompts where batch_id = '{batch_id}')"
                 try:
@@ -134,7 +134,7 @@ class LlmFrameSession:
         with conn.cursor() as cur:
             for i in range(0, len(keys), _READ_CHUNK):
                 cur.execute(f"select r.key, r.{spec.output_column} from {q}.llm_results r "
-                            f"where r.key = any(%s::text[]) and {_fresh('r')}", (keys[i:i + _READ_CHUNK],))
+                            f"where r.key = any(%s::text[]) and {fresh_sql('r')}", (keys[i:i + _READ_CHUNK],))
                 for key, value in cur.fetchall():
                     answers[by_key[key]] = value
         return answers

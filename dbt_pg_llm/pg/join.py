@@ -1,7 +1,7 @@
 """The model's SELECT: ``join_sql`` joins the source to ``<audit>.llm_results`` on each row's key.
 
 Also the SQL text helpers the fill shares with it: ``quote_literal`` (a value as a SQL literal,
-for statements that embed user SQL and so run without parameters) and ``_fresh`` (the predicate
+for statements that embed user SQL and so run without parameters) and ``fresh_sql`` (the predicate
 "this llm_results row is valid and unexpired", the one definition of a usable cached answer).
 Pure string building: nothing here executes SQL.
 """
@@ -16,7 +16,8 @@ from ..keys import key_sql
 from .migrations import quote_ident
 from .spec import ColumnSpec
 
-__all__ = ["join_sql", "quote_literal", "key_column", "distinct_prompts_sql", "uncached_prompts_sql"]
+__all__ = ["join_sql", "fresh_sql", "quote_literal", "key_column", "distinct_prompts_sql", "uncached_prompts_sql",
+           "count_and_log_hits_sql"]
 
 
 def quote_literal(value: Any) -> str:
@@ -38,7 +39,8 @@ def key_column(name: str) -> str:
     return f"{name}__llm_key"
 
 
-def _fresh(alias: str) -> str:
+def fresh_sql(alias: str) -> str:
+    """The condition that ``alias`` (an llm_results row) may be served: valid and not expired."""
     return f"{alias}.valid and ({alias}.expires_at is null or {alias}.expires_at > now())"
 
 
@@ -56,7 +58,26 @@ def uncached_prompts_sql(source_sql: str, spec: ColumnSpec, fingerprint: str, au
             select c.k, c.p from (select {key_sql(fingerprint, 'd.p')} as k, d.p
                                   from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d
                                   where d.p is not null) c
-            where not exists (select 1 from {q}.llm_results r where r.key = c.k and {_fresh('r')})"""
+            where not exists (select 1 from {q}.llm_results r where r.key = c.k and {fresh_sql('r')})"""
+
+
+def count_and_log_hits_sql(source_sql: str, spec: ColumnSpec, fingerprint: str, audit_schema: str,
+                           run_id: str, node_id: str | None) -> str:
+    """One statement: the source's rows, its distinct keys, and the keys already answered, each
+    logged as a cached ``llm_calls`` row (its ``saved_cost_usd`` the stored cost); selects
+    (rows, distinct keys, hits, saved cost). It embeds user SQL: values are inlined literals."""
+    q = quote_ident(audit_schema)
+    run, node, model, op = (quote_literal(v) for v in (run_id, node_id, spec.model, spec.kind))
+    return f"""
+        with d as ({distinct_prompts_sql(source_sql, spec.prompt_sql)}),
+             k as (select {key_sql(fingerprint, 'd.p')} as k from d where d.p is not null),
+             hits as (select r.key, r.cost_usd from k join {q}.llm_results r on r.key = k.k and {fresh_sql('r')}),
+             ins as (insert into {q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
+                         attempt, latency_ms, cost_usd, cached, saved_cost_usd)
+                     select now(), {run}, {node}, {model}, {op}, hits.key, 0, 0, 0, true, hits.cost_usd from hits
+                     returning saved_cost_usd)
+        select (select count(*) from {source_sql} __llm_src), (select count(*) from k), (select count(*) from ins),
+               (select coalesce(sum(saved_cost_usd), 0) from ins)"""
 
 
 def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], audit_schema: str = "llm_audit",
@@ -101,6 +122,6 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
         select.append(f"{value} as {quote_ident(name)}")
         if keep_keys:
             select.append(f"__llm_k.__llm_k{i} as {quote_ident(key_column(name))}")
-        joins.append(f"left join {q}.llm_results {r} on {r}.key = __llm_k.__llm_k{i} and {_fresh(r)}")
+        joins.append(f"left join {q}.llm_results {r} on {r}.key = __llm_k.__llm_k{i} and {fresh_sql(r)}")
     return (f"select {', '.join(select)}\nfrom {source_sql} __llm_src\n"
             f"cross join lateral (select {keys}) __llm_k\n" + "\n".join(joins))

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "MIGRATIONS",
+    "db_identity",
     "migrate",
     "ensure_migrated",
     "forget_migrated",
@@ -389,7 +390,8 @@ _migrated: set[tuple] = set()
 _migrated_lock = threading.Lock()
 
 
-def _db_identity(conn, schema: str) -> tuple:
+def db_identity(conn, schema: str) -> tuple:
+    """(host, port, database, schema) of ``conn``: what per-process memos of a schema are keyed by."""
     info = getattr(conn, "info", None)
     if info is not None:
         return (info.host, info.port, info.dbname, schema)
@@ -398,7 +400,7 @@ def _db_identity(conn, schema: str) -> tuple:
 
 def ensure_migrated(conn, schema: str = "llm_audit") -> None:
     """``migrate`` once per process per database and schema (the memo is cleared by forget_migrated)."""
-    ident = _db_identity(conn, schema)
+    ident = db_identity(conn, schema)
     if ident in _migrated:
         return
     with _migrated_lock:

@@ -1,13 +1,13 @@
 """How a fill ends: the ``llm.max_error_rate`` verdict, and the truth about answers it could not write.
 
-Plain functions over a ``FillReport`` and the engine's cache, used by ``fill._Fill``.
+Plain functions over a ``FillReport`` and the engine's cache, used by ``fill.ColumnFill``.
 """
 from __future__ import annotations
 
 from ..errors import ModelError
 from .report import FillReport
 
-__all__ = ["too_many_errors", "error_rate_exceeded", "where_kept"]
+__all__ = ["too_many_errors", "error_rate_exceeded", "first_error_fails", "where_kept"]
 
 
 def too_many_errors(report: FillReport, max_error_rate: float | None) -> bool:
@@ -27,6 +27,20 @@ def error_rate_exceeded(report: FillReport, max_error_rate: float, schema: str, 
         f"llm.max_error_rate ({max_error_rate:g}); first error, for key {err.key[:16]}: {err.kind}: {err.message}. "
         f"The {answers_written} answer(s) received were kept in {schema}.llm_results and the failed keys are "
         "retried on the next run.",
+        model=report.model)
+
+
+def first_error_fails(report: FillReport, schema: str, answers_written: int) -> ModelError:
+    """The error that fails the model under ``on_error='fail'``: where the fill stopped, the first
+    error, and where the answers already paid for are."""
+    err = report.first_error
+    who = f"{report.node_id}: " if report.node_id else ""
+    return ModelError(
+        err.kind,
+        f"{who}model '{report.model}': {report.errors} key(s) failed and on_error is 'fail', so the fill "
+        f"stopped after {report.requests_done} of {report.requests_total} requests; first error, for key "
+        f"{err.key[:16]}: {err.kind}: {err.message}. The {answers_written} answer(s) already "
+        f"received were kept in {schema}.llm_results (set on_error: 'null' to keep going).",
         model=report.model)
 
 

@@ -23,7 +23,7 @@ from ..keys import canonical_json, fingerprint_of, key_sql
 from ..json_schema import schema_problems
 from ..model_io import ModelInput, ResponseFormat, label_problems
 
-__all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE"]
+__all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE", "check_fill_settings"]
 
 KINDS = ("complete", "classify", "extract")
 SPEC_KEYS = ("kind", "prompt_sql", "system", "model", "max_tokens", "temperature", "labels", "instructions",
@@ -179,3 +179,20 @@ class RunContext:
         out = {"run_id": self.run_id, "node_id": self.node_id}
         out.update(extra)
         return out
+
+
+def check_fill_settings(run, window, chunk_rows, max_cost_usd, cache_ttl_days, claim_timeout_s,
+                        max_error_rate) -> None:
+    """``fill_column``'s settings, checked before anything runs: the error names the setting."""
+    if not isinstance(run, RunContext):
+        raise TypeError("run: pass a RunContext(run_id=..., node_id=...)")
+    if (window is not None and window < 1) or chunk_rows < 1:
+        raise ValueError("window and chunk_rows must be >= 1")
+    if max_cost_usd is not None and (not isinstance(max_cost_usd, (int, float)) or max_cost_usd <= 0):
+        raise ConfigError([f"max_cost_usd: {max_cost_usd!r} must be a number > 0, or unset for no limit"])
+    if cache_ttl_days is not None and (not isinstance(cache_ttl_days, (int, float)) or cache_ttl_days <= 0):
+        raise ConfigError([f"cache_ttl_days: {cache_ttl_days!r} must be a number of days > 0, or unset"])
+    if isinstance(claim_timeout_s, bool) or not isinstance(claim_timeout_s, (int, float)) or claim_timeout_s <= 0:
+        raise ConfigError([f"claim_timeout_s: {claim_timeout_s!r} must be a number of seconds > 0, e.g. 120"])
+    if max_error_rate is not None and (isinstance(max_error_rate, bool) or not 0 <= max_error_rate <= 1):
+        raise ConfigError([f"max_error_rate: {max_error_rate!r} must be a share from 0 to 1, or unset"])

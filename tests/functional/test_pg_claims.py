@@ -175,10 +175,8 @@ def test_concurrent_claims_of_overlapping_keys_in_any_order_never_deadlock(db):
     """Two runs claiming the same keys at once, listed in opposite orders: each INSERT ... ON CONFLICT
     waits on the other's uncommitted rows, so unless both insert in one order Postgres aborts one
     with 'deadlock detected' (seen in test_dbt_adapter's two concurrent dbt runs)."""
-    import types
-
-    from dbt_pg_llm.pg.claims import _Claims
-    from dbt_pg_llm.pg.migrations import ensure_migrated, quote_ident
+    from dbt_pg_llm.pg.claims import Claims
+    from dbt_pg_llm.pg.migrations import ensure_migrated
 
     connect, _, audit = db
     admin = connect()
@@ -188,15 +186,15 @@ def test_concurrent_claims_of_overlapping_keys_in_any_order_never_deadlock(db):
     for name in ("a", "b"):
         conn = connect()
         conn.autocommit = True
-        claimers.append((conn, types.SimpleNamespace(q=quote_ident(audit), token=f"token-{name}",
-                                                     run_ctx=RunContext(f"run-{name}", f"model.p.{name}"))))
+        claimers.append((conn, Claims(conn, lambda: None, audit, RunContext(f"run-{name}", f"model.p.{name}"),
+                                      "m", "complete", None, 120.0, f"token-{name}")))
     errors, won = [], []
 
     def claim(conn, holder, keys, barrier):
         barrier.wait()
         try:
             with conn.cursor() as cur:
-                won.append(len(_Claims._insert_claims(holder, cur, keys)))
+                won.append(len(holder.insert(cur, keys)))
         except Exception as exc:  # a deadlock aborts one side's statement
             errors.append(exc)
 

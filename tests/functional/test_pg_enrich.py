@@ -675,6 +675,23 @@ def test_the_fill_keeps_the_models_concurrency_in_flight_beyond_256(db, pg_conn,
     assert sim.stats()["max_in_flight"] > 256
 
 
+def test_a_packed_fill_keeps_the_models_concurrency_in_flight(db, pg_conn, simulator_factory):
+    """The window counts rows: with 16 rows per packed request, the default window of 4 x 64 rows
+    kept only 16 packed requests in flight for a model allowed 64."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(latency_ms=300))
+    source = make_source(pg_conn, schema, [f"packed review {i} was fine" for i in range(64 * 16)])
+    s = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body", "labels": ["positive", "negative"],
+                              "batch_size": 16}, default_model="sim")
+    engine = make_engine(sim, max_concurrency=64)
+    try:
+        rep = fill_column(connect, engine, source, s, audit_schema=audit, run=RunContext("r", "n"))
+    finally:
+        engine.close()
+    assert rep.errors == 0 and sim.stats()["requests"] == 64
+    assert sim.stats()["max_in_flight"] > 32
+
+
 def test_packed_fill_dead_letters_a_failing_row_journals_the_rest_and_reruns_nothing(db, pg_conn, sim):
     """batch_size 16: a row the server refuses fails its packed request, the fallback single calls
     answer its 15 neighbours and dead-letter it alone; every answer is in the journal; cost adds up."""

@@ -283,3 +283,30 @@ def test_latency_is_the_request_time_not_the_queue_wait():
     assert all(o.ok for o in outs)
     assert max(o.latency_ms for o in outs) < 150  # the last one waited ~200 ms for the pool
     assert model.metrics.avg_latency_ms < 150
+
+
+def test_a_packed_requests_answers_are_journaled_in_one_group_commit():
+    """Each row of a packed request is journaled before it is used, all in one commit: awaited one
+    after another, 16 rows waited for 16 commits (16 x commit_delay_s per packed request)."""
+    class CountingBackend(MemoryBackend):
+        def __init__(self):
+            super().__init__()
+            self.transactions = []
+
+        def set_many(self, items):
+            self.transactions.append([key for key, _ in items])
+            super().set_many(items)
+
+    fmt = ResponseFormat.one_of(["pos", "neg"])
+
+    def handler(request):
+        items = json.loads(json.loads(request.content)["messages"][-1]["content"].split("\n\n", 1)[1])
+        return answer(json.dumps(["pos"] * len(items)))
+
+    backend = CountingBackend()
+    engine = Engine(cache=ResultCache(backend, commit_delay_s=0.05))
+    engine.register(make_model(Script(handler)))
+    rows = list(engine.map_packed("m", ((i, ModelInput(f"good {i}", response_format=fmt)) for i in range(16)),
+                                  batch_size=16))
+    assert sorted(tag for tag, _ in rows) == list(range(16)) and all(out.value == "pos" for _, out in rows)
+    assert [len(keys) for keys in backend.transactions] == [16]
