@@ -34,3 +34,25 @@ def test_the_heap_alive_at_the_first_fill_is_frozen_once():
 
 def test_freezing_can_be_turned_off():
     assert run("0") == {"before": 0, "first": 0, "second": 0, "after": 0}
+
+
+def test_freezing_does_not_scan_the_whole_heap():
+    """A young collection before the freeze, not a full one (which scanned dbt's whole parsed
+    project: 85 ms of every enriching dbt run)."""
+    script = """
+import gc, json
+from dbt_pg_llm.gc_policy import freeze_long_lived_heap
+keep = [[i] for i in range(50000)]
+gc.collect()
+generations = []
+gc.callbacks.append(lambda phase, info: phase == "start" and generations.append(info["generation"]))
+freeze_long_lived_heap()
+print(json.dumps(generations))
+"""
+    import json
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "DBT_PG_LLM_FREEZE_HEAP"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    generations = json.loads(done.stdout.strip().splitlines()[-1])
+    assert generations and max(generations) <= 1
