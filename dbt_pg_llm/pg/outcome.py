@@ -18,30 +18,31 @@ def too_many_errors(report: FillReport, max_error_rate: float | None) -> bool:
 
 def error_rate_exceeded(report: FillReport, max_error_rate: float, schema: str, answers_written: int) -> ModelError:
     """The error that fails the model: the counts, the share, the setting, and the first error."""
-    err = report.first_error
-    who = f"{report.node_id}: " if report.node_id else ""
-    return ModelError(
-        err.kind,
-        f"{who}model '{report.model}': {report.errors} of {report.distinct_keys} distinct key(s) "
-        f"({report.errors / report.distinct_keys:.0%}) failed or were not requested, more than "
-        f"llm.max_error_rate ({max_error_rate:g}); first error, for key {err.key[:16]}: {err.kind}: {err.message}. "
+    return _model_failed(
+        report,
+        f"{report.errors} of {report.distinct_keys} distinct key(s) ({report.errors / report.distinct_keys:.0%}) "
+        f"failed or were not requested, more than llm.max_error_rate ({max_error_rate:g})",
         f"The {answers_written} answer(s) received were kept in {schema}.llm_results and the failed keys are "
-        "retried on the next run.",
-        model=report.model)
+        "retried on the next run.")
 
 
 def first_error_fails(report: FillReport, schema: str, answers_written: int) -> ModelError:
     """The error that fails the model under ``on_error='fail'``: where the fill stopped, the first
     error, and where the answers already paid for are."""
+    return _model_failed(
+        report,
+        f"{report.errors} key(s) failed and on_error is 'fail', so the fill stopped after {report.requests_done} "
+        f"of {report.requests_total} requests",
+        f"The {answers_written} answer(s) already received were kept in {schema}.llm_results "
+        "(set on_error: 'null' to keep going).")
+
+
+def _model_failed(report: FillReport, what: str, kept: str) -> ModelError:
+    """``<node>: model '<model>': <what>; first error, for key <key>: <kind>: <message>. <kept>``"""
     err = report.first_error
     who = f"{report.node_id}: " if report.node_id else ""
-    return ModelError(
-        err.kind,
-        f"{who}model '{report.model}': {report.errors} key(s) failed and on_error is 'fail', so the fill "
-        f"stopped after {report.requests_done} of {report.requests_total} requests; first error, for key "
-        f"{err.key[:16]}: {err.kind}: {err.message}. The {answers_written} answer(s) already "
-        f"received were kept in {schema}.llm_results (set on_error: 'null' to keep going).",
-        model=report.model)
+    return ModelError(err.kind, f"{who}model '{report.model}': {what}; first error, for key {err.key[:16]}: "
+                                f"{err.kind}: {err.message}. {kept}", model=report.model)
 
 
 def where_kept(engine, keys: list[str]) -> str:
