@@ -206,7 +206,7 @@ class Engine:
             # thread once per answer (a wake-up of each thread, ~0.05 ms of CPU). In flight stays
             # between 3/4 of the window and the window, which is why it is a few times the pool's size.
             while not exhausted and window - in_flight >= chunk_size:
-                chunk = list(itertools.islice(source, min(chunk_size, window - in_flight)))
+                chunk = list(itertools.islice(source, chunk_size))
                 if not chunk:
                     exhausted = True
                     break

@@ -91,11 +91,7 @@ class ClaimHeartbeat:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        close_quietly(conn)
 
 
 class Claims:

@@ -87,10 +87,10 @@ def fill_column(connect: Callable[[], Any], engine, source_sql: str, spec: Colum
     """
     spec = ColumnSpec.from_dict(spec, default_model)
     return ColumnFill(connect, engine, spec, audit_schema=audit_schema, run=run, on_error=on_error,
-                 cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
-                 chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
-                 wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate,
-                 store_prompts=store_prompts).run(source_sql)
+                      cache_ttl_days=cache_ttl_days, max_cost_usd=max_cost_usd, progress=progress, window=window,
+                      chunk_rows=chunk_rows, claim_timeout_s=claim_timeout_s,
+                      wait_timeout_s=wait_timeout_s, max_error_rate=max_error_rate,
+                      store_prompts=store_prompts).run(source_sql)
 
 
 class ColumnFill:

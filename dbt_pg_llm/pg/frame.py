@@ -113,7 +113,7 @@ class LlmFrameSession:
                 copy_rows(cur, f"{q}.llm_frame_prompts", ("batch_id", "prompt"), ((batch_id, p) for p in prompts))
             try:
                 fill = ColumnFill(self.connect, self.engine, spec, audit_schema=self.audit_schema, run=self.run,
-                             wait_timeout_s=900.0, **self.options)
+                                  wait_timeout_s=900.0, **self.options)
                 source = f"(select prompt from {q}.llm_frame_prompts where batch_id = '{batch_id}')"
                 try:
                     fill.run(source, rows_hint=rows)
