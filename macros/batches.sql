@@ -7,7 +7,8 @@
   {%- set rows = adapter.llm_batches() -%}
   {%- do log("pg_llm: " ~ rows | length ~ " open provider batch(es) in " ~ adapter.llm_audit_schema(), info=true) -%}
   {%- for r in rows -%}
-    {%- do log("  " ~ r.batch ~ "  " ~ r.provider ~ "/" ~ r.model ~ "  " ~ r.status ~ "  " ~ r.keys ~ " keys  submitted " ~ r.submitted_at ~ "  by " ~ r.node_id, info=true) -%}
+    {#- subscripts, not attributes: r.keys on a dict is the dict's keys() method, not the entry -#}
+    {%- do log("  " ~ r['batch'] ~ "  " ~ r['provider'] ~ "/" ~ r['model'] ~ "  " ~ r['status'] ~ "  " ~ r['keys'] ~ " keys  submitted " ~ r['submitted_at'] ~ "  by " ~ r['node_id'], info=true) -%}
   {%- endfor -%}
   {{ return(rows) }}
 {%- endmacro %}

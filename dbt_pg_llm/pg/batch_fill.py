@@ -116,6 +116,10 @@ def _fill(connect, engine, source_sql: str, spec: ColumnSpec, policy: BatchPolic
                 out.collected += waited.collected
                 out.problems += waited.problems
             todo, waiting = _count(conn, audit_schema, source_sql, key_expr)
+        elif policy is not None and todo:  # said once per column: otherwise batch mode looks ignored
+            out.problems.append(f"mode='batch': {todo} uncached key(s) is fewer than batch.min_keys "
+                                f"({policy.min_keys}) of model '{spec.model}': sent as normal requests now "
+                                f"(set batch.min_keys <= {todo} to batch them)")
         filtered = source_sql
         if waiting:
             filtered = (f"(select * from {source_sql} __llm_b where {spec.prompt_sql} is null "

@@ -125,6 +125,9 @@ def test_below_min_keys_uses_the_normal_path(db, pg_conn, bsim):
     source = make_source(pg_conn, pg_conn.schema, prompts(4))
     out = fill(db, engine, source)
     assert out.submitted == [] and bsim.stats()["requests"] == 4 and bsim.stats()["batches_created"] == 0
+    # said, with the numbers (it used to fall back silently)
+    assert len(out.problems) == 1 and "4 uncached key(s)" in out.problems[0] and "batch.min_keys (5)" in out.problems[0]
+    assert fill(db, engine, source).problems == []  # all cached: nothing to say
 
 
 def test_waits_up_to_max_wait_s_and_collects_in_the_same_run(db, pg_conn, bsim):
