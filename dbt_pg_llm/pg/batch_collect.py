@@ -169,12 +169,15 @@ class BatchCollector:
         cache = getattr(self.engine, "cache", None)
         if cache is not None:  # journal first: paid answers survive whatever happens below
             cache.put_many((pending[c], o) for c, o in outcomes)
-        write_results(conn, self.schema, [self._result_row(pending[c], o, row, spec) for c, o in outcomes if o.ok])
+        prompts = store.key_prompts(conn, self.schema, row.batch_uid)
+        write_results(conn, self.schema, [self._result_row(pending[c], o, row, spec, prompts.get(pending[c]))
+                                          for c, o in outcomes if o.ok])
         applied = store.apply_answers(conn, self.schema, row.batch_uid, outcomes, model=row.model,
                                       operation=spec.kind, run_id=self.run.run_id, node_id=row.node_id)
         ok_keys = [k for k, o in applied if o.ok]
         errors = [ErrorRow(key=k, node_id=row.node_id, model=row.model, error_kind=str(o.error_kind),
-                           message=o.error_message, run_id=self.run.run_id) for k, o in applied if not o.ok]
+                           message=o.error_message, run_id=self.run.run_id, column_name=spec.name)
+                  for k, o in applied if not o.ok]
         resolve_errors(conn, self.schema, ok_keys)
         write_errors(conn, self.schema, errors)
         paid = sum(o.cost_usd for _, o in applied)
@@ -189,7 +192,8 @@ class BatchCollector:
         rep.failed += len(errors)
         rep.cost_usd += paid
 
-    def _result_row(self, key: str, output: ModelOutput, row: store.BatchRow, spec: ColumnSpec) -> ResultRow:
+    def _result_row(self, key: str, output: ModelOutput, row: store.BatchRow, spec: ColumnSpec,
+                    prompt: str | None = None) -> ResultRow:
         is_json = spec.kind == "extract"
         return ResultRow(
             key=key, model=row.model, model_version=row.model_version, fingerprint=row.fingerprint,
@@ -198,7 +202,7 @@ class BatchCollector:
             confidence=output.confidence, prompt_tokens=output.tokens.prompt,
             completion_tokens=output.tokens.completion, cost_usd=output.cost_usd, truncated=bool(output.truncated),
             expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None, run_id=self.run.run_id,
-            node_id=row.node_id, column_name=spec.name)  # the prompt is not kept with a batch
+            node_id=row.node_id, column_name=spec.name, prompt=prompt)  # prompt: recorded at submit
 
     # -- operations -------------------------------------------------------------------------------
     def cancel(self) -> list[str]:

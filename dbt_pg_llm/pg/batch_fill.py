@@ -110,7 +110,8 @@ def _fill(connect, engine, source_sql: str, spec: ColumnSpec, policy: BatchPolic
             cap = fill_kwargs.get("max_cost_usd")
             limit = run_spend_limit(conn, audit_schema, run.run_id, cap) if cap is not None else None
             mine = _Submitter(connect, engine, collector, spec, fingerprint, policy, audit_schema, run,
-                              fill_kwargs.get("claim_timeout_s", 120.0), limit).submit(source_sql, out)
+                              fill_kwargs.get("claim_timeout_s", 120.0), limit,
+                              fill_kwargs.get("store_prompts", True)).submit(source_sql, out)
             if mine and policy.max_wait_s > 0:
                 waited = collector.wait(mine, policy.max_wait_s, policy.poll_s, say)
                 out.collected += waited.collected
@@ -172,8 +173,11 @@ class _Submitter:
 
     def __init__(self, connect, engine, collector: BatchCollector, spec: ColumnSpec, fingerprint: str,
                  policy: BatchPolicy, schema: str, run: RunContext, claim_timeout_s: float,
-                 limit: SpendLimit | None = None):
+                 limit: SpendLimit | None = None, store_prompts: bool = True):
         self.connect, self.engine, self.collector = connect, engine, collector
+        # llm.store_prompts: each claimed key's prompt, recorded with the batch's keys so that the
+        # collector can keep it in llm_results as the normal path does
+        self.prompts: dict[str, str] | None = {} if store_prompts else None
         self.limit = limit
         self.worst_case: dict[str, float] = {}  # per claimed key, at the batch price
         self.spec, self.fingerprint, self.policy, self.schema, self.run = spec, fingerprint, policy, schema, run
@@ -236,9 +240,14 @@ class _Submitter:
                 for key in mine:
                     if key not in taken:
                         inp = self.spec.model_input(prompts[key])
+                        if self.prompts is not None:
+                            self.prompts[key] = prompts[key]
                         if self.limit is not None:
                             self.worst_case[key] = estimate_cost(self.model.config, inp) * self.policy.discount
                         yield key, self.client.request_body(inp)
+
+    def _prompt(self, key: str) -> str | None:
+        return self.prompts.pop(key, None) if self.prompts is not None else None
 
     def _submit_chunk(self, writer, claims: Claims, chunk, out: BatchedFill) -> str | None:
         uid = uuid.uuid4().hex[:24]
@@ -256,7 +265,7 @@ class _Submitter:
             "batch_uid": uid, "provider": self.client.provider, "model": self.spec.model,
             "model_version": self.model.config.model_version, "fingerprint": self.fingerprint, "spec": spec,
             "key_count": len(keys), "discount": float(self.policy.discount), "run_id": self.run.run_id,
-            "node_id": self.run.node_id}, ((k, k) for k in keys))
+            "node_id": self.run.node_id}, ((k, k, self._prompt(k)) for k in keys))
         claims.release(keys)  # the open batch row protects them from now on
         try:
             info = self.client.submit(uid, chunk)
@@ -286,7 +295,8 @@ class _Submitter:
         store.set_status(writer, self.schema, uid, "abandoned", open=False, message=message)
         write_errors(writer, self.schema, [ErrorRow(key=k, node_id=self.run.node_id, model=self.spec.model,
                                                     error_kind=str(exc.kind), message=message,
-                                                    run_id=self.run.run_id) for k in keys])
+                                                    run_id=self.run.run_id, column_name=self.spec.name)
+                                           for k in keys])
         out.problems.append(message)
         log.warning(message)
         return None

@@ -18,7 +18,7 @@ from .migrations import LOCK_CLASS, ensure_call_partitions, quote_ident, transac
 from .writers import CALL_COLUMNS, copy_rows
 
 __all__ = ["BatchRow", "BATCH_LOCK_CLASS", "in_open_batch_sql", "record_intent", "record_submitted", "set_status",
-           "open_batches", "pending_keys", "apply_answers", "close_batch", "try_lock", "unlock"]
+           "open_batches", "pending_keys", "key_prompts", "apply_answers", "close_batch", "try_lock", "unlock"]
 
 BATCH_LOCK_CLASS = LOCK_CLASS + 1  # advisory locks held while collecting one batch
 _COLUMNS = ("batch_uid", "provider", "model", "model_version", "fingerprint", "spec", "provider_batch_id", "status",
@@ -60,8 +60,9 @@ def in_open_batch_sql(schema: str, key_expr: str) -> str:
             f"where bk.key = {key_expr} and b.open)")
 
 
-def record_intent(conn, schema: str, row: dict, keys: Iterable[tuple[str, str]]) -> None:
-    """Commit the batch row (status 'submitting') and its (custom_id, key) pairs, before submitting."""
+def record_intent(conn, schema: str, row: dict, keys: Iterable[tuple]) -> None:
+    """Commit the batch row (status 'submitting') and its (custom_id, key[, prompt]) tuples, before
+    submitting (the prompt, None unless llm.store_prompts, is what collect_prompts returns later)."""
     q = quote_ident(schema)
     with transaction(conn) as cur:
         cur.execute(f"""
@@ -70,8 +71,8 @@ def record_intent(conn, schema: str, row: dict, keys: Iterable[tuple[str, str]])
             values (%(batch_uid)s, %(provider)s, %(model)s, %(model_version)s, %(fingerprint)s, %(spec)s,
                     'submitting', %(key_count)s, %(discount)s, %(run_id)s, %(node_id)s, pg_backend_pid())""",
                     {**row, "spec": json.dumps(row["spec"], sort_keys=True)})
-        copy_rows(cur, f"{q}.llm_batch_keys", ("batch_uid", "custom_id", "key"),
-                  ((row["batch_uid"], custom_id, key) for custom_id, key in keys))
+        copy_rows(cur, f"{q}.llm_batch_keys", ("batch_uid", "custom_id", "key", "prompt"),
+                  ((row["batch_uid"], *k[:2], k[2] if len(k) > 2 else None) for k in keys))
 
 
 def record_submitted(conn, schema: str, batch_uid: str, provider_batch_id: str, status: str) -> None:
@@ -118,6 +119,14 @@ def pending_keys(conn, schema: str, batch_uid: str) -> dict[str, str]:
     with conn.cursor() as cur:
         cur.execute(f"select custom_id, key from {quote_ident(schema)}.llm_batch_keys "
                     "where batch_uid = %s and state = 'pending'", (batch_uid,))
+        return dict(cur.fetchall())
+
+
+def key_prompts(conn, schema: str, batch_uid: str) -> dict[str, str]:
+    """key -> prompt of the batch's pending keys recorded with their prompt (llm.store_prompts)."""
+    with conn.cursor() as cur:
+        cur.execute(f"select key, prompt from {quote_ident(schema)}.llm_batch_keys "
+                    "where batch_uid = %s and state = 'pending' and prompt is not null", (batch_uid,))
         return dict(cur.fetchall())
 
 

@@ -1,10 +1,13 @@
 """Cache control over both layers: ``llm_results`` (the shared cache) and the engine's journal.
 
 * ``invalidate(conn, schema, journal, filters)`` marks the matching ``llm_results`` rows invalid
-  (``valid = false``, ``invalidated_at = now()``; kept for the audit) AND invalidates the same keys
-  in the local journal: the journal answers every key it holds, so invalidating only the table
-  would be silently undone by the next run (the journal would hand the old answer back, unpaid).
-  The next run requests exactly those keys again.
+  (``valid = false``, ``invalidated_at = now()``; kept for the audit), records each key's
+  invalidation in ``llm_invalidations`` AND invalidates the same keys in the local journal: the
+  journal answers every key it holds, so invalidating only the table would be silently undone by
+  the next run (the journal would hand the old answer back, unpaid). Journals on other machines
+  are out of reach: a fill skips any journal entry created at or before its key's
+  ``llm_invalidations.invalidated_at`` (decision 0024). The next run on any machine requests
+  exactly those keys again.
 * ``purge_audit(conn, schema, older_than_days)`` deletes audit rows older than the cutoff:
   ``llm_calls`` (via ``apply_retention``), resolved ``llm_errors``, finished ``llm_runs``,
   ``llm_alerts``, and ``llm_results`` rows that are no longer usable (invalid or expired). Valid
@@ -21,11 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..cache import JournalError
 from ..errors import ConfigError
-from .join import quote_literal
+from .join import invalidation_cutoffs, quote_literal
 from .migrations import apply_retention, ensure_migrated, quote_ident, transaction
 
-__all__ = ["InvalidateFilter", "invalidate", "purge_audit"]
+__all__ = ["InvalidateFilter", "invalidate", "forget_invalidated", "purge_audit"]
 
 _KEY_CHUNK = 5000
 
@@ -107,8 +111,14 @@ def invalidate(conn, schema: str, journal, selected: InvalidateFilter) -> dict:
     ensure_migrated(conn, schema)
     q = quote_ident(schema)
     with transaction(conn) as cur:
-        cur.execute(f"update {q}.llm_results r set valid = false, invalidated_at = now() "
-                    f"where {selected.predicate()} returning r.key")
+        # llm_invalidations is what journals elsewhere are checked against (decision 0024): the
+        # local journal below is the only one this machine can reach.
+        cur.execute(f"""with marked as (update {q}.llm_results r set valid = false, invalidated_at = now()
+                                         where {selected.predicate()} returning r.key),
+                             noted as (insert into {q}.llm_invalidations (key, invalidated_at)
+                                       select key, now() from marked
+                                       on conflict (key) do update set invalidated_at = excluded.invalidated_at)
+                        select key from marked""")
         keys = [row[0] for row in cur.fetchall()]
     in_journal = 0
     if journal is not None:
@@ -116,6 +126,24 @@ def invalidate(conn, schema: str, journal, selected: InvalidateFilter) -> dict:
             if journal.invalidate(key):
                 in_journal += 1
     return {"invalidated": len(keys), "journal": in_journal, "keys": keys[:20]}
+
+
+def forget_invalidated(journal, rows, listed_at: float) -> int:
+    """Invalidate, in ``journal`` (a ``cache.ResultCache``, or None), the entries created at or
+    before their key's last invalidation in the database; ``rows`` come from
+    ``join.uncached_prompts_sql``, executed when the local clock read ``listed_at`` (see
+    ``join.invalidation_cutoffs``). Call it before the keys are requested. Returns how many.
+
+    A journal that cannot be written raises JournalError: the fill must not go on, since the
+    journal would serve those answers."""
+    cutoffs = invalidation_cutoffs(rows, listed_at) if journal is not None else None
+    if not cutoffs:
+        return 0
+    try:
+        return journal.invalidate_older(cutoffs)
+    except Exception as exc:
+        raise JournalError(getattr(journal.backend, "directory", None), exc,
+                           doing="mark answers invalidated in the database as invalid in") from exc
 
 
 def purge_audit(conn, schema: str, older_than_days: float) -> dict:
@@ -131,6 +159,7 @@ def purge_audit(conn, schema: str, older_than_days: float) -> dict:
     deleted = {"llm_calls": calls["deleted_rows"], "llm_calls_partitions": len(calls["dropped_partitions"])}
     statements = {
         "llm_errors": f"delete from {q}.llm_errors where resolved_at is not null and resolved_at < %(c)s",
+        "llm_error_history": f"delete from {q}.llm_error_history where ts < %(c)s",
         "llm_runs": f"delete from {q}.llm_runs where started_at < %(c)s and status is distinct from 'running'",
         "llm_alerts": f"delete from {q}.llm_alerts where ts < %(c)s",
         # only unusable answers: invalidated, or expired, before the cutoff

@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ..errors import ErrorKind, PgLlmError, redact
 from ..model_io import ModelInput
 from .budget import run_spend_limit
+from .cache_control import forget_invalidated
 from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every
 from .connectivity import buffered_sinks, db_errors
 from .join import count_and_log_hits_sql, uncached_prompts_sql
@@ -137,6 +138,7 @@ class ColumnFill:
         self.reader = self.writer = None
         self.progress = FillProgress(progress, self.report, self.context, self._budget_spent)
         self.last_flush = time.monotonic()
+        self.listed_at = time.time()  # when the uncached keys were listed (set again when they are)
         self.waiting: dict[str, str] = {}
         self._results: list[ResultRow] = []
         self._ok_keys: list[str] = []
@@ -192,6 +194,7 @@ class ColumnFill:
             cursor = self.reader.cursor(name=f"llm_fill_{self.token}", withhold=True)
             cursor.itersize = self.claim_batch
             cursor.execute(uncached_prompts_sql(source_sql, self.spec, self.fingerprint, self.schema))
+            self.listed_at = time.time()  # the local clock at (just after) the statement's now()
             try:
                 self._request(self._claimed_inputs(cursor))
                 if rep.stopped == "max_cost":
@@ -246,7 +249,8 @@ class ColumnFill:
             batch = cursor.fetchmany(self.claim_batch)
             if not batch:
                 return
-            prompts = dict(batch)
+            self._forget_invalidated(batch)
+            prompts = {row[0]: row[1] for row in batch}
             mine = self.claims.claim(list(prompts))
             mine_set = set(mine)
             for key in prompts:
@@ -262,6 +266,14 @@ class ColumnFill:
                     return
                 self.progress.submitted()
                 yield key, spec.model_input(prompts[key])
+
+    def _forget_invalidated(self, batch) -> None:
+        """Before any key of ``batch`` is requested: the journal must not serve answers invalidated
+        in the database after it stored them (from another machine, say; decision 0024)."""
+        stale = forget_invalidated(getattr(self.engine, "cache", None), batch, self.listed_at)
+        if stale:
+            log.info("%d journaled answer(s) of %s were invalidated in %s since: requested again", stale,
+                     self.run_ctx.node_id or self.spec.model, self.schema)
 
     def _remember_prompts(self, inputs: Iterable[tuple[str, ModelInput]]) -> Iterator[tuple[str, ModelInput]]:
         """Keep each key's prompt until its answer is written (provenance; at most ``window`` held)."""
@@ -348,7 +360,7 @@ class ColumnFill:
         message = redact(message)
         self._errors.append(ErrorRow(key=key, node_id=self.run_ctx.node_id, model=self.spec.model,
                                      error_kind=kind, message=message, run_id=self.run_ctx.run_id,
-                                     attempts=attempts))
+                                     attempts=attempts, column_name=self.spec.name))
         budget = kind == ErrorKind.BUDGET.value
         if rep.first_error is None or (rep.first_error.kind == ErrorKind.BUDGET.value and not budget):
             rep.first_error = FillError(key=key, kind=kind, message=message)  # a real failure first
@@ -384,7 +396,7 @@ class ColumnFill:
             batch = cursor.fetchmany(self.claim_batch * 4)
             if not batch:
                 break
-            self._skip_for_budget([k for k, _ in batch])
+            self._skip_for_budget([row[0] for row in batch])
         self._flush()
 
     # -- keys claimed by other runs ---------------------------------------------------------------

@@ -354,6 +354,41 @@ alter table {q}.llm_results
     add column if not exists invalidated_at timestamptz;
 create index if not exists llm_results_node_idx on {q}.llm_results (node_id, column_name);
 """),
+        (13, f"""
+-- Invalidations outlive the rows they marked (issue 16.5, decision 0024): a journal on another
+-- machine may still hold an answer invalidated here, and a new answer clears llm_results'
+-- invalidated_at. A journal entry created at or before its key's invalidated_at is never served.
+-- One row per key ever invalidated (the last time); purge_audit keeps them.
+create table if not exists {q}.llm_invalidations (
+    key            text primary key,
+    invalidated_at timestamptz not null
+);
+insert into {q}.llm_invalidations (key, invalidated_at)
+    select key, invalidated_at from {q}.llm_results where invalidated_at is not null
+    on conflict (key) do nothing;
+"""),
+        (17, f"""
+-- Error history (issue 18): llm_errors stays the current dead letter per (key, node) that the join,
+-- the reports and resolve_errors read; llm_error_history gets one row per failed attempt-set, with
+-- node, column and run, so "why did this row fail last night" can be answered after a retry.
+-- llm_batch_keys.prompt: a batch's prompts (llm.store_prompts) reach llm_results when collected.
+alter table {q}.llm_errors add column if not exists column_name text;
+create table if not exists {q}.llm_error_history (
+    id          bigserial primary key,
+    ts          timestamptz not null default now(),
+    key         text not null,
+    node_id     text not null default '',
+    column_name text,
+    model       text,
+    error_kind  text not null,
+    message     text,
+    attempts    integer not null default 0,
+    run_id      text
+);
+create index if not exists llm_error_history_key_idx on {q}.llm_error_history (key, ts);
+create index if not exists llm_error_history_ts_idx on {q}.llm_error_history (ts);
+alter table {q}.llm_batch_keys add column if not exists prompt text;
+"""),
     ]
 
 

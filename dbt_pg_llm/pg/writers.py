@@ -79,6 +79,7 @@ class ErrorRow:
     message: str | None
     run_id: str | None = None
     attempts: int = 0  # HTTP requests made for it this time (0: never sent, e.g. budget or open circuit)
+    column_name: str | None = None  # the LLM column that asked (migration 17)
 
 
 ERROR_COLUMNS = tuple(f.name for f in fields(ErrorRow))
@@ -269,29 +270,36 @@ def write_calls(conn, schema: str, logs: Iterable[Any], *, defaults: Mapping[str
 # -- llm_errors -----------------------------------------------------------------------------------
 def write_errors(conn, schema: str, errors: Iterable[ErrorRow | Mapping]) -> int:
     """Upsert dead letters: a new (key, node_id) is inserted; a known one adds this time's
-    ``attempts`` (the HTTP requests really made), gets the latest kind/message/run and
-    ``last_seen = now()``, and is reopened (``resolved_at`` NULL)."""
+    ``attempts`` (the HTTP requests really made), gets the latest kind/message/run/column and
+    ``last_seen = now()``, and is reopened (``resolved_at`` NULL). Each row is also appended to
+    ``llm_error_history`` (one row per failed attempt-set), in the same transaction."""
     q = quote_ident(schema)
     rows: dict[tuple, tuple] = {}
     for err in errors:
-        key, node_id, model, kind, message, run_id, attempts = _as_tuple(err, ERROR_COLUMNS)
+        key, node_id, model, kind, message, run_id, attempts, column = _as_tuple(err, ERROR_COLUMNS)
         node_id = node_id or ""
         rows[(key, node_id)] = (key, node_id, model, str(kind), redact(message) if message else message, run_id,
-                                int(attempts or 0))
+                                int(attempts or 0), column)
     if not rows:
         return 0
     with transaction(conn) as cur:
-        cur.execute("create temp table if not exists llm_errors_stage2 (key text, node_id text, model text, "
-                    "error_kind text, message text, run_id text, attempts integer) on commit delete rows")
-        copy_rows(cur, "pg_temp.llm_errors_stage2", ERROR_COLUMNS, rows.values())
+        cur.execute("create temp table if not exists llm_errors_stage3 (key text, node_id text, model text, "
+                    "error_kind text, message text, run_id text, attempts integer, column_name text) "
+                    "on commit delete rows")
+        copy_rows(cur, "pg_temp.llm_errors_stage3", ERROR_COLUMNS, rows.values())
         cur.execute(f"""
-            insert into {q}.llm_errors as e (key, node_id, model, error_kind, message, run_id, attempts)
-            select key, node_id, model, error_kind, message, run_id, attempts from pg_temp.llm_errors_stage2
+            insert into {q}.llm_error_history (key, node_id, column_name, model, error_kind, message, attempts, run_id)
+            select key, node_id, column_name, model, error_kind, message, attempts, run_id
+            from pg_temp.llm_errors_stage3""")
+        cur.execute(f"""
+            insert into {q}.llm_errors as e (key, node_id, model, error_kind, message, run_id, attempts, column_name)
+            select key, node_id, model, error_kind, message, run_id, attempts, column_name
+            from pg_temp.llm_errors_stage3
             order by key, node_id
             on conflict (key, node_id) do update set
                 attempts = e.attempts + excluded.attempts, last_seen = now(), model = excluded.model,
                 error_kind = excluded.error_kind, message = excluded.message, run_id = excluded.run_id,
-                resolved_at = null""")
+                column_name = coalesce(excluded.column_name, e.column_name), resolved_at = null""")
         return cur.rowcount
 
 

@@ -38,6 +38,7 @@ def test_batch_mode_submits_then_a_later_run_collects_and_operations_list_and_ca
 
     listed = project.run("run-operation", "pg_llm.batches")
     assert "1 open provider batch(es)" in listed.text and batch_id in listed.text
+    assert "12 keys" in listed.text and "built-in method" not in listed.text  # was r.keys: dict.keys
 
     second = project.run("run")  # the simulator ended the batch (no delay): collected, nothing resubmitted
     assert "collected provider batch(es)" in second.text
@@ -45,6 +46,9 @@ def test_batch_mode_submits_then_a_later_run_collects_and_operations_list_and_ca
     stats = sim.stats()
     assert stats["batches_created"] == 1 and stats["requests"] == 0 and stats["batch_requests"] == 12
     assert set(stats["batch_by_prompt_sha256"].values()) == {1}
+    # store_prompts (default true): the collected answers keep their prompt, as normal ones do
+    prompts = project.scalar(f'select count(prompt) from "{project.audit}".llm_results')
+    assert prompts == 12, f"{prompts} of 12 collected answers kept their prompt"
     assert project.run("run-operation", "pg_llm.batches").text.count("0 open provider batch(es)") == 1
 
     # new prompts, a slow provider: cancel the open batch, the next run dead-letters and resubmits its keys

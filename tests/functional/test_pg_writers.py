@@ -138,6 +138,22 @@ def test_dead_letters_upsert_resolve_and_redact(conn, schema):
     assert _fetch(conn, f"select message, attempts from {schema}.llm_errors where key = 'k2'") == [("Bearer ***", 3)]  # 3 + 0 attempts (never sent)
 
 
+def test_dead_letters_keep_their_history_with_node_column_and_run(conn, schema):
+    """llm_errors is the current dead letter per (key, node); llm_error_history keeps every failed
+    attempt-set, so last night's failure is still there after today's retry failed differently."""
+    write_errors(conn, schema, [ErrorRow("k1", "model.p.m", "m", "timeout", "slow", "night", 3, column_name="summary")])
+    write_errors(conn, schema, [ErrorRow("k1", "model.p.m", "m", "invalid_output", "bad label", "day", 1,
+                                         column_name="summary")])
+    assert _fetch(conn, f"select error_kind, column_name, run_id, attempts from {schema}.llm_errors") == [
+        ("invalid_output", "summary", "day", 4)]
+    history = _fetch(conn, f"select key, node_id, column_name, error_kind, message, attempts, run_id "
+                           f"from {schema}.llm_error_history order by id")
+    assert history == [("k1", "model.p.m", "summary", "timeout", "slow", 3, "night"),
+                       ("k1", "model.p.m", "summary", "invalid_output", "bad label", 1, "day")]
+    assert resolve_errors(conn, schema, ["k1"]) == 1  # resolving the dead letter keeps its history
+    assert len(_fetch(conn, f"select 1 from {schema}.llm_error_history where key = 'k1'")) == 2
+
+
 def test_alerts_and_runs(conn, schema):
     from dbt_pg_llm.alerts import ModelAlert
 
