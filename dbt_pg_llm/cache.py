@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Iterator, Protocol
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol
 
 from .errors import PgLlmError, redact
 from .model_io import ModelOutput, TokenUsage
@@ -272,10 +272,13 @@ class ResultCache:
         data = self.backend.get(key)
         return CacheEntry.from_dict(data) if data is not None else None
 
-    def get(self, key: str) -> ModelOutput | None:
-        """A hit (cached=True, cost 0, latency 0), or None when absent, invalidated or expired."""
+    def get(self, key: str, not_before: float | None = None) -> ModelOutput | None:
+        """A hit (cached=True, cost 0, latency 0), or None when absent, invalidated or expired --
+        or, with ``not_before`` (epoch seconds, this cache's clock), created at or before it."""
         entry = self.get_entry(key)
         if entry is None or not entry.valid or entry.expired(self._clock()):
+            return None
+        if not_before is not None and entry.created_at <= not_before:
             return None
         return entry.output
 
@@ -308,6 +311,20 @@ class ResultCache:
         data["valid"] = False
         self.backend.set(key, data)
         return True
+
+    def invalidate_older(self, cutoffs: Mapping[str, float]) -> int:
+        """Invalidate each key's entry created at or before its cutoff (epoch seconds, this cache's
+        clock): the time the database last invalidated the key, which another machine may have done
+        without this journal knowing (decision 0024). One transaction; returns how many."""
+        stale = []
+        for key, cutoff in cutoffs.items():
+            data = self.backend.get(key)
+            if data is not None and data.get("valid", True) and float(data.get("created_at") or 0.0) <= cutoff:
+                data["valid"] = False
+                stale.append((key, data))
+        if stale:
+            self.backend.set_many(stale)
+        return len(stale)
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None

@@ -13,19 +13,15 @@ and ``Engine.map_unordered`` set it from their ``spend_limit=`` argument; asynci
 context when created, so every call made on behalf of that call (failover, strategy members, the
 cache's single-flight computation) reserves from the same limit without passing it around.
 
-The worst case of one request (``estimate_cost``)::
+The worst case of one request (``estimate_cost``, decisions 0009 and 0027)::
 
-    prompt tokens <= UTF-8 bytes of every message (system, user) + PER_MESSAGE_TOKENS each
-                     + REPLY_TOKENS
-                     + for labels / JSON: the labels' or schema's bytes + STRUCTURED_OUTPUT_TOKENS
-    cost = prompt tokens * input price + max_tokens * output price
+    cost = tokens.prompt_tokens_bound(config, inp) * input price
+         + tokens.output_tokens_bound(config, inp) * output price
 
-The byte count is an upper bound for every byte-level BPE tokenizer (OpenAI's tiktoken encodings,
-Anthropic's): a token covers at least one byte. An exact tokenizer would reserve less, but
-tiktoken downloads its encodings at first use, which an offline machine cannot do (decision 0009).
-A labels or JSON request may carry its schema as a ``response_format`` or a forced tool call, and
-Anthropic bills a tool-use system prompt of its own (~350 tokens): STRUCTURED_OUTPUT_TOKENS covers
-that. The simulator bills ``ceil(chars / 4) + 3`` per message, always below the bound.
+both upper bounds of what the provider counts, per the model's ``tokenizer`` (tokens.py): exact
+OpenAI encodings for OpenAI models, the simulator's own count, else UTF-8 bytes (a bound for any
+byte-level BPE tokenizer); output: ``max_tokens``, and for a classify request its longest label +
+a margin (what Model.acall sends as ``max_tokens``).
 
 Settling an attempt: an answer read -> its real cost; an HTTP error status (the provider said
 no: 4xx / 5xx) -> nothing; no answer we could read (timeout, dropped connection, unreadable body,
@@ -36,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import threading
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterator
 
 from .model_io import ModelInput
+from .tokens import output_tokens_bound, prompt_tokens_bound
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -51,28 +48,23 @@ __all__ = ["SpendLimit", "Reservation", "estimate_cost", "estimate_prompt_tokens
 PER_MESSAGE_TOKENS = 8  # role and separators of one message (OpenAI documents 3-4)
 REPLY_TOKENS = 8  # the tokens that prime the reply (OpenAI documents 3)
 STRUCTURED_OUTPUT_TOKENS = 512  # a schema sent as response_format / a tool (Anthropic's tool prompt: ~350)
+# a config no server can bill more than: UTF-8 bytes, a schema sent as a forced tool
+_ANY_SERVER = SimpleNamespace(provider="anthropic", tokenizer="bytes", structured_output="auto", max_tokens=0)
 
 
-def estimate_prompt_tokens(inp: ModelInput) -> int:
-    """An upper bound on the prompt tokens any byte-level BPE tokenizer bills for ``inp``."""
-    messages = [m for m in (inp.system_message, inp.prompt) if m]
-    tokens = sum(len(m.encode("utf-8", "surrogatepass")) + PER_MESSAGE_TOKENS for m in messages)
-    if not messages:
-        tokens += PER_MESSAGE_TOKENS
-    fmt = inp.response_format
-    if fmt.type != "text":  # the labels / schema may be sent as a schema or tool, billed as prompt
-        shape = fmt.json_schema if fmt.type == "json" else list(fmt.labels)
-        tokens += len(json.dumps(shape, ensure_ascii=False).encode("utf-8")) + STRUCTURED_OUTPUT_TOKENS
-    return tokens + REPLY_TOKENS
+def estimate_prompt_tokens(inp: ModelInput, config: "ModelConfig | None" = None) -> int:
+    """An upper bound on the prompt tokens ``config``'s provider bills for ``inp`` (tokens.py);
+    without a config, the byte bound of any byte-level BPE tokenizer (schema sent as a tool)."""
+    return prompt_tokens_bound(config if config is not None else _ANY_SERVER, inp)
 
 
 def estimate_cost(config: "ModelConfig", inp: ModelInput) -> float:
     """The worst-case cost in US dollars of one request of ``inp`` to a model configured by
-    ``config``: ``estimate_prompt_tokens(inp)`` at the input price plus ``max_tokens`` (the
-    request's, else the config's) at the output price. A request can never cost more."""
-    max_tokens = inp.max_tokens if inp.max_tokens is not None else config.max_tokens
-    return (estimate_prompt_tokens(inp) * config.cost_per_1k_input_tokens
-            + max_tokens * config.cost_per_1k_output_tokens) / 1000.0
+    ``config``: ``estimate_prompt_tokens(inp, config)`` at the input price plus
+    ``output_tokens_bound`` (``max_tokens``; a classify request's labels) at the output price.
+    A request can never cost more."""
+    return (estimate_prompt_tokens(inp, config) * config.cost_per_1k_input_tokens
+            + output_tokens_bound(config, inp) * config.cost_per_1k_output_tokens) / 1000.0
 
 
 class SpendLimit:

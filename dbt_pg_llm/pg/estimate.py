@@ -2,18 +2,19 @@
 
 ``estimate_column`` streams the distinct prompts a fill would request (``join.uncached_prompts_sql``:
 no usable answer in ``llm_results``), leaves out those the local journal still holds (a fill gets
-them unpaid), and prices each with the budget's own estimator (``spend.estimate_cost`` /
+them unpaid, unless the database invalidated the key after they were journaled: decision 0024), and prices each with the budget's own estimator (``spend.estimate_cost`` /
 ``estimate_prompt_tokens``: an upper bound, ``max_tokens`` output tokens per request), so the
 estimate and the hard cap of ``max_cost_usd_per_run`` agree. Read-only: no claims, no writes.
 """
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from ..spend import estimate_cost, estimate_prompt_tokens
-from .join import distinct_prompts_sql, uncached_prompts_sql
+from .join import distinct_prompts_sql, invalidation_cutoffs, uncached_prompts_sql
 from .spec import ColumnSpec
 
 __all__ = ["ColumnEstimate", "estimate_column"]
@@ -47,11 +48,13 @@ class ColumnEstimate:
 
 
 def estimate_column(conn, source_sql: str, spec: ColumnSpec, config: Any, fingerprint: str, audit_schema: str,
-                    *, node_id: str | None = None, in_journal: Callable[[str], bool] | None = None) -> ColumnEstimate:
+                    *, node_id: str | None = None,
+                    in_journal: Callable[[str, float | None], bool] | None = None) -> ColumnEstimate:
     """Price the keys a fill of ``spec`` over ``source_sql`` would request. ``conn``: a psycopg2
     connection with no transaction open (a read-only transaction is used and rolled back).
-    ``config``: the model's ModelConfig (no prices: ``cost_usd`` None). ``in_journal(key)``: True
-    when the local journal still holds a usable answer."""
+    ``config``: the model's ModelConfig (no prices: ``cost_usd`` None). ``in_journal(key, not_before)``:
+    True when the local journal still holds a usable answer created after ``not_before`` (epoch
+    seconds, or None: the key was never invalidated), e.g. ``ResultCache.get(key, not_before)``."""
     est = ColumnEstimate(node_id=node_id, column=spec.name, model=spec.model)
     priced = all(hasattr(config, a) for a in ("cost_per_1k_input_tokens", "cost_per_1k_output_tokens", "max_tokens"))
     cost = 0.0
@@ -66,8 +69,10 @@ def estimate_column(conn, source_sql: str, spec: ColumnSpec, config: Any, finger
         with conn.cursor(name=f"llm_estimate_{uuid.uuid4().hex}") as cur:
             cur.itersize = _FETCH
             cur.execute(uncached_prompts_sql(source_sql, spec, fingerprint, audit_schema))
-            for key, prompt in cur:
-                if in_journal is not None and in_journal(key):
+            listed_at = time.time()
+            for row in cur:
+                key, prompt = row[0], row[1]
+                if in_journal is not None and in_journal(key, invalidation_cutoffs([row], listed_at).get(key)):
                     est.journal_keys += 1
                     continue
                 inp = spec.model_input(prompt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..keys import key_sql
@@ -17,7 +17,7 @@ from .migrations import quote_ident
 from .spec import ColumnSpec
 
 __all__ = ["join_sql", "fresh_sql", "quote_literal", "key_column", "distinct_prompts_sql", "uncached_prompts_sql",
-           "count_and_log_hits_sql"]
+           "invalidation_cutoffs", "count_and_log_hits_sql"]
 
 
 def quote_literal(value: Any) -> str:
@@ -50,15 +50,28 @@ def distinct_prompts_sql(source_sql: str, prompt_sql: str) -> str:
 
 
 def uncached_prompts_sql(source_sql: str, spec: ColumnSpec, fingerprint: str, audit_schema: str) -> str:
-    """SELECT ``k, p``: the distinct non-NULL prompts of ``source_sql`` with no usable answer in
-    ``llm_results`` (what a fill would request, and what an estimate prices). Embeds user SQL:
-    run it without parameters."""
+    """SELECT ``k, p, invalidated_s_ago``: the distinct non-NULL prompts of ``source_sql`` with no
+    usable answer in ``llm_results`` (what a fill would request, and what an estimate prices), and
+    how many seconds before the statement's ``now()`` the key was last invalidated (NULL: never).
+    A journal entry created at or before that moment must not be served (decision 0024); an age,
+    not a timestamp, so the caller can place it on its own clock (``invalidation_cutoffs``)
+    whatever the two machines' clocks say. Embeds user SQL: run it without parameters."""
     q = quote_ident(audit_schema)
     return f"""
-            select c.k, c.p from (select {key_sql(fingerprint, 'd.p')} as k, d.p
-                                  from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d
-                                  where d.p is not null) c
+            select c.k, c.p, extract(epoch from now() - i.invalidated_at)::float8 as invalidated_s_ago
+            from (select {key_sql(fingerprint, 'd.p')} as k, d.p
+                  from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d
+                  where d.p is not null) c
+            left join {q}.llm_invalidations i on i.key = c.k
             where not exists (select 1 from {q}.llm_results r where r.key = c.k and {fresh_sql('r')})"""
+
+
+def invalidation_cutoffs(rows: Iterable[Sequence], executed_at: float) -> dict[str, float]:
+    """``{key: cutoff}`` from ``uncached_prompts_sql`` rows: the key's last invalidation on the local
+    clock (epoch seconds), for the keys that have one. ``executed_at``: ``time.time()`` read once
+    the statement returned, so not earlier than its ``now()``: a cutoff can only come out late
+    (an entry written in those milliseconds is paid again), never early (a stale one served)."""
+    return {row[0]: executed_at - float(row[2]) for row in rows if row[2] is not None}
 
 
 def count_and_log_hits_sql(source_sql: str, spec: ColumnSpec, fingerprint: str, audit_schema: str,

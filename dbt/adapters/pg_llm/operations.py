@@ -44,7 +44,7 @@ def estimate_columns(adapter, engine, source_sql: str, columns: List[Dict[str, A
             try:
                 est = estimate_column(conn, str(source_sql), spec, adapter._model_config(spec.model),
                                       column["fingerprint"], settings.audit_schema, node_id=node_id,
-                                      in_journal=lambda key: engine.cache.get(key) is not None)
+                                      in_journal=lambda key, not_before: engine.cache.get(key, not_before) is not None)
             except PgLlmError as exc:
                 raise _runtime_error(exc) from None
             except Exception as exc:  # e.g. the source relation does not exist yet: say so, go on
@@ -68,14 +68,17 @@ def estimate_columns(adapter, engine, source_sql: str, columns: List[Dict[str, A
 def invalidate_cache(adapter, engine, args: Dict[str, Any]) -> Dict[str, Any]:
     """``pg_llm.invalidate``: mark matching llm_results rows invalid and the same journal keys."""
     from dbt_pg_llm.errors import PgLlmError
-    from dbt_pg_llm.pg.cache_control import InvalidateFilter, invalidate
+    from dbt_pg_llm.pg.cache_control import InvalidateFilter, invalidate, what_is_cached
 
     settings = adapter._settings()
+    hint = ""
     try:
         selected = InvalidateFilter.from_args(args)
         conn = adapter._credentials.connect_autocommit()
         try:
             done = invalidate(conn, settings.audit_schema, engine.cache, selected)
+            if not done["invalidated"]:  # a misspelt node / column: say what there is
+                hint = f". Nothing matched {args_text(args)}: {what_is_cached(conn, settings.audit_schema)}"
         finally:
             conn.close()
     except PgLlmError as exc:
@@ -84,8 +87,12 @@ def invalidate_cache(adapter, engine, args: Dict[str, Any]) -> Dict[str, Any]:
         raise DbtRuntimeError(f"pg_llm.invalidate: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     logger.info(f"pg_llm: invalidated {done['invalidated']} cached answer(s) in {settings.audit_schema}.llm_results "
                 f"and {done['journal']} in the local journal ({settings.journal_path()}); the next run requests "
-                "them again")
+                f"them again{hint}")
     return done
+
+
+def args_text(args: Dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v!r}" for k, v in args.items() if v is not None and v is not False) + "}"
 
 
 def purge_audit_rows(adapter, older_than_days: Any) -> Dict[str, Any]:
