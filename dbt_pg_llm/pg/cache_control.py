@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from .join import invalidation_cutoffs, quote_literal
 from .migrations import apply_retention, ensure_migrated, quote_ident, transaction
 
-__all__ = ["InvalidateFilter", "invalidate", "forget_invalidated", "purge_audit"]
+__all__ = ["InvalidateFilter", "invalidate", "forget_invalidated", "purge_audit", "what_is_cached"]
 
 _KEY_CHUNK = 5000
 
@@ -126,6 +126,22 @@ def invalidate(conn, schema: str, journal, selected: InvalidateFilter) -> dict:
             if journal.invalidate(key):
                 in_journal += 1
     return {"invalidated": len(keys), "journal": in_journal, "keys": keys[:20]}
+
+
+def what_is_cached(conn, schema: str, limit: int = 12) -> str:
+    """One line naming the (node, column, model) groups of valid cached answers, with counts: what
+    an invalidate that matched nothing says, so a misspelt node or column is obvious."""
+    with conn.cursor() as cur:
+        cur.execute(f"""select coalesce(node_id, ''), coalesce(column_name, ''), model, count(*)
+                        from {quote_ident(schema)}.llm_results where valid
+                        group by 1, 2, 3 order by 4 desc, 1, 2, 3 limit %s""", (limit + 1,))
+        groups = cur.fetchall()
+    if not groups:
+        return f"{schema}.llm_results holds no valid cached answer"
+    shown = "; ".join(f"node {n or '(none)'} column {c or '(none)'} model {m}: {k}" for n, c, m, k in groups[:limit])
+    more = f"; and more (select node_id, column_name, model from {schema}.llm_results)" if len(groups) > limit else ""
+    return (f"valid cached answers exist for {shown}{more}. node matches a unique_id or a model name, column an "
+            "LLM column's name")
 
 
 def forget_invalidated(journal, rows, listed_at: float) -> int:

@@ -66,31 +66,37 @@ class LlmFrameSession:
         self.reports: list[FillReport] = []
 
     # -- public API -------------------------------------------------------------------------------
+    # ``column``: the output column's name, recorded as llm_results.column_name (what
+    # ``pg_llm.invalidate --args '{node: ..., column: ...}'`` matches); default: the input series' name.
     def complete(self, series, system: str | None = None, model: str | None = None,
-                 max_tokens: int | None = None, temperature: float | None = None):
+                 max_tokens: int | None = None, temperature: float | None = None, column: str | None = None):
         """Free-text answers (str) aligned to ``series.index``."""
         return self._column(series, {"kind": "complete", "system": system, "model": model,
-                                     "max_tokens": max_tokens, "temperature": temperature})
+                                     "max_tokens": max_tokens, "temperature": temperature}, column)
 
-    def classify(self, series, labels, instructions: str | None = None, model: str | None = None):
+    def classify(self, series, labels, instructions: str | None = None, model: str | None = None,
+                 column: str | None = None):
         """One label of ``labels`` per prompt (str), aligned to ``series.index``."""
         return self._column(series, {"kind": "classify", "labels": list(labels) if labels is not None else None,
-                                     "instructions": instructions, "model": model})
+                                     "instructions": instructions, "model": model}, column)
 
-    def extract(self, series, schema: dict, instructions: str | None = None, model: str | None = None):
+    def extract(self, series, schema: dict, instructions: str | None = None, model: str | None = None,
+                column: str | None = None):
         """Parsed JSON values (dict/list/...) matching ``schema``, aligned to ``series.index``."""
         return self._column(series, {"kind": "extract", "schema": schema, "instructions": instructions,
-                                     "model": model})
+                                     "model": model}, column)
 
     # -- internals --------------------------------------------------------------------------------
     def spec(self, spec_dict: dict, path: str = "column") -> ColumnSpec:
         """The checked spec (ConfigError naming ``path`` and the fix, before anything is requested)."""
         return ColumnSpec.from_dict({**spec_dict, "prompt_sql": "prompt"}, self.default_model, path=path)
 
-    def _column(self, series, spec_dict: dict):
+    def _column(self, series, spec_dict: dict, column: str | None = None):
         import pandas as pd
 
-        spec = self.spec(spec_dict, path=f"session.llm.{spec_dict['kind']}({series.name or 'series'})")
+        name = column if column is not None else (str(series.name) if series.name is not None else None)
+        spec = self.spec({**spec_dict, "name": name or None},
+                         path=f"session.llm.{spec_dict['kind']}({series.name or 'series'})")
         prompts = [None if _is_missing(v) else (v if isinstance(v, str) else str(v)).replace("\x00", "")
                    for v in series.tolist()]
         distinct = list(dict.fromkeys(p for p in prompts if p is not None))

@@ -11,5 +11,6 @@ def model(dbt, session):
         reviews["review_text"],
         labels=TOPICS,
         instructions="Which topic does this product review mostly talk about?",
+        column="topic",  # llm_results.column_name: pg_llm.invalidate --args '{node: review_topics, column: topic}'
     )
     return reviews[["review_id", "product_id", "rating", "topic"]]

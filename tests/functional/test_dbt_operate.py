@@ -89,6 +89,13 @@ def test_invalidate_re_requests_exactly_the_invalidated_keys_in_both_layers(op_p
     assert project.scalar(f"select count(*) from {audit}.llm_results where not valid or invalidated_at "
                           "is not null") == 0
 
+    # a misspelt column matches nothing: the line says what exists instead of a bare "invalidated 0"
+    miss = project.run("run-operation", "pg_llm.invalidate", "--args", "{node: keyed_reviews, column: summry}")
+    assert "invalidated 0 cached answer(s)" in miss.text and "Nothing matched {node: 'keyed_reviews', column: " \
+        "'summry'}" in miss.text
+    assert f"node {NODE} column summary model sim: {ROWS}" in miss.text
+    assert f"node {NODE} column sentiment model sim: {ROWS}" in miss.text
+
     project.run("run-operation", "pg_llm.invalidate", "--args", "{model: sim, column: summary}")
     simulator.reset()
     project.run("run")

@@ -38,7 +38,7 @@ def test_series_columns_are_aligned_cached_and_audited(db, pg_conn, simulator):
     try:
         session = LlmFrameSession(connect, engine, audit, run, "sim")
         summary = session.complete(series, system="Be brief.", max_tokens=40)
-        labels = session.classify(series, ["positive", "negative"], instructions="Judge the tone.")
+        labels = session.classify(series, ["positive", "negative"], instructions="Judge the tone.", column="tone")
         facts = session.extract(series, {"type": "object", "properties": {"topic": {"type": "string"}},
                                          "required": ["topic"]})
         n_distinct = len({str(v).replace("\x00", "") for v in values if v is not None and not
@@ -74,6 +74,10 @@ def test_series_columns_are_aligned_cached_and_audited(db, pg_conn, simulator):
         assert again.equals(labels) and simulator.stats()["requests"] == before
     finally:
         engine.close()
+    # column_name: the column= given, else the input series' name (pg_llm.invalidate matches it)
+    named = q(pg_conn, f"select column_name, count(*) from \"{audit}\".llm_results where node_id = 'model.p.py_model' "
+                       "group by 1 order by 1")
+    assert named == [("review", 2 * n_distinct), ("tone", n_distinct)]
     runs = q(pg_conn, f'select rows, requests, cache_hits from "{audit}".llm_runs where run_id = %s', ("inv-py",))
     assert runs == [(4 * len(values), 3 * n_distinct, n_distinct)]
     calls = q(pg_conn, f"select operation, cached, count(*) from \"{audit}\".llm_calls where run_id = 'inv-py' "

@@ -78,7 +78,7 @@ def invalidate_cache(adapter, engine, args: Dict[str, Any]) -> Dict[str, Any]:
         try:
             done = invalidate(conn, settings.audit_schema, engine.cache, selected)
             if not done["invalidated"]:  # a misspelt node / column: say what there is
-                hint = f". Nothing matched {args_text(args)}: {what_is_cached(conn, settings.audit_schema)}"
+                hint = f". Nothing matched {_args_text(args)}: {what_is_cached(conn, settings.audit_schema)}"
         finally:
             conn.close()
     except PgLlmError as exc:
@@ -91,7 +91,7 @@ def invalidate_cache(adapter, engine, args: Dict[str, Any]) -> Dict[str, Any]:
     return done
 
 
-def args_text(args: Dict[str, Any]) -> str:
+def _args_text(args: Dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {v!r}" for k, v in args.items() if v is not None and v is not False) + "}"
 
 
