@@ -128,9 +128,8 @@ async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None =
 
 def _split(tokens: TokenUsage, parts: int) -> list[TokenUsage]:
     """``tokens`` in ``parts`` shares that add up to it exactly (the first rows take the remainders)."""
-    p, pr = divmod(tokens.prompt, parts)
-    c, cr = divmod(tokens.completion, parts)
-    return [TokenUsage(p + (i < pr), c + (i < cr)) for i in range(parts)]
+    shares = [divmod(n, parts) for n in (tokens.prompt, tokens.completion, tokens.cached, tokens.cache_write)]
+    return [TokenUsage(*(q + (i < r) for q, r in shares)) for i in range(parts)]
 
 
 async def _gather_or_loop(coros, parallel: bool) -> None:

@@ -53,6 +53,11 @@ class ModelConfig:
     tpm: int | None = None
     cost_per_1k_input_tokens: float = 0.0
     cost_per_1k_output_tokens: float = 0.0
+    # provider prompt caching (pricing.py): unset = cached reads at the input price (conservative),
+    # cache writes (Anthropic) at 1.25x it; the prefix length from which Anthropic requests mark it
+    cost_per_1k_cached_input_tokens: float | None = None
+    cost_per_1k_cache_write_tokens: float | None = None
+    cache_control_min_tokens: int | None = None
     enabled: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fallbacks: tuple[str, ...] = ()
@@ -105,9 +110,11 @@ class ModelConfig:
                 problems.append(f"{path}.fallbacks: expected a list of model names, got {type(fb).__name__}")
                 fb = []
             kwargs["fallbacks"] = tuple(str(x) for x in fb)
-        for name in ("timeout_ms", "max_tokens", "max_concurrency", "batch_size", "rpm", "tpm"):
+        for name in ("timeout_ms", "max_tokens", "max_concurrency", "batch_size", "rpm", "tpm",
+                     "cache_control_min_tokens"):
             kwargs[name] = _coerce(kwargs, name, int, path, problems)
-        for name in ("temperature", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens"):
+        for name in ("temperature", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens",
+                     "cost_per_1k_cached_input_tokens", "cost_per_1k_cache_write_tokens"):
             kwargs[name] = _coerce(kwargs, name, float, path, problems)
         kwargs = {k: v for k, v in kwargs.items() if v is not _MISSING}
         config = cls(**kwargs)
@@ -176,6 +183,19 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 out.append(f"{path}.{name}: {value!r} must be a number >= 0 (US dollars per 1,000 tokens)")
+        for name in ("cost_per_1k_cached_input_tokens", "cost_per_1k_cache_write_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                out.append(f"{path}.{name}: {value!r} must be a number >= 0 (US dollars per 1,000 tokens), or "
+                           "unset (cached reads are then priced as input tokens, cache writes at 1.25x them)")
+        value = self.cache_control_min_tokens
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                out.append(f"{path}.cache_control_min_tokens: {value!r} must be a whole number of tokens >= 0 "
+                           "(0 marks every shared prefix), or unset for Anthropic's documented minimum")
+            elif self.provider != "anthropic":
+                out.append(f"{path}.cache_control_min_tokens: only used by provider 'anthropic' (OpenAI caches "
+                           "prefixes automatically); remove it")
         if not isinstance(self.enabled, bool):
             out.append(f"{path}.enabled: {self.enabled!r} must be true or false")
         if not isinstance(self.retry, RetryPolicy):

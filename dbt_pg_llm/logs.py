@@ -36,6 +36,9 @@ class ModelLog:
     attempt: int = 1
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
+    prompt_cache_saved_usd: float = 0.0  # what the provider's prompt cache saved (pricing.py)
     latency_ms: float = 0.0
     cost_usd: float = 0.0
     cached: bool = False
@@ -66,6 +69,8 @@ class ModelLog:
             attempt=output.attempts,
             prompt_tokens=output.tokens.prompt,
             completion_tokens=output.tokens.completion,
+            cached_tokens=output.tokens.cached,
+            cache_write_tokens=output.tokens.cache_write,
             latency_ms=output.latency_ms,
             cost_usd=output.cost_usd,
             cached=output.cached,

@@ -19,6 +19,7 @@ from .logs import LogDispatcher, ModelLog
 from .metrics import ModelMetrics
 from .model_io import ModelInput, ModelOutput, TokenUsage, confidence_from_logprobs
 from .pool import RequestPool
+from .pricing import cost_usd, prompt_cache_saving_usd
 from .providers import ProviderResult, provider_for
 from .spend import Reservation, SpendLimit, active_limit, estimate_cost, using_limit
 from .status import CircuitBreaker, ModelStatus
@@ -88,9 +89,12 @@ class Model:
         return f"Model(name={self.name!r}, provider={self.config.provider!r}, version={self.version!r})"
 
     # -- calls -------------------------------------------------------------------------------
-    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.config.cost_per_1k_input_tokens
-                + completion_tokens * self.config.cost_per_1k_output_tokens) / 1000.0
+    def cost_of(self, tokens: TokenUsage | int, completion_tokens: int = 0) -> float:
+        """The cost of ``tokens`` (prompt-cache reads and writes at their own prices, pricing.py);
+        ``cost_of(prompt_tokens, completion_tokens)`` prices tokens that did not touch the cache."""
+        if not isinstance(tokens, TokenUsage):
+            tokens = TokenUsage(tokens, completion_tokens)
+        return cost_usd(self.config, tokens)
 
     def key_of(self, inp: ModelInput) -> str:
         return request_key(self.config, inp)
@@ -180,7 +184,7 @@ class Model:
         if reservation is None:
             return
         if result is not None:
-            reservation.settle(self.cost_of(result.prompt_tokens, result.completion_tokens))
+            reservation.settle(self.cost_of(result.tokens))
         elif isinstance(error, ModelError) and error.http_status is not None and error.http_status >= 300:
             reservation.release()
         else:
@@ -190,8 +194,8 @@ class Model:
         """Add one answered attempt's tokens and cost to the call's total; return this attempt's."""
         if result is None:
             return TokenUsage(), 0.0
-        tokens = TokenUsage(result.prompt_tokens, result.completion_tokens)
-        cost = self.cost_of(tokens.prompt, tokens.completion)
+        tokens = result.tokens
+        cost = self.cost_of(tokens)
         paid["tokens"] = paid["tokens"] + tokens
         paid["cost"] += cost
         return tokens, cost
@@ -238,6 +242,8 @@ class Model:
         self.log.emit(ModelLog(
             timestamp=datetime.now(timezone.utc), model=self.name, operation=operation, input_hash=input_hash,
             attempt=attempt, prompt_tokens=tokens.prompt, completion_tokens=tokens.completion,
+            cached_tokens=tokens.cached, cache_write_tokens=tokens.cache_write,
+            prompt_cache_saved_usd=prompt_cache_saving_usd(self.config, tokens),
             latency_ms=latency_ms, cost_usd=cost, cached=False,
             error_kind=(error.kind.value if error else ErrorKind.NONE.value),
             error_message=(error.message if error else None),

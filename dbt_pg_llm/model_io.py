@@ -195,15 +195,28 @@ class ModelInput:
 
 @dataclass(frozen=True)
 class TokenUsage:
+    """Tokens of one or more requests. ``prompt`` counts every input token, provider prompt-cache
+    reads and writes included (OpenAI's ``prompt_tokens`` does; Anthropic's ``input_tokens`` does
+    not, so its provider adds them); ``cached`` (read from the provider's prompt cache, billed at
+    a discount) and ``cache_write`` (written to it, Anthropic: billed at a premium) are parts of it."""
+
     prompt: int = 0
     completion: int = 0
+    cached: int = 0
+    cache_write: int = 0
 
     @property
     def total(self) -> int:
         return self.prompt + self.completion
 
+    @property
+    def uncached(self) -> int:
+        """The input tokens billed at the plain input price."""
+        return self.prompt - self.cached - self.cache_write
+
     def __add__(self, other: "TokenUsage") -> "TokenUsage":
-        return TokenUsage(self.prompt + other.prompt, self.completion + other.completion)
+        return TokenUsage(self.prompt + other.prompt, self.completion + other.completion,
+                          self.cached + other.cached, self.cache_write + other.cache_write)
 
 
 @dataclass

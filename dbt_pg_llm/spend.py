@@ -37,6 +37,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Iterator
 
 from .model_io import ModelInput
+from .pricing import input_price_bound
 from .tokens import output_tokens_bound, prompt_tokens_bound
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def estimate_cost(config: "ModelConfig", inp: ModelInput) -> float:
     ``config``: ``estimate_prompt_tokens(inp, config)`` at the input price plus
     ``output_tokens_bound`` (``max_tokens``; a classify request's labels) at the output price.
     A request can never cost more."""
-    return (estimate_prompt_tokens(inp, config) * config.cost_per_1k_input_tokens
+    # input_price_bound: any input token may be billed as a prompt-cache write (Anthropic, 1.25x)
+    return (estimate_prompt_tokens(inp, config) * input_price_bound(config)
             + output_tokens_bound(config, inp) * config.cost_per_1k_output_tokens) / 1000.0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ErrorKind, ModelError
 from ..model import Model
-from ..model_io import ModelInput, ModelOutput, TokenUsage
+from ..model_io import ModelInput, ModelOutput
 from .client import BatchLine
 
 __all__ = ["output_of_line"]
@@ -28,8 +28,8 @@ def output_of_line(line: BatchLine, model: Model, inp: ModelInput, discount: flo
         error = ModelError(ErrorKind.API, f"unexpected answer shape in batch ({type(exc).__name__}: {exc})",
                            model=model.name)
         return ModelOutput.failure(error, model=model.name)
-    tokens = TokenUsage(result.prompt_tokens, result.completion_tokens)
-    cost = model.cost_of(tokens.prompt, tokens.completion) * discount
+    tokens = result.tokens  # a batch line reports prompt-cache reads / writes like a normal answer
+    cost = model.cost_of(tokens) * discount
     try:
         output = model.output_of(result, inp)
     except ModelError as error:

@@ -346,7 +346,7 @@ class ColumnFill:
                 completion_tokens=output.tokens.completion, cost_usd=stored, truncated=bool(output.truncated),
                 expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None,
                 run_id=self.run_ctx.run_id, node_id=self.run_ctx.node_id or None, column_name=self.spec.name,
-                prompt=prompt))
+                prompt=prompt, cached_tokens=output.tokens.cached, cache_write_tokens=output.tokens.cache_write))
             self._ok_keys.append(key)
         elif output.error_kind is ErrorKind.BUDGET:
             self._skip_for_budget([key], output.error_message)

@@ -367,6 +367,20 @@ insert into {q}.llm_invalidations (key, invalidated_at)
     select key, invalidated_at from {q}.llm_results where invalidated_at is not null
     on conflict (key) do nothing;
 """),
+        (14, f"""
+-- Provider prompt caching (issue 17.3, decision 0028): of a request's prompt_tokens, those read from
+-- the provider's prompt cache (billed at a discount) and written to it (Anthropic, at a premium);
+-- prompt_cache_saved_usd = its cost had every input token been billed at the input price, minus
+-- cost_usd (negative when a write was never read back). llm_results keeps the tokens of the
+-- request that paid for the answer.
+alter table {q}.llm_calls
+    add column if not exists cached_tokens          integer not null default 0,
+    add column if not exists cache_write_tokens     integer not null default 0,
+    add column if not exists prompt_cache_saved_usd numeric not null default 0;
+alter table {q}.llm_results
+    add column if not exists cached_tokens      integer not null default 0,
+    add column if not exists cache_write_tokens integer not null default 0;
+"""),
         (17, f"""
 -- Error history (issue 18): llm_errors stays the current dead letter per (key, node) that the join,
 -- the reports and resolve_errors read; llm_error_history gets one row per failed attempt-set, with

@@ -63,6 +63,9 @@ class ResultRow:
     node_id: str | None = None
     column_name: str | None = None
     prompt: str | None = None
+    # migration 14: of prompt_tokens, read from / written to the provider's prompt cache
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
@@ -87,6 +90,7 @@ ERROR_COLUMNS = tuple(f.name for f in fields(ErrorRow))
 CALL_COLUMNS = (
     "ts", "run_id", "node_id", "model", "operation", "input_hash", "attempt", "error_kind", "error_message",
     "http_status", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd", "cached", "saved_cost_usd",
+    "cached_tokens", "cache_write_tokens", "prompt_cache_saved_usd",  # migration 14: provider prompt caching
 )
 
 def money(value: Any) -> Decimal:
@@ -181,7 +185,8 @@ def write_results(conn, schema: str, rows: Iterable[ResultRow | Mapping]) -> int
     comes back to life (``invalidated_at`` is cleared). Duplicate keys within one batch keep the last one. Returns rows written.
     """
     q = quote_ident(schema)
-    defaults = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "truncated": False, "valid": True}
+    defaults = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "truncated": False, "valid": True,
+                "cached_tokens": 0, "cache_write_tokens": 0}
     prepared = []
     for row in rows:
         values = dict(zip(RESULT_COLUMNS, _as_tuple(row, RESULT_COLUMNS)))
@@ -248,6 +253,9 @@ def _call_values(log: Any, defaults: Mapping[str, Any]) -> tuple:
         money(get("cost_usd")),
         bool(get("cached") or False),
         money(saved),
+        get("cached_tokens") or 0,
+        get("cache_write_tokens") or 0,
+        money(get("prompt_cache_saved_usd")),
     )
 
 

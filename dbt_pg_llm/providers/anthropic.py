@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
+from ..pricing import cache_control_min_tokens
 from .base import Provider, ProviderResult
 from .structured import TOOL_NAME, answer_text, structured_schema
 
@@ -59,9 +60,23 @@ class AnthropicProvider(Provider):
             body["tools"] = [{"name": TOOL_NAME, "description": "Record the answer.",
                               "input_schema": structured.schema}]
             body["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
+        self._mark_cacheable_prefix(body)
         if inp.stream or self.config.stream:
             body["stream"] = True
         return body, {"structured": method if structured is not None else None, "schema": structured}
+
+    def _mark_cacheable_prefix(self, body: dict) -> None:
+        """Anthropic caches only up to an explicit ``cache_control`` breakpoint. The static part of a
+        request (tools, then the system prompt: instructions, labels, schema) comes before the row,
+        so one breakpoint at its end lets every row of a column read it from the cache. Marked only
+        when it can be cached (``pricing.cache_control_min_tokens``; estimated as characters / 4,
+        which undercounts rather than marks a prefix Anthropic would not cache)."""
+        system, tools = body.get("system"), body.get("tools")
+        if not system:  # a schema alone is rarely long enough; the system prompt is the shared part
+            return
+        static_chars = len(system) + (len(json.dumps(tools, ensure_ascii=False)) if tools else 0)
+        if static_chars // 4 >= cache_control_min_tokens(self.config):
+            body["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
 
     def decode(self, content: bytes, content_type: str) -> Any:
         if "text/event-stream" in content_type or content.startswith((b"event:", b"data:")):
@@ -80,11 +95,17 @@ class AnthropicProvider(Provider):
         refusal = None
         if stop_reason == "refusal":
             refusal = text.strip() or "the model declined to answer (stop_reason: refusal)"
+        usage = usage or {}
+        cache_read = int(usage.get("cache_read_input_tokens") or 0)
+        cache_write = int(usage.get("cache_creation_input_tokens") or 0)
         return ProviderResult(
             text=text,
             finish_reason=_FINISH.get(stop_reason, stop_reason),
-            prompt_tokens=int((usage or {}).get("input_tokens") or 0),
-            completion_tokens=int((usage or {}).get("output_tokens") or 0),
+            # Anthropic's input_tokens excludes cache reads and writes: the prompt is all three
+            prompt_tokens=int(usage.get("input_tokens") or 0) + cache_read + cache_write,
+            completion_tokens=int(usage.get("output_tokens") or 0),
+            cached_tokens=cache_read,
+            cache_write_tokens=cache_write,
             http_status=status,
             refusal=refusal,
             usage_reported=bool(usage),

@@ -17,7 +17,7 @@ import httpx
 
 from ..config import ModelConfig
 from ..errors import ErrorKind, ModelError, redact
-from ..model_io import ModelInput
+from ..model_io import ModelInput, TokenUsage
 from .features import ModelFeatures
 from .rate_limits import RateLimitState, rate_limit_state, retry_after_seconds
 from .wire import TRANSPORT_ERRORS, WireResponse, wire_for
@@ -33,14 +33,20 @@ class ProviderResult:
 
     text: str | None
     finish_reason: str | None = None  # normalised: "stop" | "length" | "content_filter" | other
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every input token, prompt-cache reads and writes included
     completion_tokens: int = 0
+    cached_tokens: int = 0  # input tokens read from the provider's prompt cache (billed at a discount)
+    cache_write_tokens: int = 0  # input tokens written to it (Anthropic; billed at a premium)
     token_logprobs: list[float] | None = None
     first_token_logprob: float | None = None  # for label answers: the chosen label's probability
     http_status: int = 200
     refusal: str | None = None  # the model declined: the provider's explanation
     usage_reported: bool = True  # False: the server sent no usage, the token counts are 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def tokens(self) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens, self.completion_tokens, self.cached_tokens, self.cache_write_tokens)
 
 
 def classify_http_error(status: int, body: bytes, headers: Mapping[str, str], model: str) -> ModelError:

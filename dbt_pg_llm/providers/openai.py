@@ -93,6 +93,8 @@ class OpenAIProvider(Provider):
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=int((usage or {}).get("prompt_tokens") or 0),
             completion_tokens=int((usage or {}).get("completion_tokens") or 0),
+            # part of prompt_tokens (OpenAI's automatic prefix cache; vLLM / LiteLLM report it too)
+            cached_tokens=int(((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
             token_logprobs=token_logprobs or None,
             first_token_logprob=first,
             http_status=status,

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "providers do: 600 RPM = at most 10 per second)")
     p.add_argument("--cost-per-1k-input", type=float, default=0.0)
     p.add_argument("--cost-per-1k-output", type=float, default=0.0)
+    p.add_argument("--cost-per-1k-cached-input", type=float, default=None,
+                   help="price of prompt-cache reads (default: the input price)")
+    p.add_argument("--cost-per-1k-cache-write", type=float, default=None,
+                   help="price of Anthropic prompt-cache writes (default: 1.25x the input price)")
     p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
                    help=f"random fault, repeatable; KIND one of {', '.join(FAULT_KINDS)}; RATE in 0..1")
     p.add_argument("--stall-s", type=float, default=300.0, help="how long a 'stall' fault sleeps")
@@ -62,6 +66,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         latency_ms=ns.latency_ms, jitter_ms=ns.jitter_ms, per_token_ms=ns.per_token_ms,
         max_concurrency=ns.max_concurrency, rpm=ns.rpm, tpm=ns.tpm, rate_window_s=ns.rate_window_s, api_key=ns.api_key,
         cost_per_1k_input=ns.cost_per_1k_input, cost_per_1k_output=ns.cost_per_1k_output,
+        cost_per_1k_cached_input=ns.cost_per_1k_cached_input, cost_per_1k_cache_write=ns.cost_per_1k_cache_write,
         faults=faults, seed=ns.seed, stall_s=ns.stall_s, models=ns.models,
         reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,
         fault_retry_after_s=ns.fault_retry_after_s, batch_delay_s=ns.batch_delay_s,

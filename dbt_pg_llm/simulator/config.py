@@ -40,6 +40,9 @@ class SimulatorConfig:
     api_key: str | None = field(default=None, repr=False)
     cost_per_1k_input: float = 0.0
     cost_per_1k_output: float = 0.0
+    # prompt caching (prompt_cache.py): None = the input price for reads, 1.25x it for writes (Anthropic)
+    cost_per_1k_cached_input: float | None = None
+    cost_per_1k_cache_write: float | None = None
     faults: dict[str, float] = field(default_factory=dict)
     seed: int | None = 0
     stall_s: float = 300.0
@@ -51,6 +54,14 @@ class SimulatorConfig:
     batch_error_rate: float = 0.0  # share of batch requests answered with an error
     batch_expire_rate: float = 0.0  # share of batch requests left unprocessed (expired) at the end
     batch_discount: float = 0.5  # batch price = list price x this
+
+    def cost_of(self, ptoks: int, ctoks: int, cached: int = 0, cache_write: int = 0) -> float:
+        """What the ledger bills for one answer: ``ptoks`` includes the cache reads and writes."""
+        read_price = self.cost_per_1k_input if self.cost_per_1k_cached_input is None else self.cost_per_1k_cached_input
+        write_price = 1.25 * self.cost_per_1k_input if self.cost_per_1k_cache_write is None \
+            else self.cost_per_1k_cache_write
+        return ((ptoks - cached - cache_write) / 1000 * self.cost_per_1k_input + cached / 1000 * read_price
+                + cache_write / 1000 * write_price + ctoks / 1000 * self.cost_per_1k_output)
 
     def __post_init__(self):
         self.faults = check_faults(self.faults)

@@ -11,6 +11,7 @@ import json
 import random
 import socket
 import struct
+import dataclasses
 from dataclasses import asdict, fields
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from .catalog import DEFAULT_MODELS, anthropic_model, anthropic_model_list, open
 from .config import SimulatorConfig
 from .errors import BAD_GATEWAY_HTML, ApiError, fault_error
 from .faults import FaultPicker, RateLimiter, go_duration, rate_limit_headers
+from .prompt_cache import PromptCache
 from .streams import anthropic_error_event, make_sse_anthropic, make_sse_openai, openai_error_event
 from .validate import check_request, model_not_found
 from .wire import REFUSAL_TEXT, Reply, Request, anthropic_body, openai_body, parse_request
@@ -40,6 +42,7 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self._apply_config()
         self.batches = BatchApi(self)
+        self.prompt_cache = PromptCache()
         self.reset()
 
     # -- configuration / ledger -------------------------------------------------------------------
@@ -64,9 +67,12 @@ class Simulator:
         """Zero the ledger and scripted-fault counters; reseed the fault RNG; refill the rate buckets."""
         self.requests = 0
         self.by_prompt: dict[str, int] = {}
-        self.prompt_tokens = 0
+        self.prompt_tokens = 0  # every input token, prompt-cache reads and writes included
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of prompt_tokens: read from the prompt cache (prompt_cache.py)
+        self.cache_write_tokens = 0  # of prompt_tokens: written to it (Anthropic)
         self.cost_usd = 0.0
+        self.prompt_cache.reset()
         self.fault_counts: dict[str, int] = {}
         self.answered = 0
         self.rate_limited = 0
@@ -87,6 +93,8 @@ class Simulator:
             "by_prompt_sha256": dict(self.by_prompt),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "cost_usd": self.cost_usd,
             "faults": dict(self.fault_counts),
             "answered": self.answered,
@@ -248,11 +256,14 @@ class Simulator:
         elif fault is not None:
             return await self._fault_response(request, req, anth, rid, reply, fault)
         # what a real provider bills: an answer, even a refusal or a cut one; never an HTTP error
+        reply = self._with_prompt_cache(req, anth, reply)
         ctoks = reply.ctoks * req.n
         self.answered += 1
         self.prompt_tokens += reply.ptoks
         self.completion_tokens += ctoks
-        self.cost_usd += reply.ptoks / 1000 * cfg.cost_per_1k_input + ctoks / 1000 * cfg.cost_per_1k_output
+        self.cached_tokens += reply.cached
+        self.cache_write_tokens += reply.cache_write
+        self.cost_usd += cfg.cost_of(reply.ptoks, ctoks, reply.cached, reply.cache_write)
         headers = self._id_headers(anth, rid)
         if self.limiter.active and cfg.rate_limit_headers == "x-ratelimit":
             headers.update(self.limiter.state_headers(anth))
@@ -262,6 +273,14 @@ class Simulator:
         payload = anthropic_body(req, reply) if anth else openai_body(req, reply)
         return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=_JSON,
                             headers=headers)
+
+    def _with_prompt_cache(self, req: Request, anth: bool, reply: Reply) -> Reply:
+        """The answer's usage with what the provider's prompt cache read and wrote (prompt_cache.py)."""
+        if anth:
+            read, write = self.prompt_cache.anthropic(req.model, list(req.cache_points), reply.ptoks)
+        else:
+            read, write = self.prompt_cache.openai(req.model, req.contents, reply.ptoks), 0
+        return dataclasses.replace(reply, cached=read, cache_write=write) if read or write else reply
 
     async def _stream(self, request: web.Request, events: list[tuple[bytes, int]], headers: dict) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers})

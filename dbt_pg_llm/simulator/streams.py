@@ -15,7 +15,7 @@ import json
 import time
 
 from .wire import (Reply, Request, anthropic_content, anthropic_stop_reason, anthropic_usage, openai_logprobs,
-                   openai_usage)
+                   openai_usage, writes_1h)
 
 __all__ = ["make_sse_openai", "make_sse_anthropic", "anthropic_error_event", "openai_error_event"]
 
@@ -53,19 +53,21 @@ def make_sse_openai(req: Request, reply: Reply) -> list[tuple[bytes, int]]:
         out.append((_data({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
                                                 "finish_reason": finish}]}), 0))
     if req.include_usage:
-        out.append((_data({**base, "choices": [], "usage": openai_usage(reply.ptoks, reply.ctoks * req.n)}), 0))
+        out.append((_data({**base, "choices": [], "usage": openai_usage(reply.ptoks, reply.ctoks * req.n,
+                                                                          reply.cached)}), 0))
     out.append((b"data: [DONE]\n\n", 0))
     return out
 
 
-def message_start(req: Request, ptoks: int) -> bytes:
+def message_start(req: Request, ptoks: int, read: int = 0, write: int = 0) -> bytes:
     message = {"id": f"msg_sim{req.seq:010x}", "type": "message", "role": "assistant", "model": req.model,
-               "content": [], "stop_reason": None, "stop_sequence": None, "usage": anthropic_usage(ptoks, 1)}
+               "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": anthropic_usage(ptoks, 1, read, write, writes_1h(req))}
     return _event("message_start", {"type": "message_start", "message": message})
 
 
 def make_sse_anthropic(req: Request, reply: Reply) -> list[tuple[bytes, int]]:
-    out = [(message_start(req, reply.ptoks), 0)]
+    out = [(message_start(req, reply.ptoks, reply.cached, reply.cache_write), 0)]
     for index, block in enumerate(anthropic_content(req, reply)):
         if block["type"] == "tool_use":
             start = {**block, "input": {}}
@@ -82,8 +84,8 @@ def make_sse_anthropic(req: Request, reply: Reply) -> list[tuple[bytes, int]]:
             out.append((_event("content_block_delta", {"type": "content_block_delta", "index": index,
                                                        "delta": delta}), 1))
         out.append((_event("content_block_stop", {"type": "content_block_stop", "index": index}), 0))
-    usage = {"output_tokens": reply.ctoks, "input_tokens": reply.ptoks, "cache_creation_input_tokens": 0,
-             "cache_read_input_tokens": 0}
+    usage = {"output_tokens": reply.ctoks, "input_tokens": reply.ptoks - reply.cached - reply.cache_write,
+             "cache_creation_input_tokens": reply.cache_write, "cache_read_input_tokens": reply.cached}
     out.append((_event("message_delta", {"type": "message_delta",
                                          "delta": {"stop_reason": anthropic_stop_reason(req, reply),
                                                    "stop_sequence": reply.stop_seq},

@@ -222,6 +222,9 @@ def _check_anthropic(body: dict) -> ApiError | None:
             problem = _range_error(name, body[name], lo, hi, integer)
             if problem:
                 return problem
+    problem = _check_cache_control(body)
+    if problem is not None:
+        return problem
     tools = body.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
@@ -242,4 +245,43 @@ def _check_anthropic(body: dict) -> ApiError | None:
             return ApiError(400, "", "tool_choice: tool_choice may only be specified while providing tools.")
         if kind == "tool" and choice.get("name") not in names:
             return ApiError(400, "", f"tool_choice: Tool '{choice.get('name')}' not found in 'tools'.")
+    return None
+
+
+def _check_cache_control(body: dict) -> ApiError | None:
+    """Anthropic's ``system`` (text or a list of text blocks) and its ``cache_control`` breakpoints:
+    ``{"type": "ephemeral"}`` with an optional ``ttl`` of "5m" or "1h", at most 4 per request."""
+    system = body.get("system")
+    blocks: list[tuple[str, Any]] = []
+    if isinstance(system, list):
+        for i, block in enumerate(system):
+            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+                return ApiError(400, "", f"system.{i}: Input should be a valid text block "
+                                         "with type 'text' and a text")
+            blocks.append((f"system.{i}", block))
+    elif system is not None and not isinstance(system, str):
+        return ApiError(400, "", "system: Input should be a valid string or a list of text blocks")
+    for i, tool in enumerate(body.get("tools") or []):
+        if isinstance(tool, dict):
+            blocks.append((f"tools.{i}", tool))
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if isinstance(block, dict):
+                blocks.append((f"messages.{i}.content.{j}", block))
+    marked = 0
+    for where, block in blocks:
+        control = block.get("cache_control")
+        if control is None:
+            continue
+        marked += 1
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            return ApiError(400, "", f"{where}.cache_control.type: Input should be 'ephemeral'")
+        extra = sorted(set(control) - {"type", "ttl"})
+        if extra:
+            return ApiError(400, "", f"{where}.cache_control.{extra[0]}: Extra inputs are not permitted")
+        if control.get("ttl") not in (None, "5m", "1h"):
+            return ApiError(400, "", f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+    if marked > 4:
+        return ApiError(400, "", f"A maximum of 4 blocks with cache_control may be provided. Found {marked}.")
     return None

@@ -5,13 +5,16 @@ in streams.py, error bodies in errors.py.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 
 from . import answers as A
+from .prompt_cache import CachePoint, cache_ttl_s
 
 __all__ = ["Request", "Reply", "parse_request", "openai_body", "anthropic_body", "openai_usage", "anthropic_usage",
+           "writes_1h",
            "REFUSAL_TEXT"]
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that request."
@@ -32,6 +35,7 @@ class Request:
     response_format: str | None  # the JSON format asked for, as canonical JSON text (OpenAI shape)
     n: int = 1
     tool_name: str | None = None  # Anthropic: the tool the model is made to call (tool_choice tool/any)
+    cache_points: tuple = ()  # Anthropic: the cache_control breakpoints (prompt_cache.CachePoint)
     seq: int = 0  # the server's request number: ids of the answer (chatcmpl-…, msg_…, toolu_…)
 
 
@@ -44,8 +48,10 @@ class Reply:
     text: str
     finish: str
     stop_seq: str | None
-    ptoks: int
+    ptoks: int  # every input token, cache reads and writes included
     ctoks: int
+    cached: int = 0  # of ptoks: read from the prompt cache (prompt_cache.py)
+    cache_write: int = 0  # of ptoks: written to it (Anthropic)
 
 
 def _text(content) -> str:
@@ -117,6 +123,7 @@ def parse_request(body: dict, anthropic: bool) -> Request:
         stop = (stop,)
     stop = tuple(s for s in stop or () if isinstance(s, str) and s)
     tool_name, rf_text = _forced_tool(body) if anthropic else (None, None)
+    points = _cache_points(body) if anthropic else ()
     if anthropic and tool_name is None:
         rf_text = _output_config_format(body)
     rf = None if anthropic else body.get("response_format")
@@ -136,21 +143,44 @@ def parse_request(body: dict, anthropic: bool) -> Request:
         response_format=rf_text,
         n=body.get("n") or 1,
         tool_name=tool_name,
+        cache_points=points,
     )
 
 
+def _cache_points(body: dict) -> tuple:
+    """Anthropic's cache breakpoints in the system prompt: each caches the tools and the system text
+    up to and including its block (its tokens as the simulator counts the system message)."""
+    system = body.get("system")
+    if not isinstance(system, list):
+        return ()
+    h = hashlib.sha256(json.dumps(body.get("tools") or [], sort_keys=True).encode())
+    points, texts = [], []
+    for block in system:
+        text = _text([block])
+        texts.append(text)
+        h.update(b"\x00" + text.encode("utf-8", "surrogatepass"))
+        control = block.get("cache_control") if isinstance(block, dict) else None
+        if isinstance(control, dict):
+            prefix = "\n".join(texts)
+            points.append(CachePoint(h.copy().digest(), A.prompt_tokens([prefix]), cache_ttl_s(control.get("ttl"))))
+    return tuple(points)
+
+
 # -- usage -----------------------------------------------------------------------------------------
-def openai_usage(ptoks: int, ctoks: int) -> dict:
+def openai_usage(ptoks: int, ctoks: int, cached: int = 0) -> dict:
+    """OpenAI's usage: ``prompt_tokens`` includes ``cached_tokens``."""
     return {"prompt_tokens": ptoks, "completion_tokens": ctoks, "total_tokens": ptoks + ctoks,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
-def anthropic_usage(ptoks: int, ctoks: int) -> dict:
-    return {"input_tokens": ptoks, "output_tokens": ctoks, "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+def anthropic_usage(ptoks: int, ctoks: int, read: int = 0, write: int = 0, write_1h: bool = False) -> dict:
+    """Anthropic's usage: ``input_tokens`` excludes the cache reads and writes (``ptoks`` counts all)."""
+    return {"input_tokens": ptoks - read - write, "output_tokens": ctoks, "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": read,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0 if write_1h else write,
+                               "ephemeral_1h_input_tokens": write if write_1h else 0},
             "service_tier": "standard"}
 
 
@@ -172,7 +202,7 @@ def openai_body(req: Request, reply: Reply) -> dict:
         "created": int(time.time()),
         "model": req.model,
         "choices": [{"index": i, **choice} for i in range(req.n)],
-        "usage": openai_usage(reply.ptoks, reply.ctoks * req.n),
+        "usage": openai_usage(reply.ptoks, reply.ctoks * req.n, reply.cached),
         "service_tier": "default",
         "system_fingerprint": "fp_simulator",
     }
@@ -207,6 +237,11 @@ def anthropic_content(req: Request, reply: Reply) -> list[dict]:
     return [{"type": "text", "text": reply.text}]
 
 
+def writes_1h(req: Request) -> bool:
+    """Whether the request's cache writes are 1-hour ones (its last breakpoint asked for ``ttl: 1h``)."""
+    return bool(req.cache_points) and req.cache_points[-1].ttl_s > 300.0
+
+
 def anthropic_body(req: Request, reply: Reply) -> dict:
     return {
         "id": f"msg_sim{req.seq:010x}",
@@ -216,5 +251,5 @@ def anthropic_body(req: Request, reply: Reply) -> dict:
         "content": anthropic_content(req, reply),
         "stop_reason": anthropic_stop_reason(req, reply),
         "stop_sequence": reply.stop_seq,
-        "usage": anthropic_usage(reply.ptoks, reply.ctoks),
+        "usage": anthropic_usage(reply.ptoks, reply.ctoks, reply.cached, reply.cache_write, writes_1h(req)),
     }
