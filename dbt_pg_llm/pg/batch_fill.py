@@ -108,7 +108,8 @@ def _fill(connect, engine, source_sql: str, spec: ColumnSpec, policy: BatchPolic
             policy = None
         if policy is not None and todo >= policy.min_keys:
             cap = fill_kwargs.get("max_cost_usd")
-            limit = run_spend_limit(conn, audit_schema, run.run_id, cap) if cap is not None else None
+            limit = (run_spend_limit(conn, audit_schema, run.run_id, cap, continues=run.continues)
+                     if cap is not None else None)
             mine = _Submitter(connect, engine, collector, spec, fingerprint, policy, audit_schema, run,
                               fill_kwargs.get("claim_timeout_s", 120.0), limit,
                               fill_kwargs.get("store_prompts", True)).submit(source_sql, out)

@@ -185,7 +185,8 @@ class ColumnFill:
             self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:
-                self.spend_limit = run_spend_limit(self.writer, self.schema, self.run_ctx.run_id, self.max_cost)
+                self.spend_limit = run_spend_limit(self.writer, self.schema, self.run_ctx.run_id, self.max_cost,
+                                                   continues=self.run_ctx.continues)
                 self.report.budget_cap_usd = float(self.max_cost)
             self._count_and_log_hits(source_sql)
             if rows_hint is not None:

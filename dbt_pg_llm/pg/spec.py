@@ -169,11 +169,14 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class RunContext:
-    """Where a fill comes from: ``run_id`` (dbt's invocation_id), ``node_id``, ``target``."""
+    """Where a fill comes from: ``run_id`` (dbt's invocation_id), ``node_id``, ``target``;
+    ``continues``: the earlier run ids whose spend this run's ``max_cost_usd`` cap continues (a
+    `dbt retry`'s retried invocations, newest first; budget.py)."""
 
     run_id: str
     node_id: str | None = None
     target: str | None = None
+    continues: tuple[str, ...] = ()
 
     def as_context(self, **extra) -> dict:
         out = {"run_id": self.run_id, "node_id": self.node_id}

@@ -25,6 +25,7 @@ from dbt_common.exceptions import CompilationError, DbtRuntimeError
 from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
 from dbt.adapters.pg_llm.fill_messages import ProgressLogger, log_batches, warn_or_error
+from dbt.adapters.pg_llm.retry_chain import retry_chain
 
 logger = AdapterLogger("pg_llm")
 
@@ -112,6 +113,9 @@ class PgLlmAdapter(PostgresAdapter):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
+        # a `dbt retry` continues the spend of the invocations it retries (max_cost_usd_per_run); told
+        # here, in the main thread, where dbt's click context still says "retry" (retry_chain.py)
+        self._continues = retry_chain(self.config, _invocation_id())
 
     @classmethod
     def get_adapter_run_info(cls, config):
@@ -197,7 +201,8 @@ class PgLlmAdapter(PostgresAdapter):
     def _run_context(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.spec import RunContext
 
-        return RunContext(run_id=_invocation_id(), node_id=node_id or "", target=self.config.target_name)
+        return RunContext(run_id=_invocation_id(), node_id=node_id or "", target=self.config.target_name,
+                          continues=self._continues)
 
     def _on_error(self, *candidates) -> Any:
         for value in candidates:
