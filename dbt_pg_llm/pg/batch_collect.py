@@ -173,7 +173,8 @@ class BatchCollector:
         write_results(conn, self.schema, [self._result_row(pending[c], o, row, spec, prompts.get(pending[c]))
                                           for c, o in outcomes if o.ok])
         applied = store.apply_answers(conn, self.schema, row.batch_uid, outcomes, model=row.model,
-                                      operation=spec.kind, run_id=self.run.run_id, node_id=row.node_id)
+                                      operation=spec.kind, run_id=self.run.run_id, node_id=row.node_id,
+                                      column_name=spec.name)
         ok_keys = [k for k, o in applied if o.ok]
         errors = [ErrorRow(key=k, node_id=row.node_id, model=row.model, error_kind=str(o.error_kind),
                            message=o.error_message, run_id=self.run.run_id, column_name=spec.name)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from .migrations import LOCK_CLASS, ensure_call_partitions, quote_ident, transaction
-from .writers import CALL_COLUMNS, copy_rows
+from .writers import CALL_COLUMNS, call_rows, copy_rows
 
 __all__ = ["BatchRow", "BATCH_LOCK_CLASS", "in_open_batch_sql", "record_intent", "record_submitted", "set_status",
            "open_batches", "pending_keys", "key_prompts", "apply_answers", "close_batch", "try_lock", "unlock"]
@@ -131,7 +131,8 @@ def key_prompts(conn, schema: str, batch_uid: str) -> dict[str, str]:
 
 
 def apply_answers(conn, schema: str, batch_uid: str, outcomes: list[tuple[str, object]], *, model: str,
-                  operation: str, run_id: str, node_id: str | None) -> list[tuple[str, object]]:
+                  operation: str, run_id: str, node_id: str | None,
+                  column_name: str | None = None) -> list[tuple[str, object]]:
     """Mark keys answered/failed and log one ``llm_calls`` row each, in one transaction.
 
     ``outcomes``: (custom_id, ModelOutput). Only keys still pending are applied (a second collector
@@ -152,12 +153,16 @@ def apply_answers(conn, schema: str, batch_uid: str, outcomes: list[tuple[str, o
         rows = []
         for custom_id, key in pairs:
             out = by_id[custom_id]
-            rows.append((now, run_id, node_id, model, operation, key, 1,
-                         None if out.ok else str(out.error_kind), None if out.ok else out.error_message,
-                         None, out.tokens.prompt, out.tokens.completion, 0.0, out.cost_usd, False, 0.0))
+            # one paid line = one llm_calls row, under the model that answered it and the column that asked
+            rows.append({"ts": now, "run_id": run_id, "node_id": node_id, "column_name": column_name,
+                         "model": model, "operation": operation, "input_hash": key, "attempt": 1,
+                         "error_kind": None if out.ok else str(out.error_kind),
+                         "error_message": None if out.ok else out.error_message,
+                         "prompt_tokens": out.tokens.prompt, "completion_tokens": out.tokens.completion,
+                         "latency_ms": 0.0, "cost_usd": out.cost_usd, "cached": False})
         if rows:
             ensure_call_partitions(cur, schema, [now])
-            copy_rows(cur, f"{q}.llm_calls", CALL_COLUMNS, rows)
+            copy_rows(cur, f"{q}.llm_calls", CALL_COLUMNS, call_rows(rows))
         done = [by_id[c] for c, _ in pairs]
         cur.execute(f"""update {q}.llm_batches set answered = answered + %s, failed = failed + %s,
                             prompt_tokens = prompt_tokens + %s, completion_tokens = completion_tokens + %s,

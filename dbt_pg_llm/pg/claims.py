@@ -211,19 +211,24 @@ class Claims:
                  "keys": int(count)}
                 for run_id, node_id, pid, host, app, since, since_s, beat_s, count in rows]
 
-    def log_late_hits(self, keys: list[str]) -> None:
-        """Keys answered by a concurrent run while we waited: cache hits for us (one INSERT ... SELECT)."""
+    def log_late_hits(self, keys: list[str], column_name: str | None = None) -> None:
+        """Keys answered by a concurrent run while we waited: cache hits for us (one INSERT ... SELECT).
+        A key this run already logged (as a hit or paid) is not logged again: a hit counts once per
+        key per run (run_totals.py)."""
         with self.writer().cursor() as cur:
             ensure_call_partitions(cur, self.schema, [datetime.now(timezone.utc)])
             cur.execute(f"""
                 with ins as (
                     insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash, attempt,
-                                                   latency_ms, cost_usd, cached, saved_cost_usd)
-                    select now(), %s, %s, %s, %s, r.key, 0, 0, 0, true, r.cost_usd
-                    from {self.q}.llm_results r where r.key = any(%s::text[])
+                                                   latency_ms, cost_usd, cached, saved_cost_usd, column_name)
+                    select now(), %(run)s, %(node)s, %(model)s, %(op)s, r.key, 0, 0, 0, true, r.cost_usd, %(column)s
+                    from {self.q}.llm_results r where r.key = any(%(keys)s::text[])
+                      and not exists (select 1 from {self.q}.llm_calls c
+                                      where c.run_id = %(run)s and c.input_hash = r.key)
                     returning saved_cost_usd)
                 select count(*), coalesce(sum(saved_cost_usd), 0) from ins""",
-                        (self.run_ctx.run_id, self.run_ctx.node_id, self.model, self.kind, keys))
+                        {"run": self.run_ctx.run_id, "node": self.run_ctx.node_id, "model": self.model,
+                         "op": self.kind, "keys": keys, "column": column_name})
             hits, saved = cur.fetchone()
         self.report.cache_hits += int(hits)
         self.report.requests_total -= int(hits)

@@ -56,6 +56,7 @@ from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, first_error_fails, too_many_errors, where_kept
 from .progress import FillProgress
 from .report import FillError, FillReport
+from .run_totals import run_totals
 from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext, check_fill_settings
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
@@ -121,7 +122,8 @@ class ColumnFill:
         self.token = uuid.uuid4().hex
         self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
         self.claims: Claims | None = None  # once the reader connection (which holds them) is open
-        self.context = run.as_context(operation=spec.kind)
+        # column_name: every llm_calls row says which column asked (its totals are derived from them)
+        self.context = run.as_context(operation=spec.kind, column_name=spec.name)
         model = engine.registry.get(spec.model)  # RegistryError (listing known models) if unknown
         self.model_config = model.config
         # Calls in flight plus answers waiting for the consumer: 4x the model's concurrency, so the
@@ -140,6 +142,7 @@ class ColumnFill:
         self.last_flush = time.monotonic()
         self.listed_at = time.time()  # when the uncached keys were listed (set again when they are)
         self.waiting: dict[str, str] = {}
+        self._unwritten_logs: list[tuple[Any, list]] = []  # (sink, records) drained, not yet in llm_calls
         self._results: list[ResultRow] = []
         self._ok_keys: list[str] = []
         self._errors: list[ErrorRow] = []
@@ -419,7 +422,7 @@ class ColumnFill:
             self._flush()
             done, batched = self.claims.settled(list(self.waiting))
             if done:
-                self.claims.log_late_hits(done)
+                self.claims.log_late_hits(done, self.spec.name)
             for key in done + batched:  # a key the other run put in a provider batch is that batch's now
                 self.waiting.pop(key, None)
             if not self.waiting:
@@ -484,10 +487,22 @@ class ColumnFill:
         self.last_flush = time.monotonic()
 
     def _drain_logs(self) -> None:
+        """Call logs to llm_calls. Drained records are kept until they are written (a broken
+        connection loses none: they go with the next flush, or on the way out), then the sink is
+        told, so its spool forgets them (logs.BufferedSink)."""
         for sink in self.sinks:
             logs = sink.drain()
             if logs:
-                self._write(write_calls, logs, defaults=self.run_ctx.as_context())
+                self._unwritten_logs.append((sink, logs))
+        while self._unwritten_logs:
+            sink, logs = self._unwritten_logs[0]
+            # no defaults: a record without a run (an engine call made outside any fill) is not this
+            # run's, whichever fill happens to drain the shared sink
+            self._write(write_calls, logs)
+            self._unwritten_logs.pop(0)
+            written = getattr(sink, "written", None)
+            if callable(written):
+                written(len(logs))
 
     def _salvage(self) -> None:
         """On the way out after an error: write what was paid if at all possible."""
@@ -525,6 +540,18 @@ class ColumnFill:
                    saved_cost_usd=rep.saved_cost_usd)
         self.run_open = False
 
+    def _report_from_calls(self, conn) -> None:
+        """The report's requests, tokens, cost, hits and saving: this fill's llm_calls rows (the
+        one source of truth, run_totals.py), not the answers it happened to see."""
+        rep = self.report
+        with conn.cursor() as cur:
+            totals = run_totals(cur, self.schema, self.run_ctx.run_id, node_id=self.run_ctx.node_id,
+                                column_name=self.spec.name, one_column=True)
+        rep.requests_sent, rep.prompt_tokens, rep.completion_tokens = \
+            totals["requests"], totals["prompt_tokens"], totals["completion_tokens"]
+        rep.cost_usd, rep.cache_hits, rep.saved_cost_usd = \
+            totals["cost_usd"], totals["cache_hits"], totals["saved_cost_usd"]
+
     def _finish(self) -> None:
         rep = self.report
         rep.elapsed_s = time.monotonic() - self.progress.started
@@ -537,6 +564,7 @@ class ColumnFill:
             writer = self._open()
             try:
                 self._record_run("failed" if failed else "partial" if rep.errors else "success", writer)
+                self._report_from_calls(writer)
             finally:
                 writer.close()
         except Exception as exc:

@@ -86,8 +86,9 @@ def count_and_log_hits_sql(source_sql: str, spec: ColumnSpec, fingerprint: str, 
              k as (select {key_sql(fingerprint, 'd.p')} as k from d where d.p is not null),
              hits as (select r.key, r.cost_usd from k join {q}.llm_results r on r.key = k.k and {fresh_sql('r')}),
              ins as (insert into {q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
-                         attempt, latency_ms, cost_usd, cached, saved_cost_usd)
-                     select now(), {run}, {node}, {model}, {op}, hits.key, 0, 0, 0, true, hits.cost_usd from hits
+                         attempt, latency_ms, cost_usd, cached, saved_cost_usd, column_name)
+                     select now(), {run}, {node}, {model}, {op}, hits.key, 0, 0, 0, true, hits.cost_usd,
+                            {quote_literal(spec.name)} from hits
                      returning saved_cost_usd)
         select (select count(*) from {source_sql} __llm_src), (select count(*) from k), (select count(*) from ins),
                (select coalesce(sum(saved_cost_usd), 0) from ins)"""

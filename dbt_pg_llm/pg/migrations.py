@@ -381,6 +381,16 @@ alter table {q}.llm_results
     add column if not exists cached_tokens      integer not null default 0,
     add column if not exists cache_write_tokens integer not null default 0;
 """),
+        (15, f"""
+-- One source of truth for the counters (issue 17.1, decision 0026): llm_calls holds one row per
+-- paid HTTP request or batch line, with the column that asked; llm_runs' requests / tokens / cost /
+-- cache_hits / saved are recomputed from it (run_totals.py) when a fill ends and when a crashed
+-- run is settled. call_id: the engine's id of the request, so a row replayed from a dead process's
+-- spool (logs.py) is never written twice. settled_at: when the totals were last derived.
+alter table {q}.llm_calls add column if not exists column_name text;
+alter table {q}.llm_calls add column if not exists call_id text;
+alter table {q}.llm_runs add column if not exists settled_at timestamptz;
+"""),
         (17, f"""
 -- Error history (issue 18): llm_errors stays the current dead letter per (key, node) that the join,
 -- the reports and resolve_errors read; llm_error_history gets one row per failed attempt-set, with

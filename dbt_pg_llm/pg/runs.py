@@ -10,6 +10,7 @@ The end of a fill is ``writers.record_run(..., finished_fill=True)``.
 from __future__ import annotations
 
 from .migrations import quote_ident, transaction
+from .run_totals import derive_run_totals
 
 __all__ = ["run_started", "run_heartbeat", "mark_crashed_runs", "RUN_DEAD_AFTER_S"]
 
@@ -19,15 +20,21 @@ RUN_DEAD_AFTER_S = 600.0
 
 
 def mark_crashed_runs(conn, schema: str, dead_after_s: float = RUN_DEAD_AFTER_S, *, except_run: str | None = None) -> int:
-    """Mark ``running`` rows silent for ``dead_after_s`` seconds ``crashed``; returns how many."""
+    """Mark ``running`` rows silent for ``dead_after_s`` seconds ``crashed`` and settle them: their
+    counters are derived from the ``llm_calls`` rows they left (a killed run never recorded its
+    own; run_totals.py). Returns how many."""
     with transaction(conn) as cur:
         cur.execute(f"""
             update {quote_ident(schema)}.llm_runs set status = 'crashed', active_fills = 0,
                    ended_at = coalesce(heartbeat_at, started_at)
             where status = 'running' and run_id is distinct from %s
-              and coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %s)""",
+              and coalesce(heartbeat_at, started_at) < now() - make_interval(secs => %s)
+            returning run_id""",
                     (except_run, float(dead_after_s)))
-        return cur.rowcount
+        crashed = [row[0] for row in cur.fetchall()]
+        for run_id in crashed:
+            derive_run_totals(cur, schema, run_id)
+        return len(crashed)
 
 
 def run_started(conn, schema: str, run_id: str, *, target: str | None = None,

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import redact
 from .migrations import ensure_call_partitions, quote_ident, transaction
+from .run_totals import derive_run_totals
 
 __all__ = [
     "ResultRow",
@@ -31,6 +32,7 @@ __all__ = [
     "copy_rows",
     "write_results",
     "write_calls",
+    "call_rows",
     "write_errors",
     "resolve_errors",
     "write_alerts",
@@ -90,6 +92,7 @@ ERROR_COLUMNS = tuple(f.name for f in fields(ErrorRow))
 CALL_COLUMNS = (
     "ts", "run_id", "node_id", "model", "operation", "input_hash", "attempt", "error_kind", "error_message",
     "http_status", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd", "cached", "saved_cost_usd",
+    "column_name", "call_id",  # migration 15: the column that asked; the engine's id of the request
     "cached_tokens", "cache_write_tokens", "prompt_cache_saved_usd",  # migration 14: provider prompt caching
 )
 
@@ -253,10 +256,18 @@ def _call_values(log: Any, defaults: Mapping[str, Any]) -> tuple:
         money(get("cost_usd")),
         bool(get("cached") or False),
         money(saved),
+        get("column_name") or context.get("column_name") or defaults.get("column_name"),
+        get("call_id"),
         get("cached_tokens") or 0,
         get("cache_write_tokens") or 0,
         money(get("prompt_cache_saved_usd")),
     )
+
+
+def call_rows(logs: Iterable[Any], defaults: Mapping[str, Any] | None = None) -> list[tuple]:
+    """``llm_calls`` rows in ``CALL_COLUMNS`` order from records (``ModelLog`` objects or mappings),
+    for writers that COPY them inside a transaction of their own (``batch_store``)."""
+    return [_call_values(log, defaults or {}) for log in logs]
 
 
 def write_calls(conn, schema: str, logs: Iterable[Any], *, defaults: Mapping[str, Any] | None = None) -> int:
@@ -364,7 +375,9 @@ def record_run(conn, schema: str, run_id: str, *, target: str | None = None, sta
     keeps the worst outcome, and says ``running`` while other fills started by ``run_started``
     are active (``finished_fill``: this call ends one of them). ``ended`` stamps ``ended_at``.
     Count names: rows, distinct_keys, requests, cache_hits, errors, prompt_tokens,
-    completion_tokens, cost_usd, saved_cost_usd."""
+    completion_tokens, cost_usd, saved_cost_usd. Whatever is passed, requests, tokens, cost,
+    cache_hits and saved_cost_usd end up derived from the run's ``llm_calls`` rows
+    (``run_totals.derive_run_totals``, in the same transaction): one source of truth."""
     unknown = sorted(set(counts) - set(_RUN_COUNTS))
     if unknown:
         raise TypeError(f"record_run: unknown count(s) {unknown}; known: {', '.join(_RUN_COUNTS)}")
@@ -392,3 +405,4 @@ def record_run(conn, schema: str, run_id: str, *, target: str | None = None, sta
                 ended_at = case when {active} > 0 then null else coalesce(excluded.ended_at, r.ended_at) end""",
                     [run_id, target, status, status, bool(ended), *values,
                      int(finished_fill), int(finished_fill), int(finished_fill)])
+        derive_run_totals(cur, schema, run_id)  # the counters llm_calls describes come from it (run_totals.py)

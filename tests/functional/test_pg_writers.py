@@ -161,12 +161,23 @@ def test_alerts_and_runs(conn, schema):
                                 {"model": "m", "alert_type": "latency", "message": "slow"}], run_id="r")
     assert _fetch(conn, f"select run_id, model, alert_type, severity from {schema}.llm_alerts order by id") == [
         ("r", "m", "cost", "critical"), ("r", "m", "latency", "warning")]
+    # requests / tokens / cost / hits / saved come from llm_calls whatever is passed (issue 17.1):
+    # 3 paid requests, key "a" hit twice (counts once), key "b" hit but also paid by the run (no saving)
+    write_calls(conn, schema, [
+        ModelLog(model="m", input_hash="b", prompt_tokens=10, completion_tokens=2, cost_usd=0.5),
+        ModelLog(model="m", input_hash="c", attempt=1, cost_usd=0.125, error_kind="timeout"),
+        ModelLog(model="m", input_hash="c", attempt=2, prompt_tokens=5, completion_tokens=1, cost_usd=0.125),
+        {"model": "m", "input_hash": "a", "cached": True, "saved_cost_usd": 1.0},
+        {"model": "m", "input_hash": "a", "cached": True, "saved_cost_usd": 1.0},
+        {"model": "m", "input_hash": "b", "cached": True, "saved_cost_usd": 0.5},
+        ModelLog(model="m", input_hash="x", cost_usd=9.0, context={"run_id": "other"}),
+    ], defaults={"run_id": "inv1"})
     record_run(conn, schema, "inv1", target="dev", status="success", rows=10, requests=3, cost_usd=0.5)
     record_run(conn, schema, "inv1", status="error", rows=5, errors=1, cost_usd=0.25, saved_cost_usd=1)
     record_run(conn, schema, "inv1", status="success", rows=1)
     assert _fetch(conn, f"select target, status, rows, requests, errors, cost_usd::float, saved_cost_usd::float, "
-                        f"ended_at is not null from {schema}.llm_runs") == [
-        ("dev", "failed", 16, 3, 1, 0.75, 1.0, True)]
+                        f"cache_hits, prompt_tokens, completion_tokens, ended_at is not null, settled_at is not null "
+                        f"from {schema}.llm_runs") == [("dev", "failed", 16, 3, 1, 0.75, 1.0, 1, 15, 3, True, True)]
 
 
 def test_write_results_throughput(conn, schema, record_property):
@@ -192,6 +203,8 @@ def test_run_row_is_running_while_fills_are_active_then_takes_the_worst_outcome(
 
     run_started(conn, schema, "inv", target="dev")  # two models of one invocation (dbt threads)
     run_started(conn, schema, "inv")
+    write_calls(conn, schema, [ModelLog(model="m", cost_usd=0.1), ModelLog(model="m", cost_usd=0.2)],
+                defaults={"run_id": "inv"})
     record_run(conn, schema, "inv", status="partial", finished_fill=True, requests=2, cost_usd=0.1 + 0.2)
     row = "select status, outcome, active_fills, ended_at is null, cost_usd::text from {}.llm_runs where run_id = 'inv'"
     assert _fetch(conn, row.format(schema)) == [("running", "partial", 1, True, "0.3")]  # not 0.30000000000000004
@@ -202,6 +215,10 @@ def test_run_row_is_running_while_fills_are_active_then_takes_the_worst_outcome(
     assert mark_crashed_runs(conn, schema, dead_after_s=3600) == 0
     with conn.cursor() as cur:
         cur.execute(f"update {schema}.llm_runs set heartbeat_at = now() - interval '2 hours' where run_id = 'dead'")
+    write_calls(conn, schema, [ModelLog(model="m", cost_usd=0.25, prompt_tokens=7)], defaults={"run_id": "dead"})
     run_started(conn, schema, "next")
     assert dict(_fetch(conn, f"select run_id, status from {schema}.llm_runs")) == {
         "inv": "partial", "dead": "crashed", "next": "running"}
+    # the crashed run never recorded its counts: settling derived them from the llm_calls rows it left
+    assert _fetch(conn, f"select requests, prompt_tokens, cost_usd::float, settled_at is not null "
+                        f"from {schema}.llm_runs where run_id = 'dead'") == [(1, 7, 0.25, True)]

@@ -1,0 +1,79 @@
+"""A run's totals, derived from ``llm_calls`` (issue 17.1, decision 0026).
+
+``llm_calls`` holds one row per HTTP request the engine made (every attempt, ``Model._log``) and
+one per provider batch line collected (``batch_store.apply_answers``), each with its run, node,
+column and model; cache hits are ``cached = true`` rows. Every total people read is computed from
+those rows, never added up on the side, so the totals cannot drift from what was logged:
+
+* requests / prompt_tokens / completion_tokens / cost_usd: the run's rows with ``cached = false``;
+* cache_hits / saved_cost_usd: the distinct keys the run found answered and did NOT pay for
+  itself (a key logged as a hit twice counts once; a key the run paid for is not a saving), each
+  with what it cost when it was paid (the largest ``saved_cost_usd`` logged for it).
+
+``derive_run_totals`` writes them into the run's ``llm_runs`` row; ``writers.record_run`` calls it
+when a fill ends and ``runs.mark_crashed_runs`` / ``settle_runs`` when a dead run is settled, after
+the call logs a killed process left in its spool were replayed (``call_spool.replay_spools``).
+"""
+from __future__ import annotations
+
+from .migrations import quote_ident, transaction
+
+__all__ = ["derive_run_totals", "run_totals", "settle_runs", "DERIVED_COUNTS"]
+
+# llm_runs columns computed from llm_calls (the others -- rows, distinct_keys, errors -- are the
+# fills' own counts of their source, which llm_calls does not describe)
+DERIVED_COUNTS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "cache_hits", "saved_cost_usd")
+
+
+def _totals_sql(q: str, one_column: bool = False) -> str:
+    where = "run_id = %(run)s"
+    if one_column:  # one fill: its node and column (NULL-safe: a DataFrame session has no node)
+        where += " and node_id is not distinct from %(node)s and column_name is not distinct from %(column)s"
+    return f"""
+        with c as (select input_hash, cached, prompt_tokens, completion_tokens, cost_usd, saved_cost_usd
+                   from {q}.llm_calls where {where}),
+             paid as (select count(*) as requests, coalesce(sum(prompt_tokens), 0) as prompt_tokens,
+                             coalesce(sum(completion_tokens), 0) as completion_tokens,
+                             coalesce(sum(cost_usd), 0) as cost_usd
+                      from c where not cached),
+             hits as (select count(*) as cache_hits, coalesce(sum(saved), 0) as saved_cost_usd
+                      from (select h.input_hash, max(h.saved_cost_usd) as saved from c h
+                            where h.cached and h.input_hash is not null
+                              and not exists (select 1 from c p where not p.cached and p.input_hash = h.input_hash)
+                            group by h.input_hash) k)
+        select paid.requests, paid.prompt_tokens, paid.completion_tokens, paid.cost_usd,
+               hits.cache_hits, hits.saved_cost_usd
+        from paid, hits"""
+
+
+def run_totals(cur, schema: str, run_id: str, *, node_id: str | None = None, column_name: str | None = None,
+               one_column: bool = False) -> dict:
+    """The run's derived totals (``DERIVED_COUNTS``) as computed from its ``llm_calls`` rows; with
+    ``one_column``, those of one fill (the rows of ``node_id`` and ``column_name``)."""
+    cur.execute(_totals_sql(quote_ident(schema), one_column),
+                {"run": run_id, "node": node_id, "column": column_name})
+    row = cur.fetchone()
+    return {name: (float(v) if name.endswith("_usd") else int(v)) for name, v in zip(DERIVED_COUNTS, row)}
+
+
+def derive_run_totals(cur, schema: str, run_id: str) -> None:
+    """Set the run's ``llm_runs`` counters that ``llm_calls`` describes from its rows (in the
+    caller's transaction, on its cursor) and stamp ``settled_at``."""
+    q = quote_ident(schema)
+    sets = ", ".join(f"{c} = t.{c}" for c in DERIVED_COUNTS)
+    cur.execute(f"""
+        update {q}.llm_runs r set {sets}, settled_at = now()
+        from ({_totals_sql(q)}) t
+        where r.run_id = %(run)s""", {"run": run_id})
+
+
+def settle_runs(conn, schema: str, run_ids) -> int:
+    """Derive the totals of ``run_ids`` (e.g. runs just marked crashed, or whose rows a spool
+    replay added); one transaction. Returns how many runs were settled."""
+    run_ids = sorted({r for r in run_ids if r})
+    if not run_ids:
+        return 0
+    with transaction(conn) as cur:
+        for run_id in run_ids:
+            derive_run_totals(cur, schema, run_id)
+    return len(run_ids)
