@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 from .batch_policy import BATCH_PROVIDERS, BatchPolicy
 from .errors import ConfigError, register_secret
 from .retry import RetryPolicy
+from .tokens import tokenizer_problems
 
 __all__ = ["ModelConfig", "PROVIDERS", "check_keys"]
 
@@ -64,6 +65,7 @@ class ModelConfig:
     batch: BatchPolicy = field(default_factory=BatchPolicy)  # provider batch APIs for big backfills
     logprobs: str = "auto"  # auto: only when a confidence is wanted, dropped after a 400 naming it
     structured_output: str = "auto"  # how JSON/labels are asked for; see providers/features.py
+    tokenizer: str = "auto"  # how the spend cap and the estimate bound this model's tokens (tokens.py)
     deployment: str | None = None  # azure: the deployment name (default: model_version)
     api_version: str | None = None  # azure: the api-version query parameter, e.g. 2024-10-21
 
@@ -216,6 +218,7 @@ class ModelConfig:
         if self.structured_output not in modes:
             out.append(f"{path}.structured_output: {self.structured_output!r} is not available for provider "
                        f"{self.provider!r}; use one of {', '.join(modes)}")
+        out.extend(tokenizer_problems(self.tokenizer, self.provider, path))
         if self.provider == "azure":
             if not self.api_version:
                 out.append(f"{path}.api_version: missing; Azure OpenAI needs the api-version query parameter, "

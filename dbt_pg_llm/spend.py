@@ -50,7 +50,7 @@ PER_MESSAGE_TOKENS = 8  # role and separators of one message (OpenAI documents 3
 REPLY_TOKENS = 8  # the tokens that prime the reply (OpenAI documents 3)
 STRUCTURED_OUTPUT_TOKENS = 512  # a schema sent as response_format / a tool (Anthropic's tool prompt: ~350)
 # a config no server can bill more than: UTF-8 bytes, a schema sent as a forced tool
-_ANY_SERVER = SimpleNamespace(provider="anthropic", tokenizer="bytes", structured_output="auto", max_tokens=0)
+_ANY_SERVER = SimpleNamespace(provider="anthropic", tokenizer="bytes", structured_output="tool", max_tokens=0)
 
 
 def estimate_prompt_tokens(inp: ModelInput, config: "ModelConfig | None" = None) -> int:

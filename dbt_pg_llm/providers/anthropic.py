@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
+from ..tokens import output_tokens_bound
 from ..pricing import cache_control_min_tokens
 from .base import Provider, ProviderResult
 from .structured import TOOL_NAME, answer_text, structured_schema
@@ -44,7 +45,8 @@ class AnthropicProvider(Provider):
     def build_body(self, inp: ModelInput) -> tuple[dict, dict]:
         body: dict[str, Any] = {
             "model": self.config.model_version,
-            "max_tokens": inp.max_tokens,
+            # a label answer: at most its longest label + a margin (tokens.py), what the cap reserves
+            "max_tokens": output_tokens_bound(self.config, inp),
             "temperature": inp.temperature,
             "messages": [{"role": "user", "content": inp.prompt}],
         }

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
+from ..tokens import output_tokens_bound
 from .base import Provider, ProviderResult
 from .features import strict_schema_ok
 from .structured import answer_text, structured_schema
@@ -44,7 +45,8 @@ class OpenAIProvider(Provider):
             "model": self.config.model_version,
             "messages": messages,
             "temperature": inp.temperature,
-            "max_tokens": inp.max_tokens,
+            # a label answer: at most its longest label + a margin (tokens.py), what the cap reserves
+            "max_tokens": output_tokens_bound(self.config, inp),
         }
         method = self.features.structured_method
         structured = None

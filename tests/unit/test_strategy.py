@@ -88,6 +88,7 @@ import asyncio  # noqa: E402
 from dbt_pg_llm import LlmSettings, ModelConfig, RegistryError, build_engine  # noqa: E402
 from dbt_pg_llm.keys import fingerprint_of  # noqa: E402
 from dbt_pg_llm.strategy_model import MEMBER_DEFAULT, StrategyConfig, StrategyModel  # noqa: E402
+from dbt_pg_llm.tokens import LABEL_MARGIN_TOKENS  # noqa: E402
 
 # answers by model_version: (content, first-token logprob); small is unsure of "neutral"
 ANSWERS = {"v-small": {"good": ("positive", -0.05), "meh": ("neutral", -1.5)},
@@ -230,10 +231,13 @@ def test_strategy_model_through_the_engine_caches_every_answer():
     assert engine.call("small", meh).cached and engine.call("large", meh).cached
     assert len(calls) == 3
     # each member answered with its own settings, so its answers are shared with direct use of it
-    assert sent == [("v-small", 0.0, 256), ("v-small", 0.0, 256), ("v-large", 0.0, 999)]
+    # (a label answer is sent max_tokens = the longest label + a margin when that is smaller: tokens.py)
+    label_bound = len("positive") + LABEL_MARGIN_TOKENS
+    assert sent == [("v-small", 0.0, min(256, label_bound)), ("v-small", 0.0, min(256, label_bound)),
+                    ("v-large", 0.0, min(999, label_bound))]
     # a request's own settings go to every member (and make another key)
-    engine.call("smart", ModelInput("meh", max_tokens=50, response_format=TRI))
-    assert sent[3:] == [("v-small", 0.0, 50), ("v-large", 0.0, 50)]
+    engine.call("smart", ModelInput("meh", max_tokens=20, response_format=TRI))
+    assert sent[3:] == [("v-small", 0.0, 20), ("v-large", 0.0, 20)]
     del calls[3:]
     # another strategy over the same members pays only for the member it has not asked yet
     vote = engine.call("panel", meh)

@@ -30,7 +30,7 @@ def estimate_columns(adapter, engine, source_sql: str, columns: List[Dict[str, A
                      invocation_id: str) -> List[Dict[str, Any]]:
     """Log one estimate line per column and the invocation's running total; request nothing."""
     from dbt_pg_llm.errors import PgLlmError
-    from dbt_pg_llm.pg.estimate import estimate_column
+    from dbt_pg_llm.pg.estimate import callable_members, estimate_column
     from dbt_pg_llm.pg.migrations import ensure_migrated
 
     settings = adapter._settings()
@@ -41,10 +41,13 @@ def estimate_columns(adapter, engine, source_sql: str, columns: List[Dict[str, A
         for column in columns:
             spec = adapter._spec(column["spec"], column.get("default_model"), column.get("name"))
             label = f"{node_id or 'model'}.{column.get('name')}"
+            strategy = settings.strategies.get(spec.model)  # priced by the members it may call
+            members, any_one = callable_members(strategy, settings.models, spec.kind) if strategy else (None, False)
             try:
                 est = estimate_column(conn, str(source_sql), spec, adapter._model_config(spec.model),
                                       column["fingerprint"], settings.audit_schema, node_id=node_id,
-                                      in_journal=lambda key, not_before: engine.cache.get(key, not_before) is not None)
+                                      in_journal=lambda key, not_before: engine.cache.get(key, not_before) is not None,
+                                      members=members, any_one=any_one)
             except PgLlmError as exc:
                 raise _runtime_error(exc) from None
             except Exception as exc:  # e.g. the source relation does not exist yet: say so, go on
