@@ -82,12 +82,13 @@ def _figures(conn, schema: str, days: float) -> dict:
     return figs
 
 
-_TEXT_COLUMNS = (0, 3, 12)  # model, errors by kind, open alerts: left-aligned
+_TEXT_COLUMNS = (0, 3, 14)  # model, errors by kind, open alerts: left-aligned
 
 
 def _table(usage: list[ModelUsage]) -> str:
     head = ("model", "requests", "errors", "errors by kind", "p50 ms", "p95 ms", "tokens", "cost USD",
-            "cache hits", "hit rate", "saved USD", "open dead letters", "open alerts")
+            "cache hits", "hit rate", "saved USD", "prompt-cached input", "prompt cache saved USD",
+            "open dead letters", "open alerts")
     rows = []
     for u in usage:
         rate = "" if u.cache_hit_rate is None else f"{u.cache_hit_rate:.1%}"
@@ -96,6 +97,7 @@ def _table(usage: list[ModelUsage]) -> str:
                  "" if u.p50_latency_ms is None else f"{u.p50_latency_ms:,.0f}",
                  "" if u.p95_latency_ms is None else f"{u.p95_latency_ms:,.0f}",
                  f"{u.tokens:,}", f"{u.cost_usd:,.4f}", f"{u.cache_hits:,}", rate, f"{u.saved_cost_usd:,.4f}",
+                 "" if u.cached_share is None else f"{u.cached_share:.1%}", f"{u.prompt_cache_saved_usd:,.4f}",
                  f"{u.open_dead_letters:,}", "<br>".join(html.escape(a) for a in u.open_alerts) or "none")
         escaped = [html.escape(c) for c in cells[:-1]] + [cells[-1]]  # the alerts are escaped above
         rows.append("<tr>" + "".join(f'<td class="text">{c}</td>' if i in _TEXT_COLUMNS else f"<td>{c}</td>"

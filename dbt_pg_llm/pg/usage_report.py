@@ -10,6 +10,9 @@ Definitions (the same as the ``llm_metrics`` view's):
 * requests: calls sent to a provider (each with its retries); errors: those that failed, by kind;
 * latency percentiles over requests (cache hits take no time worth measuring);
 * cache hit rate: cache hits / (cache hits + requests); saved: what the cached answers cost when paid;
+* provider prompt cache: of the requests' input tokens, those the provider read from its prompt
+  cache (cached share = cached / input tokens) and wrote to it; saved = ``prompt_cache_saved_usd``,
+  what those requests would have cost at the plain input price minus what they cost (decision 0028);
 * open dead letters: keys whose last request failed and that no later run resolved (all time);
 * open alerts: the alerts of the model's latest run in the window (an alert a later run did not
   raise again is over: ``llm_alerts`` rows are raised once per run, model and type).
@@ -24,6 +27,7 @@ from .migrations import quote_ident, validate_schema_name
 __all__ = [
     "ModelUsage",
     "usage_by_model",
+    "prompt_cache_line",
     "format_usage",
     "audit_schema_exists",
     "daily_series",
@@ -48,6 +52,14 @@ class ModelUsage:
     saved_cost_usd: float = 0.0
     open_dead_letters: int = 0
     open_alerts: tuple[str, ...] = ()
+    cached_tokens: int = 0  # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0  # of prompt_tokens: written to it (Anthropic)
+    prompt_cache_saved_usd: float = 0.0
+
+    @property
+    def cached_share(self) -> float | None:
+        """The share of input tokens the provider read from its prompt cache."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -65,7 +77,9 @@ class ModelUsage:
                 "completion_tokens": self.completion_tokens, "cost_usd": self.cost_usd,
                 "cache_hits": self.cache_hits, "cache_hit_rate": self.cache_hit_rate,
                 "saved_cost_usd": self.saved_cost_usd, "open_dead_letters": self.open_dead_letters,
-                "open_alerts": list(self.open_alerts)}
+                "open_alerts": list(self.open_alerts), "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens, "cached_share": self.cached_share,
+                "prompt_cache_saved_usd": self.prompt_cache_saved_usd}
 
 
 def _window(days: float) -> float:
@@ -107,6 +121,9 @@ def usage_by_model(conn, schema: str, days: float = 7) -> list[ModelUsage]:
                    coalesce(sum(cost_usd), 0)                                                  as cost_usd,
                    count(*) filter (where cached)                                              as cache_hits,
                    coalesce(sum(saved_cost_usd) filter (where cached), 0)                      as saved_cost_usd,
+                   coalesce(sum(cached_tokens) filter (where not cached), 0)                   as cached_tokens,
+                   coalesce(sum(cache_write_tokens) filter (where not cached), 0)              as cache_write_tokens,
+                   coalesce(sum(prompt_cache_saved_usd) filter (where not cached), 0)          as pc_saved,
                    (array_agg(run_id order by ts desc))[1]                                     as last_run
             from calls group by model
         ), kinds as (
@@ -119,7 +136,7 @@ def usage_by_model(conn, schema: str, days: float = 7) -> list[ModelUsage]:
         )
         select p.model, p.requests, p.errors, coalesce(k.by_kind, '{{}}'::jsonb), p.p50, p.p95,
                p.prompt_tokens, p.completion_tokens, p.cost_usd, p.cache_hits, p.saved_cost_usd,
-               coalesce(d.n, 0),
+               coalesce(d.n, 0), p.cached_tokens, p.cache_write_tokens, p.pc_saved,
                coalesce((select array_agg('[' || upper(a.severity) || '] ' || a.alert_type || ': ' || a.message
                                           order by a.severity = 'critical' desc, a.ts)
                          from {q}.llm_alerts a
@@ -134,8 +151,10 @@ def usage_by_model(conn, schema: str, days: float = 7) -> list[ModelUsage]:
         errors_by_kind={str(k): int(v) for k, v in sorted((by_kind or {}).items(), key=lambda kv: -kv[1])},
         p50_latency_ms=None if p50 is None else float(p50), p95_latency_ms=None if p95 is None else float(p95),
         prompt_tokens=int(ptok), completion_tokens=int(ctok), cost_usd=float(cost), cache_hits=int(hits),
-        saved_cost_usd=float(saved), open_dead_letters=int(dead), open_alerts=tuple(alerts or ()))
-        for model, requests, errors, by_kind, p50, p95, ptok, ctok, cost, hits, saved, dead, alerts in rows]
+        saved_cost_usd=float(saved), open_dead_letters=int(dead), open_alerts=tuple(alerts or ()),
+        cached_tokens=int(ctoks), cache_write_tokens=int(wtoks), prompt_cache_saved_usd=float(pc_saved))
+        for model, requests, errors, by_kind, p50, p95, ptok, ctok, cost, hits, saved, dead, ctoks, wtoks, pc_saved,
+        alerts in rows]
 
 
 def _ms(value: float | None) -> str:
@@ -157,11 +176,20 @@ def format_usage(usage: list[ModelUsage], days: float, schema: str = "llm_audit"
             f"  latency p50 {_ms(u.p50_latency_ms)}, p95 {_ms(u.p95_latency_ms)}",
             f"  tokens {u.tokens:,} ({u.prompt_tokens:,} in, {u.completion_tokens:,} out), cost ${u.cost_usd:,.4f}",
             f"  cache hits {u.cache_hits:,}, hit rate {rate}, saved by the cache ${u.saved_cost_usd:,.4f}",
+            prompt_cache_line(u),
             f"  open alerts: {len(u.open_alerts)}" + "".join(f"\n    {a}" for a in u.open_alerts),
         ]
     lines.append(f"total: {sum(u.requests for u in usage):,} requests, ${sum(u.cost_usd for u in usage):,.4f} paid, "
-                 f"${sum(u.saved_cost_usd for u in usage):,.4f} saved by the cache")
+                 f"${sum(u.saved_cost_usd for u in usage):,.4f} saved by the cache, "
+                 f"${sum(u.prompt_cache_saved_usd for u in usage):,.4f} by the provider's prompt cache")
     return "\n".join(lines)
+
+
+def prompt_cache_line(u: ModelUsage) -> str:
+    """'  provider prompt cache: 5,632 of 7,355 input tokens read from it (76.6%), 0 written, saved $1.2672'."""
+    share = "-" if u.cached_share is None else f"{u.cached_share:.1%}"
+    return (f"  provider prompt cache: {u.cached_tokens:,} of {u.prompt_tokens:,} input tokens read from it ({share}), "
+            f"{u.cache_write_tokens:,} written, saved ${u.prompt_cache_saved_usd:,.4f}")
 
 
 # -- series for the HTML report -------------------------------------------------------------------
