@@ -293,3 +293,40 @@ def test_anthropic_sdk_retry_honours_retry_after(sim):
     stats = sim.stats()
     assert stats["requests"] == 3 and stats["faults"] == {"429": 2}
     assert 1.2 <= elapsed < 3.0
+
+
+# -- prompt caching (decision 0028) -----------------------------------------------------------------
+RUBRIC = "Grade the review against the quality rubric, item by item, and say which label fits best. " * 80
+
+
+def test_openai_cached_tokens_parse_strictly(oai):
+    for row in ("review 1", "review 2"):
+        raw = oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "system", "content": RUBRIC}, {"role": "user", "content": row}])
+        completion = strict(ChatCompletion, raw_json(raw))
+    usage = completion.usage  # the second request: its prefix was seen by the first
+    cached = usage.prompt_tokens_details.cached_tokens
+    assert 1024 <= cached <= usage.prompt_tokens and cached % 128 == 0
+
+
+def test_anthropic_cache_control_writes_then_reads_and_parses_strictly(claude):
+    system = [{"type": "text", "text": RUBRIC, "cache_control": {"type": "ephemeral"}}]
+
+    def ask(row: str) -> Message:
+        raw = claude.messages.with_raw_response.create(model="claude-sim-sonnet", max_tokens=32, system=system,
+                                                       messages=[{"role": "user", "content": row}])
+        return strict(Message, raw_json(raw))
+
+    first, second = ask("review 1"), ask("review 2")
+    written = first.usage.cache_creation_input_tokens
+    assert written >= 1024 and first.usage.cache_read_input_tokens == 0
+    assert first.usage.cache_creation.ephemeral_5m_input_tokens == written
+    assert (second.usage.cache_read_input_tokens, second.usage.cache_creation_input_tokens) == (written, 0)
+    assert second.usage.input_tokens < 20  # input_tokens excludes the cached prefix
+    with claude.messages.stream(model="claude-sim-sonnet", max_tokens=32, system=system,
+                                messages=[{"role": "user", "content": "review 3"}]) as stream:
+        final = stream.get_final_message()
+    assert final.usage.cache_read_input_tokens == written and final.usage.input_tokens < 20
+    too_many = [{"type": "text", "text": str(i), "cache_control": {"type": "ephemeral"}} for i in range(5)]
+    with pytest.raises(anthropic.BadRequestError, match="A maximum of 4 blocks with cache_control"):
+        claude.messages.create(model="claude-sim-sonnet", max_tokens=8, system=too_many, messages=USER)
