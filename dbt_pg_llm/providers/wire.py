@@ -12,7 +12,10 @@ those into ModelErrors. Neither retries: RetryPolicy (retry.py) is the only retr
 Why aiohttp directly on the hot path (decision 0019): going through httpx (its Request and Response
 objects, header normalisation, the httpx-aiohttp adapter's stream wrapper) cost ~0.1-0.15 ms of CPU
 per request on top of aiohttp's own ~0.17 ms: at thousands of requests per second that was a third
-of the engine's CPU. The timeouts keep httpx's meaning (connect, read, pool each ``timeout_ms``).
+of the engine's CPU. Connecting (pool wait + connect) has aiohttp's ``timeout_ms`` timers; the
+answer has ``AnswerDeadline``'s (below): ``timeout_ms`` from the POST to the whole answer, and a
+stall of this process (SIGSTOP, a starved loop) is not counted as the server's slowness (decision
+0023).
 """
 from __future__ import annotations
 
@@ -28,7 +31,13 @@ import yarl
 
 from ..config import ModelConfig
 
-__all__ = ["WireResponse", "AiohttpWire", "HttpxWire", "wire_for", "env_proxy", "TRANSPORT_ERRORS"]
+try:  # Python 3.11+; on 3.10 async-timeout (a dependency of aiohttp there) has the same interface
+    from asyncio import timeout as cancel_scope
+except ImportError:  # pragma: no cover - Python 3.10
+    from async_timeout import timeout as cancel_scope
+
+__all__ = ["WireResponse", "AiohttpWire", "HttpxWire", "AnswerDeadline", "wire_for", "env_proxy",
+           "TRANSPORT_ERRORS"]
 
 # what a POST may raise when it gets no HTTP answer (refused, dropped, timed out, bad URL)
 TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.HTTPError, OSError, asyncio.TimeoutError)
@@ -41,11 +50,76 @@ class WireResponse:
     content: bytes
 
 
+class AnswerDeadline:
+    """``seconds`` for one request's answer, without blaming the server for a stall of this process.
+
+    aiohttp's ``sock_read`` timer, a plain loop timer, fired as soon as a SIGSTOPped process woke:
+    after SIGCONT, uvloop's epoll_wait returns EINTR with no time left and libuv runs the due timers
+    before it polls a socket again (asyncio's own loop happens to poll first). Answers already in
+    the socket buffers -- paid for -- were dropped as timeouts and re-requested (16 keys paid twice).
+
+    The deadline is ``seconds`` without a byte of the answer, as ``sock_read`` was (``progress``
+    at the headers and at every chunk: a streamed answer lives as long as it flows). A timer that
+    fires more than ``STALL_S`` late means the loop did not run meanwhile (the process was stopped
+    or starved): the request may have left only at wake-up, so it gets a whole ``seconds`` again
+    (at most ``MAX_STALLS`` times). A deadline that fires on time does not end the request either:
+    it arms a short grace timer, so the loop polls the sockets once after the deadline and an
+    answer already there completes (cancelling this). Only a grace timer that fires on time times
+    the request out.
+    """
+
+    GRACE_S = 0.1  # the loop polls its sockets before this fires (libuv runs due timers first)
+    STALL_S = 0.25  # a timer this late: the loop did not run meanwhile (normal loop lag is ms)
+    MAX_STALLS = 3  # a request is never held longer than (1 + MAX_STALLS) timeouts and the stalls
+    __slots__ = ("_loop", "_scope", "_seconds", "_handle", "_at", "_stalls", "_last")
+
+    def __init__(self, scope, seconds: float):
+        self._loop = asyncio.get_running_loop()
+        self._scope = scope  # an entered asyncio.timeout(None): it turns the cancellation into TimeoutError
+        self._seconds = seconds
+        self._stalls = 0
+        self._last = self._loop.time()
+        self._arm(seconds, self._deadline)
+
+    def progress(self) -> None:
+        """Bytes arrived: the deadline moves (lazily: the timer re-arms when it fires, not per chunk)."""
+        self._last = self._loop.time()
+
+    def _arm(self, delay: float, then) -> None:
+        self._at = self._loop.time() + delay
+        self._handle = self._loop.call_at(self._at, then)
+
+    def _stalled(self) -> bool:
+        """True (and re-armed for a whole timeout) when this timer fired late: the process stalled."""
+        if self._loop.time() - self._at <= self.STALL_S or self._stalls >= self.MAX_STALLS:
+            return False
+        self._stalls += 1
+        self._arm(self._seconds, self._deadline)
+        return True
+
+    def _deadline(self) -> None:
+        if self._stalled():
+            return
+        left = self._last + self._seconds - self._loop.time()
+        if left > 0:  # the answer is flowing
+            self._arm(left, self._deadline)
+        else:
+            self._arm(min(self.GRACE_S, self._seconds), self._grace_over)
+
+    def _grace_over(self) -> None:
+        if not self._stalled():
+            self._scope.reschedule(self._loop.time())  # cancelled on the next loop pass: TimeoutError
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class AiohttpWire:
     def __init__(self, config: ModelConfig):
         self._limit = config.max_concurrency
-        seconds = config.timeout_ms / 1000.0
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
+        seconds = self._seconds = config.timeout_ms / 1000.0
+        # no sock_read: the answer's deadline is AnswerDeadline's (a process stall is not a timeout)
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds)
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._targets: dict[str, tuple[yarl.URL, str | None]] = {}
 
@@ -71,10 +145,19 @@ class AiohttpWire:
 
     async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> WireResponse:
         parsed, proxy = self._target(url)
-        async with self._session().post(parsed, data=content, headers=headers, allow_redirects=False,
-                                        proxy=proxy) as response:
-            body = await response.read()
-            return WireResponse(response.status, response.headers, body)
+        async with cancel_scope(None) as scope:
+            deadline = AnswerDeadline(scope, self._seconds)
+            try:
+                async with self._session().post(parsed, data=content, headers=headers, allow_redirects=False,
+                                                proxy=proxy) as response:
+                    deadline.progress()
+                    stream, chunks = response.content, []
+                    while chunk := await stream.readany():
+                        chunks.append(chunk)
+                        deadline.progress()
+                    return WireResponse(response.status, response.headers, b"".join(chunks))
+            finally:
+                deadline.cancel()
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
