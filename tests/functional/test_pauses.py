@@ -8,9 +8,11 @@ times out.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,3 +92,52 @@ def test_a_server_slower_than_timeout_ms_still_times_out(simulator_factory):
     assert [o.error_kind for o in outs] == [ErrorKind.TIMEOUT] * 4, [o.error_message for o in outs]
     assert "timeout_ms=400" in outs[0].error_message
     assert took < 1.4  # the timeout (0.4 s) and its grace (0.1 s), not the server's 1.5 s
+
+
+async def _trickle(chunks: int, gap_s: float):
+    """A local server whose answer comes in ``chunks`` pieces ``gap_s`` apart (a streamed answer)."""
+    from aiohttp import web
+
+    async def handler(request):
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(chunks):
+            await asyncio.sleep(gap_s)
+            await response.write(f"data: {i}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/x", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}/v1/x"
+
+
+@pytest.mark.parametrize("gap_s, times_out", [(0.1, False), (0.6, True)])
+def test_timeout_ms_is_a_wait_without_bytes_not_a_cap_on_a_flowing_answer(gap_s, times_out):
+    """As aiohttp's sock_read was: 6 chunks 0.1 s apart (0.6 s in all) outlive timeout_ms=300; a gap of
+    0.6 s between two chunks is a timeout."""
+    from dbt_pg_llm.config import ModelConfig
+    from dbt_pg_llm.providers.wire import AiohttpWire
+
+    async def go():
+        runner, url = await _trickle(6, gap_s)
+        wire = AiohttpWire(ModelConfig(api_url=url, timeout_ms=300))
+        started = time.monotonic()
+        try:
+            response = await wire.post(url, b"{}", {"content-type": "application/json"})
+            return response.content, time.monotonic() - started
+        except asyncio.TimeoutError:
+            return None, time.monotonic() - started
+        finally:
+            await wire.aclose()
+            await runner.cleanup()
+
+    body, took = asyncio.run(go())
+    if times_out:
+        assert body is None and 0.3 <= took < 0.6 + 0.3
+    else:
+        assert body == b"".join(f"data: {i}\n\n".encode() for i in range(6)) and took >= 0.5
