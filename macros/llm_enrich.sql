@@ -17,6 +17,11 @@
 {%- endmacro %}
 
 {% macro default__llm_enrich(relation, columns, model=none, on_error=none, mode=none, keep_keys=false) -%}
+  {%- if not execute -%}
+    {#- parse time: tag the model `llm` (added to its own tags), so `--select tag:llm` selects every
+        model that enriches, e.g. `dbt compile --select tag:llm --vars '{pg_llm_estimate: true}'` -#}
+    {%- do config(tags=['llm']) -%}
+  {%- endif -%}
   {%- if columns is not mapping or columns | length == 0 -%}
     {{ exceptions.raise_compiler_error("pg_llm.llm_enrich: `columns` must be a non-empty mapping of column name -> spec, e.g. {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative'])}") }}
   {%- endif -%}
