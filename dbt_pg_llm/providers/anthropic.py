@@ -6,6 +6,10 @@ schema, ``tool_choice: {type: tool}``, and the answer is the ``tool_use`` block'
 and the server-sent events (``event:`` + ``data:`` lines) are read to the end; an ``error`` event
 mid-stream becomes a ModelError carrying the provider's message. ``stop_reason: "refusal"`` is a
 refusal (ErrorKind.REFUSED). Anthropic has no logprobs: its answers carry no confidence.
+
+Prompt caching (decision 0028): a system prompt long enough to be cached is sent as one text block
+marked ``cache_control: {type: ephemeral}``; ``usage.input_tokens`` excludes the cache reads and
+writes, so ``prompt_tokens`` is the sum of the three.
 """
 from __future__ import annotations
 
