@@ -92,6 +92,10 @@ async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None =
         request = replace(first, prompt=pack_prompt([batch.inputs[i].prompt for i in indexes], first.response_format),
                           max_tokens=first.max_tokens * len(indexes), response_format=ResponseFormat.text())
         answer = await model.acall(request, context=context, operation="batch_packed")
+        if answer.error_kind is ErrorKind.CLAIM_LOST:  # not sent (lease.py): nor would its rows be one by one
+            for index in indexes:
+                outputs[index] = answer
+            return
         packed_requests += 1
         parsed = unpack_answer(answer.text, len(indexes), first.response_format) if answer.ok else [None] * len(indexes)
         shares = _split(answer.tokens, len(indexes))

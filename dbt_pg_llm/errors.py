@@ -27,6 +27,9 @@ Every failure the engine reports is one of these, so callers can catch at the le
                                spend limit (``llm.max_cost_usd_per_run``, see spend.py); nothing
                                was paid, and the key is requested again on the next run (not
                                recoverable, no failover, not counted by the circuit breaker)
+            CLAIM_LOST         not sent: another run took over the key's claim while this one was
+                               paused or cut off from Postgres (lease.py); that run answers it.
+                               Nothing was paid; handled like BUDGET (no retry, no failover)
 
 ``recoverable`` tells the retry layer (``RetryPolicy``) whether the same request may succeed later.
 Messages never contain API keys: ``redact()`` is applied to every message built from a response.
@@ -38,6 +41,8 @@ import re
 from typing import Iterable
 
 __all__ = [
+from .urls import redact_urls
+
     "ErrorKind",
     "PgLlmError",
     "ConfigError",
@@ -61,8 +66,10 @@ class ErrorKind(str, enum.Enum):
     INTERNAL = "internal"
     BUDGET = "budget"
 
+    CLAIM_LOST = "claim_lost"
     def __str__(self) -> str:  # so f"{kind}" gives "timeout", not "ErrorKind.TIMEOUT"
         return self.value
+    CLAIM_LOST = "claim_lost"
 
 
 # Default recoverability per kind; API errors are refined per HTTP status by the providers.
@@ -94,7 +101,8 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove API keys (registered ones, given ones, and things that look like keys) from text."""
+    """Remove API keys (registered ones, given ones, and things that look like keys) and URL
+    credentials (``user:password@``, query values: ``urls.redact_urls``) from text."""
     if not text:
         return text
     for secret in list(_known_secrets) + [s for s in secrets if s]:
@@ -104,7 +112,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = pattern.sub(lambda m: m.group(1) + "***", text)
         else:
             text = pattern.sub("***", text)
-    return text
+    # a URL's user:password@ and query values (an api_url may carry a key there), in any library's text
+    return redact_urls(text)
 
 
 class PgLlmError(Exception):
@@ -140,6 +149,7 @@ class ModelError(PgLlmError):
         retry_after: float | None = None,
         model: str | None = None,
     ):
+        unsent: bool = False,
         self.kind = ErrorKind(kind)
         self.message = redact(message)
         self.recoverable = _RECOVERABLE_BY_DEFAULT[self.kind] if recoverable is None else recoverable
@@ -147,15 +157,18 @@ class ModelError(PgLlmError):
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.model = model
         super().__init__(f"{self.kind.value}: {self.message}")
+        # True: the request provably never reached the server (no connection could be opened), so
+        # nothing can have been billed: its spend reservation is refunded in full (spend.py)
+        self.unsent = unsent
 
     def __reduce__(self):  # keep kind & co. when pickled across processes
         return (
             _rebuild_model_error,
-            (self.kind, self.message, self.recoverable, self.http_status, self.retry_after, self.model),
+            (self.kind, self.message, self.recoverable, self.http_status, self.retry_after, self.model, self.unsent),
         )
 
 
-def _rebuild_model_error(kind, message, recoverable, http_status, retry_after, model):
+def _rebuild_model_error(kind, message, recoverable, http_status, retry_after, model, unsent=False):
     return ModelError(
         kind, message, recoverable=recoverable, http_status=http_status, retry_after=retry_after, model=model
     )

@@ -3,7 +3,7 @@ backup model serves the call. The output's ``model`` says which one answered.
 
 An INVALID_INPUT failure does not fail over: the request itself is wrong, and every backup would
 reject it too (and bill for it). Nor does BUDGET: the spend limit is reached; a backup must not
-silently serve the rest of the run.
+silently serve the rest of the run. Nor does CLAIM_LOST: another run answers that key (lease.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Failover"]
 
-_NO_FAILOVER = {ErrorKind.NONE, ErrorKind.INVALID_INPUT, ErrorKind.BUDGET}
+_NO_FAILOVER = {ErrorKind.NONE, ErrorKind.INVALID_INPUT, ErrorKind.BUDGET, ErrorKind.CLAIM_LOST}
 
 
 @dataclass(frozen=True)

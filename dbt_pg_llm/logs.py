@@ -46,6 +46,7 @@ class ModelLog:
     error_message: str | None = None
     http_status: int | None = None
     context: dict = field(default_factory=dict)
+    call_id: str | None = None  # set by a spooling sink: what makes a replayed record unique (call_spool.py)
 
     def __post_init__(self):
         if isinstance(self.error_kind, ErrorKind):
@@ -146,27 +147,46 @@ class BufferedSink:
     or growing without bound; what is already buffered keeps its order.
     """
 
-    def __init__(self, max_items: int = 1_000_000):
+    def __init__(self, max_items: int = 1_000_000, spool_dir: str | None = None):
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
         self.max_items = max_items
         self.dropped = 0
         self._items: collections.deque[ModelLog] = collections.deque()
         self._lock = threading.Lock()
+        # spool_dir: each record is also on local disk until the drainer says it is written, so a
+        # killed process's paid requests can still reach llm_calls (call_spool.py)
+        self.spool = None
+        if spool_dir is not None:
+            from .call_spool import CallSpool
+
+            self.spool = CallSpool(spool_dir)
 
     def emit(self, log: ModelLog) -> None:
         with self._lock:
             if len(self._items) >= self.max_items:
                 self.dropped += 1
                 return
+            if self.spool is not None:
+                self.spool.append(log)
             self._items.append(log)
 
     def drain(self, max_items: int | None = None) -> list[ModelLog]:
-        """Remove and return up to ``max_items`` records (all when None), oldest first."""
+        """Remove and return up to ``max_items`` records (all when None), oldest first. With a
+        spool, call ``written(len(records))`` once they are stored."""
         with self._lock:
             n = len(self._items) if max_items is None else min(max_items, len(self._items))
             popleft = self._items.popleft
-            return [popleft() for _ in range(n)]
+            out = [popleft() for _ in range(n)]
+            if self.spool is not None and out:
+                self.spool.rotate()
+            return out
+
+    def written(self, count: int) -> None:
+        """``count`` drained records are stored: the spool forgets them."""
+        if self.spool is not None:
+            with self._lock:
+                self.spool.written(count)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -18,6 +18,7 @@ from .keys import request_key
 from .logs import LogDispatcher, ModelLog
 from .metrics import ModelMetrics
 from .model_io import ModelInput, ModelOutput, TokenUsage, confidence_from_logprobs
+from .lease import admit_send
 from .pool import RequestPool
 from .pricing import cost_usd, prompt_cache_saving_usd
 from .providers import ProviderResult, provider_for
@@ -120,6 +121,9 @@ class Model:
 
         async def attempt() -> ModelOutput:
             async with self.pool.slot(estimate) as slot:
+                # a claimed key's request goes out only while its claim is surely ours: checked when
+                # the slot is given, so a request queued before a pause is checked after it (lease.py)
+                await admit_send(self.name)
                 # reserved inside the slot: a reservation is only ever held by a request about to be sent
                 reservation = await self._reserve(limit, worst_case)
                 paid["attempts"] += 1
@@ -156,7 +160,7 @@ class Model:
             output, attempts = await self.config.retry.run(attempt)
         except ModelError as error:
             # a request the spend limit kept from being sent is not the model's failure
-            sent = error.kind is not ErrorKind.BUDGET
+            sent = error.kind not in (ErrorKind.BUDGET, ErrorKind.CLAIM_LOST)
             return self._finish_failure(error, paid["latency_ms"], paid["attempts"], paid["tokens"], paid["cost"],
                                         count_in_breaker=sent, count_in_metrics=sent or paid["attempts"] > 0)
         self.breaker.record_success()

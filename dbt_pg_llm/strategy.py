@@ -287,11 +287,16 @@ def _scores(raw: Any, path: str, member, problems: list[str]) -> dict[str, dict[
     return out
 
 
+# not asked: the spend limit refused the request, or another run took over the key's claim (lease.py)
+_NOT_ASKED = (ErrorKind.BUDGET, ErrorKind.CLAIM_LOST)
+
+
 def _refused(answers: list[ModelOutput]) -> ModelOutput | None:
-    """A member the spend limit kept from being asked (ErrorKind.BUDGET), if any: then the strategy's
-    answer is that failure, so nothing is cached under the strategy's key and the next run asks
-    again (the members' answers paid now are cached under their own keys)."""
-    return next((a for a in answers if a.error_kind is ErrorKind.BUDGET), None)
+    """A member the spend limit kept from being asked (ErrorKind.BUDGET), or not asked because the
+    key's claim was lost (CLAIM_LOST), if any: then the strategy's answer is that failure, so
+    nothing is cached under the strategy's key and the next run asks again (the members' answers
+    paid now are cached under their own keys)."""
+    return next((a for a in answers if a.error_kind in _NOT_ASKED), None)
 
 
 def _hashable(value: Any) -> Any:

@@ -193,7 +193,8 @@ class _Submitter:
         claims = Claims(reader, lambda: writer, self.schema, self.run, self.spec.model, self.spec.kind, out.report,
                         self.claim_timeout_s, uuid.uuid4().hex)
         # submitting a big batch (upload + create) can outlast claim_timeout_s: keep the claims alive
-        heartbeat = ClaimHeartbeat(self.connect, claims.q, claims.token, heartbeat_every(self.claim_timeout_s))
+        heartbeat = ClaimHeartbeat(self.connect, claims.q, claims.token, heartbeat_every(self.claim_timeout_s),
+                                   lease_s=claims.lease_s)
         heartbeat.start()
         uids: list[str] = []
         try:
@@ -209,6 +210,9 @@ class _Submitter:
             try:
                 items = self._claimed(cursor, claims, writer)
                 for chunk in self.client.chunks(items):
+                    chunk = self._still_ours(claims, chunk)
+                    if not chunk:
+                        continue
                     uid = self._submit_chunk(writer, claims, chunk, out)
                     if uid is None:
                         break
@@ -249,6 +253,20 @@ class _Submitter:
 
     def _prompt(self, key: str) -> str | None:
         return self.prompts.pop(key, None) if self.prompts is not None else None
+
+    def _still_ours(self, claims: Claims, chunk):
+        """The rows of ``chunk`` whose claims are still ours, their lease renewed (decision 0022): a
+        submitter paused past claim_timeout_s may have lost some to a run that requested them."""
+        ours = set(claims.confirm([custom_id for custom_id, _, _ in chunk]))
+        lost = [custom_id for custom_id, _, _ in chunk if custom_id not in ours]
+        if lost:
+            for key in lost:
+                self.worst_case.pop(key, None)
+                self._prompt(key)
+            log.warning("claims on %d of %d key(s) of a batch of %s were taken over by another run while this "
+                        "one was paused or cut off from Postgres: not submitting them, their answers come from "
+                        "that run", len(lost), len(chunk), self.spec.model)
+        return [row for row in chunk if row[0] in ours]
 
     def _submit_chunk(self, writer, claims: Claims, chunk, out: BatchedFill) -> str | None:
         uid = uuid.uuid4().hex[:24]

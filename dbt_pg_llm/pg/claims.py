@@ -15,6 +15,17 @@ many keys, the age of their last heartbeat).
 
 ``Claims`` holds one run's claims (the fill's, and batch_fill's submitter's); the fill owns the
 waiting for keys claimed by others (``fill.ColumnFill._wait_for_others``), which uses it.
+
+Leases (decision 0022): every claim carries ``lease_until`` (server time), set to
+``now() + lease_s`` (``claim_timeout_s / 2``) when claimed and by each heartbeat, and no claim is
+taken over before its ``lease_until``: so a run that holds a lease (lease.SendLease, renewed by
+the heartbeat from the start of each beat, on the monotonic clock) knows its claims are still its
+own, and sends requests only then. The heartbeat's statement returns the keys it renewed; keys
+held but not renewed were taken over (the run was paused past claim_timeout_s): the run says so in
+one line and sends nothing more for them. A claim whose session is gone is taken over once its
+lease expired, or at once when its claimer ran on this host and its OS process is dead (kill -9):
+a run whose claim session was terminated but which still runs keeps renewing its lease, and
+keeps its keys, until it stops.
 """
 from __future__ import annotations
 
@@ -22,15 +33,17 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..errors import redact
+from ..lease import SendLease
 from .batch_store import in_open_batch_sql
 from .join import fresh_sql
 from .migrations import ensure_call_partitions, quote_ident
 
-__all__ = ["Claims", "ClaimHeartbeat", "close_quietly", "heartbeat_every"]
+__all__ = ["Claims", "ClaimHeartbeat", "close_quietly", "heartbeat_every", "lease_seconds", "send_lease"]
 
 log = logging.getLogger("dbt_pg_llm")
 
@@ -44,18 +57,36 @@ def heartbeat_every(claim_timeout_s: float) -> float:
     return max(0.1, min(30.0, claim_timeout_s / 4))
 
 
+def lease_seconds(claim_timeout_s: float) -> float:
+    """A claim's lease (server side): two heartbeats at least (a late beat must not hold requests),
+    well within claim_timeout_s (a claim is never taken over before its lease ends)."""
+    return max(0.2, claim_timeout_s / 2)
+
+
+def send_lease(claim_timeout_s: float) -> SendLease:
+    """The client side of a fill's lease: 10% shorter than the server's (clock rates, the time a
+    statement takes to reach the server); a request waits at most claim_timeout_s for a renewal."""
+    return SendLease(lease_seconds(claim_timeout_s) * 0.9, hold_s=claim_timeout_s)
+
+
 class ClaimHeartbeat:
     """Keeps one fill's claims alive while the fill runs (see the module docstring).
 
     Beats on its own autocommit connection, opened on the first beat (a short fill opens none)
     and reopened after an error; a failed beat is only logged: the next one may succeed, and the
-    worst case is that another run takes the claims over."""
+    worst case is that another run takes the claims over (once their lease expired: the fill's
+    requests wait for a renewal from then on). ``lease``: renewed by each beat; None for a caller
+    that sends nothing itself."""
 
-    def __init__(self, connect: Callable[[], Any], q: str, token: str, every_s: float):
+    def __init__(self, connect: Callable[[], Any], q: str, token: str, every_s: float,
+                 lease: SendLease | None = None, lease_s: float | None = None):
         self.connect = connect
         self.q = q
         self.token = token
         self.every_s = every_s
+        self.lease = lease
+        self.lease_s = float(lease_s if lease_s is not None else every_s * 2)
+        self.lost = 0  # keys found taken over by another run
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
@@ -80,14 +111,35 @@ class ClaimHeartbeat:
                 self._close()
 
     def beat(self) -> int:
-        """Refresh our claims' heartbeat now; return how many claims we hold."""
+        """Refresh our claims' heartbeat and lease now; return how many claims we hold."""
+        started = time.monotonic()  # before the statement: the server's now() is later
+        held = self.lease.held() if self.lease is not None else set()
         if self._conn is None or self._conn.closed:
             self._conn = self.connect()
             self._conn.autocommit = True
         with self._conn.cursor() as cur:
-            cur.execute(f"update {self.q}.llm_claims set heartbeat_at = now() where claim_token = %s",
-                        (self.token,))
-            return cur.rowcount
+            cur.execute(f"""update {self.q}.llm_claims
+                            set heartbeat_at = now(), lease_until = now() + make_interval(secs => %s)
+                            where claim_token = %s returning key""", (self.lease_s, self.token))
+            ours = {row[0] for row in cur.fetchall()}
+            if self.lease is not None:
+                lost = self.lease.renewed(started, held, ours)
+                if lost:
+                    self.lost += len(lost)
+                    self._say_lost(cur, lost)
+        return len(ours)
+
+    def _say_lost(self, cur, lost: set[str]) -> None:
+        """One line: how many keys another run took over, and which run (holding the claim now, or
+        having answered and released it)."""
+        cur.execute(f"""select coalesce(c.run_id, r.run_id, '?'), count(*) from unnest(%s::text[]) u(k)
+                        left join {self.q}.llm_claims c on c.key = u.k
+                        left join {self.q}.llm_results r on r.key = u.k and c.key is null
+                        group by 1 order by 2 desc limit %s""", (list(lost), _MAX_CLAIMERS_SHOWN))
+        by = ", ".join(f"{n} by run {run}" for run, n in cur.fetchall())
+        log.warning("claims on %d key(s) of this run were taken over by another run while this one was paused "
+                    "or cut off from Postgres (%s): not requesting them, their answers come from that run",
+                    len(lost), by)
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -103,12 +155,14 @@ class Claims:
     ``ClaimHeartbeat``; ``release_all()`` before closing them."""
 
     def __init__(self, reader, writer: Callable[[], Any], schema: str, run, model: str, kind: str, report,
-                 claim_timeout_s: float, token: str):
+                 claim_timeout_s: float, token: str, lease: SendLease | None = None):
         self.reader, self.writer = reader, writer
         self.schema, self.q = schema, quote_ident(schema)
         self.run_ctx, self.model, self.kind, self.report = run, model, kind, report
         self.claim_timeout_s = claim_timeout_s
+        self.lease_s = lease_seconds(claim_timeout_s)
         self.token = token
+        self.lease = lease  # told which keys we hold (what the heartbeat must confirm), if any
 
     def insert(self, cur, keys: list[str]) -> set[str]:
         """Claim those of ``keys`` nobody holds a claim on; return them (now ours).
@@ -118,36 +172,57 @@ class Claims:
         aborting one of them ('deadlock detected'); in one order one simply waits."""
         cur.execute(f"""
             insert into {self.q}.llm_claims (key, run_id, claimed_at, heartbeat_at, claim_token, backend_pid,
-                                             node_id, client_pid, client_host)
-            select k, %s, now(), now(), %s, pg_backend_pid(), %s, %s, %s from unnest(%s::text[]) k order by k
+                                             node_id, client_pid, client_host, lease_until)
+            select k, %s, now(), now(), %s, pg_backend_pid(), %s, %s, %s, now() + make_interval(secs => %s)
+            from unnest(%s::text[]) k order by k
             on conflict (key) do nothing returning key""",
-                    (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, keys))
+                    (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, self.lease_s, keys))
         return {row[0] for row in cur.fetchall()}
 
     def claim(self, keys: list[str]) -> list[str]:
         """Claim ``keys``; return those now ours that still need an answer (in input order)."""
+        started = self.lease.claiming() if self.lease is not None else None
         with self.reader.cursor() as cur:
             mine = self.insert(cur, keys)
+        if self.lease is not None:
+            self.lease.claimed(mine, started)
         return self._drop_answered([k for k in keys if k in mine])
 
     def take_over(self, keys: list[str]) -> list[str]:
-        """Claim keys whose claim vanished, whose claimer's heartbeat is older than claim_timeout_s,
-        or whose claiming session is gone. (greatest(): a claimer from before migration 6 refreshed
-        claimed_at instead.)"""
+        """Claim keys whose claim vanished, or whose lease expired and whose claimer's heartbeat is
+        older than claim_timeout_s or whose claiming session is gone, or whose claiming session is
+        gone and whose claimer was a process of this host that is dead. (greatest(): a claimer from
+        before migration 6 refreshed claimed_at instead; one from before migration 12 has no lease.)"""
+        started = self.lease.claiming() if self.lease is not None else None
         with self.reader.cursor() as cur:
+            dead = self._dead_claimers(cur, keys)
             mine = self.insert(cur, keys)
             cur.execute(f"""
                 update {self.q}.llm_claims c
                 set run_id = %s, claim_token = %s, claimed_at = now(), heartbeat_at = now(),
+                    lease_until = now() + make_interval(secs => %s),
                     backend_pid = pg_backend_pid(), node_id = %s, client_pid = %s, client_host = %s
                 where c.key = any(%s::text[]) and c.claim_token is distinct from %s
-                  and (greatest(c.heartbeat_at, c.claimed_at) < now() - make_interval(secs => %s)
-                       or not exists (select 1 from pg_stat_activity a where a.pid = c.backend_pid))
+                  and ((coalesce(c.lease_until, '-infinity') < now()
+                        and (greatest(c.heartbeat_at, c.claimed_at) < now() - make_interval(secs => %s)
+                             or not exists (select 1 from pg_stat_activity a where a.pid = c.backend_pid)))
+                       or (c.client_host = %s and c.client_pid = any(%s::int[])
+                           and not exists (select 1 from pg_stat_activity a where a.pid = c.backend_pid)))
                 returning c.key""",
-                        (self.run_ctx.run_id, self.token, self.run_ctx.node_id, _PID, _HOST, keys, self.token,
-                         float(self.claim_timeout_s)))
+                        (self.run_ctx.run_id, self.token, self.lease_s, self.run_ctx.node_id, _PID, _HOST, keys,
+                         self.token, float(self.claim_timeout_s), _HOST, dead))
             mine.update(row[0] for row in cur.fetchall())
+        if self.lease is not None:
+            self.lease.claimed(mine, started)
         return self._drop_answered([k for k in keys if k in mine])
+
+    def _dead_claimers(self, cur, keys: list[str]) -> list[int]:
+        """OS pids of this host's claimers of ``keys`` that no longer exist: killed (kill -9, OOM),
+        so they send nothing more; their claims need not wait for their lease to expire."""
+        cur.execute(f"""select distinct client_pid from {self.q}.llm_claims
+                        where key = any(%s::text[]) and claim_token is distinct from %s
+                          and client_host = %s and client_pid is not null""", (keys, self.token, _HOST))
+        return [pid for (pid,) in cur.fetchall() if not _process_exists(pid)]
 
     def _drop_answered(self, keys: list[str]) -> list[str]:
         """Keys just claimed may have been answered by the previous claimer in between (it writes
@@ -180,6 +255,21 @@ class Claims:
         with self.reader.cursor() as cur:
             cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s and key = any(%s::text[])",
                         (self.token, keys))
+        if self.lease is not None:
+            self.lease.released(keys)
+
+    def confirm(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` still ours, their heartbeat and lease renewed now (one statement): what
+        a caller about to pay for them in one go (a provider batch) checks first."""
+        if not keys:
+            return keys
+        with self.reader.cursor() as cur:
+            cur.execute(f"""update {self.q}.llm_claims
+                            set heartbeat_at = now(), lease_until = now() + make_interval(secs => %s)
+                            where claim_token = %s and key = any(%s::text[]) returning key""",
+                        (self.lease_s, self.token, keys))
+            ours = {row[0] for row in cur.fetchall()}
+        return [k for k in keys if k in ours]
 
     def release_all(self) -> None:
         """Every claim of ours, on whichever connection still works (stale claims expire anyway)."""
@@ -233,6 +323,17 @@ class Claims:
         self.report.cache_hits += int(hits)
         self.report.requests_total -= int(hits)
         self.report.saved_cost_usd += float(saved)
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether an OS process ``pid`` exists on this host (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists (another user's), or cannot tell: assume alive
+        return True
+    return True
 
 
 def close_quietly(*conns) -> None:

@@ -23,7 +23,9 @@ def buffered_sinks(engine) -> list:
         if not found:
             from ..logs import BufferedSink
 
-            sink = BufferedSink()
+            from .run_totals import spool_dir_of
+
+            sink = BufferedSink(spool_dir=spool_dir_of(engine))  # records on disk until written (call_spool.py)
             dispatcher.add(sink)
             found = [sink]
     return found

@@ -49,14 +49,14 @@ from ..errors import ErrorKind, PgLlmError, redact
 from ..model_io import ModelInput
 from .budget import run_spend_limit
 from .cache_control import forget_invalidated
-from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every
+from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every, lease_seconds, send_lease
 from .connectivity import buffered_sinks, db_errors
 from .join import count_and_log_hits_sql, uncached_prompts_sql
 from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, first_error_fails, too_many_errors, where_kept
 from .progress import FillProgress
 from .report import FillError, FillReport
-from .run_totals import run_totals
+from .run_totals import replay_spools, run_totals, spool_dir_of
 from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext, check_fill_settings
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
@@ -120,7 +120,11 @@ class ColumnFill:
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.token = uuid.uuid4().hex
-        self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s))
+        # requests for our claimed keys go out only while the heartbeat keeps our lease (lease.py)
+        self.lease = send_lease(claim_timeout_s)
+        self.heartbeat = ClaimHeartbeat(connect, self.q, self.token, heartbeat_every(claim_timeout_s),
+                                        lease=self.lease, lease_s=lease_seconds(claim_timeout_s))
+        self._dropped: list[str] = []  # keys whose request the lease dropped: their claims to release
         self.claims: Claims | None = None  # once the reader connection (which holds them) is open
         # column_name: every llm_calls row says which column asked (its totals are derived from them)
         self.context = run.as_context(operation=spec.kind, column_name=spec.name)
@@ -181,10 +185,11 @@ class ColumnFill:
             self.writer = self._open()
             ensure_migrated(self.writer, self.schema)
             run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
+            replay_spools(self.writer, self.schema, spool_dir_of(self.engine))  # dead runs' unlogged requests
             self.run_open = True
             self.reader = self._open()
             self.claims = Claims(self.reader, lambda: self.writer, self.schema, self.run_ctx, self.spec.model,
-                                 self.spec.kind, self.report, self.claim_timeout_s, self.token)
+                                 self.spec.kind, self.report, self.claim_timeout_s, self.token, lease=self.lease)
             self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:
@@ -280,24 +285,51 @@ class ColumnFill:
                      self.run_ctx.node_id or self.spec.model, self.schema)
 
     def _remember_prompts(self, inputs: Iterable[tuple[str, ModelInput]]) -> Iterator[tuple[str, ModelInput]]:
-        """Keep each key's prompt until its answer is written (provenance; at most ``window`` held)."""
-        for key, inp in inputs:
-            if self.store_prompts:
+        """Keep each key's prompt until its answer is written (provenance; at most ``window`` held), and
+        until it is known to be sent (a key whose claim was lost is waited for with its prompt)."""
+        try:
+            for key, inp in inputs:
                 self._prompts[key] = inp.prompt
-            yield key, inp
+                yield key, inp
+                if self.lease.revoked:  # failing: claim nothing more, the map only returns what was sent
+                    return
+        except Exception:  # claiming failed (the claim session broke): the map's queued requests must not go
+            self.lease.revoke()
+            raise
 
     def _request(self, inputs: Iterable[tuple[str, ModelInput]]) -> None:
         size = self.batch_size
         send = functools.partial(self.engine.map_packed, batch_size=size) if size > 1 else self.engine.map_unordered
-        for key, output in send(self.spec.model, self._remember_prompts(inputs), window=self.window,
-                                context=self.context, spend_limit=self.spend_limit):
-            self._on_output(key, output)
-            if self._journal_error() is not None and self._results:
-                self._flush()  # not journaled: into llm_results before the next request goes out
-            elif len(self._results) + len(self._errors) >= self.chunk_rows \
-                    or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
-                self._flush()
-            self.progress.emit()
+        outputs = send(self.spec.model, self._remember_prompts(inputs), window=self.window, context=self.context,
+                       spend_limit=self.spend_limit, lease=self.lease)
+        try:
+            for key, output in outputs:
+                self._on_output(key, output)
+                if self._journal_error() is not None and self._results:
+                    self._flush()  # not journaled: into llm_results before the next request goes out
+                elif len(self._results) + len(self._errors) >= self.chunk_rows \
+                        or time.monotonic() - self.last_flush >= FLUSH_EVERY_S:
+                    self._flush()
+                self.progress.emit()
+        except BaseException as exc:
+            # failing (the claim session broke, say): send nothing more -- the requests queued in the
+            # pool are dropped (lease.py) -- and keep the answers of those already sent for _salvage
+            # (left in the journal only, another run taking the keys over would pay them again)
+            self.lease.revoke()
+            if isinstance(exc, Exception):
+                self._keep_answers(outputs)
+            raise
+        finally:
+            outputs.close()
+
+    def _keep_answers(self, outputs) -> None:
+        """The answers still to come from ``outputs`` (requests already sent), into ``_results``."""
+        try:
+            for key, output in outputs:
+                if output.ok:
+                    self._on_output(key, output)
+        except Exception as exc:  # the error being raised matters more
+            log.debug("could not collect the answers in flight: %s", redact(str(exc)).strip())
 
     def _journal_error(self):
         """The engine journal's write failure (answers are no longer kept there), or None."""
@@ -324,7 +356,13 @@ class ColumnFill:
 
     def _on_output(self, key: str, output) -> None:
         rep = self.report
-        prompt = self._prompts.pop(key, None)  # provenance of a stored answer (None: store_prompts off)
+        prompt = self._prompts.pop(key, None)
+        if output.error_kind is ErrorKind.CLAIM_LOST:  # not sent (lease.py): wait for whoever holds it now
+            self.waiting[key] = prompt
+            self._dropped.append(key)
+            return
+        if not self.store_prompts:
+            prompt = None  # provenance of a stored answer: only with store_prompts
         if output.attempts or output.error_kind is not ErrorKind.BUDGET:  # else: never sent
             rep.requests_done += 1
         paid = 0.0 if output.cached else float(output.cost_usd or 0.0)
@@ -479,7 +517,8 @@ class ColumnFill:
             self._write(resolve_errors, ok_keys)
         if errors:
             self._write(write_errors, errors)
-        self.claims.release(ok_keys + [e.key for e in errors])  # results are committed: let others see them
+        dropped, self._dropped = self._dropped, []  # still ours when dropped unconfirmed: take_over needs them free
+        self.claims.release(ok_keys + [e.key for e in errors] + dropped)  # results are committed: let others see them
         self._drain_logs()
         if self.run_open and time.monotonic() - self.last_run_heartbeat >= RUN_HEARTBEAT_EVERY_S:
             self.last_run_heartbeat = time.monotonic()

@@ -354,6 +354,13 @@ alter table {q}.llm_results
     add column if not exists invalidated_at timestamptz;
 create index if not exists llm_results_node_idx on {q}.llm_results (node_id, column_name);
 """),
+        (12, f"""
+-- Claim leases (issue 16.1-2, decision 0022): a claimer sends requests for its keys only while it
+-- holds a lease on them, renewed with each heartbeat; nobody takes a claim over before its
+-- lease_until (server time), so a paused run, or one whose claim session was terminated, stops
+-- sending before another run may pay for its keys. NULL: a claimer from before this step.
+alter table {q}.llm_claims add column if not exists lease_until timestamptz;
+"""),
         (13, f"""
 -- Invalidations outlive the rows they marked (issue 16.5, decision 0024): a journal on another
 -- machine may still hold an answer invalidated here, and a new answer clears llm_results'

@@ -16,9 +16,18 @@ the call logs a killed process left in its spool were replayed (``call_spool.rep
 """
 from __future__ import annotations
 
-from .migrations import quote_ident, transaction
+import json
+import logging
+import os
+from datetime import datetime
 
-__all__ = ["derive_run_totals", "run_totals", "settle_runs", "DERIVED_COUNTS"]
+from ..call_spool import orphaned
+from ..errors import redact
+from .migrations import ensure_call_partitions, quote_ident, transaction
+
+__all__ = ["derive_run_totals", "run_totals", "settle_runs", "replay_spools", "spool_dir_of", "DERIVED_COUNTS"]
+
+log = logging.getLogger("dbt_pg_llm")
 
 # llm_runs columns computed from llm_calls (the others -- rows, distinct_keys, errors -- are the
 # fills' own counts of their source, which llm_calls does not describe)
@@ -77,3 +86,65 @@ def settle_runs(conn, schema: str, run_ids) -> int:
         for run_id in run_ids:
             derive_run_totals(cur, schema, run_id)
     return len(run_ids)
+
+
+def spool_dir_of(engine) -> str | None:
+    """Where the engine's call spool lives: ``call_spool`` inside its journal directory (local disk,
+    next to the paid answers); None without a journal on disk."""
+    directory = getattr(getattr(getattr(engine, "cache", None), "backend", None), "directory", None)
+    return os.path.join(directory, "call_spool") if directory else None
+
+
+def replay_spools(conn, schema: str, directory: str | None) -> set[str]:
+    """Write the call records left in the spool segments of dead processes of this host to
+    ``llm_calls`` (those whose ``call_id`` is not there yet), delete the segments, and settle the
+    runs they belong to (``derive_run_totals``). Returns those runs' ids."""
+    from .writers import CALL_COLUMNS, call_rows, copy_rows
+
+    if not directory or not os.path.isdir(directory):
+        return set()
+    records, paths = [], []
+    for name in sorted(os.listdir(directory)):
+        if not orphaned(name):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                        record["timestamp"] = datetime.fromisoformat(record["timestamp"])
+                    except (ValueError, KeyError, TypeError):  # the line being written when the process died
+                        continue
+                    records.append(record)
+        except OSError as exc:
+            log.warning("could not read the call spool %s: %s", path, redact(str(exc)))
+            continue
+        paths.append(path)
+    runs = {(r.get("context") or {}).get("run_id") for r in records} - {None}
+    if records:
+        q = quote_ident(schema)
+        rows = call_rows(records)
+        with transaction(conn) as cur:
+            ensure_call_partitions(cur, schema, [row[0] for row in rows])
+            cur.execute(f"create temp table if not exists llm_calls_spool (like {q}.llm_calls) on commit drop")
+            copy_rows(cur, "pg_temp.llm_calls_spool", CALL_COLUMNS, rows)
+            cols = ", ".join(CALL_COLUMNS)
+            cur.execute(f"""
+                insert into {q}.llm_calls ({cols})
+                select distinct on (s.call_id) {", ".join("s." + c for c in CALL_COLUMNS)}
+                from pg_temp.llm_calls_spool s
+                where s.call_id is not null and not exists (
+                    select 1 from {q}.llm_calls c where c.run_id is not distinct from s.run_id and c.call_id = s.call_id)
+                order by s.call_id""")
+            replayed = cur.rowcount
+        if replayed:
+            log.warning("%d paid request(s) of run(s) %s that ended without logging them were written to %s.llm_calls "
+                        "from the call spool", replayed, ", ".join(sorted(runs)), schema)
+    settle_runs(conn, schema, runs)
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return runs

@@ -1,0 +1,167 @@
+"""A run that stops being live without dying must not pay again for keys another run took over
+(issue 16.1-2, decision 0022): run A (a real process) holds claims with requests queued behind
+its max_concurrency; it is frozen with SIGSTOP past claim_timeout_s, or its claim session is
+terminated with pg_terminate_backend, while run B waits for its keys. The simulator's ledger is
+the truth of what was paid: keys paid twice are at most the requests A had in flight (its
+max_concurrency), not the hundreds it had queued, and every key is answered."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from test_pg_enrich import make_engine, make_source, q, spec
+
+from dbt_pg_llm.pg import RunContext, fill_column
+from dbt_pg_llm.simulator import SimulatorConfig
+
+pytestmark = pytest.mark.functional
+
+KEYS = 300  # A claims a window of 256 of them at once and queues them all behind its pool
+A_CONCURRENCY = 8  # at most this many of A's requests are in flight at any moment
+TIMEOUT_S = 3.0  # claim_timeout_s of both runs
+LATENCY_MS = 250
+
+RUN_A = textwrap.dedent("""
+    import json, logging, sys
+    import psycopg2
+    from dbt_pg_llm import BufferedSink, Engine, Model
+    from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+    args = json.loads(sys.argv[1])
+    engine = Engine([Model("sim", {"api_url": args["api_url"], "model_version": "sim-small",
+                                   "api_key": "sk-test-0123456789", "retry": {"max_retries": 0},
+                                   "timeout_ms": 600000, "max_concurrency": args["concurrency"]})],
+                    sinks=[BufferedSink()])
+    spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body"}, default_model="sim")
+    rep = fill_column(lambda: psycopg2.connect(**args["pg"]), engine, args["source"], spec,
+                      audit_schema=args["audit"], run=RunContext("run-a", "model.p.a"),
+                      claim_timeout_s=args["timeout"], wait_timeout_s=60)
+    print("REPORT", json.dumps({"requests_done": rep.requests_done, "errors": rep.errors,
+                                "cache_hits": rep.cache_hits}), flush=True)
+""")
+
+
+@pytest.fixture
+def sim(simulator_factory):
+    return simulator_factory(SimulatorConfig(latency_ms=LATENCY_MS))
+
+
+def _prompts(tag: str) -> list[str]:
+    return [f"lease {tag} prompt {i}" for i in range(KEYS)]
+
+
+def _start_a(tmp_path, pg, sim, source, audit) -> subprocess.Popen:
+    script = tmp_path / "run_a.py"
+    script.write_text(RUN_A)
+    args = {"api_url": sim.base_url, "pg": pg.connect_kwargs(), "source": source, "audit": audit,
+            "timeout": TIMEOUT_S, "concurrency": A_CONCURRENCY}
+    return subprocess.Popen([sys.executable, str(script), json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"run A ended early: {proc.communicate()[0][-3000:]}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _migrate(connect, sim, source, audit):
+    engine = make_engine(sim)
+    try:
+        fill_column(connect, engine, f"(select body from {source} where false)", spec(), audit_schema=audit,
+                    run=RunContext("setup"))
+    finally:
+        engine.close()
+
+
+def _ledger(sim, label: str) -> dict:
+    by_prompt = sim.stats()["by_prompt_sha256"]
+    figures = {"requests": sum(by_prompt.values()), "distinct_keys": len(by_prompt),
+               "extra_payments": sum(n - 1 for n in by_prompt.values())}
+    print(f"\n[ledger] {label}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    return figures
+
+
+def _run_b(connect, sim, source, audit, progress: list):
+    engine = make_engine(sim, max_concurrency=32, timeout_ms=600000)
+    try:
+        return fill_column(connect, engine, source, spec(), audit_schema=audit, run=RunContext("run-b", "model.p.b"),
+                           claim_timeout_s=TIMEOUT_S, wait_timeout_s=60, progress=progress.append)
+    finally:
+        engine.close()
+
+
+def test_a_paused_run_does_not_pay_for_keys_another_run_took_over(db, pg, pg_conn, sim, tmp_path):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, _prompts("paused"))
+    _migrate(connect, sim, source, audit)
+    a = _start_a(tmp_path, pg, sim, source, audit)
+    try:
+        _wait_for(lambda: sim.stats()["requests"] >= 2 * A_CONCURRENCY, 60, "run A's first answers", a)
+        os.kill(a.pid, signal.SIGSTOP)  # frozen with A_CONCURRENCY requests in flight, ~240 queued
+        time.sleep(0.5)  # what A sent has reached the simulator; A writes nothing while stopped
+        sent = sim.stats()["requests"]
+        written = q(pg_conn, f'select count(*) from "{audit}".llm_results where run_id = %s', ("run-a",))[0][0]
+        claimed_by_a = q(pg_conn, f'select count(*) from "{audit}".llm_claims where run_id = %s', ("run-a",))[0][0]
+        rep_b = _run_b(connect, sim, source, audit, [])  # takes A's keys over after claim_timeout_s, pays them
+        os.kill(a.pid, signal.SIGCONT)
+        out, _ = a.communicate(timeout=120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait(30)
+    # in flight at the pause: sent, and not in llm_results yet (on the wire, or answered and waiting
+    # for the fill's next write): B cannot know A paid for those, every other key A held it must not pay
+    in_flight = sent - written
+    ledger = _ledger(sim, f"paused run A (claims held at the pause {claimed_by_a}, in flight {in_flight})")
+    assert a.returncode == 0, out[-3000:]
+    assert claimed_by_a - in_flight > 100  # queued behind A's pool: what a resumed run must not send
+    assert rep_b.errors == 0
+    answered = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
+    assert answered == KEYS and ledger["distinct_keys"] == KEYS
+    assert ledger["extra_payments"] <= in_flight, out[-3000:]
+    lines = [line for line in out.splitlines() if "were taken over by another run" in line]
+    assert len(lines) == 1 and "run-b" in lines[0], out[-3000:]
+
+
+def test_a_run_whose_claim_session_is_terminated_does_not_let_another_pay_twice(db, pg, pg_conn, sim, tmp_path):
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, _prompts("terminated"))
+    _migrate(connect, sim, source, audit)
+    a = _start_a(tmp_path, pg, sim, source, audit)
+    progress: list[dict] = []
+    result: dict = {}
+    b = threading.Thread(target=lambda: result.update(rep=_run_b(connect, sim, source, audit, progress)))
+    try:
+        _wait_for(lambda: sim.stats()["requests"] >= 2 * A_CONCURRENCY, 60, "run A's first answers", a)
+        b.start()
+        _wait_for(lambda: any(p.get("waiting_keys") for p in progress), 60, "run B waiting for A's keys", a)
+        (pid,) = {r[0] for r in q(pg_conn, f'select backend_pid from "{audit}".llm_claims where run_id = %s',
+                                  ("run-a",))}
+        at_kill = sim.stats()["requests"]
+        q(pg_conn, "select pg_terminate_backend(%s)", (pid,))
+        out, _ = a.communicate(timeout=120)
+        b.join(120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait(30)
+    ledger = _ledger(sim, f"run A's claim session terminated (requests before {at_kill})")
+    assert not b.is_alive() and result["rep"].errors == 0
+    answered = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
+    assert answered == KEYS and ledger["distinct_keys"] == KEYS, out[-3000:]
+    assert ledger["extra_payments"] <= A_CONCURRENCY, out[-3000:]

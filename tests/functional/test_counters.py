@@ -1,0 +1,196 @@
+"""One source of truth for the counters (issue 17.1): llm_runs == sum(llm_calls) == the simulator's
+ledger, for concurrent runs, a cascade, and a run killed with kill -9 (its unlogged requests come
+back from the call spool). Real Postgres, real HTTP to the simulator, a real killed process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
+from dbt_pg_llm.simulator import SimulatorConfig
+
+pytestmark = pytest.mark.functional
+COST_IN, COST_OUT = 0.5, 1.5
+
+
+def q(conn, sql, params=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def source(pg_conn, schema, prompts, table="reviews"):
+    with pg_conn.cursor() as cur:
+        cur.execute(f'create table "{schema}".{table} (id serial primary key, body text)')
+        cur.executemany(f'insert into "{schema}".{table} (body) values (%s)', [(p,) for p in prompts])
+    return f'"{schema}".{table}'
+
+
+def member(sim, version, **extra):
+    return {"api_url": sim.base_url, "model_version": version, "retry": {"max_retries": 0},
+            "cost_per_1k_input_tokens": COST_IN, "cost_per_1k_output_tokens": COST_OUT, **extra}
+
+
+def run_rows(pg_conn, audit):
+    return {r[0]: r[1:] for r in q(pg_conn, f'select run_id, requests, prompt_tokens, completion_tokens, '
+                                            f'cost_usd::float8 from "{audit}".llm_runs')}
+
+
+def call_sums(pg_conn, audit, run_id=None):
+    where = "not cached" + (" and run_id = %s" if run_id else "")
+    return q(pg_conn, f'select count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), '
+                      f'coalesce(sum(cost_usd), 0)::float8 from "{audit}".llm_calls where {where}',
+             (run_id,) if run_id else None)[0]
+
+
+def ledger_of(*sims):
+    stats = [s.stats() for s in sims]
+    return (sum(s["requests"] for s in stats), sum(s["prompt_tokens"] for s in stats),
+            sum(s["completion_tokens"] for s in stats), sum(s["cost_usd"] for s in stats))
+
+
+def same(a, b):
+    assert a[:3] == b[:3] and a[3] == pytest.approx(b[3], abs=1e-9), (a, b)
+
+
+def test_four_concurrent_runs_add_up_to_the_ledger(db, pg_conn, simulator_factory, in_threads):
+    """Four runs over overlapping keys: each key paid once; every run's llm_runs row equals its own
+    llm_calls rows, and their sum equals the ledger; hits count once per key per run."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=20))
+    prompts = [f"review number {i % 150} is fine" for i in range(300)]
+    src = source(pg_conn, schema, prompts)
+    settings = LlmSettings.from_dict({"default_model": "sim", "models": {"sim": member(sim, "sim-small")}})
+    spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body", "max_tokens": 8}, "sim")
+    engines = [build_engine(settings, journal=False, sinks=[BufferedSink()]) for _ in range(4)]
+    try:
+        reports = in_threads(lambda i: fill_column(connect, engines[i], src, spec, audit_schema=audit,
+                                                   run=RunContext(f"run-{i}", "model.p.m"), claim_timeout_s=5),
+                             [(i,) for i in range(4)])
+    finally:
+        for e in engines:
+            e.close()
+    ledger = ledger_of(sim)
+    assert ledger[0] == 150  # each distinct key paid once
+    runs = run_rows(pg_conn, audit)
+    for i in range(4):
+        same(runs[f"run-{i}"], call_sums(pg_conn, audit, f"run-{i}"))
+        rep = reports[i]
+        assert (rep.requests_sent, rep.cost_usd) == (runs[f"run-{i}"][0], pytest.approx(runs[f"run-{i}"][3], abs=1e-9))
+        assert rep.cache_hits + rep.requests_sent == 150  # every key once: paid or a hit, never both or twice
+    total = tuple(sum(r[i] for r in runs.values()) for i in range(4))
+    same(total, ledger)
+    same(call_sums(pg_conn, audit), ledger)
+    hits = q(pg_conn, f'select sum(cache_hits) from "{audit}".llm_runs')[0][0]
+    assert hits == 4 * 150 - 150
+    print(f"\n[counters] 4 concurrent runs: ledger={ledger} llm_calls={call_sums(pg_conn, audit)} llm_runs={total}")
+
+
+def test_cascade_counts_every_member_request_once(db, pg_conn, simulator_factory):
+    """A cascade column and a plain column of its first member over the same prompts in one run:
+    requests shared in flight are counted once, and every member's request is counted."""
+    connect, schema, audit = db
+    small, large = (simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT,
+                                                      latency_ms=10)) for _ in range(2))
+    prompts = ["I love it, great value", "terrible, it broke", "it arrived on a tuesday", "best purchase",
+               "awful and flimsy", "the box was blue", "works great", "meh"] * 3
+    src = source(pg_conn, schema, prompts)
+    settings = LlmSettings.from_dict({"default_model": "smart", "models": {
+        "small": member(small, "sim-small"), "large": member(large, "sim-large"),
+        "smart": {"strategy": "cascade", "models": ["small", "large"], "min_confidence": 0.5}}})
+    labels = ["positive", "negative", "neutral"]
+    cascade = ColumnSpec.from_dict({"name": "c1", "kind": "classify", "prompt_sql": "body", "labels": labels}, "smart")
+    plain = ColumnSpec.from_dict({"name": "c2", "kind": "classify", "prompt_sql": "body", "labels": labels,
+                                  "model": "small"}, "smart")
+    engine = build_engine(settings, journal=False, sinks=[BufferedSink()])
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(fill_column, connect, engine, src, s, audit_schema=audit,
+                                   run=RunContext("run-c", f"model.p.{s.name}")) for s in (cascade, plain)]
+            reports = [f.result() for f in futures]
+    finally:
+        engine.close()
+    ledger = ledger_of(small, large)
+    assert large.stats()["requests"] > 0  # some rows escalated
+    runs = run_rows(pg_conn, audit)
+    same(runs["run-c"], ledger)
+    same(call_sums(pg_conn, audit, "run-c"), ledger)
+    assert sum(r.requests_sent for r in reports) == ledger[0]
+    print(f"\n[counters] cascade + shared member: ledger={ledger} llm_runs={runs['run-c']}")
+
+
+KILLED_FILL = textwrap.dedent("""
+    import sys, psycopg2
+    from dbt_pg_llm import LlmSettings, build_engine
+    from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
+    dsn, url, journal, src, audit = sys.argv[1:6]
+    settings = LlmSettings.from_dict({"default_model": "sim", "journal_dir": journal, "models": {"sim": {
+        "api_url": url, "model_version": "sim-small", "retry": {"max_retries": 0}, "max_concurrency": 4,
+        "cost_per_1k_input_tokens": 0.5, "cost_per_1k_output_tokens": 1.5}}})
+    engine = build_engine(settings)
+    spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body", "max_tokens": 8}, "sim")
+    fill_column(lambda: psycopg2.connect(dsn), engine, src, spec, audit_schema=audit, run=RunContext("killed", "n"))
+""")
+
+
+def test_kill_9_run_is_settled_from_its_call_spool(db, pg, pg_conn, simulator_factory, tmp_path):
+    """kill -9 in the middle of a fill: the requests whose answers it received but had not logged
+    yet reach llm_calls from the call spool at the next run, and its llm_runs row is settled."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=30))
+    src = source(pg_conn, schema, [f"kill me softly {i}" for i in range(2000)])
+    journal = tmp_path / "journal"
+    dsn = " ".join(f"{k}={v}" for k, v in pg.connect_kwargs().items())
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_FILL, dsn, sim.base_url, str(journal), src, audit],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sim.stats()["requests"] < 60:  # well into it, between two flushes (every 2 s)
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGSTOP)  # no new request goes out; the ones in flight finish
+        deadline = time.monotonic() + 10
+        while sim.stats()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ledger = ledger_of(sim)
+    before = call_sums(pg_conn, audit, "killed")
+    from dbt_pg_llm.cache import DiskJournal
+    from dbt_pg_llm.pg.run_totals import replay_spools
+    from dbt_pg_llm.pg.runs import mark_crashed_runs
+
+    with DiskJournal(str(journal)) as j:  # the answers the killed process received (journaled first)
+        entries = [j.get(k) for k in j.keys()]
+    received = (len(entries), sum(e["prompt_tokens"] for e in entries), sum(e["completion_tokens"] for e in entries),
+                sum(e["cost_usd"] for e in entries))
+    conn = connect()
+    try:
+        conn.autocommit = True
+        assert replay_spools(conn, audit, str(journal / "call_spool")) == {"killed"}
+        mark_crashed_runs(conn, audit, dead_after_s=0)
+    finally:
+        conn.close()
+    after = call_sums(pg_conn, audit, "killed")
+    runs = run_rows(pg_conn, audit)
+    print(f"\n[counters] kill -9: ledger={ledger} journal={received} llm_calls before={before} after={after} "
+          f"llm_runs={runs['killed']}")
+    assert before[0] < received[0]  # the last ~2 s of requests were not logged when it died
+    assert after[0] >= received[0]  # every request whose answer it received is logged, once
+    same(runs["killed"], after)
+    assert ledger[0] - after[0] <= 4  # at most max_concurrency answered after SIGSTOP, never read
+    assert not list((journal / "call_spool").glob("*.jsonl"))  # the segments are gone
