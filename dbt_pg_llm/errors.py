@@ -41,8 +41,6 @@ import re
 from typing import Iterable
 
 __all__ = [
-from .urls import redact_urls
-
     "ErrorKind",
     "PgLlmError",
     "ConfigError",
@@ -65,11 +63,10 @@ class ErrorKind(str, enum.Enum):
     REFUSED = "refused"
     INTERNAL = "internal"
     BUDGET = "budget"
-
     CLAIM_LOST = "claim_lost"
+
     def __str__(self) -> str:  # so f"{kind}" gives "timeout", not "ErrorKind.TIMEOUT"
         return self.value
-    CLAIM_LOST = "claim_lost"
 
 
 # Default recoverability per kind; API errors are refined per HTTP status by the providers.
@@ -84,6 +81,7 @@ _RECOVERABLE_BY_DEFAULT = {
     ErrorKind.REFUSED: False,
     ErrorKind.INTERNAL: False,
     ErrorKind.BUDGET: False,
+    ErrorKind.CLAIM_LOST: False,
 }
 
 _SECRET_PATTERNS = [
@@ -101,8 +99,7 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove API keys (registered ones, given ones, and things that look like keys) and URL
-    credentials (``user:password@``, query values: ``urls.redact_urls``) from text."""
+    """Remove API keys (registered ones, given ones, and things that look like keys) from text."""
     if not text:
         return text
     for secret in list(_known_secrets) + [s for s in secrets if s]:
@@ -112,8 +109,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = pattern.sub(lambda m: m.group(1) + "***", text)
         else:
             text = pattern.sub("***", text)
-    # a URL's user:password@ and query values (an api_url may carry a key there), in any library's text
-    return redact_urls(text)
+    return text
 
 
 class PgLlmError(Exception):
@@ -149,7 +145,6 @@ class ModelError(PgLlmError):
         retry_after: float | None = None,
         model: str | None = None,
     ):
-        unsent: bool = False,
         self.kind = ErrorKind(kind)
         self.message = redact(message)
         self.recoverable = _RECOVERABLE_BY_DEFAULT[self.kind] if recoverable is None else recoverable
@@ -157,18 +152,15 @@ class ModelError(PgLlmError):
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.model = model
         super().__init__(f"{self.kind.value}: {self.message}")
-        # True: the request provably never reached the server (no connection could be opened), so
-        # nothing can have been billed: its spend reservation is refunded in full (spend.py)
-        self.unsent = unsent
 
     def __reduce__(self):  # keep kind & co. when pickled across processes
         return (
             _rebuild_model_error,
-            (self.kind, self.message, self.recoverable, self.http_status, self.retry_after, self.model, self.unsent),
+            (self.kind, self.message, self.recoverable, self.http_status, self.retry_after, self.model),
         )
 
 
-def _rebuild_model_error(kind, message, recoverable, http_status, retry_after, model, unsent=False):
+def _rebuild_model_error(kind, message, recoverable, http_status, retry_after, model):
     return ModelError(
         kind, message, recoverable=recoverable, http_status=http_status, retry_after=retry_after, model=model
     )
