@@ -14,6 +14,7 @@ from .batch_policy import BATCH_PROVIDERS, BatchPolicy
 from .errors import ConfigError, register_secret
 from .retry import RetryPolicy
 from .tokens import tokenizer_problems
+from .urls import has_userinfo, redact_url, url_secrets
 
 __all__ = ["ModelConfig", "PROVIDERS", "check_keys"]
 
@@ -71,12 +72,18 @@ class ModelConfig:
 
     def __post_init__(self):
         register_secret(self.api_key)
+        for secret in url_secrets(self.api_url):  # user:password@ and ?key=... of the URL
+            register_secret(secret)
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{f.name}={'***' if f.name == 'api_key' and self.api_key else repr(getattr(self, f.name))}"
-            for f in fields(self)
-        )
+        def shown_value(name: str) -> str:
+            if name == "api_key" and self.api_key:
+                return "***"
+            if name == "api_url" and self.api_url:
+                return repr(redact_url(self.api_url))
+            return repr(getattr(self, name))
+
+        shown = ", ".join(f"{f.name}={shown_value(f.name)}" for f in fields(self))
         return f"ModelConfig({shown})"
 
     __str__ = __repr__
@@ -160,7 +167,12 @@ class ModelConfig:
                            "the deployment goes in 'deployment' and the provider builds the path")
             elif parsed.path.rstrip("/").endswith("/chat/completions") or parsed.path.rstrip("/").endswith("/messages"):
                 out.append(f"{path}.api_url: give the base URL without the endpoint path "
-                           f"(e.g. {self.base_url.rsplit('/', 2)[0]}); the provider appends it")
+                           f"(e.g. {redact_url(self.base_url).rsplit('/', 2)[0]}); the provider appends it")
+            elif has_userinfo(self.base_url) and self.api_key and self.provider == "openai":
+                # both would be the Authorization header (Basic and Bearer); a request carries one
+                out.append(f"{path}.api_url: carries a user:password@ (sent as HTTP basic auth) while api_key is "
+                           "set (sent as 'Authorization: Bearer'); a request has one Authorization header: "
+                           "remove one of them (a gateway's key can often go in the query instead, ?key=...)")
         if not self.model_version:
             out.append(f"{path}.model_version: missing; set the provider's model id, e.g. gpt-4o-mini")
         if not isinstance(self.timeout_ms, int) or self.timeout_ms <= 0:

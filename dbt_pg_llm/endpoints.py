@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
-
 import httpx
 
 from .errors import redact
+from .urls import endpoint, redact_url, split_credentials
 
 __all__ = ["EndpointCheck", "check_endpoint"]
 
@@ -39,11 +38,13 @@ class EndpointCheck:
 def _request(config: Any, name: str) -> tuple[str, dict[str, str]]:
     from .providers import provider_for
 
-    headers = {k: v for k, v in provider_for(config, name).headers().items() if k.lower() != "content-type"}
-    base = (config.base_url or "").rstrip("/")
+    headers = {k: v for k, v in provider_for(config, name).wire_headers().items() if k.lower() != "content-type"}
+    base = config.base_url or ""
     if config.provider == "azure":
-        return f"{base}/openai/models?api-version={quote(getattr(config, 'api_version', None) or '', safe='')}", headers
-    return f"{base}/models", headers
+        url = endpoint(base, "/openai/models", {"api-version": getattr(config, "api_version", None) or ""})
+    else:
+        url = endpoint(base, "/models")  # a query in api_url (e.g. ?key=) stays on the wire, after the path
+    return split_credentials(url)[0], headers  # user:password@ travels as the Basic header
 
 
 def _listed(data: Any) -> list[str]:
@@ -62,7 +63,7 @@ def check_endpoint(name: str, config: Any, *, timeout_s: float = 10.0,
                    transport: httpx.BaseTransport | None = None) -> EndpointCheck:
     """Check one model (a ModelConfig). Never raises for what the endpoint does; never pays."""
     url, headers = _request(config, name)
-    shown = redact(url.split("?")[0], [config.api_key or ""])
+    shown = redact_url(url)  # what `dbt debug` prints: no userinfo, no query values
     try:
         with httpx.Client(timeout=timeout_s, transport=transport) as client:
             response = client.get(url, headers=headers)

@@ -32,13 +32,16 @@ Every failure the engine reports is one of these, so callers can catch at the le
                                Nothing was paid; handled like BUDGET (no retry, no failover)
 
 ``recoverable`` tells the retry layer (``RetryPolicy``) whether the same request may succeed later.
-Messages never contain API keys: ``redact()`` is applied to every message built from a response.
+Messages never contain API keys nor URL credentials: ``redact()`` is applied to every message
+built from a response.
 """
 from __future__ import annotations
 
 import enum
 import re
 from typing import Iterable
+
+from .urls import redact_urls
 
 __all__ = [
     "ErrorKind",
@@ -99,7 +102,8 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove API keys (registered ones, given ones, and things that look like keys) from text."""
+    """Remove API keys (registered ones, given ones, and things that look like keys) and URL
+    credentials (``user:password@``, query values: ``urls.redact_urls``) from text."""
     if not text:
         return text
     for secret in list(_known_secrets) + [s for s in secrets if s]:
@@ -109,7 +113,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = pattern.sub(lambda m: m.group(1) + "***", text)
         else:
             text = pattern.sub("***", text)
-    return text
+    # a URL's user:password@ and query values (an api_url may carry a key there), in any library's text
+    return redact_urls(text)
 
 
 class PgLlmError(Exception):
@@ -144,6 +149,7 @@ class ModelError(PgLlmError):
         http_status: int | None = None,
         retry_after: float | None = None,
         model: str | None = None,
+        unsent: bool = False,
     ):
         self.kind = ErrorKind(kind)
         self.message = redact(message)
@@ -151,16 +157,20 @@ class ModelError(PgLlmError):
         self.http_status = http_status
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.model = model
+        # True: the request provably never reached the server (no connection could be opened), so
+        # nothing can have been billed: its spend reservation is refunded in full (spend.py)
+        self.unsent = unsent
         super().__init__(f"{self.kind.value}: {self.message}")
 
     def __reduce__(self):  # keep kind & co. when pickled across processes
         return (
             _rebuild_model_error,
-            (self.kind, self.message, self.recoverable, self.http_status, self.retry_after, self.model),
+            (self.kind, self.message, self.recoverable, self.http_status, self.retry_after, self.model, self.unsent),
         )
 
 
-def _rebuild_model_error(kind, message, recoverable, http_status, retry_after, model):
+def _rebuild_model_error(kind, message, recoverable, http_status, retry_after, model, unsent=False):
     return ModelError(
-        kind, message, recoverable=recoverable, http_status=http_status, retry_after=retry_after, model=model
+        kind, message, recoverable=recoverable, http_status=http_status, retry_after=retry_after, model=model,
+        unsent=unsent,
     )

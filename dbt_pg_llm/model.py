@@ -184,12 +184,13 @@ class Model:
     def _settle(self, reservation: Reservation | None, result: ProviderResult | None,
                 error: BaseException | None) -> None:
         """Settle an attempt's reservation: the real cost of an answer; nothing for an HTTP error
-        status; the whole reservation when there is no readable answer (it may have been billed)."""
+        status or a request that never left (no connection could be opened: ``ModelError.unsent``);
+        the whole reservation when there is no readable answer (it may have been billed)."""
         if reservation is None:
             return
         if result is not None:
             reservation.settle(self.cost_of(result.tokens))
-        elif isinstance(error, ModelError) and error.http_status is not None and error.http_status >= 300:
+        elif isinstance(error, ModelError) and (error.unsent or (error.http_status or 0) >= 300):
             reservation.release()
         else:
             reservation.keep()

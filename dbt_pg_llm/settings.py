@@ -20,6 +20,7 @@ from .config import ModelConfig, check_keys
 from .errors import ConfigError, RegistryError
 from .strategy import InferenceStrategy
 from .strategy_model import StrategyConfig, StrategyModel
+from .urls import redact_url
 from .webhook import AlertWebhook
 
 __all__ = ["LlmSettings", "build_engine", "ON_ERROR_MODES", "ON_BUDGET_MODES"]
@@ -183,7 +184,8 @@ class LlmSettings:
     def redacted(self) -> dict:
         """A printable summary (no API keys): for `dbt debug` and logs."""
         out = {"default_model": self.model_for_default, "audit_schema": self.audit_schema,
-               "models": {n: {"provider": c.provider, "model_version": c.model_version, "api_url": c.base_url}
+               "models": {n: {"provider": c.provider, "model_version": c.model_version,
+                              "api_url": redact_url(c.base_url or "")}  # no user:password@, no ?key= value
                           for n, c in self.models.items()}}
         if self.strategies:
             out["strategies"] = {n: {"strategy": s.kind, "models": list(s.members)}

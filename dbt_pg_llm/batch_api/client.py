@@ -20,6 +20,7 @@ from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
 from ..providers import provider_for
 from ..providers.base import classify_http_error, classify_transport_error
+from ..urls import endpoint, split_credentials
 
 __all__ = ["BatchInfo", "BatchLine", "BatchClient", "client_for"]
 
@@ -143,11 +144,12 @@ class BatchClient:
 
     # -- HTTP -------------------------------------------------------------------------------------
     def headers(self) -> dict[str, str]:
-        return {k: v for k, v in self._provider.headers().items() if k != "content-type"}
+        return {k: v for k, v in self._provider.wire_headers().items() if k != "content-type"}
 
     def http(self, method: str, path: str, **kwargs) -> httpx.Response:
         """One API call with retries on recoverable failures; ModelError otherwise."""
-        url = path if path.startswith("http") else self.base_url + path
+        # api_url's query stays after the path; its user:password@ is in the headers (wire_headers)
+        url = path if path.startswith("http") else split_credentials(endpoint(self.base_url, path))[0]
         extra_headers = kwargs.pop("headers", None) or {}
 
         def once() -> httpx.Response:

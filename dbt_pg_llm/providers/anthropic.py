@@ -20,6 +20,7 @@ from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
 from ..tokens import output_tokens_bound
 from ..pricing import cache_control_min_tokens
+from ..urls import endpoint
 from .base import Provider, ProviderResult
 from .structured import TOOL_NAME, answer_text, structured_schema
 
@@ -38,7 +39,7 @@ class AnthropicProvider(Provider):
     family = "anthropic"
 
     def endpoint_url(self, base_url: str) -> str:
-        return base_url.rstrip("/") + "/messages"
+        return endpoint(base_url, "/messages")  # a query in api_url stays after the path
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}

@@ -18,6 +18,7 @@ import httpx
 from ..config import ModelConfig
 from ..errors import ErrorKind, ModelError, redact
 from ..model_io import ModelInput, TokenUsage
+from ..urls import split_credentials
 from .features import ModelFeatures
 from .rate_limits import RateLimitState, rate_limit_state, retry_after_seconds
 from .wire import TRANSPORT_ERRORS, WireResponse, wire_for
@@ -104,6 +105,8 @@ def _plain_text(body: bytes) -> str:
 
 _CONNECT_FAILURES = ("ClientConnectorError", "ClientConnectorDNSError", "ClientConnectorCertificateError",
                      "ClientConnectorSSLError", "ConnectionRefusedError", "gaierror")
+# timeouts that expire before a request is written: opening the connection, or waiting for the pool
+_NEVER_SENT_TIMEOUTS = ("ConnectionTimeoutError", "ConnectTimeout", "PoolTimeout")
 _DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectionResetError", "ClientPayloadError",
                 "ContentLengthError", "TransferEncodingError", "ConnectionResetError", "RemoteProtocolError")
 
@@ -126,9 +129,12 @@ def classify_transport_error(exc: Exception, model: str, timeout_ms: int, url: s
     if names & set(_CONNECT_FAILURES) or isinstance(exc, httpx.ConnectError):
         detail = redact(str(chain[-1]) or type(chain[-1]).__name__)
         return ModelError(ErrorKind.API, f"could not connect{where} ({detail[:200]}); check api_url and that the "
-                          "server is running", model=model)
+                          "server is running", model=model, unsent=True)  # no connection: nothing was sent
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)) and not names & set(_DISCONNECTS):
-        return ModelError(ErrorKind.TIMEOUT, f"no answer within timeout_ms={timeout_ms}", model=model)
+        # a connect / pool timeout ran out before the request was written: provably not billed
+        unsent = bool(names & set(_NEVER_SENT_TIMEOUTS))
+        return ModelError(ErrorKind.TIMEOUT, f"no answer within timeout_ms={timeout_ms}"
+                          + (" (no connection could be opened)" if unsent else ""), model=model, unsent=unsent)
     detail = redact(str(exc) or type(chain[-1]).__name__)
     return ModelError(ErrorKind.API, f"connection error{where} ({type(exc).__name__}: {detail[:200]})", model=model)
 
@@ -149,7 +155,8 @@ class Provider:
         self.config = config
         self.model_name = model_name
         self._wire = wire_for(config, transport)
-        self.url = self.endpoint_url(config.base_url or "")
+        # user:password@ of api_url leaves the URL (which error messages show) for a Basic header
+        self.url, self.basic_auth = split_credentials(self.endpoint_url(config.base_url or ""))
         self._headers: dict[str, str] | None = None  # built on first use: the config never changes
         self.features = ModelFeatures(config.logprobs, config.structured_output, self.family)
         self.rate_observer: Callable[[RateLimitState], None] | None = None
@@ -168,9 +175,17 @@ class Provider:
     def parse_body(self, data: dict, status: int, used: dict) -> ProviderResult:  # pragma: no cover
         raise NotImplementedError
 
+    def wire_headers(self) -> dict[str, str]:
+        """``headers()`` plus the Basic Authorization of api_url's ``user:password@``, if any (config
+        validation refuses it beside an api_key sent as Authorization: a request has one)."""
+        headers = self.headers()
+        if self.basic_auth and not any(k.lower() == "authorization" for k in headers):
+            headers["authorization"] = self.basic_auth
+        return headers
+
     async def _send(self, content: bytes) -> WireResponse:
         if self._headers is None:
-            self._headers = self.headers()
+            self._headers = self.wire_headers()
         return await self._wire.post(self.url, content, self._headers)
 
     async def complete(self, inp: ModelInput) -> ProviderResult:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from ..errors import ErrorKind, ModelError
 from ..model_io import ModelInput
 from ..tokens import output_tokens_bound
+from ..urls import endpoint
 from .base import Provider, ProviderResult
 from .features import strict_schema_ok
 from .structured import answer_text, structured_schema
@@ -28,7 +29,7 @@ class OpenAIProvider(Provider):
     family = "openai"
 
     def endpoint_url(self, base_url: str) -> str:
-        return base_url.rstrip("/") + "/chat/completions"
+        return endpoint(base_url, "/chat/completions")  # a query in api_url stays after the path
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -114,8 +115,8 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     def endpoint_url(self, base_url: str) -> str:
         deployment = quote(self.config.deployment or self.config.model_version or "", safe="")
-        version = quote(self.config.api_version or "", safe="")
-        return f"{base_url.rstrip('/')}/openai/deployments/{deployment}/chat/completions?api-version={version}"
+        return endpoint(base_url, f"/openai/deployments/{deployment}/chat/completions",
+                        {"api-version": self.config.api_version or ""})
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
