@@ -34,9 +34,19 @@ from .errors import PgLlmError, redact
 from .model_io import ModelOutput, TokenUsage
 
 __all__ = ["CacheEntry", "CacheBackend", "MemoryBackend", "DiskJournal", "ResultCache", "JournalError",
-           "journal_problem", "journal_stats", "prune_journal"]
+           "journal_problem", "journal_stats", "max_unjournaled", "prune_journal"]
 
 log = logging.getLogger("dbt_pg_llm")
+
+
+def max_unjournaled(max_concurrency: int) -> int:
+    """How many paid answers of one model may be unkept at once (in flight, or received and waiting
+    for the journal's group commit): ``max_concurrency`` plus an eighth of it, rounded up. The
+    eighth is what arrives during one 5 ms commit delay at full concurrency when a call takes
+    40 ms or more (model calls take far longer), so the pool, not this bound, is what limits
+    throughput; with no headroom at all, slots idle through every commit delay (measured at
+    concurrency 64 and 100 ms: 0.96x instead of 1.04-1.07x the raw aiohttp client's rate)."""
+    return max_concurrency + -(-max_concurrency // 8)
 
 
 class JournalError(PgLlmError):
@@ -246,6 +256,7 @@ class ResultCache:
         self.ttl_s = ttl_s
         self._clock = clock
         self._inflight: dict[str, asyncio.Future] = {}
+        self._gates: dict[str, tuple[int, Any, asyncio.Semaphore]] = {}  # durability_gate's, per model
         self._pending_writes: tuple[list, asyncio.Future] | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
         self.write_error: JournalError | None = None  # the first failed write; later ones are counted
@@ -338,12 +349,28 @@ class ResultCache:
     def close(self) -> None:
         self.backend.close()
 
+    def durability_gate(self, name: str, limit: int) -> asyncio.Semaphore | None:
+        """The semaphore that keeps at most ``max_unjournaled(limit)`` calls of ``name`` (``limit``:
+        the model's ``max_concurrency``) between "about to be sent" and "answer on disk" (decision
+        0021): answers waiting for the group commit cannot pile up behind a stalled loop while new
+        requests go out, so a ``kill -9`` leaves at most that many paid answers unkept, whatever the
+        load. None when nothing outlives the process (no journal on disk, or it stopped writing):
+        nothing to wait for. Call it on the loop."""
+        if not self.durable:
+            return None
+        loop = asyncio.get_running_loop()
+        found = self._gates.get(name)
+        if found is None or found[0] != limit or found[1] is not loop:  # new, reconfigured, or another loop
+            found = self._gates[name] = (limit, loop, asyncio.Semaphore(max_unjournaled(limit)))
+        return found[2]
+
     # -- single-flight ---------------------------------------------------------------------------
     async def get_or_compute(self, key: str, compute: Callable[[], Awaitable[ModelOutput]], *,
-                             detach: bool = True) -> ModelOutput:
+                             detach: bool = True, gate: asyncio.Semaphore | None = None) -> ModelOutput:
         """``detach=False``: the caller runs in a task of its own that nobody cancels (the engine's
         map), so the computation runs in it directly instead of in a task of its own -- a task, a
-        shield and their callbacks less per call."""
+        shield and their callbacks less per call. ``gate`` (``durability_gate``): held from before
+        ``compute()`` until its answer is stored; hits and joiners never take it."""
         hit = self.get(key)
         if hit is not None:
             return hit
@@ -351,16 +378,17 @@ class ResultCache:
         if task is not None:
             return _shared_copy(await asyncio.shield(task))
         if not detach:
-            return await self._compute_in_caller(key, compute)
-        task = asyncio.ensure_future(self._compute_and_store(key, compute))
+            return await self._compute_in_caller(key, compute, gate)
+        task = asyncio.ensure_future(self._compute_and_store(key, compute, gate))
         self._inflight[key] = task
         task.add_done_callback(lambda t: self._forget(key, t))
         return await asyncio.shield(task)
 
-    async def _compute_in_caller(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
+    async def _compute_in_caller(self, key: str, compute: Callable[[], Awaitable[ModelOutput]],
+                                 gate: asyncio.Semaphore | None = None) -> ModelOutput:
         shared = self._inflight[key] = asyncio.get_running_loop().create_future()  # what joiners wait for
         try:
-            output = await self._compute_and_store(key, compute)
+            output = await self._compute_and_store(key, compute, gate)
         except BaseException as exc:
             if not shared.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -376,7 +404,11 @@ class ResultCache:
             if self._inflight.get(key) is shared:
                 del self._inflight[key]
 
-    async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[ModelOutput]]) -> ModelOutput:
+    async def _compute_and_store(self, key: str, compute: Callable[[], Awaitable[ModelOutput]],
+                                 gate: asyncio.Semaphore | None = None) -> ModelOutput:
+        if gate is not None:
+            async with gate:
+                return await self._compute_and_store(key, compute)
         output = await compute()
         if output.ok and not output.cached:
             try:

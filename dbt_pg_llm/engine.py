@@ -25,7 +25,6 @@ from .cache import ResultCache
 from .failover import Failover
 from .gc_policy import bulk_gc
 from .keys import request_key
-from .lease import SendLease, task_context
 from .logs import LogDispatcher, ModelLog
 from .metrics import MetricsRegistry
 from .model import Model
@@ -108,7 +107,9 @@ class Engine:
 
         if self.cache is None or not use_cache:
             return await compute()
-        output = await self.cache.get_or_compute(key, compute, detach=detach)
+        # the model's max_concurrency bounds the requests not yet journaled too, not only those in flight
+        gate = self.cache.durability_gate(model.name, model.config.max_concurrency)
+        output = await self.cache.get_or_compute(key, compute, detach=detach, gate=gate)
         if output.cached:
             self.record_hit(model, key, output, context)
         return output
@@ -139,16 +140,14 @@ class Engine:
         return self.loop.submit(self.acall(model_name, inp, **kwargs))
 
     def map_unordered(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, window: int = 256,
-                      context: dict | None = None, spend_limit: SpendLimit | None = None,
-                      lease: SendLease | None = None, _call=None) -> Iterator[tuple[Any, ModelOutput]]:
+                      context: dict | None = None,
+                      spend_limit: SpendLimit | None = None, _call=None) -> Iterator[tuple[Any, ModelOutput]]:
         """Yield (tag, output) as calls complete, with at most ``window`` in flight (and at least
         3/4 of it while inputs remain: make it a few times the model's ``max_concurrency``).
 
         ``spend_limit``: as in ``acall``, shared by every call of the map (and whoever else uses it).
 
         The input iterator is pulled lazily, so a server-side cursor can feed millions of rows in
-        ``lease``: each request for an item is sent only if the lease admits its tag's keys when the
-        model's pool gives it a slot (lease.py); one it drops fails with ``ErrorKind.CLAIM_LOST``.
         constant memory. Stopping the iteration early submits nothing more; calls already in flight
         finish on the loop and land in the cache/journal (they may be paid for: never cancel them).
         """
@@ -162,13 +161,13 @@ class Engine:
         with bulk_gc():  # fewer GC passes while thousands of calls stream (gc_policy.py)
             try:
                 yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit,
-                                      _call or self._map_call, lease)
+                                      _call or self._map_call)
             finally:
                 self._settle(results, in_flight[0])
 
     def map_packed(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, batch_size: int,
-                   window: int = 256, context: dict | None = None, spend_limit: SpendLimit | None = None,
-                   lease: SendLease | None = None) -> Iterator[tuple[Any, ModelOutput]]:
+                   window: int = 256, context: dict | None = None,
+                   spend_limit: SpendLimit | None = None) -> Iterator[tuple[Any, ModelOutput]]:
         """``map_unordered`` whose inputs go ``batch_size`` at a time into packed requests (batch.py).
 
         Per row, as ``acall``: a cached key is a hit (not requested); each paid answer is journaled
@@ -179,14 +178,18 @@ class Engine:
             raise ValueError("batch_size must be >= 1")
         groups = packed_groups(iter(items), batch_size)
         for _tags, rows in self.map_unordered(model_name, groups, window=max(1, window // batch_size),
-                                              context=context, spend_limit=spend_limit, lease=lease,
-                                              _call=self._apacked):
+                                              context=context, spend_limit=spend_limit, _call=self._apacked):
             yield from rows
 
     async def _apacked(self, model_name: str, rows: list, *, context: dict | None = None,
                        spend_limit: SpendLimit | None = None) -> list:
+        model = self.model(model_name)
+        gate = self.cache.durability_gate(model.name, model.config.max_concurrency) if self.cache is not None else None
         with using_limit(spend_limit):
-            return await apacked(self, self.model(model_name), rows, context)
+            if gate is None:
+                return await apacked(self, model, rows, context)
+            async with gate:  # one slot per packed request, until its rows are journaled (decision 0021)
+                return await apacked(self, model, rows, context)
 
     def _settle(self, results: queue.SimpleQueue, pending: int) -> None:
         """When the consumer stops early (an error, a full database): wait for the calls still in
@@ -201,7 +204,7 @@ class Engine:
             if time.monotonic() >= deadline:
                 return
 
-    def _pump(self, model_name, source, window, context, results, counter, spend_limit, call, lease=None):
+    def _pump(self, model_name, source, window, context, results, counter, spend_limit, call):
         chunk_size = max(1, window // 4)
         in_flight = 0
         exhausted = False
@@ -215,7 +218,7 @@ class Engine:
                     exhausted = True
                     break
                 self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results,
-                                                    spend_limit, call, lease)
+                                                    spend_limit, call)
                 in_flight += len(chunk)
                 counter[0] = in_flight
             if not in_flight:
@@ -234,15 +237,13 @@ class Engine:
                 yield tag, output
 
     def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue,
-                     spend_limit: SpendLimit | None = None, call=None, lease: SendLease | None = None) -> None:
-        """Runs on the loop thread: start one task per input; each reports to ``results``. With a
-        lease, each task runs in a context naming its tag's keys (what the lease admits)."""
+                     spend_limit: SpendLimit | None = None, call=None) -> None:
+        """Runs on the loop thread: start one task per input; each reports to ``results``."""
         call = call or self._map_call
         loop = self.loop.loop
         batch = _ResultBatch(loop, results)
         for tag, inp in chunk:
-            coro = call(model_name, inp, context=context, spend_limit=spend_limit)
-            task = loop.create_task(coro) if lease is None else loop.create_task(coro, context=task_context(lease, tag))
+            task = loop.create_task(call(model_name, inp, context=context, spend_limit=spend_limit))
             task.add_done_callback(functools.partial(batch.report, tag))
 
     def close(self) -> None:
