@@ -25,6 +25,7 @@ from .cache import ResultCache
 from .failover import Failover
 from .gc_policy import bulk_gc
 from .keys import request_key
+from .lease import SendLease, task_context
 from .logs import LogDispatcher, ModelLog
 from .metrics import MetricsRegistry
 from .model import Model
@@ -140,14 +141,16 @@ class Engine:
         return self.loop.submit(self.acall(model_name, inp, **kwargs))
 
     def map_unordered(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, window: int = 256,
-                      context: dict | None = None,
-                      spend_limit: SpendLimit | None = None, _call=None) -> Iterator[tuple[Any, ModelOutput]]:
+                      context: dict | None = None, spend_limit: SpendLimit | None = None,
+                      lease: SendLease | None = None, _call=None) -> Iterator[tuple[Any, ModelOutput]]:
         """Yield (tag, output) as calls complete, with at most ``window`` in flight (and at least
         3/4 of it while inputs remain: make it a few times the model's ``max_concurrency``).
 
         ``spend_limit``: as in ``acall``, shared by every call of the map (and whoever else uses it).
 
         The input iterator is pulled lazily, so a server-side cursor can feed millions of rows in
+        ``lease``: each request for an item is sent only if the lease admits its tag's keys when the
+        model's pool gives it a slot (lease.py); one it drops fails with ``ErrorKind.CLAIM_LOST``.
         constant memory. Stopping the iteration early submits nothing more; calls already in flight
         finish on the loop and land in the cache/journal (they may be paid for: never cancel them).
         """
@@ -161,13 +164,13 @@ class Engine:
         with bulk_gc():  # fewer GC passes while thousands of calls stream (gc_policy.py)
             try:
                 yield from self._pump(model_name, iter(items), window, context, results, in_flight, spend_limit,
-                                      _call or self._map_call)
+                                      _call or self._map_call, lease)
             finally:
                 self._settle(results, in_flight[0])
 
     def map_packed(self, model_name: str, items: Iterable[tuple[Any, ModelInput]], *, batch_size: int,
-                   window: int = 256, context: dict | None = None,
-                   spend_limit: SpendLimit | None = None) -> Iterator[tuple[Any, ModelOutput]]:
+                   window: int = 256, context: dict | None = None, spend_limit: SpendLimit | None = None,
+                   lease: SendLease | None = None) -> Iterator[tuple[Any, ModelOutput]]:
         """``map_unordered`` whose inputs go ``batch_size`` at a time into packed requests (batch.py).
 
         Per row, as ``acall``: a cached key is a hit (not requested); each paid answer is journaled
@@ -178,7 +181,8 @@ class Engine:
             raise ValueError("batch_size must be >= 1")
         groups = packed_groups(iter(items), batch_size)
         for _tags, rows in self.map_unordered(model_name, groups, window=max(1, window // batch_size),
-                                              context=context, spend_limit=spend_limit, _call=self._apacked):
+                                              context=context, spend_limit=spend_limit, lease=lease,
+                                              _call=self._apacked):
             yield from rows
 
     async def _apacked(self, model_name: str, rows: list, *, context: dict | None = None,
@@ -204,7 +208,7 @@ class Engine:
             if time.monotonic() >= deadline:
                 return
 
-    def _pump(self, model_name, source, window, context, results, counter, spend_limit, call):
+    def _pump(self, model_name, source, window, context, results, counter, spend_limit, call, lease=None):
         chunk_size = max(1, window // 4)
         in_flight = 0
         exhausted = False
@@ -218,7 +222,7 @@ class Engine:
                     exhausted = True
                     break
                 self.loop.loop.call_soon_threadsafe(self._start_chunk, model_name, chunk, context, results,
-                                                    spend_limit, call)
+                                                    spend_limit, call, lease)
                 in_flight += len(chunk)
                 counter[0] = in_flight
             if not in_flight:
@@ -237,13 +241,15 @@ class Engine:
                 yield tag, output
 
     def _start_chunk(self, model_name: str, chunk: list, context: dict | None, results: queue.SimpleQueue,
-                     spend_limit: SpendLimit | None = None, call=None) -> None:
-        """Runs on the loop thread: start one task per input; each reports to ``results``."""
+                     spend_limit: SpendLimit | None = None, call=None, lease: SendLease | None = None) -> None:
+        """Runs on the loop thread: start one task per input; each reports to ``results``. With a
+        lease, each task runs in a context naming its tag's keys (what the lease admits)."""
         call = call or self._map_call
         loop = self.loop.loop
         batch = _ResultBatch(loop, results)
         for tag, inp in chunk:
-            task = loop.create_task(call(model_name, inp, context=context, spend_limit=spend_limit))
+            coro = call(model_name, inp, context=context, spend_limit=spend_limit)
+            task = loop.create_task(coro) if lease is None else loop.create_task(coro, context=task_context(lease, tag))
             task.add_done_callback(functools.partial(batch.report, tag))
 
     def close(self) -> None:
