@@ -12,7 +12,7 @@ from dbt_pg_llm.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.functional
 
-CAP = 0.0005  # about a third of what the 300 keys cost at the profile's prices
+CAP = 0.0005  # ~47 of the 300 keys fit at the profile's prices: the run stops for budget
 MODEL = """
 {{ pg_llm.llm_enrich(
     "select i as id, 'review ' || i || ': the kettle boils fast but the lid rattles' as body"

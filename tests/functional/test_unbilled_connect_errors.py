@@ -65,7 +65,7 @@ def test_a_request_sent_without_an_answer_keeps_its_worst_case():
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    engine = engine_for(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_ms=300,
+    engine = engine_for(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", timeout_ms=1000,
                         retry={"max_retries": 0})
     limit = SpendLimit(25.0)
     try:
