@@ -62,36 +62,42 @@ def same(a, b):
 
 
 def test_four_concurrent_runs_add_up_to_the_ledger(db, pg_conn, simulator_factory, in_threads):
-    """Four runs over overlapping keys: each key paid once; every run's llm_runs row equals its own
-    llm_calls rows, and their sum equals the ledger; hits count once per key per run."""
+    """Four runs over overlapping keys, a flaky primary failing over to a backup: each key paid
+    once; every run's llm_runs row equals its own llm_calls rows, their sum equals the two
+    ledgers (the primary's failed requests included), and hits count once per key per run."""
     connect, schema, audit = db
-    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=20))
+    config = dict(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=20)
+    primary = simulator_factory(SimulatorConfig(faults={"500": 0.3}, seed=7, **config))
+    backup = simulator_factory(SimulatorConfig(**config))
     prompts = [f"review number {i % 150} is fine" for i in range(300)]
     src = source(pg_conn, schema, prompts)
-    settings = LlmSettings.from_dict({"default_model": "sim", "models": {"sim": member(sim, "sim-small")}})
+    settings = LlmSettings.from_dict({"default_model": "sim", "models": {
+        "sim": member(primary, "sim-small", fallbacks=["backup"]), "backup": member(backup, "sim-large")}})
     spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body", "max_tokens": 8}, "sim")
-    engines = [build_engine(settings, journal=False, sinks=[BufferedSink()]) for _ in range(4)]
+    # runs 0 and 1 in processes of their own (engines), runs 2 and 3 sharing one engine (dbt threads)
+    shared = build_engine(settings, journal=False, sinks=[BufferedSink()])
+    engines = [build_engine(settings, journal=False, sinks=[BufferedSink()]) for _ in range(2)] + [shared, shared]
     try:
         reports = in_threads(lambda i: fill_column(connect, engines[i], src, spec, audit_schema=audit,
                                                    run=RunContext(f"run-{i}", "model.p.m"), claim_timeout_s=5),
                              [(i,) for i in range(4)])
     finally:
-        for e in engines:
+        for e in engines[:3]:
             e.close()
-    ledger = ledger_of(sim)
-    assert ledger[0] == 150  # each distinct key paid once
+    ledger = ledger_of(primary, backup)
+    assert backup.stats()["requests"] > 0 and primary.stats()["answered"] + backup.stats()["requests"] == 150
     runs = run_rows(pg_conn, audit)
     for i in range(4):
         same(runs[f"run-{i}"], call_sums(pg_conn, audit, f"run-{i}"))
         rep = reports[i]
         assert (rep.requests_sent, rep.cost_usd) == (runs[f"run-{i}"][0], pytest.approx(runs[f"run-{i}"][3], abs=1e-9))
-        assert rep.cache_hits + rep.requests_sent == 150  # every key once: paid or a hit, never both or twice
+        assert rep.cache_hits + rep.requests_done == 150  # every key once: paid or a hit, never both or twice
     total = tuple(sum(r[i] for r in runs.values()) for i in range(4))
+    print(f"\n[counters] 4 concurrent runs: ledger={ledger} llm_calls={call_sums(pg_conn, audit)} llm_runs={total}")
     same(total, ledger)
     same(call_sums(pg_conn, audit), ledger)
     hits = q(pg_conn, f'select sum(cache_hits) from "{audit}".llm_runs')[0][0]
     assert hits == 4 * 150 - 150
-    print(f"\n[counters] 4 concurrent runs: ledger={ledger} llm_calls={call_sums(pg_conn, audit)} llm_runs={total}")
 
 
 def test_cascade_counts_every_member_request_once(db, pg_conn, simulator_factory):
@@ -194,3 +200,50 @@ def test_kill_9_run_is_settled_from_its_call_spool(db, pg, pg_conn, simulator_fa
     same(runs["killed"], after)
     assert ledger[0] - after[0] <= 4  # at most max_concurrency answered after SIGSTOP, never read
     assert not list((journal / "call_spool").glob("*.jsonl"))  # the segments are gone
+
+
+def test_postgres_connections_terminated_mid_fill_still_add_up(db, pg, pg_conn, simulator_factory, tmp_path):
+    """Every connection of a fill terminated (pg_terminate_backend) mid-way: the fill fails, and
+    still llm_runs == llm_calls == the ledger (requests answered after the failure included)."""
+    import psycopg2
+
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=40))
+    src = source(pg_conn, schema, [f"outage prompt {i}" for i in range(1500)])
+    settings = LlmSettings.from_dict({"default_model": "sim", "journal_dir": str(tmp_path / "journal"),
+                                      "models": {"sim": member(sim, "sim-small", max_concurrency=16)}})
+    engine = build_engine(settings)
+    spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body", "max_tokens": 8}, "sim")
+
+    def fill_connect():
+        return psycopg2.connect(**pg.connect_kwargs(), application_name="llm-outage-fill")
+
+    errors = []
+
+    def run():
+        try:
+            fill_column(fill_connect, engine, src, spec, audit_schema=audit, run=RunContext("outage", "n"))
+        except Exception as exc:
+            errors.append(exc)
+
+    import threading
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sim.stats()["requests"] < 150:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        q(pg_conn, "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'llm-outage-fill'")
+        thread.join(120)
+    finally:
+        engine.close()
+    assert errors and "database connection broke" in str(errors[0]) or "could not write" in str(errors[0]), errors
+    ledger = ledger_of(sim)
+    calls = call_sums(pg_conn, audit, "outage")
+    runs = run_rows(pg_conn, audit)
+    print(f"\n[counters] connections terminated: ledger={ledger} llm_calls={calls} llm_runs={runs['outage']}")
+    same(calls, ledger)
+    same(runs["outage"], ledger)
+    assert q(pg_conn, f"select status from \"{audit}\".llm_runs where run_id = 'outage'")[0][0] == "failed"
