@@ -2,6 +2,7 @@
 marked unsent (refunded by the spend limit), read timeouts are not."""
 from __future__ import annotations
 
+import logging
 import pickle
 
 import aiohttp
@@ -62,3 +63,23 @@ def test_connect_failures_are_unsent_read_timeouts_are_not():
     assert not read_timeout.unsent and read_timeout.kind is ErrorKind.TIMEOUT
     assert pickle.loads(pickle.dumps(refused)).unsent
     assert not ModelError(ErrorKind.API, "x").unsent
+
+
+def test_engine_log_lines_reach_dbt_without_url_credentials():
+    from dbt.adapters.pg_llm.log_bridge import DbtLogHandler
+
+    class Capture:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, message):
+            self.lines.append(message)
+
+        error = info = debug = warning
+
+    capture = Capture()
+    handler = DbtLogHandler(capture)  # type: ignore[arg-type]
+    record = logging.LogRecord("dbt_pg_llm", logging.WARNING, __file__, 1, "retrying %s", (URL,), None)
+    handler.emit(record)
+    assert capture.lines and "S3cr3t-pass" not in capture.lines[0] and "QUERYKEY123" not in capture.lines[0]
+    assert "https://***@llm.example.com:8443/v1?key=***" in capture.lines[0]

@@ -12,6 +12,8 @@ import logging
 
 from dbt.adapters.events.logging import AdapterLogger
 
+from dbt_pg_llm.errors import redact
+
 __all__ = ["DbtLogHandler", "install", "uninstall"]
 
 ENGINE_LOGGER = "dbt_pg_llm"
@@ -29,6 +31,8 @@ class DbtLogHandler(logging.Handler):
             message = record.getMessage()
             if record.exc_info and record.levelno >= logging.ERROR:
                 message = f"{message}: {record.exc_info[1]!r}"  # one line, never a traceback dump
+            # keys and URL credentials out of dbt's log files whatever a library put in the text
+            message = redact(message)
             if record.levelno >= logging.ERROR:
                 self.adapter_logger.error(message)
             elif record.levelno >= logging.WARNING:
