@@ -247,3 +247,32 @@ def test_postgres_connections_terminated_mid_fill_still_add_up(db, pg, pg_conn, 
     same(calls, ledger)
     same(runs["outage"], ledger)
     assert q(pg_conn, f"select status from \"{audit}\".llm_runs where run_id = 'outage'")[0][0] == "failed"
+
+
+def test_vote_counts_every_member_request(db, pg_conn, simulator_factory):
+    """A vote of three members (one of them flaky, failing over to nothing): every member's request
+    is in llm_calls and llm_runs, exactly as the three ledgers say."""
+    connect, schema, audit = db
+    config = dict(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT, latency_ms=5)
+    sims = [simulator_factory(SimulatorConfig(**config)) for _ in range(2)]
+    sims.append(simulator_factory(SimulatorConfig(faults={"500": 0.2}, seed=3, **config)))
+    prompts = [f"a product review, number {i}" for i in range(40)]
+    src = source(pg_conn, schema, prompts)
+    settings = LlmSettings.from_dict({"default_model": "panel", "models": {
+        "a": member(sims[0], "sim-small"), "b": member(sims[1], "sim-large"), "c": member(sims[2], "sim-other"),
+        "panel": {"strategy": "vote", "models": ["a", "b", "c"]}}})
+    spec = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body",
+                                 "labels": ["positive", "negative", "neutral"]}, "panel")
+    engine = build_engine(settings, journal=False, sinks=[BufferedSink()])
+    try:
+        rep = fill_column(connect, engine, src, spec, audit_schema=audit, run=RunContext("run-v", "model.p.v"))
+    finally:
+        engine.close()
+    ledger = ledger_of(*sims)
+    assert sims[2].stats()["faults"]  # some of c's requests failed (and were billed nothing)
+    runs = run_rows(pg_conn, audit)
+    print(f"\n[counters] vote of 3: ledger={ledger} llm_calls={call_sums(pg_conn, audit, 'run-v')} "
+          f"llm_runs={runs['run-v']}")
+    same(call_sums(pg_conn, audit, "run-v"), ledger)
+    same(runs["run-v"], ledger)
+    assert rep.requests_sent == ledger[0]
