@@ -2,8 +2,10 @@
   pg_llm.invalidate(model=none, node=none, column=none, key=none, older_than_days=none, where=none, all=false)
 
   `dbt run-operation pg_llm.invalidate --args '{model: sim, column: sentiment}'` marks the matching
-  cached answers invalid in llm_audit.llm_results (kept for the audit) AND in the local journal, so
-  the next run requests exactly those keys again. `where` is trusted SQL over llm_results columns.
+  cached answers invalid in llm_audit.llm_results (kept for the audit) AND in the local journal, and
+  records the invalidation in llm_audit.llm_invalidations, which every fill checks its journal
+  against (journals on other machines included), so the next run anywhere requests exactly those
+  keys again. `where` is trusted SQL over llm_results columns.
   With no filter at all it refuses, unless all: true. Commits (on the adapter's own connection).
 -#}
 {% macro invalidate(model=none, node=none, column=none, key=none, older_than_days=none, where=none, all=false) -%}
