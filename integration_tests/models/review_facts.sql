@@ -16,7 +16,8 @@ with enriched as (
         'facts': pg_llm.extract(
             "'Product: ' || product_name || E'\\n' || review_text",
             schema=facts_schema,
-            instructions='Extract the product, the list of problems mentioned, and whether the reviewer recommends it.'
+            instructions='Extract the product, the list of problems mentioned, and whether the reviewer recommends it.',
+            max_tokens=40
         )
       }
   ) }}

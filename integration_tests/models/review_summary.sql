@@ -5,7 +5,7 @@
       'summary': pg_llm.complete(
           "'Summarize this review of ' || product_name || ' in one short sentence: ' || review_text",
           system='You write terse, neutral summaries of customer reviews.',
-          max_tokens=60
+          max_tokens=40
       )
     }
 ) }}

@@ -12,5 +12,5 @@ where review_id <= {{ var('max_review_id') }}
 
 {{ pg_llm.llm_enrich(new_reviews, {
     'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative', 'neutral']),
-    'summary': pg_llm.complete("'Summarize in one sentence: ' || review_text", max_tokens=60)
+    'summary': pg_llm.complete("'Summarize in one sentence: ' || review_text", max_tokens=40)
 }) }}
