@@ -412,3 +412,48 @@ def test_commit_settings_are_checked():
         ResultCache(MemoryBackend(), commit_delay_s=-1)
     with pytest.raises(ValueError, match="commit_max"):
         ResultCache(MemoryBackend(), commit_max=0)
+
+
+def test_invalidate_older_drops_only_entries_written_at_or_before_their_keys_cutoff(backend):
+    """Decision 0024: a key invalidated in the database at t=150 (from any machine) must not be
+    served from an entry journaled at t=100; one journaled at t=200 is a new answer."""
+    clock = Clock(100.0)
+    cache = ResultCache(backend, clock=clock)
+    old, new = KEY, cache_key(FP, "classify: awful product")
+    cache.put(old, paid())
+    clock.t = 200.0
+    cache.put(new, paid("negative"))
+    assert cache.invalidate_older({old: 150.0, new: 150.0, "absent": 150.0}) == 1
+    assert cache.get(old) is None and cache.get_entry(old).valid is False  # kept, marked
+    assert cache.get(new).text == "negative"
+    assert cache.invalidate_older({old: 150.0}) == 0  # already invalid: nothing rewritten
+    assert cache.get(new, not_before=200.0) is None and cache.get(new, not_before=199.9) is not None
+
+
+def test_the_durability_gate_keeps_paid_answers_off_disk_to_max_unjournaled(tmp_path):
+    """Decision 0024: with a slow group commit, answers used to pile up unjournaled behind the
+    requests in flight; through the gate, calls started but not yet stored never exceed
+    max_unjournaled(limit), and a cache with nothing on disk takes no gate."""
+    from dbt_pg_llm.cache import max_unjournaled
+
+    assert [max_unjournaled(n) for n in (1, 4, 8, 32, 64)] == [2, 5, 9, 36, 72]
+    cache = ResultCache(DiskJournal(str(tmp_path / "journal")), commit_delay_s=0.05)
+    state = {"off_disk": 0, "most": 0}
+
+    async def one(i):
+        async def compute():
+            state["off_disk"] += 1  # sent: paid from here on
+            state["most"] = max(state["most"], state["off_disk"])
+            await asyncio.sleep(0.001)
+            return paid(f"answer {i}")
+        await cache.get_or_compute(f"k{i}", compute, detach=False, gate=cache.durability_gate("m", 8))
+        state["off_disk"] -= 1  # returned: committed
+
+    async def main():
+        assert ResultCache(MemoryBackend()).durability_gate("m", 8) is None
+        await asyncio.gather(*(one(i) for i in range(60)))
+    try:
+        asyncio.run(main())
+    finally:
+        cache.close()
+    assert state["most"] == max_unjournaled(8)  # without the gate: all 60 within one commit delay
