@@ -26,7 +26,11 @@
     {{ exceptions.raise_compiler_error("pg_llm.llm_enrich: `columns` must be a non-empty mapping of column name -> spec, e.g. {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative'])}") }}
   {%- endif -%}
   {%- if relation is string -%}
-    {#- a query: used as a parenthesized subquery -#}
+    {#- a query: used as a parenthesized subquery. A bare name (a CTE of the model, a table) is not a
+        query: it would reach Postgres as "(name)" and fail with a raw syntax error, so say what to pass. -#}
+    {%- if not modules.re.match('^\\s*((--[^\\n]*\\n|/[*].*?[*]/)\\s*)*(\\(|(select|with|values|table)\\b)', relation, modules.re.IGNORECASE + modules.re.DOTALL) -%}
+      {{ exceptions.raise_compiler_error("pg_llm.llm_enrich: the first argument " ~ (relation | trim)[:80] ~ " is neither a relation nor a query. Pass a relation, ref('model') or source('source', 'table'), or a query as text starting with select / with / values / table, e.g. 'select * from my_schema.my_table'. A CTE of this model cannot be used: the missing answers are read by a query of its own, outside this statement; move the CTE into the query text or into a model of its own.") }}
+    {%- endif -%}
     {%- set source_sql = '(' ~ (relation | trim) ~ '\n)' -%}
   {%- else -%}
     {%- set source_sql = relation | string -%}
