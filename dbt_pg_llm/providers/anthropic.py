@@ -151,7 +151,8 @@ def _assemble_stream(content: bytes, model_name: str) -> dict:
                 partial_json.setdefault(index, []).append(delta.get("partial_json", ""))
         elif kind == "message_delta":
             message.update(event.get("delta") or {})
-            message["usage"].update(event.get("usage") or {})
+            # cumulative counts; a null (e.g. cache_read_input_tokens) must not erase message_start's
+            message["usage"].update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
     for index, parts in partial_json.items():
         try:
             message["content"][index]["input"] = json.loads("".join(parts) or "{}")

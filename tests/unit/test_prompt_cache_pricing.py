@@ -2,6 +2,8 @@
 tokens are priced, how a model is configured, and the simulator's cache rules."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dbt_pg_llm import ConfigError, ModelConfig, ModelInput, ResponseFormat, estimate_cost
@@ -74,6 +76,24 @@ def test_anthropic_input_tokens_exclude_cache_reads_and_writes():
             "usage": {"input_tokens": 50, "output_tokens": 7, "cache_read_input_tokens": 1400,
                       "cache_creation_input_tokens": 100}}
     assert provider.parse_body(data, 200, {}).tokens == TokenUsage(1550, 7, 1400, 100)
+
+
+def test_anthropic_stream_keeps_cache_counts_that_message_delta_sends_as_null():
+    provider = provider_for(config(), "m")
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                                              "model": "claude-sonnet-4-5", "stop_reason": None,
+                                              "usage": {"input_tokens": 12, "output_tokens": 1,
+                                                        "cache_read_input_tokens": 1500,
+                                                        "cache_creation_input_tokens": 0}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+         "usage": {"output_tokens": 3, "input_tokens": None, "cache_read_input_tokens": None}},
+        {"type": "message_stop"}]
+    content = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+    result = provider.parse_body(provider.decode(content, "text/event-stream"), 200, {})
+    assert result.tokens == TokenUsage(1512, 3, 1500, 0)
 
 
 # -- prices -----------------------------------------------------------------------------------------
