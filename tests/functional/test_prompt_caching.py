@@ -106,3 +106,19 @@ def test_a_long_shared_prompt_shows_cached_tokens_and_the_saving_in_llm_calls_an
         print(f"\n[prompt caching] {ROWS} rows, shared rubric: cached share {cached / prompt:.1%}, "
               f"paid ${float(cost):.4f} (ledger ${ledger['cost_usd']:.4f}), saved ${float(saved):.4f} "
               f"= {float(saved) / (float(cost) + float(saved)):.1%} of the cost at the input price")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_short_shared_prompt_is_not_cached_and_costs_the_list_price(priced_sim, provider):
+    m = model(priced_sim, provider)
+    system = "Grade the review. " + CLASSIFY_PHRASE + json.dumps(LABELS)  # far below 1,024 tokens
+    inputs = [ModelInput(f"review {i}", system_message=system, response_format=ResponseFormat.one_of(LABELS))
+              for i in range(5)]
+    try:
+        outputs = m.batch_call(BatchInput(inputs)).outputs
+    finally:
+        shared_loop().run(m.aclose())
+    ledger = priced_sim.stats()
+    assert all(o.ok for o in outputs) and (ledger["cached_tokens"], ledger["cache_write_tokens"]) == (0, 0)
+    at_list_price = (ledger["prompt_tokens"] * 1.0 + ledger["completion_tokens"] * 2.0) / 1000
+    assert sum(o.cost_usd for o in outputs) == pytest.approx(at_list_price, abs=1e-9) == ledger["cost_usd"]
