@@ -19,7 +19,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-__all__ = ["PromptCache", "CachePoint", "anthropic_min_tokens", "OPENAI_MIN_TOKENS", "OPENAI_INCREMENT"]
+__all__ = ["PromptCache", "CachePoint", "anthropic_min_tokens", "cache_ttl_s", "OPENAI_MIN_TOKENS", "OPENAI_INCREMENT"]
 
 OPENAI_MIN_TOKENS = 1024
 OPENAI_INCREMENT = 128
@@ -44,6 +44,7 @@ class CachePoint:
 
 
 def cache_ttl_s(ttl: str | None) -> float:
+    """Seconds an Anthropic breakpoint's entry lives after its last use (``ttl``: "5m" default, "1h")."""
     return _TTL.get(ttl or "5m", 300.0)
 
 
