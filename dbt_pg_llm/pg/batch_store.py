@@ -133,7 +133,7 @@ def key_prompts(conn, schema: str, batch_uid: str) -> dict[str, str]:
 def apply_answers(conn, schema: str, batch_uid: str, outcomes: list[tuple[str, object]], *, model: str,
                   operation: str, run_id: str, node_id: str | None,
                   column_name: str | None = None) -> list[tuple[str, object]]:
-    """Mark keys answered/failed and log one ``llm_calls`` row each, in one transaction.
+    """Mark keys answered/failed and log one ``llm_calls`` row per billed line, in one transaction.
 
     ``outcomes``: (custom_id, ModelOutput). Only keys still pending are applied (a second collector
     of the same batch changes nothing); returns the (custom_id, output) pairs applied now."""
@@ -153,6 +153,8 @@ def apply_answers(conn, schema: str, batch_uid: str, outcomes: list[tuple[str, o
         rows = []
         for custom_id, key in pairs:
             out = by_id[custom_id]
+            if not out.ok and not (out.cost_usd or out.tokens.prompt or out.tokens.completion):
+                continue  # errored / expired / cancelled lines are not billed: a dead letter, not a request
             # one paid line = one llm_calls row, under the model that answered it and the column that asked
             rows.append({"ts": now, "run_id": run_id, "node_id": node_id, "column_name": column_name,
                          "model": model, "operation": operation, "input_hash": key, "attempt": 1,

@@ -276,3 +276,84 @@ def test_vote_counts_every_member_request(db, pg_conn, simulator_factory):
     same(call_sums(pg_conn, audit, "run-v"), ledger)
     same(runs["run-v"], ledger)
     assert rep.requests_sent == ledger[0]
+
+
+def _batch_engine(sim):
+    from dbt_pg_llm import Engine, MemoryBackend, Model, ResultCache
+
+    return Engine([Model("sim", {"provider": "openai", "api_url": sim.base_url, "model_version": "sim-small",
+                                 "api_key": "sk-batch-0123456789", "retry": {"max_retries": 0},
+                                 "cost_per_1k_input_tokens": COST_IN, "cost_per_1k_output_tokens": COST_OUT,
+                                 "batch": {"enabled": True, "min_keys": 5, "max_wait_s": 0, "poll_s": 0.05}})],
+                  cache=ResultCache(MemoryBackend()), sinks=[BufferedSink()])
+
+
+def _batched(db, engine, src, run_id, policy="model"):
+    from dbt_pg_llm.pg.batch_fill import fill_column_batched
+
+    connect, _, audit = db
+    spec = ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body",
+                                 "labels": ["positive", "negative", "neutral"]}, default_model="sim")
+    policy = engine.model("sim").config.batch if policy == "model" else policy  # None: no new batch
+    return fill_column_batched(connect, engine, src, spec, policy=policy,
+                               audit_schema=audit, run=RunContext(run_id=run_id, node_id="model.t.m"))
+
+
+def batch_ledger(sim):
+    """Requests: HTTP requests + billed batch lines; the simulator's token and cost totals already
+    include the batch lines (at the batch price)."""
+    s = sim.stats()
+    return s["requests"] + s["batch_requests"], s["prompt_tokens"], s["completion_tokens"], s["cost_usd"]
+
+
+def test_batch_collect_with_failed_lines_counts_billed_lines_once(db, pg_conn, simulator_factory):
+    """Submit in one run; the next collects (30% of the lines errored: not billed), requests the
+    failed keys normally, and then finds every key answered: llm_runs == llm_calls == ledger, and
+    the keys it paid for (by batch) are not also 'saved'."""
+    from dbt_pg_llm.batch_policy import BatchPolicy
+
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    sim.configure(batch_error_rate=0.3, batch_delay_s=0.3)
+    src = source(pg_conn, schema, [f"review b{i}: it was fine" for i in range(20)])
+    engine = _batch_engine(sim)
+    first = _batched(db, engine, src, "submitter")
+    assert len(first.submitted) == 1
+    time.sleep(0.5)
+    second = _batched(db, engine, src, "collector", BatchPolicy(enabled=True, min_keys=15, poll_s=0.05))
+    assert second.collected and 0 < sim.stats()["batch_errors"] < 15
+    runs = run_rows(pg_conn, audit)
+    ledger = batch_ledger(sim)
+    total = tuple(sum(r[i] for r in runs.values()) for i in range(4))
+    print(f"\n[counters] batch collect + failed lines retried: ledger={ledger} llm_calls={call_sums(pg_conn, audit)} "
+          f"llm_runs={total}")
+    same(call_sums(pg_conn, audit), ledger)
+    same(total, ledger)
+    assert q(pg_conn, f"select cache_hits, saved_cost_usd::float from \"{audit}\".llm_runs "
+                      f"where run_id = 'collector'") == [(0, 0.0)]
+
+
+def test_cancelled_batch_counts_only_what_was_billed(db, pg_conn, simulator_factory):
+    """A batch cancelled before it ran: none of its lines is billed, so none is a request; the
+    next run requests the keys normally and llm_runs == llm_calls == ledger."""
+    from dbt_pg_llm.pg.batch_collect import BatchCollector
+
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    sim.configure(batch_delay_s=30)
+    src = source(pg_conn, schema, [f"review c{i}: it was fine" for i in range(12)])
+    engine = _batch_engine(sim)
+    assert len(_batched(db, engine, src, "submitter").submitted) == 1
+    with BatchCollector(connect, engine, audit, RunContext("canceller")) as collector:
+        assert collector.cancel()
+    deadline = time.monotonic() + 30
+    while q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0] < 12:  # once the batch has ended:
+        assert time.monotonic() < deadline
+        _batched(db, engine, src, "after-cancel", policy=None)  # collects it, requests the keys normally
+        time.sleep(0.1)
+    runs = run_rows(pg_conn, audit)
+    ledger = batch_ledger(sim)
+    total = tuple(sum(r[i] for r in runs.values()) for i in range(4))
+    print(f"\n[counters] cancelled batch: ledger={ledger} llm_calls={call_sums(pg_conn, audit)} llm_runs={total}")
+    same(call_sums(pg_conn, audit), ledger)
+    same(total, ledger)
