@@ -363,7 +363,9 @@ class ColumnFill:
             return
         if not self.store_prompts:
             prompt = None  # provenance of a stored answer: only with store_prompts
-        if output.attempts or output.error_kind is not ErrorKind.BUDGET:  # else: never sent
+        # done: keys requested (or failed trying); a journal hit is not a request but one key fewer to
+        # request (requests_total -= 1 below) -- counting it in both printed "1024/731"
+        if (output.attempts or output.error_kind is not ErrorKind.BUDGET) and not (output.ok and output.cached):
             rep.requests_done += 1
         paid = 0.0 if output.cached else float(output.cost_usd or 0.0)
         if not output.cached:

@@ -357,3 +357,31 @@ def test_cancelled_batch_counts_only_what_was_billed(db, pg_conn, simulator_fact
     print(f"\n[counters] cancelled batch: ledger={ledger} llm_calls={call_sums(pg_conn, audit)} llm_runs={total}")
     same(call_sums(pg_conn, audit), ledger)
     same(total, ledger)
+
+
+def test_progress_never_counts_past_its_total_when_the_journal_answers(db, pg_conn, simulator_factory, tmp_path):
+    """Keys answered from the engine's journal (paid by an earlier fill into another audit schema):
+    progress never says more done than there is to do, and the hits count once per key."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    src = source(pg_conn, schema, [f"journal prompt {i % 60}" for i in range(90)])
+    settings = LlmSettings.from_dict({"default_model": "sim", "journal_dir": str(tmp_path / "journal"),
+                                      "models": {"sim": member(sim, "sim-small")}})
+    spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body", "max_tokens": 8}, "sim")
+    engine = build_engine(settings)
+    events = []
+    try:
+        fill_column(connect, engine, src, spec, audit_schema=audit, run=RunContext("first", "n"))
+        other = audit + "_2"
+        try:
+            rep = fill_column(connect, engine, src, spec, audit_schema=other, run=RunContext("second", "n"),
+                              progress=events.append)
+            runs = q(pg_conn, f'select requests, cache_hits from "{other}".llm_runs')
+        finally:
+            with pg_conn.cursor() as cur:
+                cur.execute(f'drop schema if exists "{other}" cascade')
+    finally:
+        engine.close()
+    print(f"\n[counters] journal hits: progress {[(e['requests_done'], e['requests_total']) for e in events]}")
+    assert all(e["requests_done"] <= e["requests_total"] for e in events), events
+    assert sim.stats()["requests"] == 60 and runs == [(0, 60)] and (rep.requests_sent, rep.cache_hits) == (0, 60)
