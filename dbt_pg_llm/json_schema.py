@@ -11,14 +11,20 @@ path and the fix (empty when the schema is usable):
   registry used here, and by ``local_validator`` when answers are validated, has a ``retrieve``
   function that refuses. (jsonschema's default registry fetched a remote ``$ref`` over HTTP once
   per answer, with no timeout.)
+* every ``pattern`` / ``patternProperties`` name must be one RE2 can match (schema_patterns.py):
+  answers are matched in linear time, so one row cannot stall a run (no backreferences or
+  lookaround).
 
-``local_validator(schema)`` is the validator of a checked schema (built once per schema).
+``local_validator(schema)`` is the validator of a checked schema (built once per schema); its
+pattern keywords match with RE2.
 """
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from typing import Any, Iterator
+
+from .schema_patterns import linear_validator_class, pattern_problems
 
 __all__ = ["schema_problems", "local_validator", "REF_KEYWORDS"]
 
@@ -138,10 +144,10 @@ def _checked(canonical: str) -> tuple[tuple[str, ...], Any]:
     problem = _dialect_problem(schema, cls)
     if problem:
         return (problem,), None
-    problems = tuple(_ref_problems(schema, cls))
+    problems = tuple(_ref_problems(schema, cls)) + tuple(pattern_problems(schema))
     if problems:
         return problems, None
-    return (), cls(schema, registry=_registry())
+    return (), linear_validator_class(cls)(schema, registry=_registry())
 
 
 def _canonical(schema: Any) -> str:
