@@ -25,7 +25,8 @@ from ..call_spool import orphaned
 from ..errors import redact
 from .migrations import ensure_call_partitions, quote_ident, transaction
 
-__all__ = ["derive_run_totals", "run_totals", "settle_runs", "replay_spools", "spool_dir_of", "DERIVED_COUNTS"]
+__all__ = ["derive_run_totals", "run_totals", "settle_runs", "replay_spools", "spool_dir_of", "spool_dir_for",
+           "DERIVED_COUNTS"]
 
 log = logging.getLogger("dbt_pg_llm")
 
@@ -92,7 +93,12 @@ def spool_dir_of(engine) -> str | None:
     """Where the engine's call spool lives: ``call_spool`` inside its journal directory (local disk,
     next to the paid answers); None without a journal on disk."""
     directory = getattr(getattr(getattr(engine, "cache", None), "backend", None), "directory", None)
-    return os.path.join(directory, "call_spool") if directory else None
+    return spool_dir_for(directory) if directory else None
+
+
+def spool_dir_for(journal_dir) -> str:
+    """The call spool of the journal at ``journal_dir`` (``llm.journal_dir``)."""
+    return os.path.join(str(journal_dir), "call_spool")
 
 
 def replay_spools(conn, schema: str, directory: str | None) -> set[str]:

@@ -25,6 +25,7 @@ from typing import Any
 from .migrations import quote_ident, validate_schema_name
 
 __all__ = [
+    "settle_for_report",
     "ModelUsage",
     "usage_by_model",
     "prompt_cache_line",
@@ -240,3 +241,17 @@ def top_nodes(conn, schema: str, days: float, limit: int = 10) -> list[dict]:
         group by 1 order by 2 desc, 1 limit %s""", (_window(days), int(limit)))
     return [{"node_id": node, "cost_usd": float(cost), "saved_cost_usd": float(saved), "requests": int(req)}
             for node, cost, saved, req in rows]
+
+
+def settle_for_report(conn, schema: str, spool_dir: str | None = None) -> set[str]:
+    """Before a report: the call records dead processes of this host left in their spool go to
+    ``llm_calls``, and runs silent for long are marked crashed; both settle those runs' ``llm_runs``
+    counters from ``llm_calls`` (run_totals.py). Returns the runs whose records were replayed."""
+    from .migrations import ensure_migrated
+    from .run_totals import replay_spools
+    from .runs import mark_crashed_runs
+
+    ensure_migrated(conn, schema)
+    runs = replay_spools(conn, schema, spool_dir)
+    mark_crashed_runs(conn, schema)
+    return runs

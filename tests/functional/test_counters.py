@@ -385,3 +385,37 @@ def test_progress_never_counts_past_its_total_when_the_journal_answers(db, pg_co
     print(f"\n[counters] journal hits: progress {[(e['requests_done'], e['requests_total']) for e in events]}")
     assert all(e["requests_done"] <= e["requests_total"] for e in events), events
     assert sim.stats()["requests"] == 60 and runs == [(0, 60)] and (rep.requests_sent, rep.cache_hits) == (0, 60)
+
+
+def test_report_settles_a_dead_run_from_its_spool(db, pg_conn, tmp_path):
+    """pg_llm.report's settling step: a run that died with requests only in its spool (its process
+    is gone) gets them into llm_calls and its llm_runs row settled and marked crashed."""
+    from dbt_pg_llm.pg.migrations import migrate
+    from dbt_pg_llm.pg.runs import run_started
+    from dbt_pg_llm.pg.usage_report import settle_for_report
+
+    connect, _, audit = db
+    spool = tmp_path / "call_spool"
+    code = textwrap.dedent("""
+        import sys
+        from dbt_pg_llm.logs import BufferedSink, ModelLog
+        sink = BufferedSink(spool_dir=sys.argv[1])
+        for i in range(3):
+            sink.emit(ModelLog(model="m", input_hash=f"k{i}", prompt_tokens=10, completion_tokens=2,
+                               cost_usd=0.0125, context={"run_id": "ghost", "node_id": "n", "column_name": "c"}))
+    """)
+    subprocess.run([sys.executable, "-c", code, str(spool)], check=True)  # exits without writing them
+    conn = connect()
+    try:
+        conn.autocommit = True
+        migrate(conn, audit)
+        run_started(conn, audit, "ghost")
+        with conn.cursor() as cur:
+            cur.execute(f"update \"{audit}\".llm_runs set heartbeat_at = now() - interval '1 day'")
+        assert settle_for_report(conn, audit, str(spool)) == {"ghost"}
+        assert settle_for_report(conn, audit, str(spool)) == set()  # replayed once
+    finally:
+        conn.close()
+    assert q(pg_conn, f'select status, requests, prompt_tokens, completion_tokens, cost_usd::float8 '
+                      f'from "{audit}".llm_runs') == [("crashed", 3, 30, 6, 0.0375)]
+    assert q(pg_conn, f'select count(*), count(distinct call_id) from "{audit}".llm_calls') == [(3, 3)]

@@ -473,8 +473,10 @@ class PgLlmAdapter(PostgresAdapter):
 
     @available
     def llm_usage_report(self, days: Any = 7) -> str:
-        """The text of ``pg_llm.report``: per model usage over the last ``days`` days (read-only)."""
-        from dbt_pg_llm.pg.usage_report import audit_schema_exists, format_usage, usage_by_model
+        """The text of ``pg_llm.report``: per model usage over the last ``days`` days, after settling
+        dead runs (their unlogged requests from the call spool, their llm_runs counters)."""
+        from dbt_pg_llm.pg.run_totals import spool_dir_for
+        from dbt_pg_llm.pg.usage_report import audit_schema_exists, format_usage, settle_for_report, usage_by_model
 
         schema = self._settings().audit_schema
         conn = self._credentials.connect_autocommit()
@@ -482,6 +484,7 @@ class PgLlmAdapter(PostgresAdapter):
             if not audit_schema_exists(conn, schema):
                 return (f"pg_llm usage report: the audit schema {schema} does not exist yet; "
                         "it is created by the first run of an LLM model")
+            settle_for_report(conn, schema, spool_dir_for(self._settings().journal_path()))
             return format_usage(usage_by_model(conn, schema, days), days, schema)
         except ValueError as exc:
             raise DbtRuntimeError(f"pg_llm.report: {exc}") from None
