@@ -177,7 +177,8 @@ class Model:
         reservation = await limit.reserve(worst_case)
         if reservation is None:
             raise ModelError(ErrorKind.BUDGET, f"not sent: its worst-case cost ${worst_case:.6f} does not fit in the "
-                             f"spend limit (${limit.spent_usd:.6f} of ${limit.cap_usd:.6f} spent)",
+                             f"spend limit: ${limit.spent_usd:.6f} spent + ${limit.reserved_usd:.6f} reserved by "
+                             f"requests in flight, cap ${limit.cap_usd:.6f}",
                              recoverable=False, model=self.name)
         return reservation
 

@@ -416,8 +416,13 @@ class ColumnFill:
         rep = self.report
         if not rep.stopped:
             rep.stopped = "max_cost"
-            log.warning("max_cost_usd %.4f reached (run has spent %.4f): no more requests for %s",
-                        self.max_cost or 0.0, self._spent(), self.run_ctx.node_id or self.spec.model)
+            # spent AND reserved: "reached (run has spent 0.0000)" read as a contradiction when the
+            # requests in flight, or this request's own worst case, filled the cap
+            reserved = self.spend_limit.reserved_usd if self.spend_limit is not None else 0.0
+            log.warning("max_cost_usd_per_run $%.4f reached: the run has spent $%.4f and requests in flight hold "
+                        "$%.4f (their worst case); %s; no more requests for %s", self.max_cost or 0.0, self._spent(),
+                        reserved, message or "the next request's worst case does not fit",
+                        self.run_ctx.node_id or self.spec.model)
         rep.budget_skipped += len(keys)
         self._fail_keys(keys, ErrorKind.BUDGET, message or f"not requested: max_cost_usd_per_run (${self.max_cost}) reached")
 

@@ -1,0 +1,44 @@
+"""Rough edges a new user hit (issue 18, part 3), below dbt: real Postgres, real HTTP to the simulator."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+
+from dbt_pg_llm import Engine, MemoryBackend, Model, ResultCache, estimate_cost
+from dbt_pg_llm.model_io import ModelInput
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
+from dbt_pg_llm.simulator import SimulatorConfig
+
+pytestmark = pytest.mark.functional
+
+
+def test_the_budget_line_says_spent_reserved_and_cap_and_the_request_that_did_not_fit(db, pg_conn, simulator_factory,
+                                                                                      caplog):
+    """Was "max_cost_usd 0.0020 reached (run has spent 0.0000)": a cap reached with nothing spent
+    read as a contradiction. The request's own worst case did not fit; the line says so."""
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=0.5, cost_per_1k_output=1.5))
+    connect, schema, audit = db
+    with pg_conn.cursor() as cur:
+        cur.execute(f'create table "{schema}".src as select \'review \' || i || \' was fine\' as body '
+                    'from generate_series(1, 3) i')
+    model = Model("sim", {"api_url": sim.base_url, "model_version": "sim-small", "max_tokens": 64,
+                          "cost_per_1k_input_tokens": 0.5, "cost_per_1k_output_tokens": 1.5,
+                          "retry": {"max_retries": 0}})
+    engine = Engine([model], cache=ResultCache(MemoryBackend()))
+    spec = ColumnSpec.from_dict({"kind": "complete", "prompt_sql": "body"}, default_model="sim")
+    worst = estimate_cost(model.config, ModelInput("review 1 was fine", max_tokens=64))
+    cap = worst * 0.5  # not even one request fits
+    try:
+        with caplog.at_level(logging.WARNING, logger="dbt_pg_llm"):
+            rep = fill_column(connect, engine, f'"{schema}".src', spec, audit_schema=audit,
+                              run=RunContext(uuid.uuid4().hex, "model.p.m"), max_cost_usd=cap)
+    finally:
+        engine.close()
+    assert rep.budget_skipped == 3 and sim.stats()["requests"] == 0
+    lines = [r.getMessage() for r in caplog.records if "max_cost_usd_per_run" in r.getMessage()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert f"${cap:.4f} reached: the run has spent $0.0000 and requests in flight hold $0.0000" in line
+    assert "its worst-case cost $" in line and "does not fit" in line and "model.p.m" in line
