@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from test_pg_enrich import make_engine, make_source, q, spec
+from test_pg_enrich import make_engine, make_source, q, sha, spec
 
 from dbt_pg_llm.pg import RunContext, fill_column
 from dbt_pg_llm.simulator import SimulatorConfig
@@ -165,3 +165,43 @@ def test_a_run_whose_claim_session_is_terminated_does_not_let_another_pay_twice(
     answered = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
     assert answered == KEYS and ledger["distinct_keys"] == KEYS, out[-3000:]
     assert ledger["extra_payments"] <= A_CONCURRENCY, out[-3000:]
+
+
+def test_keys_whose_claim_was_lost_are_not_sent_singly_packed_or_by_a_cascade(simulator_factory):
+    """Every way a map sends a key -- one request, a packed request, a cascade's members -- asks the
+    lease first: keys another run took over are not sent (real HTTP to the simulator)."""
+    from dbt_pg_llm import BufferedSink, LlmSettings, ModelInput, build_engine
+    from dbt_pg_llm.errors import ErrorKind
+    from dbt_pg_llm.lease import SendLease
+
+    small, large = simulator_factory(), simulator_factory()
+    member = {"retry": {"max_retries": 0}, "timeout_ms": 60000}
+    settings = LlmSettings.from_dict({"default_model": "small", "models": {
+        "small": {**member, "api_url": small.base_url, "model_version": "sim-small"},
+        "large": {**member, "api_url": large.base_url, "model_version": "sim-large"},
+        "smart": {"strategy": "cascade", "models": ["small", "large"], "min_confidence": 1.0}}})
+    engine = build_engine(settings, journal=False, sinks=[BufferedSink()])
+    keys = [f"k{i}" for i in range(8)]
+    lease = SendLease(60, hold_s=5)
+    lease.claimed(keys, lease.claiming())
+    lease.renewed(time.monotonic(), set(keys), set(keys[:4]))  # k4..k7 were taken over
+    try:
+        for label, run in (
+                ("single", lambda items: engine.map_unordered("small", items, lease=lease)),
+                ("packed", lambda items: engine.map_packed("small", items, batch_size=4, lease=lease)),
+                ("cascade", lambda items: engine.map_unordered("smart", items, lease=lease))):
+            small.reset()
+            large.reset()
+            items = [(k, ModelInput(f"{label} prompt {k}")) for k in keys]
+            outputs = dict(run(items))
+            lost = {k for k, out in outputs.items() if out.error_kind is ErrorKind.CLAIM_LOST}
+            assert lost == set(keys[4:]), label
+            assert all(outputs[k].ok for k in keys[:4]), label
+            assert all(out.attempts == 0 and out.cost_usd == 0 for k, out in outputs.items() if k in lost)
+            sent = {**small.stats()["by_prompt_sha256"], **large.stats()["by_prompt_sha256"]}
+            assert not {sha(inp.prompt) for k, inp in items if k in lost} & set(sent), label
+            expected = {"single": 4, "packed": 1, "cascade": 4}[label]  # the packed group of k0..k3: one request
+            assert small.stats()["requests"] == expected, (label, sent)
+            assert large.stats()["requests"] <= (4 if label == "cascade" else 0), label  # escalations
+    finally:
+        engine.close()
