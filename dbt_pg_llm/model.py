@@ -257,9 +257,11 @@ class Model:
         ))
 
     def call(self, inp: ModelInput, **kwargs) -> ModelOutput:
-        """Blocking call for code that is not async (runs on the shared engine loop)."""
-        from .runtime import shared_loop
+        """Blocking call for code that is not async (runs on the shared engine loop). The HTTP session
+        it opens is closed by ``close()`` / ``with Model(...) as model:``, else at interpreter exit."""
+        from .runtime import close_at_exit, shared_loop
 
+        close_at_exit(self)
         return shared_loop().run(self.acall(inp, **kwargs))
 
     async def abatch_call(self, batch: "BatchInput", *, context: dict | None = None,
@@ -271,9 +273,22 @@ class Model:
             return await run_batch(self, batch, context=context)
 
     def batch_call(self, batch: "BatchInput", **kwargs) -> "BatchOutput":
-        from .runtime import shared_loop
+        from .runtime import close_at_exit, shared_loop
 
+        close_at_exit(self)
         return shared_loop().run(self.abatch_call(batch, **kwargs))
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+    def close(self) -> None:
+        """Close the HTTP session the blocking calls opened (on the shared loop)."""
+        from .runtime import shared_loop
+
+        shared_loop().run(self.aclose(), timeout=10)
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

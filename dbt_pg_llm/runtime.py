@@ -11,12 +11,14 @@ The loop is uvloop's where it is installed (Linux, macOS): its event-loop machin
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import os
 import threading
+import weakref
 from typing import Awaitable, TypeVar
 
-__all__ = ["LoopThread", "shared_loop", "new_event_loop"]
+__all__ = ["LoopThread", "shared_loop", "new_event_loop", "close_at_exit"]
 
 T = TypeVar("T")
 
@@ -75,3 +77,29 @@ def shared_loop() -> LoopThread:
         if _shared is None or not _shared.alive:
             _shared = LoopThread()
         return _shared
+
+
+# Objects with an ``aclose()`` used through the blocking facade (``Model.call``): a plain script never
+# closes them, and their aiohttp session, bound to the shared loop, then printed "Unclosed connector"
+# at interpreter exit. atexit runs before the finalizers that print it; weak references keep this
+# from holding anything alive.
+_to_close: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def close_at_exit(obj) -> None:
+    """Close ``obj`` (``await obj.aclose()`` on the shared loop) when the interpreter exits, if it
+    is still alive and the loop still runs."""
+    _to_close.add(obj)
+
+
+@atexit.register
+def _close_remaining() -> None:
+    loop = _shared
+    objs = list(_to_close)
+    if loop is None or not loop.alive or not objs:
+        return
+    for obj in objs:
+        try:
+            loop.run(obj.aclose(), timeout=5)
+        except Exception:  # best effort: the process is exiting
+            pass

@@ -42,3 +42,31 @@ def test_the_budget_line_says_spent_reserved_and_cap_and_the_request_that_did_no
     line = lines[0]
     assert f"${cap:.4f} reached: the run has spent $0.0000 and requests in flight hold $0.0000" in line
     assert "its worst-case cost $" in line and "does not fit" in line and "model.p.m" in line
+
+
+SCRIPT = """
+import sys
+from dbt_pg_llm import Model, ModelInput
+model = Model("gpt", {"api_url": sys.argv[1], "api_key": "sk-test-0123456789", "model_version": "sim-small"})
+out = model.call(ModelInput("Summarize: great kettle!"))
+print(out.ok, out.error_message)
+if sys.argv[2] == "with":
+    with Model("b", {"api_url": sys.argv[1], "api_key": "sk-test-0123456789", "model_version": "sim-small"}) as m:
+        print(m.call(ModelInput("Fine.")).ok)
+"""
+
+
+@pytest.mark.parametrize("how", ["plain", "with"])
+def test_model_call_from_a_plain_script_leaves_no_unclosed_connector(simulator, tmp_path, how):
+    """The README's engine example, as a script: it printed "Unclosed connector ... connector:
+    <aiohttp.connector.TCPConnector ...>" at exit (the session of the shared loop was never closed)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "call.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script), simulator.base_url, how],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "True", done.stdout
+    assert "Unclosed" not in done.stderr and "connector" not in done.stderr, done.stderr
