@@ -88,3 +88,25 @@ def test_readme_providers_examples_are_valid_model_configs():
     table = section.split("```yaml", 1)[0]
     for name in models:  # every example is named in the table
         assert f"`{name}`" in table
+
+
+def test_readme_install_line_is_one_pip_accepts_with_the_extras():
+    """Was `pip install "dbt-pg-llm @ git+<this repository>"`: a placeholder inside the requirement,
+    which pip rejects ("Invalid URL"); the line to copy must be a real requirement."""
+    import shlex
+
+    import pytest
+    from packaging.requirements import Requirement
+
+    use = _section(README.read_text(encoding="utf-8"), "Use it in your dbt project")
+    block = use.split("```bash\n", 1)[1].split("```", 1)[0]
+    installs = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.startswith("pip install")]
+    assert len(installs) == 1, block
+    target = installs[0][2]
+    assert "<" not in target and ">" not in target, target
+    path, _, extras = target.partition("[")
+    assert path.startswith("./") or path.startswith("/"), target  # a local checkout: any pip installs it
+    requirement = Requirement("dbt-pg-llm[" + extras)
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    optional = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert requirement.extras == {"python-models", "report"} and requirement.extras <= set(optional)
