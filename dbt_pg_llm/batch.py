@@ -8,7 +8,8 @@ failed attempts included) are split evenly over all its rows, also over the rows
 unusable, which then add the cost of their own single call; the rows' costs sum to what was paid.
 
 Every request, packed or single, is sent by ``Model.acall``, so each reserves its worst case (a
-packed one: ``max_tokens`` times its rows) from the active spend limit first (spend.py).
+packed one: ``max_tokens`` times its rows, for labels each row's longest label: tokens.py) from the
+active spend limit first (spend.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from .errors import ErrorKind, ModelError
 from .model_io import ModelInput, ModelOutput, ResponseFormat, TokenUsage
+from .tokens import packed_output_tokens_bound
 
 if TYPE_CHECKING:
     from .model import Model
@@ -90,7 +92,8 @@ async def run_batch(model: "Model", batch: BatchInput, *, context: dict | None =
         nonlocal packed_requests
         first = batch.inputs[indexes[0]].with_defaults(model.config.temperature, model.config.max_tokens)
         request = replace(first, prompt=pack_prompt([batch.inputs[i].prompt for i in indexes], first.response_format),
-                          max_tokens=first.max_tokens * len(indexes), response_format=ResponseFormat.text())
+                          max_tokens=packed_output_tokens_bound(model.config, first, len(indexes)),
+                          response_format=ResponseFormat.text())
         answer = await model.acall(request, context=context, operation="batch_packed")
         if answer.error_kind is ErrorKind.CLAIM_LOST:  # not sent (lease.py): nor would its rows be one by one
             for index in indexes:

@@ -43,8 +43,8 @@ from typing import Any, Callable
 from .model_io import ModelInput, ResponseFormat
 
 __all__ = ["TOKENIZERS", "TokenCounter", "token_counter", "tokenizer_problems", "prompt_tokens_bound",
-           "output_tokens_bound", "structured_sent", "STRUCTURED_PROMPT_TOKENS", "LABEL_MARGIN_TOKENS",
-           "TOOL_ANSWER_TOKENS"]
+           "output_tokens_bound", "packed_output_tokens_bound", "structured_sent", "STRUCTURED_PROMPT_TOKENS",
+           "LABEL_MARGIN_TOKENS", "TOOL_ANSWER_TOKENS"]
 
 TOKENIZERS = ("auto", "bytes", "o200k_base", "cl100k_base", "simulator")
 STRUCTURED_PROMPT_TOKENS = 512  # a schema / tool's framing (Anthropic's tool-use system prompt: ~350)
@@ -159,8 +159,27 @@ def output_tokens_bound(config: Any, inp: ModelInput) -> int:
     counter = token_counter(config)
     sent = structured_sent(config, fmt)
     # as an enum the label comes back as a JSON string: its quotes and escapes count too
-    shown = (lambda label: json.dumps(label, ensure_ascii=False)) if sent else (lambda label: label)
-    bound = max(counter.count(shown(label)) for label in fmt.labels) + counter.label_margin
+    bound = max(_json_label_tokens(counter, label) if sent else counter.count(label) for label in fmt.labels)
+    bound += counter.label_margin
     if sent:
         bound += counter.count(_LABEL_WRAPPER) + (TOOL_ANSWER_TOKENS if sent == "tool" else 0)
     return min(max_tokens, bound) if max_tokens > 0 else bound
+
+
+def packed_output_tokens_bound(config: Any, inp: ModelInput, rows: int) -> int:
+    """An upper bound on the output of a packed request of ``rows`` rows like ``inp`` (batch.py: a
+    JSON array of their answers): ``max_tokens`` per row, and for labels each row's longest label as
+    a JSON string and its separator, + the array's brackets and the margin (what is sent)."""
+    max_tokens = inp.max_tokens if inp.max_tokens is not None else int(getattr(config, "max_tokens", 0) or 0)
+    if inp.response_format.type != "labels":
+        return max_tokens * rows
+    counter = token_counter(config)
+    # per row: '"label", ' (the simulator and most servers write '"label",'); summed per row, a count
+    # is never below the count of the whole array (ceil of a sum, bytes; BPE: the margin)
+    per_row = max(_json_label_tokens(counter, label + ", ") for label in inp.response_format.labels)
+    return min(max_tokens * rows, rows * per_row + counter.count("[]") + counter.label_margin)
+
+
+def _json_label_tokens(counter: TokenCounter, label: str) -> int:
+    """Tokens of ``label`` as a JSON string, whether the server escapes non-ASCII text or not."""
+    return max(counter.count(json.dumps(label)), counter.count(json.dumps(label, ensure_ascii=False)))

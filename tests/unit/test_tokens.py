@@ -7,7 +7,8 @@ from dbt_pg_llm import ModelConfig, ModelInput, ResponseFormat, estimate_cost
 from dbt_pg_llm.pg.spec import ColumnSpec
 from dbt_pg_llm.providers import provider_for
 from dbt_pg_llm.simulator import answers as sim_answers
-from dbt_pg_llm.tokens import LABEL_MARGIN_TOKENS, output_tokens_bound, prompt_tokens_bound, token_counter
+from dbt_pg_llm.tokens import (LABEL_MARGIN_TOKENS, output_tokens_bound, packed_output_tokens_bound, prompt_tokens_bound,
+                               token_counter)
 
 AWKWARD = ["a", "tab\there", "café 日本語", "emoji 😀👍🏽", "x" * 1001, "  spaced  ", "\x00nul", "é" * 37,
            "<|endoftext|> is text", "1234567890" * 20]
@@ -102,3 +103,19 @@ def test_tokenizer_setting_is_checked():
         config(tokenizer="gpt2")
     with pytest.raises(ValueError, match="Anthropic's tokenizer is not public"):
         config(provider="anthropic", tokenizer="o200k_base")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 16, 50])
+def test_a_packed_classify_request_is_bounded_by_its_labels_per_row(rows):
+    """Failed before: a packed request of 16 classify rows reserved (and was sent) 16 x max_tokens."""
+    labels = ["positive", "négatif", "neutral"]
+    inp = classify(REVIEW, labels=labels).with_defaults(0.0, 200)
+    sim, any_server = config(tokenizer="simulator"), config()
+    for ascii_only in (True, False):  # a server may escape non-ASCII text or not
+        for separators in ((",", ":"), (", ", ": ")):
+            answer = json.dumps([labels[i % 3] for i in range(rows)], ensure_ascii=ascii_only, separators=separators)
+            assert sim_answers.completion_tokens(answer) <= packed_output_tokens_bound(sim, inp, rows)
+            assert len(answer.encode()) <= packed_output_tokens_bound(any_server, inp, rows)
+    assert packed_output_tokens_bound(sim, inp, rows) <= 0.05 * 200 * rows + 1
+    text = ModelInput(REVIEW, max_tokens=30)
+    assert packed_output_tokens_bound(sim, text, rows) == 30 * rows  # free text: max_tokens per row
