@@ -6,9 +6,9 @@ aside in ``waiting``. Claims are released once the key's answer (or dead letter)
 
 While a fill runs, its ``ClaimHeartbeat`` (a daemon thread on its own connection) sets
 ``heartbeat_at = now()`` on its claims every ``claim_timeout_s / 4`` seconds, however long a
-request takes. Claims are taken over when their claiming session is gone, or when their heartbeat
-is older than ``claim_timeout_s`` (``llm.claim_timeout_s``, default 120): a frozen process
-(SIGSTOP, a paused VM) keeps its session open but beats no more. Keys set aside are waited for by
+request takes. Claims are taken over when their lease (below) ended and their claiming session is
+gone or their heartbeat is older than ``claim_timeout_s`` (``llm.claim_timeout_s``, default 120): a
+frozen process (SIGSTOP, a paused VM) keeps its session open but beats no more. Keys set aside are waited for by
 polling ``llm_results`` (those answered meanwhile are logged as cache hits); the progress then
 names who holds them (``waiting_on``: run, node, pid / host / application_name, since when, how
 many keys, the age of their last heartbeat).

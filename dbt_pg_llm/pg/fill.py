@@ -16,8 +16,10 @@ in ``llm_results``:
    before a later failure is kept (and the engine journals every paid answer before returning);
    failures become dead letters in ``llm_errors``; successes resolve old dead letters;
 5. keys set aside are waited for (polling ``llm_results``; the progress names who holds them) and
-   taken over if their claimer died (its session is gone, or its heartbeat is older than
-   ``claim_timeout_s``); the engine's call logs go to ``llm_calls``; the invocation's counts are
+   taken over if their claimer died (its lease ended and its session is gone or its heartbeat is
+   older than ``claim_timeout_s``; claims.py); requests go out only under the fill's lease, and a key
+   another run took over meanwhile is waited for, not sent (lease.py, decision 0022); the engine's
+   call logs go to ``llm_calls``; the invocation's counts are
    added to ``llm_runs``.
 
 ``on_error``: "fail" stops submitting at the first failed key, writes what was paid and raises
