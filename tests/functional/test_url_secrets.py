@@ -157,6 +157,7 @@ def test_dbt_debug_run_logs_target_audit_and_alerts_carry_no_url_secret(pg, gate
                            LLM_TEMPERATURE="0.5", **env)  # a new fingerprint: every key is requested again
         texts.append(down.text)
         assert "could not connect to http://127.0.0.1:" in down.text
+        assert "$0.000000 of the $25.0000 cap spent" in down.text  # refused: nothing can have been billed
         texts.append(project.run("debug", expect=False, LLM_API_URL=gateway.api_url(closed_port()), **env).text)
         for table in ("llm_calls", "llm_errors", "llm_alerts", "llm_runs"):
             texts += [row[0] for row in project.query(f'select t::text from "{project.audit}".{table} t')]
