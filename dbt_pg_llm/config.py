@@ -140,6 +140,7 @@ class ModelConfig:
         out["batch"] = {f.name: getattr(self.batch, f.name) for f in fields(BatchPolicy)}
         if not include_secret:
             out["api_key"] = "***" if self.api_key else None
+            out["api_url"] = redact_url(self.api_url) if self.api_url else self.api_url  # user:password@, ?key=
         return out
 
     def replace(self, **changes) -> "ModelConfig":

@@ -45,6 +45,9 @@ def test_provider_sends_basic_auth_and_keeps_the_query():
     headers = provider.wire_headers()
     assert headers["authorization"] == "Basic Z3c6UzNjcjN0LXBhc3M=" and headers["x-api-key"] == "ak-123456"
     assert "S3cr3t-pass" not in repr(model.config) and "QUERYKEY123" not in repr(model.config)
+    printable = str(model.config.to_dict())
+    assert "S3cr3t-pass" not in printable and "QUERYKEY123" not in printable
+    assert "S3cr3t-pass" in model.config.to_dict(include_secret=True)["api_url"]  # Model.with_changes needs it
 
 
 def test_userinfo_beside_a_bearer_api_key_is_a_config_error_naming_the_key_without_the_password():
