@@ -24,8 +24,10 @@ byte-level BPE tokenizer); output: ``max_tokens``, and for a classify request it
 a margin (what Model.acall sends as ``max_tokens``).
 
 Settling an attempt: an answer read -> its real cost; an HTTP error status (the provider said
-no: 4xx / 5xx) -> nothing; no answer we could read (timeout, dropped connection, unreadable body,
-cancellation) -> the full reservation is kept as spent, since the provider may have billed it.
+no: 4xx / 5xx) or a request that never left (no connection could be opened: ``ModelError.unsent``,
+decision 0025) -> nothing; no answer we could read after sending (read timeout, dropped connection,
+unreadable body, cancellation) -> the full reservation is kept as spent, since the provider may
+have billed it.
 """
 from __future__ import annotations
 
@@ -158,7 +160,7 @@ class Reservation:
         self.limit._settle(self.amount, float(actual_usd or 0.0))
 
     def release(self) -> None:
-        """Nothing was billed (the provider answered with an error status)."""
+        """Nothing was billed (the provider answered with an error status, or no connection opened)."""
         self.settle(0.0)
 
     def keep(self) -> None:
