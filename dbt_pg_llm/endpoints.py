@@ -30,9 +30,10 @@ class EndpointCheck:
     model: str          # the name in the profile
     ok: bool
     detail: str         # one sentence: what was found, or what is wrong and how to fix it
+    warning: bool = False  # ok, but worth a look (a model the listing does not name answered anyway)
 
     def __str__(self) -> str:
-        return f"{self.model}: {'OK' if self.ok else 'FAILED'}: {self.detail}"
+        return f"{self.model}: {'FAILED' if not self.ok else 'WARNING' if self.warning else 'OK'}: {self.detail}"
 
 
 def _request(config: Any, name: str) -> tuple[str, dict[str, str]]:
@@ -89,6 +90,35 @@ def check_endpoint(name: str, config: Any, *, timeout_s: float = 10.0,
         return EndpointCheck(name, False, f"{shown} did not answer JSON; check api_url")
     if not _known(config.model_version, listed):
         some = ", ".join(sorted(listed)[:10]) or "none"
-        return EndpointCheck(name, False, f"reachable, key accepted, but model_version {config.model_version!r} "
-                                          f"is not among the endpoint's models ({some}); fix model_version")
+        missing = (f"reachable, key accepted, but model_version {config.model_version!r} is not among the "
+                   f"endpoint's models ({some})")
+        # some servers answer any model name (llama.cpp's llama-server lists the file it loaded):
+        # only a real request tells; a 1-token one, the only paid part of the check
+        answered, why = _one_token_request(name, config, timeout_s, transport)
+        if answered:
+            return EndpointCheck(name, True, f"{missing}; a 1-token request to it was answered, so the server "
+                                             "serves it under another name (set model_version to a listed one "
+                                             "to silence this)", warning=True)
+        return EndpointCheck(name, False, f"{missing}, and a 1-token request to it failed ({why}); fix model_version")
     return EndpointCheck(name, True, f"reachable, key accepted, model {config.model_version!r} known")
+
+
+def _one_token_request(name: str, config: Any, timeout_s: float,
+                       transport: httpx.BaseTransport | None) -> tuple[bool, str]:
+    """Send the provider's own request for a 1-token answer; (answered, why not)."""
+    import json
+
+    from .model_io import ModelInput
+    from .providers import provider_for
+
+    provider = provider_for(config, name)
+    body, _ = provider.build_body(ModelInput("Say OK.", max_tokens=1, temperature=0.0))
+    url = split_credentials(provider.endpoint_url(config.base_url or ""))[0]
+    try:
+        with httpx.Client(timeout=timeout_s, transport=transport) as client:
+            response = client.post(url, content=json.dumps(body).encode(), headers=provider.wire_headers())
+    except httpx.HTTPError as exc:
+        return False, f"{type(exc).__name__}: {redact(str(exc), [config.api_key or ''])[:160]}"
+    if response.status_code >= 300:
+        return False, f"HTTP {response.status_code}: {redact(response.text, [config.api_key or ''])[:160]}"
+    return True, ""

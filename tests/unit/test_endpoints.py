@@ -1,4 +1,6 @@
 """check_endpoint: the request each provider gets (injected transport) and how answers are read."""
+import json
+
 import httpx
 
 from dbt_pg_llm import ModelConfig
@@ -31,12 +33,34 @@ def test_anthropic_lists_models_with_its_headers_and_never_shows_the_key():
 def test_openai_compatible_model_known_with_ollama_tags_and_unknown_models_listed():
     def handler(request):
         assert request.headers["authorization"] == "Bearer ollama-key-123"
+        if request.method == "POST":  # the 1-token request for a model the listing does not name
+            return httpx.Response(404, json={"error": {"message": "model 'mistral' not found", "code": 404}})
         return httpx.Response(200, json={"object": "list", "data": [{"id": "llama3.2:latest"}, {"id": "qwen2.5:7b"}]})
 
     config = ModelConfig(api_url="http://gpu:11434/v1", api_key="ollama-key-123", model_version="llama3.2")
     assert check_endpoint("local", config, transport=httpx.MockTransport(handler)).ok
     missing = check_endpoint("local", config.replace(model_version="mistral"), transport=httpx.MockTransport(handler))
     assert not missing.ok and "'mistral' is not among the endpoint's models (llama3.2:latest, qwen2.5:7b)" in missing.detail
+    assert "a 1-token request to it failed (HTTP 404" in missing.detail
+
+
+def test_a_model_the_listing_does_not_name_but_that_answers_is_a_warning_not_a_failure():
+    """llama.cpp's llama-server lists the file it loaded and answers any model name: `dbt debug`
+    said FAILED for a working setup. A 1-token request decides."""
+    posts = []
+
+    def handler(request):
+        if request.method == "POST":
+            posts.append(json.loads(request.content))
+            return httpx.Response(200, json={"choices": [{"message": {"content": "OK"}, "finish_reason": "length"}],
+                                             "usage": {"prompt_tokens": 9, "completion_tokens": 1}})
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "SmolLM2-135M-Instruct.Q4_1.gguf"}]})
+
+    config = ModelConfig(api_url="http://127.0.0.1:8080/v1", model_version="smollm2")
+    check = check_endpoint("local", config, transport=httpx.MockTransport(handler))
+    assert check.ok and check.warning and str(check).startswith("local: WARNING: ")
+    assert "'smollm2' is not among the endpoint's models (SmolLM2-135M-Instruct.Q4_1.gguf)" in check.detail
+    assert len(posts) == 1 and posts[0]["max_tokens"] == 1 and posts[0]["model"] == "smollm2"
 
 
 def test_azure_lists_models_with_the_api_key_header_and_api_version():

@@ -145,7 +145,7 @@ class PgLlmAdapter(PostgresAdapter):
                 logger.info(f"pg_llm endpoint {name}: disabled (enabled: false), not checked")
                 continue
             check = check_endpoint(name, config)
-            logger.info(f"pg_llm endpoint {check}")
+            (logger.warning if check.warning else logger.info)(f"pg_llm endpoint {check}")
             if not check.ok:
                 failed.append(str(check))
         if failed:
