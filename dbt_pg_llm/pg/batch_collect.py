@@ -172,8 +172,11 @@ class BatchCollector:
         prompts = store.key_prompts(conn, self.schema, row.batch_uid)
         write_results(conn, self.schema, [self._result_row(pending[c], o, row, spec, prompts.get(pending[c]))
                                           for c, o in outcomes if o.ok])
+        # the lines are the submitting run's spend (it reserved their worst case from its cap when it
+        # submitted them): logged under it, not under whichever run -- of whichever model -- collects
+        payer = row.run_id or self.run.run_id
         applied = store.apply_answers(conn, self.schema, row.batch_uid, outcomes, model=row.model,
-                                      operation=spec.kind, run_id=self.run.run_id, node_id=row.node_id,
+                                      operation=spec.kind, run_id=payer, node_id=row.node_id,
                                       column_name=spec.name)
         ok_keys = [k for k, o in applied if o.ok]
         errors = [ErrorRow(key=k, node_id=row.node_id, model=row.model, error_kind=str(o.error_kind),
@@ -182,10 +185,9 @@ class BatchCollector:
         resolve_errors(conn, self.schema, ok_keys)
         write_errors(conn, self.schema, errors)
         paid = sum(o.cost_usd for _, o in applied)
-        record_run(conn, self.schema, self.run.run_id, target=self.run.target, ended=False,
-                   requests=len(applied), errors=len(errors), cost_usd=paid,
-                   prompt_tokens=sum(o.tokens.prompt for _, o in applied),
-                   completion_tokens=sum(o.tokens.completion for _, o in applied))
+        record_run(conn, self.schema, self.run.run_id, target=self.run.target, ended=False, errors=len(errors))
+        if payer != self.run.run_id:
+            record_run(conn, self.schema, payer, ended=False)  # its totals, derived again from llm_calls
         store.close_batch(conn, self.schema, row.batch_uid, info.status)
         rep.collected.append(f"{info.id} ({row.model}, {len(ok_keys)} answered, {len(errors)} failed, "
                              f"{info.status})")

@@ -105,14 +105,18 @@ def test_submit_in_one_run_collect_in_the_next_each_key_paid_once(db, pg_conn, b
     assert set(stats["batch_by_prompt_sha256"].values()) == {1}
     labels = q(pg_conn, f'select output_text from "{audit}".llm_results')
     assert len(labels) == 12 and {r[0] for r in labels} <= set(LABELS)
-    # cost at the batch price, logged like normal requests, counted in the collecting run
+    # cost at the batch price, logged like normal requests, counted in the run that submitted the
+    # batch (it reserved the batch's worst case from its own cap; issue 17.1), not the collecting one
+    (submitter,) = q(pg_conn, f'select run_id from "{audit}".llm_batches')[0]
     calls = q(pg_conn, f"""select count(*), sum(cost_usd), sum(prompt_tokens), sum(completion_tokens)
-                           from "{audit}".llm_calls where not cached and run_id = 'collector-run'""")[0]
+                           from "{audit}".llm_calls where not cached and run_id = %s""", (submitter,))[0]
     assert calls[0] == 12
     list_price = (calls[2] * COST_IN + calls[3] * COST_OUT) / 1000
     assert float(calls[1]) == pytest.approx(list_price * 0.5) == pytest.approx(stats["batch_cost_usd"])
-    run = q(pg_conn, f"select requests, cost_usd from \"{audit}\".llm_runs where run_id = 'collector-run'")[0]
+    run = q(pg_conn, f'select requests, cost_usd from "{audit}".llm_runs where run_id = %s', (submitter,))[0]
     assert run[0] == 12 and float(run[1]) == pytest.approx(list_price * 0.5)
+    assert q(pg_conn, f"select requests, cost_usd from \"{audit}\".llm_runs where run_id = 'collector-run'") == \
+        [(0, 0)]
     batch = q(pg_conn, f'select status, open, answered, cost_usd, completed_at is not null from "{audit}".llm_batches')
     assert batch == [("completed", False, 12, batch[0][3], True)] and float(batch[0][3]) == pytest.approx(list_price * 0.5)
 

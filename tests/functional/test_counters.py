@@ -308,8 +308,8 @@ def batch_ledger(sim):
 
 def test_batch_collect_with_failed_lines_counts_billed_lines_once(db, pg_conn, simulator_factory):
     """Submit in one run; the next collects (30% of the lines errored: not billed), requests the
-    failed keys normally, and then finds every key answered: llm_runs == llm_calls == ledger, and
-    the keys it paid for (by batch) are not also 'saved'."""
+    failed keys normally, and then finds every key answered: llm_runs == llm_calls == ledger; the
+    lines are the submitting run's spend, and no run counts a key as both paid and saved."""
     from dbt_pg_llm.batch_policy import BatchPolicy
 
     connect, schema, audit = db
@@ -329,8 +329,11 @@ def test_batch_collect_with_failed_lines_counts_billed_lines_once(db, pg_conn, s
           f"llm_runs={total}")
     same(call_sums(pg_conn, audit), ledger)
     same(total, ledger)
-    assert q(pg_conn, f"select cache_hits, saved_cost_usd::float from \"{audit}\".llm_runs "
-                      f"where run_id = 'collector'") == [(0, 0.0)]
+    # the batch lines are the submitter's spend (it reserved them from its cap); the collector paid
+    # the failed keys itself and found the batch's keys answered: hits, never both paid and saved
+    errored = sim.stats()["batch_errors"]
+    assert q(pg_conn, f'select run_id, requests, cache_hits from "{audit}".llm_runs order by run_id') == \
+        [("collector", errored, 20 - errored), ("submitter", 20 - errored, 0)]
 
 
 def test_cancelled_batch_counts_only_what_was_billed(db, pg_conn, simulator_factory):
@@ -419,3 +422,30 @@ def test_report_settles_a_dead_run_from_its_spool(db, pg_conn, tmp_path):
     assert q(pg_conn, f'select status, requests, prompt_tokens, completion_tokens, cost_usd::float8 '
                       f'from "{audit}".llm_runs') == [("crashed", 3, 30, 6, 0.0375)]
     assert q(pg_conn, f'select count(*), count(distinct call_id) from "{audit}".llm_calls') == [(3, 3)]
+
+
+def test_a_collected_batch_is_the_submitters_spend_not_the_collectors(db, pg_conn, simulator_factory):
+    """Run B (its own column, a small cap) collects run A's batch first: the batch's cost is A's
+    (A reserved it from its cap at submit), so B's cap is B's own and B pays its keys."""
+    from dbt_pg_llm.pg.batch_fill import fill_column_batched
+
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
+    sim.configure(batch_delay_s=0.3)
+    src_a = source(pg_conn, schema, [f"review a{i}: it was fine" for i in range(30)], table="a")
+    src_b = source(pg_conn, schema, [f"review b{i}: it was bad" for i in range(3)], table="b")
+    engine = _batch_engine(sim)
+    assert len(_batched(db, engine, src_a, "run-a").submitted) == 1
+    time.sleep(0.5)
+    spec_b = ColumnSpec.from_dict({"name": "tone", "kind": "complete", "prompt_sql": "body", "max_tokens": 8},
+                                  default_model="sim")
+    cap = 0.15
+    b = fill_column_batched(connect, engine, src_b, spec_b, policy=None, audit_schema=audit,
+                            run=RunContext("run-b", "model.t.b"), max_cost_usd=cap)
+    runs = {r[0]: r[1:] for r in q(pg_conn, f'select run_id, requests, cost_usd::float8 from "{audit}".llm_runs')}
+    print(f"\n[counters] batch of run A collected by run B (cap ${cap}): llm_runs={runs} ledger={batch_ledger(sim)}")
+    assert b.collected and runs["run-a"][0] == 30 and runs["run-a"][1] > cap  # the batch: A's spend
+    assert b.report.budget_skipped == 0 and runs["run-b"][0] == 3 and runs["run-b"][1] <= cap
+    ledger = batch_ledger(sim)
+    assert runs["run-a"][0] + runs["run-b"][0] == ledger[0]
+    assert runs["run-a"][1] + runs["run-b"][1] == pytest.approx(ledger[3], abs=1e-9)
