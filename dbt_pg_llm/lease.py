@@ -13,10 +13,11 @@ our claims (pg/claims.ClaimHeartbeat) plus ``lease_s``; the same statement gives
 server-side ``lease_until = now() + lease_s`` and nobody takes a claim over before its
 ``lease_until`` has passed, so while our clock is below ``valid_until`` no key of ours can have
 been taken. Once it is not (a paused process, a heartbeat that cannot reach Postgres), requests
-are held until a beat renews the lease; that beat also says which claims are no longer ours,
-and requests for those are dropped without being sent (``ErrorKind.CLAIM_LOST``: the fill waits
-for the other run's answer instead). A request held for ``hold_s`` without a renewal is dropped
-too. ``revoke()`` drops every request not yet sent (a fill that is failing).
+are held until a beat renews the lease (``renewal_wanted`` asks the heartbeat to beat at once);
+that beat also says which claims are no longer ours, and requests for those are dropped without
+being sent (``ErrorKind.CLAIM_LOST``: the fill waits for the other run's answer instead). A
+request held for ``hold_s`` without a renewal is dropped too. ``revoke()`` drops every request
+not yet sent (a fill that is failing).
 
 Which keys a request is for: the engine runs each map task in a context naming its tag's keys
 (``task_context``); a call outside such a context is not checked.
@@ -52,6 +53,7 @@ class SendLease:
         self._valid_until = float("-inf")
         self._revoked = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self.renewal_wanted = threading.Event()  # set while a request waits: the heartbeat beats at once
         self.dropped = 0  # requests not sent because of this lease
 
     # -- the claims side (fill thread, heartbeat thread) --------------------------------------------
@@ -128,6 +130,7 @@ class SendLease:
                 loop = asyncio.get_running_loop()
                 waiter = loop.create_future()
                 self._waiters.append((loop, waiter))
+            self.renewal_wanted.set()
             held_since = now if held_since is None else held_since
             remaining = held_since + self.hold_s - now
             if remaining <= 0:

@@ -88,6 +88,8 @@ class ClaimHeartbeat:
         self.lease_s = float(lease_s if lease_s is not None else every_s * 2)
         self.lost = 0  # keys found taken over by another run
         self._stop = threading.Event()
+        # a beat is due every every_s, or at once when a request waits for a renewal (after a pause)
+        self._wake = lease.renewal_wanted if lease is not None else threading.Event()
         self._thread: threading.Thread | None = None
         self._conn = None
 
@@ -98,12 +100,17 @@ class ClaimHeartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._close()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while True:
+            self._wake.wait(self.every_s)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             try:
                 self.beat()
             except Exception as exc:  # never let a heartbeat kill anything; try again next time

@@ -167,6 +167,31 @@ def test_a_run_whose_claim_session_is_terminated_does_not_let_another_pay_twice(
     assert ledger["extra_payments"] <= A_CONCURRENCY, out[-3000:]
 
 
+def test_a_lone_run_paused_past_its_lease_keeps_its_keys_and_pays_each_once(db, pg, pg_conn, sim, tmp_path):
+    """Nobody took the keys over: after the pause the heartbeat renews the lease at once and every
+    held request goes out (none dropped, none paid twice)."""
+    connect, schema, audit = db
+    source = make_source(pg_conn, schema, _prompts("lone"))
+    _migrate(connect, sim, source, audit)
+    a = _start_a(tmp_path, pg, sim, source, audit)
+    try:
+        _wait_for(lambda: sim.stats()["requests"] >= 2 * A_CONCURRENCY, 60, "run A's first answers", a)
+        os.kill(a.pid, signal.SIGSTOP)
+        time.sleep(TIMEOUT_S * 0.8)  # past its lease (TIMEOUT_S / 2), before anyone could take over
+        os.kill(a.pid, signal.SIGCONT)
+        out, _ = a.communicate(timeout=120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait(30)
+    ledger = _ledger(sim, "lone run A paused past its lease")
+    assert a.returncode == 0, out[-3000:]
+    assert "taken over" not in out, out[-3000:]
+    report = json.loads(out.split("REPORT ", 1)[1].splitlines()[0])
+    assert (report["requests_done"], report["errors"]) == (KEYS, 0)
+    assert ledger == {"requests": KEYS, "distinct_keys": KEYS, "extra_payments": 0}
+
+
 def test_keys_whose_claim_was_lost_are_not_sent_singly_packed_or_by_a_cascade(simulator_factory):
     """Every way a map sends a key -- one request, a packed request, a cascade's members -- asks the
     lease first: keys another run took over are not sent (real HTTP to the simulator)."""
