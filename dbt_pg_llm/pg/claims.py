@@ -162,8 +162,10 @@ class Claims:
     ``ClaimHeartbeat``; ``release_all()`` before closing them."""
 
     def __init__(self, reader, writer: Callable[[], Any], schema: str, run, model: str, kind: str, report,
-                 claim_timeout_s: float, token: str, lease: SendLease | None = None):
+                 claim_timeout_s: float, token: str, lease: SendLease | None = None,
+                 column_name: str | None = None):
         self.reader, self.writer = reader, writer
+        self.column_name = column_name  # the column whose hits log_late_hits records (llm_calls)
         self.schema, self.q = schema, quote_ident(schema)
         self.run_ctx, self.model, self.kind, self.report = run, model, kind, report
         self.claim_timeout_s = claim_timeout_s
@@ -325,7 +327,7 @@ class Claims:
                     returning saved_cost_usd)
                 select count(*), coalesce(sum(saved_cost_usd), 0) from ins""",
                         {"run": self.run_ctx.run_id, "node": self.run_ctx.node_id, "model": self.model,
-                         "op": self.kind, "keys": keys, "column": column_name})
+                         "op": self.kind, "keys": keys, "column": column_name or self.column_name})
             hits, saved = cur.fetchone()
         self.report.cache_hits += int(hits)
         self.report.requests_total -= int(hits)

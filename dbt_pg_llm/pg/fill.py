@@ -191,7 +191,8 @@ class ColumnFill:
             self.run_open = True
             self.reader = self._open()
             self.claims = Claims(self.reader, lambda: self.writer, self.schema, self.run_ctx, self.spec.model,
-                                 self.spec.kind, self.report, self.claim_timeout_s, self.token, lease=self.lease)
+                                 self.spec.kind, self.report, self.claim_timeout_s, self.token, lease=self.lease,
+                                 column_name=self.spec.name)
             self._count_attempts(True)
             self.heartbeat.start()
             if self.max_cost is not None:

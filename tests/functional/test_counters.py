@@ -449,3 +449,33 @@ def test_a_collected_batch_is_the_submitters_spend_not_the_collectors(db, pg_con
     ledger = batch_ledger(sim)
     assert runs["run-a"][0] + runs["run-b"][0] == ledger[0]
     assert runs["run-a"][1] + runs["run-b"][1] == pytest.approx(ledger[3], abs=1e-9)
+
+
+def test_a_key_found_answered_at_claim_time_is_one_hit(db, pg_conn):
+    """A key answered by another run between listing and claiming is released and logged as a hit
+    by the claim, and then also waited for: the wait's 'late hit' must not log it a second time."""
+    import uuid as _uuid
+
+    from dbt_pg_llm.pg.claims import Claims
+    from dbt_pg_llm.pg.migrations import migrate
+    from dbt_pg_llm.pg.report import FillReport
+    from dbt_pg_llm.pg.writers import ResultRow, record_run, write_results
+
+    connect, _, audit = db
+    reader, writer = connect(), connect()
+    reader.autocommit = writer.autocommit = True
+    try:
+        migrate(writer, audit)
+        write_results(writer, audit, [ResultRow(key="k1", model="sim", output_text="x", cost_usd=0.25)])
+        report = FillReport(model="sim")
+        claims = Claims(reader, lambda: writer, audit, RunContext("run-h", "n"), "sim", "complete", report, 5.0,
+                        _uuid.uuid4().hex, column_name="c")
+        assert claims.claim(["k1"]) == []  # answered meanwhile: released, a hit
+        claims.log_late_hits(["k1"], "c")  # the fill waited for it too (it was not "mine")
+        record_run(writer, audit, "run-h")
+    finally:
+        reader.close()
+        writer.close()
+    assert report.cache_hits == 1 and report.saved_cost_usd == pytest.approx(0.25)
+    assert q(pg_conn, f'select count(*), min(column_name) from "{audit}".llm_calls where cached') == [(1, "c")]
+    assert q(pg_conn, f'select cache_hits, saved_cost_usd::float8 from "{audit}".llm_runs') == [(1, 0.25)]
