@@ -88,6 +88,11 @@ def _migrate(connect, sim, source, audit):
         engine.close()
 
 
+def _execute(conn, sql, params=None) -> None:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+
+
 def _ledger(sim, label: str) -> dict:
     by_prompt = sim.stats()["by_prompt_sha256"]
     figures = {"requests": sum(by_prompt.values()), "distinct_keys": len(by_prompt),
@@ -230,3 +235,59 @@ def test_keys_whose_claim_was_lost_are_not_sent_singly_packed_or_by_a_cascade(si
             assert large.stats()["requests"] <= (4 if label == "cascade" else 0), label  # escalations
     finally:
         engine.close()
+
+
+def test_a_gone_session_is_not_taken_over_before_its_lease_ends_unless_its_process_is_dead(db, pg_conn):
+    """The take-over rule, on real sessions: a claimer whose claim session was terminated keeps its
+    keys until its lease ends (its heartbeat may still renew it); a claimer of this host whose
+    process is dead loses them at once; and ``confirm`` (a batch submitter's check) returns only
+    the keys still ours."""
+    from dbt_pg_llm.pg.claims import Claims
+    from dbt_pg_llm.pg.migrations import ensure_migrated
+
+    connect, _, audit = db
+    admin = connect()
+    admin.autocommit = True
+    ensure_migrated(admin, audit)
+
+    def claimer(name):
+        conn = connect()
+        conn.autocommit = True
+        return conn, Claims(conn, lambda: admin, audit, RunContext(f"run-{name}", f"model.p.{name}"), "m",
+                            "complete", None, 120.0, f"token-{name}")
+
+    (conn_a, a), (conn_b, b), (conn_c, c) = claimer("a"), claimer("b"), claimer("c")
+    try:
+        keys = [f"gone {i}" for i in range(4)]
+        assert a.claim(keys) == keys
+        with conn_a.cursor() as cur:
+            cur.execute("select pg_backend_pid()")
+            a_pid = cur.fetchone()[0]
+        q(pg_conn, "select pg_terminate_backend(%s)", (a_pid,))
+        _wait_for(lambda: not q(pg_conn, "select 1 from pg_stat_activity where pid = %s", (a_pid,)), 10,
+                  "the terminated session to go")
+        assert b.take_over(keys) == []  # session gone, lease (60 s) running: A may still be sending
+        _execute(pg_conn, f'update "{audit}".llm_claims set lease_until = now() - interval \'1 second\'')
+        assert b.take_over(keys) == keys  # lease over and session gone
+        assert b.confirm(keys) == keys
+
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+        dead_pid = int(dead.stdout)  # a process of this host that has exited
+        with conn_b.cursor() as cur:
+            cur.execute("select pg_backend_pid()")
+            b_pid = cur.fetchone()[0]
+        _execute(pg_conn, f'update "{audit}".llm_claims set client_pid = %s, lease_until = now() + interval \'1 hour\'',
+                 (dead_pid,))
+        assert c.take_over(keys) == []  # its claim session is still there
+        q(pg_conn, "select pg_terminate_backend(%s)", (b_pid,))
+        _wait_for(lambda: not q(pg_conn, "select 1 from pg_stat_activity where pid = %s", (b_pid,)), 10,
+                  "the terminated session to go")
+        assert c.take_over(keys) == keys  # dead process, gone session: at once, lease or not
+        with conn_c.cursor() as cur:
+            cur.execute(f'select count(*) from "{audit}".llm_claims where claim_token = %s', ("token-c",))
+            assert cur.fetchone()[0] == len(keys)
+    finally:
+        for conn in (conn_a, conn_b, conn_c, admin):
+            if not conn.closed:
+                conn.close()
