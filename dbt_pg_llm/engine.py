@@ -108,8 +108,10 @@ class Engine:
 
         if self.cache is None or not use_cache:
             return await compute()
-        # the model's max_concurrency bounds the requests not yet journaled too, not only those in flight
-        gate = self.cache.durability_gate(model.name, model.config.max_concurrency)
+        # the model's max_concurrency bounds the requests not yet journaled too, not only those in flight;
+        # a strategy sends nothing itself (its members' answers are journaled by their own calls)
+        gate = (self.cache.durability_gate(model.name, model.config.max_concurrency)
+                if isinstance(model, Model) else None)
         output = await self.cache.get_or_compute(key, compute, detach=detach, gate=gate)
         if output.cached:
             self.record_hit(model, key, output, context)
