@@ -217,7 +217,7 @@ class Model:
         try:
             text, value = inp.response_format.validate(result.text)
         except ModelError as error:
-            suffix = " (answer truncated at max_tokens; raise max_tokens)" if truncated else ""
+            suffix = _truncated_hint(result, inp) if truncated else ""
             raise ModelError(error.kind, error.message + suffix, recoverable=error.recoverable,
                              http_status=result.http_status, model=self.name) from None
         if inp.response_format.type == "labels" and result.first_token_logprob is not None:
@@ -292,3 +292,16 @@ class Model:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _truncated_hint(result: ProviderResult, inp: ModelInput) -> str:
+    """What to raise when an answer was cut at max_tokens: with the numbers (issue 18: a label
+    answer wrapped in a code fence by llama.cpp's server failed as "truncated" 100 times of 100)."""
+    used = f" after {result.completion_tokens} output tokens" if result.completion_tokens else ""
+    sent = f" (max_tokens {inp.max_tokens})" if inp.max_tokens else ""
+    hint = (f" (answer truncated at max_tokens{sent}{used}: raise max_tokens, in the column "
+            "(max_tokens=...) or the model's profile (max_tokens:)")
+    if inp.response_format.type != "text":
+        hint += ("; a server that wraps its JSON or label in extra text (a ```json code fence) needs room for "
+                 "it, or structured_output: prompt")
+    return hint + ")"

@@ -132,8 +132,10 @@ def structured_sent(config: Any, fmt: ResponseFormat) -> str | None:
     anthropic = getattr(config, "provider", None) == "anthropic"
     if fmt.type == "json" and mode in ("auto", "json_schema", "tool"):
         return "tool" if anthropic else "schema"
-    if fmt.type == "labels" and mode in ("json_schema", "tool"):  # labels as an enum only when chosen
+    if fmt.type == "labels" and mode in ("json_schema", "tool"):
         return "tool" if anthropic else "schema"
+    if fmt.type == "labels" and mode == "auto" and not anthropic:  # OpenAI-compatible auto: an enum (openai.py)
+        return "schema"
     return None
 
 

@@ -67,7 +67,8 @@ def classify_http_error(status: int, body: bytes, headers: Mapping[str, str], mo
     if status == 404:
         return ModelError(ErrorKind.API, f"not found ({short}); check api_url and model_version",
                           recoverable=False, http_status=status, model=model)
-    if status == 400 and "context_length" in (err_type or ""):
+    # OpenAI / vLLM: context_length_exceeded; llama.cpp's llama-server: exceed_context_size_error
+    if status == 400 and any(t in (err_type or "") for t in ("context_length", "exceed_context_size")):
         return ModelError(ErrorKind.INVALID_INPUT, f"prompt too long for the model ({short}); shorten the prompt "
                           "or lower max_tokens", http_status=status, model=model)
     if status == 408:

@@ -27,7 +27,8 @@ __all__ = ["ModelFeatures", "STRUCTURED_STEPS", "strict_schema_ok"]
 # what ``auto`` starts with, and the step down after a 400 naming the method's parameter
 STRUCTURED_STEPS = {"openai": ("json_schema", "json_object", "prompt"), "anthropic": ("tool", "prompt")}
 _NAMES = {"logprobs": ("logprobs", "top_logprobs"),
-          "json_schema": ("response_format", "json_schema"),
+          # llama.cpp's server: 400 "JSON schema conversion failed: ..." (a schema its grammar can't express)
+          "json_schema": ("response_format", "json_schema", "json schema"),
           "json_object": ("response_format", "json_object"),
           "tool": ("tool_choice", "tools")}
 

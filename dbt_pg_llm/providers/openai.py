@@ -3,13 +3,18 @@
 Structured output (see features.py): ``json_schema`` with ``strict: true`` only when the schema
 meets OpenAI's strict rules (else ``strict: false``), ``json_object``, or ``prompt`` (the system
 message carries the schema; the answer is validated the same way). Labels are sent as an enum
-schema only when ``structured_output: json_schema`` is chosen explicitly; otherwise they are plain
-text with ``top_logprobs`` so that the first token's probability is the label's confidence.
+schema whenever the method is ``json_schema`` (``auto`` starts there): servers with grammar-constrained
+output (OpenAI, llama.cpp, vLLM) then answer with one of the labels, where a small local model asked
+in plain text answered in sentences. A server that rejects it (a 400 naming the parameter) is asked
+without it from then on (features.py), in plain text with ``top_logprobs``. The confidence is the
+probability of the tokens that spell the chosen label (``label_logprob``).
 Local servers may omit ``logprobs`` and ``usage``: no confidence, and 0 tokens (logged once).
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +26,7 @@ from .base import Provider, ProviderResult
 from .features import strict_schema_ok
 from .structured import answer_text, structured_schema
 
-__all__ = ["OpenAIProvider", "AzureOpenAIProvider"]
+__all__ = ["OpenAIProvider", "AzureOpenAIProvider", "label_logprob"]
 
 
 class OpenAIProvider(Provider):
@@ -51,8 +56,8 @@ class OpenAIProvider(Provider):
         }
         method = self.features.structured_method
         structured = None
-        if method == "json_schema":  # labels as an enum only when chosen explicitly (see the module doc)
-            structured = structured_schema(inp.response_format, labels_as_enum=self.config.structured_output != "auto")
+        if method == "json_schema":  # labels too: a grammar keeps a small model to one of them (module doc)
+            structured = structured_schema(inp.response_format, labels_as_enum=True)
         used: dict[str, Any] = {"schema": structured}
         if inp.stop:
             body["stop"] = list(inp.stop)
@@ -90,7 +95,9 @@ class OpenAIProvider(Provider):
         text = answer_text(structured, raw_text) if raw_text is not None else None
         first = token_logprobs[0] if token_logprobs else None
         if structured is not None and structured.is_label and raw_text:
-            first = _value_logprob(logprob_items, raw_text, text)
+            labels = structured.schema["properties"]["label"].get("enum") or ()
+            aligned = label_logprob(logprob_items, text, labels)
+            first = aligned if aligned is not None else first  # a server that ignored the schema: plain text
         return ProviderResult(
             text=text,
             finish_reason=choice.get("finish_reason"),
@@ -125,21 +132,49 @@ class AzureOpenAIProvider(OpenAIProvider):
         return headers
 
 
-def _value_logprob(items: list[dict], raw: str, label: str | None) -> float | None:
-    """The logprob of the first token of the label inside ``{"label":"<label>"}``: the first token
-    of the JSON is always ``{`` and says nothing about the choice."""
+def label_logprob(items: list[dict], label: str | None, labels=()) -> float | None:
+    """The logprob of ``label`` inside an enum answer ``{"label": "<label>"}``, found by aligning
+    the label against the logprob tokens themselves: the sum over the tokens that spell it up to
+    the character where it differs from every other of ``labels`` (the choice is made there; a
+    grammar forces the rest, so "very good" vs "very bad" counts "very" and the next token).
+
+    The tokens are not the content's: llama.cpp's server strips a code fence (```json ... ```)
+    from ``content`` but not from the logprobs, so offsets into ``content`` picked the wrong token
+    (a fence token's 0.0157 stored where the label had 0.345); the first token of the JSON, ``{``,
+    says nothing about the choice either. None when the label is not spelled in the tokens (no
+    confidence rather than a wrong one)."""
     if not items or not label:
         return None
-    start = raw.find(json.dumps(label, ensure_ascii=False))
-    if start < 0:
-        return None
-    start += 1  # past the opening quote
-    pos = 0
-    for item in items:
-        pos += len(item.get("token") or "")
-        if pos > start and item.get("logprob") is not None:
-            return float(item["logprob"])
-    return None
+    texts = [_token_text(item) for item in items]
+    stream = "".join(texts)
+    quoted = json.dumps(label, ensure_ascii=False)[1:-1]  # as the JSON spells it (escapes), no quotes
+    found = re.search(r'"label"\s*:\s*"' + re.escape(quoted) + '"', stream)
+    if found is not None:
+        start = found.end() - len(quoted) - 1
+    else:  # a server that ignored the schema answered the label as text ("Positive."): spelled as is
+        bare = re.search(r"(?<!\w)" + re.escape(label) + r"(?!\w)", stream, re.IGNORECASE)
+        if bare is None:
+            return None
+        start, quoted = bare.start(), bare.group(0)
+    shared = max((len(os.path.commonprefix([label.lower(), other.lower()])) for other in labels
+                  if other != label), default=0)
+    end = start + min(len(quoted), shared + 1)  # through the first character no other label has there
+    total, pos, used = 0.0, 0, 0
+    for text, item in zip(texts, items):
+        if pos < end and pos + len(text) > start:  # the token covers part of the label
+            if item.get("logprob") is None:
+                return None
+            total += float(item["logprob"])
+            used += 1
+        pos += len(text)
+    return total if used else None
+
+
+def _token_text(item: dict) -> str:
+    token = item.get("token")
+    if token is None and item.get("bytes") is not None:
+        token = bytes(item["bytes"]).decode("utf-8", "replace")
+    return token or ""
 
 
 def _assemble_stream(content: bytes, model_name: str) -> dict:

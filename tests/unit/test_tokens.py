@@ -64,15 +64,16 @@ def test_openai_encodings_bound_the_exact_count_and_bytes_bound_every_bpe(prompt
 def test_a_classify_request_is_bounded_and_sent_by_its_labels():
     """Failed before: a classify request reserved max_tokens (200) of output and 512 schema tokens of
     input that the simulator never bills: ~30x its cost; the provider was sent max_tokens 200."""
-    sim = config(tokenizer="simulator")
+    # labels as plain text (structured_output: prompt; auto sends an enum since issue 18, tested below)
+    sim = config(tokenizer="simulator", structured_output="prompt")
     inp = classify(REVIEW)
     assert output_tokens_bound(sim, inp) == max(sim_answers.completion_tokens(label) for label in LABELS)
-    assert output_tokens_bound(config(), inp) == len("positive") + LABEL_MARGIN_TOKENS  # bytes + margin
+    assert output_tokens_bound(config(structured_output="prompt"), inp) == len("positive") + LABEL_MARGIN_TOKENS
     assert output_tokens_bound(config(max_tokens=5), inp) == 5  # a smaller max_tokens still applies
     worst = estimate_cost(sim, inp)
     billed = max(simulator_bill(sim, inp, label) for label in LABELS)
     assert billed <= worst <= 1.01 * billed
-    assert estimate_cost(config(), inp) <= 6 * billed  # bytes (any server): ~4x English text, was ~30x
+    assert estimate_cost(config(structured_output="prompt"), inp) <= 6 * billed  # bytes (any server): ~4x English text, was ~30x
     # what the providers send is the same bound: a longer answer cannot be billed
     for provider in ("openai", "anthropic"):
         cfg = config(provider=provider, tokenizer="bytes")
@@ -87,7 +88,8 @@ def test_a_classify_request_is_bounded_and_sent_by_its_labels():
 
 def test_labels_sent_as_an_enum_or_a_tool_count_their_wrapper_and_schema():
     inp = classify(REVIEW, labels=['say "yes"', "no"])
-    plain = output_tokens_bound(config(), inp)
+    plain = output_tokens_bound(config(structured_output="prompt"), inp)
+    assert output_tokens_bound(config(), inp) == output_tokens_bound(config(structured_output="json_schema"), inp)
     enum = output_tokens_bound(config(structured_output="json_schema"), inp)
     tool = output_tokens_bound(config(provider="anthropic", structured_output="tool"), inp)
     assert enum >= plain + len('{"label":""}') + 2  # the JSON string's escapes
@@ -95,7 +97,8 @@ def test_labels_sent_as_an_enum_or_a_tool_count_their_wrapper_and_schema():
     answer = json.dumps({"label": 'say "yes"'})
     assert enum >= len(answer)
     # the enum schema is billed as prompt only when it is sent
-    assert prompt_tokens_bound(config(structured_output="json_schema"), inp) > prompt_tokens_bound(config(), inp) + 300
+    assert prompt_tokens_bound(config(structured_output="json_schema"), inp) > \
+        prompt_tokens_bound(config(structured_output="prompt"), inp) + 300
 
 
 def test_tokenizer_setting_is_checked():

@@ -1,0 +1,100 @@
+"""What llama.cpp's llama-server answers, replayed (issue 18): recorded responses in
+tests/fixtures/llama_cpp/ (tests/real_server/record.py) and its documented error bodies
+(tools/server/server-common.cpp, common/json-schema-to-grammar.cpp), through an injected transport."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import httpx
+import pytest
+from test_model_calls import Script, answer, make_model
+
+from dbt_pg_llm import ErrorKind, ModelInput, ResponseFormat
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "llama_cpp"
+LABELS = ["positive", "negative", "neutral"]
+FACTS = {"type": "object", "properties": {"product": {"type": "string"}}, "required": ["product"]}
+
+
+def exchanges(name: str) -> list[dict]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())["exchanges"]
+
+
+def test_exceed_context_size_error_is_prompt_too_long():
+    body = {"error": {"code": 400, "message": "request (4105 tokens) exceeds the available context size "
+                      "(2048 tokens), try increasing it", "type": "exceed_context_size_error",
+                      "n_prompt_tokens": 4105, "n_ctx": 2048}}
+    out = make_model(Script(httpx.Response(400, json=body))).call(ModelInput("long"))
+    assert out.error_kind is ErrorKind.INVALID_INPUT and out.error_message.startswith("prompt too long for the model")
+    assert not out.recoverable
+
+
+def test_a_schema_the_server_cannot_turn_into_a_grammar_falls_back_to_json_object_and_remembers():
+    def handler(request):
+        rf = json.loads(request.content).get("response_format") or {}
+        if rf.get("type") == "json_schema":
+            return httpx.Response(400, json={"error": {"code": 400, "message": "JSON schema conversion failed:\n"
+                                                       "Invalid pattern ^(a|b: unbalanced", "type":
+                                                       "invalid_request_error"}})
+        return answer('{"product": "kettle"}')
+
+    script = Script(handler)
+    model = make_model(script)
+    fmt = ResponseFormat.json(FACTS)
+    assert model.call(ModelInput("a", response_format=fmt)).value == {"product": "kettle"}
+    assert model.call(ModelInput("b", response_format=fmt)).ok
+    kinds = [(r.get("response_format") or {}).get("type") for r in script.requests]
+    assert kinds == ["json_schema", "json_object", "json_object"]
+
+
+def test_auto_sends_labels_as_an_enum_schema_and_steps_down_when_refused():
+    """structured_output: auto sent labels as plain text, and SmolLM2 answered in sentences."""
+    fmt = ResponseFormat.one_of(LABELS)
+    script = Script(answer('{"label":"negative"}'))
+    assert make_model(script).call(ModelInput("a", response_format=fmt)).value == "negative"
+    sent = script.requests[0]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"]["properties"]["label"]["enum"] == LABELS
+
+    def refusing(request):
+        if json.loads(request.content).get("response_format"):
+            return httpx.Response(400, json={"error": {"message": "Unknown parameter: response_format"}})
+        return answer("negative")
+
+    script = Script(refusing)
+    model = make_model(script)
+    assert model.call(ModelInput("a", response_format=fmt)).value == "negative"
+    assert model.call(ModelInput("b", response_format=fmt)).value == "negative"
+    assert [("response_format" in r) for r in script.requests] == [True, False, False]  # learnt once
+
+
+def test_label_confidence_is_aligned_against_the_logprob_tokens_not_the_content():
+    """llama-server strips ```json fences from content but not from the logprobs: offsets into the
+    content picked a fence token."""
+    from dbt_pg_llm.providers.openai import label_logprob
+
+    tokens = ["```", "json", "\n", '{"', "label", '":', ' "', "neg", "ative", '"}', "\n", "```"]
+    lps = [-0.01, -4.15, -0.02, -0.3, -0.0, -0.0, -0.1, -1.06, -0.0, -0.0, -0.2, -0.0]
+    items = [{"token": t, "logprob": lp} for t, lp in zip(tokens, lps)]
+    # "negative" vs "neutral" share "ne": the choice is made in "neg"; "ative" is forced
+    assert label_logprob(items, "negative", LABELS) == pytest.approx(-1.06)
+    assert label_logprob(items, "negative", ["negative", "neutral", "negligible"]) == pytest.approx(-1.06)
+    assert label_logprob(items, "positive", LABELS) is None  # not spelled: no confidence, not a wrong one
+    response = httpx.Response(200, json={"choices": [{"message": {"content": '{"label": "negative"}'},
+                                                      "finish_reason": "stop", "logprobs": {"content": items}}],
+                                         "usage": {"prompt_tokens": 50, "completion_tokens": 12}})
+    out = make_model(Script(response)).call(ModelInput("a", response_format=ResponseFormat.one_of(LABELS),
+                                                       want_confidence=True))
+    assert out.value == "negative" and out.confidence == pytest.approx(math.exp(-1.06))
+
+
+def test_a_truncated_label_answer_says_what_to_raise():
+    response = httpx.Response(200, json={"choices": [{"message": {"content": '```json\n{"label": "neg'},
+                                                      "finish_reason": "length"}],
+                                         "usage": {"prompt_tokens": 50, "completion_tokens": 8}})
+    out = make_model(Script(response)).call(ModelInput("a", response_format=ResponseFormat.one_of(LABELS),
+                                                       max_tokens=8))
+    assert out.error_kind is ErrorKind.INVALID_OUTPUT
+    assert "truncated at max_tokens (max_tokens 8) after 8 output tokens: raise max_tokens" in out.error_message
+    assert "code fence" in out.error_message
