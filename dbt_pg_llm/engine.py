@@ -25,7 +25,7 @@ from .cache import ResultCache
 from .failover import Failover
 from .gc_policy import bulk_gc
 from .keys import request_key
-from .lease import SendLease, task_context
+from .lease import SendLease, sending_for
 from .logs import LogDispatcher, ModelLog
 from .metrics import MetricsRegistry
 from .model import Model
@@ -251,7 +251,7 @@ class Engine:
         batch = _ResultBatch(loop, results)
         for tag, inp in chunk:
             coro = call(model_name, inp, context=context, spend_limit=spend_limit)
-            task = loop.create_task(coro) if lease is None else loop.create_task(coro, context=task_context(lease, tag))
+            task = loop.create_task(coro if lease is None else sending_for(lease, tag, coro))
             task.add_done_callback(functools.partial(batch.report, tag))
 
     def close(self) -> None:

@@ -19,8 +19,8 @@ being sent (``ErrorKind.CLAIM_LOST``: the fill waits for the other run's answer 
 request held for ``hold_s`` without a renewal is dropped too. ``revoke()`` drops every request
 not yet sent (a fill that is failing).
 
-Which keys a request is for: the engine runs each map task in a context naming its tag's keys
-(``task_context``); a call outside such a context is not checked.
+Which keys a request is for: the engine runs each map task's call under ``sending_for`` (its
+context names the tag's keys); a call outside such a task is not checked.
 """
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ import asyncio
 import contextvars
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from .errors import ErrorKind, ModelError
 
-__all__ = ["SendLease", "admit_send", "task_context"]
+__all__ = ["SendLease", "admit_send", "sending_for"]
 
+T = TypeVar("T")
 _ACTIVE: contextvars.ContextVar[tuple["SendLease", frozenset] | None] = contextvars.ContextVar(
     "dbt_pg_llm_send_lease", default=None)
 
@@ -49,7 +50,8 @@ class SendLease:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: set[str] = set()  # keys claimed and not released: what a renewal must confirm
-        self._lost: set[str] = set()  # keys another run took over: never sent for
+        self._lost: frozenset[str] = frozenset()  # taken over by another run: never sent for (replaced, not
+        # mutated, so that admit's fast path reads it without the lock)
         self._valid_until = float("-inf")
         self._revoked = False
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
@@ -68,7 +70,8 @@ class SendLease:
         keys = set(keys)
         with self._lock:
             self._held |= keys
-            self._lost -= keys
+            if not self._lost.isdisjoint(keys):
+                self._lost = self._lost - keys
             if started is not None and keys:
                 self._renew(started)
 
@@ -87,8 +90,9 @@ class SendLease:
         with self._lock:
             lost = (snapshot - ours) & self._held
             self._held -= lost
-            self._lost |= lost
-            self._renew(started)
+            if lost:
+                self._lost = self._lost | lost
+            self._renew(started)  # after _lost: a lock-free reader that sees the new lease sees the new _lost
         return lost
 
     def revoke(self) -> None:
@@ -114,6 +118,11 @@ class SendLease:
                 pass
 
     # -- the sending side (engine loop thread) -------------------------------------------------------
+    def admits_now(self, keys: frozenset) -> bool:
+        """The fast path, without the lock (every request asks): the lease runs and no key is lost.
+        Reads ``_valid_until`` before ``_lost``, the reverse of the order they are written in."""
+        return not self._revoked and self._clock() < self._valid_until and self._lost.isdisjoint(keys)
+
     async def admit(self, keys: frozenset) -> str | None:
         """None: send now. Else why not: the key was taken over, the lease could not be renewed
         within ``hold_s``, or the lease was revoked."""
@@ -146,13 +155,12 @@ def _set(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-def task_context(lease: SendLease, tag: Any) -> contextvars.Context:
-    """A copy of the current context in which calls check ``lease`` for ``tag``'s keys (a key, or a
-    list of keys: a packed request's rows)."""
-    keys = frozenset(tag) if isinstance(tag, (list, tuple)) else frozenset((tag,))
-    context = contextvars.copy_context()
-    context.run(_ACTIVE.set, (lease, keys))
-    return context
+async def sending_for(lease: SendLease, tag: Any, call: Awaitable[T]) -> T:
+    """Await ``call`` (a coroutine not started yet) with its requests checking ``lease`` for
+    ``tag``'s keys (a key, or a list of keys: a packed request's rows). Run it as a task of its
+    own: the task's context (a copy made when it was created) is where the keys are set."""
+    _ACTIVE.set((lease, frozenset(tag) if isinstance(tag, (list, tuple)) else frozenset((tag,))))
+    return await call
 
 
 async def admit_send(model_name: str) -> None:
@@ -161,6 +169,8 @@ async def admit_send(model_name: str) -> None:
     if active is None:
         return
     lease, keys = active
+    if lease.admits_now(keys):
+        return
     why = await lease.admit(keys)
     if why is not None:
         lease.dropped += 1

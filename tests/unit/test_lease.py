@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.lease import SendLease, admit_send, task_context
+from dbt_pg_llm.lease import SendLease, admit_send, sending_for
 
 
 class Clock:
@@ -72,7 +72,7 @@ def test_revoke_drops_everything_not_sent_and_admit_send_says_claim_lost():
         await admit_send("m")
 
     with pytest.raises(ModelError) as err:
-        task_context(lease, ["a", "b"]).run(asyncio.run, call())
+        asyncio.run(sending_for(lease, ["a", "b"], call()))
     assert err.value.kind is ErrorKind.CLAIM_LOST and not err.value.recoverable
     assert lease.dropped == 1
     asyncio.run(call())  # outside a lease's context: not checked
