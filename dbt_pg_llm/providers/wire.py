@@ -31,11 +31,6 @@ import yarl
 
 from ..config import ModelConfig
 
-try:  # Python 3.11+; on 3.10 async-timeout (a dependency of aiohttp there) has the same interface
-    from asyncio import timeout as cancel_scope
-except ImportError:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as cancel_scope
-
 __all__ = ["WireResponse", "AiohttpWire", "HttpxWire", "AnswerDeadline", "wire_for", "env_proxy",
            "TRANSPORT_ERRORS"]
 
@@ -65,19 +60,25 @@ class AnswerDeadline:
     (at most ``MAX_STALLS`` times). A deadline that fires on time does not end the request either:
     it arms a short grace timer, so the loop polls the sockets once after the deadline and an
     answer already there completes (cancelling this). Only a grace timer that fires on time times
-    the request out.
+    the request out: it cancels the request's task one loop pass later (a task step the answer
+    already queued runs first), and ``timed_out`` tells that cancellation from the caller's.
+    (asyncio.timeout would do the cancelling, but Python 3.10 has none and async-timeout's cannot
+    be moved from a timer callback.)
     """
 
     GRACE_S = 0.1  # the loop polls its sockets before this fires (libuv runs due timers first)
     STALL_S = 0.25  # a timer this late: the loop did not run meanwhile (normal loop lag is ms)
     MAX_STALLS = 3  # a request is never held longer than (1 + MAX_STALLS) timeouts and the stalls
-    __slots__ = ("_loop", "_scope", "_seconds", "_handle", "_at", "_stalls", "_last")
+    __slots__ = ("_loop", "_task", "_cancelling", "_seconds", "_handle", "_at", "_stalls", "_last", "expired")
 
-    def __init__(self, scope, seconds: float):
+    def __init__(self, seconds: float):
         self._loop = asyncio.get_running_loop()
-        self._scope = scope  # an entered asyncio.timeout(None): it turns the cancellation into TimeoutError
+        self._task = asyncio.current_task()
+        # cancellation requests already pending (3.11+): ours is told apart from the caller's by them
+        self._cancelling = self._task.cancelling() if hasattr(self._task, "cancelling") else 0
         self._seconds = seconds
         self._stalls = 0
+        self.expired = False
         self._last = self._loop.time()
         self._arm(seconds, self._deadline)
 
@@ -108,7 +109,18 @@ class AnswerDeadline:
 
     def _grace_over(self) -> None:
         if not self._stalled():
-            self._scope.reschedule(self._loop.time())  # cancelled on the next loop pass: TimeoutError
+            self._handle = self._loop.call_soon(self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def timed_out(self) -> bool:
+        """After a CancelledError: was it this deadline's (and no one else's) cancellation?"""
+        if not self.expired:
+            return False
+        uncancel = getattr(self._task, "uncancel", None)  # 3.11+: count ours off, as asyncio.timeout does
+        return uncancel is None or uncancel() <= self._cancelling
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -145,19 +157,22 @@ class AiohttpWire:
 
     async def post(self, url: str, content: bytes, headers: Mapping[str, str]) -> WireResponse:
         parsed, proxy = self._target(url)
-        async with cancel_scope(None) as scope:
-            deadline = AnswerDeadline(scope, self._seconds)
-            try:
-                async with self._session().post(parsed, data=content, headers=headers, allow_redirects=False,
-                                                proxy=proxy) as response:
+        deadline = AnswerDeadline(self._seconds)
+        try:
+            async with self._session().post(parsed, data=content, headers=headers, allow_redirects=False,
+                                            proxy=proxy) as response:
+                deadline.progress()
+                stream, chunks = response.content, []
+                while chunk := await stream.readany():
+                    chunks.append(chunk)
                     deadline.progress()
-                    stream, chunks = response.content, []
-                    while chunk := await stream.readany():
-                        chunks.append(chunk)
-                        deadline.progress()
-                    return WireResponse(response.status, response.headers, b"".join(chunks))
-            finally:
-                deadline.cancel()
+                return WireResponse(response.status, response.headers, b"".join(chunks))
+        except asyncio.CancelledError:
+            if deadline.timed_out():
+                raise asyncio.TimeoutError(f"no answer within {self._seconds:g} s") from None
+            raise
+        finally:
+            deadline.cancel()
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
