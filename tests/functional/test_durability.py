@@ -84,6 +84,11 @@ def _ledger(project, label: str) -> dict:
         "llm_results": project.scalar(f'select count(*) from "{project.audit}".llm_results'),
         "distinct_texts": project.scalar(f"select count(distinct review_text) from {project.seed_table()} "
                                          "where review_text is not null"),
+        # issue 17.1: what the audit says was paid, against the ledger (requests, prompt tokens)
+        "prompt_tokens": stats["prompt_tokens"],
+        "llm_calls": project.query(f'select count(*), coalesce(sum(prompt_tokens), 0) from "{project.audit}".llm_calls '
+                                   "where not cached")[0],
+        "llm_runs": project.query(f'select sum(requests), sum(prompt_tokens) from "{project.audit}".llm_runs')[0],
     }
     print(f"\n[ledger] {label}: " + " ".join(f"{k}={v}" for k, v in figures.items()))
     return figures
@@ -114,6 +119,9 @@ def test_postgres_stopped_mid_run_then_rerun_pays_nothing_twice(project, tmp_pat
     assert after["paid_twice"] == 0  # what the first run paid came from the journal
     assert after["llm_results"] == after["distinct_texts"] == after["distinct_prompts"]  # 0 lost
     assert after["requests"] == after["distinct_texts"]
+    # every request of the run that lost its database is counted (its call spool, replayed by the rerun)
+    ledger = (after["requests"], after["prompt_tokens"])
+    assert tuple(after["llm_calls"]) == ledger and tuple(after["llm_runs"]) == ledger, after
 
 
 # A process mapping prompts through the engine with a journal whose group commit waits ``delay`` s.
@@ -194,3 +202,6 @@ def test_kill_9_mid_run_leaves_a_run_row_and_the_rerun_loses_nothing(project, tm
     # late the commit runs on a loaded box. Every extra request counts (a key paid 3 times: 2).
     assert after["requests"] - after["distinct_prompts"] <= max_unjournaled(MAX_CONCURRENCY)
     assert after["llm_results"] == after["distinct_texts"] == after["distinct_prompts"]  # 0 lost
+    # the killed run's unlogged requests came back from its call spool; only answers it never read are missing
+    assert tuple(after["llm_runs"]) == tuple(after["llm_calls"]), after
+    assert 0 <= after["requests"] - after["llm_calls"][0] <= MAX_CONCURRENCY, after
