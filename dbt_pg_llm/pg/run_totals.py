@@ -46,11 +46,13 @@ def _totals_sql(q: str, one_column: bool = False) -> str:
                              coalesce(sum(completion_tokens), 0) as completion_tokens,
                              coalesce(sum(cost_usd), 0) as cost_usd
                       from c where not cached),
+             -- one group per key (a hash aggregate: linear, where a NOT EXISTS over the CTE was
+             -- quadratic): a hit when the key has a hit row and no paid row in this run
              hits as (select count(*) as cache_hits, coalesce(sum(saved), 0) as saved_cost_usd
-                      from (select h.input_hash, max(h.saved_cost_usd) as saved from c h
-                            where h.cached and h.input_hash is not null
-                              and not exists (select 1 from c p where not p.cached and p.input_hash = h.input_hash)
-                            group by h.input_hash) k)
+                      from (select max(saved_cost_usd) filter (where cached) as saved
+                            from c where input_hash is not null
+                            group by input_hash
+                            having bool_or(cached) and not bool_or(not cached)) k)
         select paid.requests, paid.prompt_tokens, paid.completion_tokens, paid.cost_usd,
                hits.cache_hits, hits.saved_cost_usd
         from paid, hits"""
