@@ -76,8 +76,10 @@ def orphaned(name: str) -> bool:
 
 
 class CallSpool:
-    """Segments of JSON lines under ``directory`` (created if missing), one file open at a time.
-    Not thread-safe by itself: ``BufferedSink`` calls it under its lock."""
+    """Segments of JSON lines under ``directory`` (created if missing): the open one takes new
+    records (a file is created at the first record, so an idle process leaves none); drained ones
+    wait until their records are written. Not thread-safe by itself: ``BufferedSink`` calls it
+    under its lock."""
 
     def __init__(self, directory: str):
         self.directory = str(directory)
@@ -85,47 +87,44 @@ class CallSpool:
         self._serial = 0
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:16] + "-"  # ids unique across processes, a counter within
-        self._segments: list[list] = []  # [path, fd, records appended, records acknowledged], oldest first
-        self._open_segment()
+        self._open: list | None = None  # [path, fd, records appended, records acknowledged]
+        self._drained: list[list] = []  # the same, oldest first
 
-    def _open_segment(self) -> None:
+    def _new_segment(self) -> list:
         self._serial += 1
         path = os.path.join(self.directory, f"{SEGMENT_PREFIX}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
                                             f"{self._serial}.jsonl")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._segments.append([path, fd, 0, 0])
+        return [path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 0, 0]
 
     def append(self, log) -> None:
         if log.call_id is None:
             log.call_id = self._id_prefix + str(next(self._ids))  # a uuid4 each cost 6 us on the loop
-        segment = self._segments[-1]
-        os.write(segment[1], (_encode(spool_record(log)) + "\n").encode("utf-8", "replace"))
-        segment[2] += 1
+        if self._open is None:
+            self._open = self._new_segment()
+        os.write(self._open[1], (_encode(spool_record(log)) + "\n").encode("utf-8", "replace"))
+        self._open[2] += 1
 
     def rotate(self) -> None:
         """The records appended so far were drained: new ones go to a new segment."""
-        if self._segments[-1][2]:
-            self._open_segment()
-        self._delete_done()
+        if self._open is not None:
+            self._drained.append(self._open)
+            self._open = None
 
     def written(self, count: int) -> None:
         """``count`` drained records reached ``llm_calls`` (oldest segments first)."""
-        for segment in self._segments[:-1]:
+        for segment in self._drained:
             take = min(count, segment[2] - segment[3])
             segment[3] += take
             count -= take
             if count <= 0:
                 break
-        self._delete_done()
-
-    def _delete_done(self) -> None:
         keep = []
-        for segment in self._segments[:-1]:
+        for segment in self._drained:
             if segment[3] >= segment[2]:
                 self._remove(segment)
             else:
                 keep.append(segment)
-        self._segments = keep + self._segments[-1:]
+        self._drained = keep
 
     @staticmethod
     def _remove(segment) -> None:
@@ -139,6 +138,6 @@ class CallSpool:
 
     def close(self) -> None:
         """Delete every segment (everything was written, or the caller gives up on it)."""
-        for segment in self._segments:
+        for segment in self._drained + ([self._open] if self._open else []):
             self._remove(segment)
-        self._segments = []
+        self._open, self._drained = None, []

@@ -16,6 +16,7 @@ def lines(directory):
 
 def test_records_stay_on_disk_until_written(tmp_path):
     sink = BufferedSink(spool_dir=str(tmp_path))
+    assert not list(tmp_path.glob("*.jsonl"))  # no file before the first record
     for i in range(3):
         sink.emit(ModelLog(model="m", input_hash=f"k{i}", cost_usd=0.5, context={"run_id": "r"}))
     assert len(lines(tmp_path)) == 3  # on disk as soon as emitted
@@ -27,6 +28,8 @@ def test_records_stay_on_disk_until_written(tmp_path):
     remaining = [json.loads(line) for line in lines(tmp_path)]
     assert [r["input_hash"] for r in remaining] == ["k3"]  # the written segment is gone
     assert not orphaned(next(tmp_path.glob("*.jsonl")).name)  # ours, alive
+    sink.written(len(sink.drain()))
+    assert not list(tmp_path.glob("*.jsonl"))  # everything written: nothing left behind
 
 
 def test_a_dead_process_segment_is_orphaned(tmp_path):
