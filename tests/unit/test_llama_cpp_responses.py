@@ -23,21 +23,21 @@ def exchanges(name: str) -> list[dict]:
 
 
 def test_exceed_context_size_error_is_prompt_too_long():
-    body = {"error": {"code": 400, "message": "request (4105 tokens) exceeds the available context size "
-                      "(2048 tokens), try increasing it", "type": "exceed_context_size_error",
-                      "n_prompt_tokens": 4105, "n_ctx": 2048}}
-    out = make_model(Script(httpx.Response(400, json=body))).call(ModelInput("long"))
+    recorded = exchanges("context_overflow")[0]
+    assert recorded["status"] == 400 and recorded["response"]["error"]["type"] == "exceed_context_size_error"
+    out = make_model(Script(httpx.Response(400, json=recorded["response"]))).call(ModelInput("long"))
     assert out.error_kind is ErrorKind.INVALID_INPUT and out.error_message.startswith("prompt too long for the model")
-    assert not out.recoverable
+    assert "exceeds the available context size (2048 tokens)" in out.error_message and not out.recoverable
 
 
 def test_a_schema_the_server_cannot_turn_into_a_grammar_falls_back_to_json_object_and_remembers():
+    recorded = exchanges("schema_error")[0]  # "... JSON schema error at #/properties/n: cannot resolve $ref"
+    assert recorded["status"] == 400
+
     def handler(request):
         rf = json.loads(request.content).get("response_format") or {}
         if rf.get("type") == "json_schema":
-            return httpx.Response(400, json={"error": {"code": 400, "message": "JSON schema conversion failed:\n"
-                                                       "Invalid pattern ^(a|b: unbalanced", "type":
-                                                       "invalid_request_error"}})
+            return httpx.Response(400, json=recorded["response"])
         return answer('{"product": "kettle"}')
 
     script = Script(handler)
@@ -90,11 +90,52 @@ def test_label_confidence_is_aligned_against_the_logprob_tokens_not_the_content(
 
 
 def test_a_truncated_label_answer_says_what_to_raise():
-    response = httpx.Response(200, json={"choices": [{"message": {"content": '```json\n{"label": "neg'},
-                                                      "finish_reason": "length"}],
-                                         "usage": {"prompt_tokens": 50, "completion_tokens": 8}})
-    out = make_model(Script(response)).call(ModelInput("a", response_format=ResponseFormat.one_of(LABELS),
-                                                       max_tokens=8))
+    """max_tokens 8: the server spent it on the code fence and '{"label":' (recorded)."""
+    recorded = exchanges("label_truncated")[0]
+    assert recorded["response"]["choices"][0]["finish_reason"] == "length"
+    out = make_model(Script(httpx.Response(200, json=recorded["response"]))).call(
+        ModelInput("a", response_format=ResponseFormat.one_of(LABELS), max_tokens=8))
     assert out.error_kind is ErrorKind.INVALID_OUTPUT
     assert "truncated at max_tokens (max_tokens 8) after 8 output tokens: raise max_tokens" in out.error_message
     assert "code fence" in out.error_message
+
+
+def _label_token_logprob(items: list[dict], label: str) -> float:
+    """The logprob of the recorded stream's token holding the label's first character (each of
+    these labels' first characters decides it: no other label starts the same way, but "ne")."""
+    stream = "".join(item["token"] for item in items)
+    at = stream.index(label, stream.index('"label"') + 7)
+    if label in ("negative", "neutral"):
+        at += 2  # "ne" is shared: the third character decides
+    pos = 0
+    for item in items:
+        if pos <= at < pos + len(item["token"]):
+            return item["logprob"]
+        pos += len(item["token"])
+    raise AssertionError(f"{label} not in {stream!r}")
+
+
+def test_recorded_label_answers_are_labels_with_the_label_tokens_confidence():
+    """40 answers of llama-server under json_schema: every one a label, and its confidence the
+    probability of the token that spells it. Main stored a fence or JSON token's for 35 of 40
+    (mean confidence 0.069 instead of 0.501)."""
+    fmt = ResponseFormat.one_of(LABELS)
+    recorded_all = exchanges("labels_json_schema")
+    fenced = sum(r["response"]["choices"][0]["logprobs"]["content"][0]["token"] == "```" for r in recorded_all)
+    assert fenced >= 30  # the fence the content does not show
+    for recorded in recorded_all:
+        response = recorded["response"]
+        items = response["choices"][0]["logprobs"]["content"]
+        out = make_model(Script(httpx.Response(200, json=response))).call(
+            ModelInput("a", response_format=fmt, want_confidence=True))
+        assert out.ok and out.value in LABELS
+        assert out.confidence == pytest.approx(math.exp(_label_token_logprob(items, out.value)))
+
+
+def test_recorded_plain_text_label_answers_are_sentences():
+    """Why auto sends the enum: asked the same reviews in plain text, SmolLM2 answered 0 of 12 with a label."""
+    fmt = ResponseFormat.one_of(LABELS)
+    outs = [make_model(Script(httpx.Response(200, json=r["response"]))).call(ModelInput("a", response_format=fmt))
+            for r in exchanges("labels_plain_text")]
+    assert len(outs) == 12 and not any(o.ok for o in outs)
+    assert all("not one of the labels" in o.error_message for o in outs)
