@@ -1,4 +1,6 @@
 -- Structured facts (jsonb, valid for the schema) plus typed columns read out of them.
+-- max_tokens bounds the answer: the estimate and the spend cap count it as its output. The simulator's
+-- facts take <= 26 tokens; give a real model what its answers need.
 {% set facts_schema = {
     'type': 'object',
     'properties': {
