@@ -20,7 +20,7 @@ import json
 import os
 import socket
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 __all__ = ["CallSpool", "spool_record", "segment_owner", "orphaned", "SEGMENT_PREFIX"]
 
@@ -87,22 +87,41 @@ class CallSpool:
         self._serial = 0
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:16] + "-"  # ids unique across processes, a counter within
-        self._open: list | None = None  # [path, fd, records appended, records acknowledged]
-        self._drained: list[list] = []  # the same, oldest first
+        # a segment: [path, fd, records appended, records acknowledged, call_ids sent without a record yet]
+        self._open: list | None = None
+        self._drained: list[list] = []  # oldest first
+        self._sent_in: dict[str, list] = {}  # call_id announced -> the segment holding its marker
 
     def _new_segment(self) -> list:
         self._serial += 1
         path = os.path.join(self.directory, f"{SEGMENT_PREFIX}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
                                             f"{self._serial}.jsonl")
-        return [path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 0, 0]
+        return [path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 0, 0, set()]
+
+    def _write(self, data: dict) -> list:
+        if self._open is None:
+            self._open = self._new_segment()
+        os.write(self._open[1], (_encode(data) + "\n").encode("utf-8", "replace"))
+        return self._open
+
+    def mark_sent(self, call_id: str, fields: dict) -> None:
+        """A request (``fields``: the ModelLog fields naming it) is about to go out. Its segment is
+        kept until the request's own record, with the same ``call_id``, has been written: a process
+        dying in between leaves the marker, which replay turns into a request of unknown outcome.
+        A small line of its own (not a whole ModelLog): it is written for every request."""
+        segment = self._write({**fields, "call_id": call_id, "sent": True,
+                               "timestamp": datetime.now(timezone.utc).isoformat()})
+        segment[4].add(call_id)
+        self._sent_in[call_id] = segment
 
     def append(self, log) -> None:
         if log.call_id is None:
             log.call_id = self._id_prefix + str(next(self._ids))  # a uuid4 each cost 6 us on the loop
-        if self._open is None:
-            self._open = self._new_segment()
-        os.write(self._open[1], (_encode(spool_record(log)) + "\n").encode("utf-8", "replace"))
-        self._open[2] += 1
+        else:
+            marked = self._sent_in.pop(log.call_id, None)
+            if marked is not None:  # its record follows (and is kept until written): the marker is settled
+                marked[4].discard(log.call_id)
+        self._write(spool_record(log))[2] += 1
 
     def rotate(self) -> None:
         """The records appended so far were drained: new ones go to a new segment."""
@@ -120,7 +139,7 @@ class CallSpool:
                 break
         keep = []
         for segment in self._drained:
-            if segment[3] >= segment[2]:
+            if segment[3] >= segment[2] and not segment[4]:
                 self._remove(segment)
             else:
                 keep.append(segment)
@@ -140,4 +159,4 @@ class CallSpool:
         """Delete every segment (everything was written, or the caller gives up on it)."""
         for segment in self._drained + ([self._open] if self._open else []):
             self._remove(segment)
-        self._open, self._drained = None, []
+        self._open, self._drained, self._sent_in = None, [], {}

@@ -8,8 +8,10 @@ broken sink can never fail a model call. Error messages are redacted before they
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Protocol, runtime_checkable
@@ -17,6 +19,11 @@ from typing import Any, Iterable, Protocol, runtime_checkable
 from .errors import ErrorKind, redact
 
 __all__ = ["ModelLog", "LogSink", "MemorySink", "LoggingSink", "BufferedSink", "LogDispatcher"]
+
+
+# ids of requests announced by LogDispatcher.sending: unique across processes, a counter within
+_SENT_PREFIX = uuid.uuid4().hex[:16] + "-s"
+_sent_ids = itertools.count()
 
 
 def _utcnow() -> datetime:
@@ -188,6 +195,13 @@ class BufferedSink:
             with self._lock:
                 self.spool.written(count)
 
+    def sending(self, call_id: str, fields: dict) -> None:
+        """A request is about to go out (``fields``: ModelLog fields naming it; its record follows
+        with the same ``call_id``): on the spool only, so a process that dies waiting counts it."""
+        if self.spool is not None:
+            with self._lock:
+                self.spool.mark_sent(call_id, fields)
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -213,10 +227,27 @@ class LogDispatcher:
             try:
                 sink.emit(log)
             except Exception as exc:  # a sink must never break a model call
-                self.sink_errors += 1
-                first = self.errors_by_sink.get(id(sink), 0) == 0
-                self.errors_by_sink[id(sink)] = self.errors_by_sink.get(id(sink), 0) + 1
-                if first:
-                    logging.getLogger("dbt_pg_llm").error(
-                        "log sink %s failed (further failures of this sink are only counted): %s",
-                        type(sink).__name__, redact(str(exc)))
+                self._failed(sink, exc)
+
+    def sending(self, **fields) -> str | None:
+        """Tell the sinks that keep a spool (``sending``) that a request is about to go out; returns
+        the ``call_id`` its record must carry (None when no sink spools: nothing to match)."""
+        spooling = [s for s in self.sinks if callable(getattr(s, "sending", None))]
+        if not spooling:
+            return None
+        call_id = f"{_SENT_PREFIX}{next(_sent_ids)}"
+        for sink in spooling:
+            try:
+                sink.sending(call_id, fields)
+            except Exception as exc:  # a sink must never break a model call
+                self._failed(sink, exc)
+        return call_id
+
+    def _failed(self, sink, exc: Exception) -> None:
+        self.sink_errors += 1
+        first = self.errors_by_sink.get(id(sink), 0) == 0
+        self.errors_by_sink[id(sink)] = self.errors_by_sink.get(id(sink), 0) + 1
+        if first:
+            logging.getLogger("dbt_pg_llm").error(
+                "log sink %s failed (further failures of this sink are only counted): %s",
+                type(sink).__name__, redact(str(exc)))

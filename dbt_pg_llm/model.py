@@ -129,6 +129,9 @@ class Model:
                 paid["attempts"] += 1
                 number = paid["attempts"]
                 self.status.request_started()
+                # on the call spool before it goes out: a process dying while waiting still counts it
+                call_id = self.log.sending(model=self.name, operation=operation, input_hash=input_hash,
+                                           attempt=number, context=dict(context or {})) if self.log.sinks else None
                 t0 = time.perf_counter()
                 result: ProviderResult | None = None
                 try:
@@ -146,14 +149,15 @@ class Model:
                     if error.kind is ErrorKind.RATE_LIMITED:
                         self.pool.record_rate_limited(self._holdable(error.retry_after))
                     tokens, cost = self._charge(result, paid)
-                    self._log(operation, input_hash, number, latency, tokens, cost, context, error=error)
+                    self._log(operation, input_hash, number, latency, tokens, cost, context, error=error,
+                              call_id=call_id)
                     raise
             latency = paid["latency_ms"] = (time.perf_counter() - t0) * 1000
             self.status.request_finished(latency, None)
             self.pool.record_success()
             output.tokens, output.cost_usd = self._charge(result, paid)
             self._log(operation, input_hash, number, latency, output.tokens, output.cost_usd, context,
-                      http_status=result.http_status)
+                      http_status=result.http_status, call_id=call_id)
             return output
 
         try:
@@ -242,7 +246,7 @@ class Model:
         return output
 
     def _log(self, operation, input_hash, attempt, latency_ms, tokens: TokenUsage, cost, context, *,
-             error: ModelError | None = None, http_status: int | None = None) -> None:
+             error: ModelError | None = None, http_status: int | None = None, call_id: str | None = None) -> None:
         if not self.log.sinks:
             return
         self.log.emit(ModelLog(
@@ -254,6 +258,7 @@ class Model:
             error_kind=(error.kind.value if error else ErrorKind.NONE.value),
             error_message=(error.message if error else None),
             http_status=(error.http_status if error else http_status), context=dict(context or {}),
+            call_id=call_id,
         ))
 
     def call(self, inp: ModelInput, **kwargs) -> ModelOutput:

@@ -25,10 +25,12 @@ from ..call_spool import orphaned
 from ..errors import redact
 from .migrations import ensure_call_partitions, quote_ident, transaction
 
-__all__ = ["derive_run_totals", "run_totals", "settle_runs", "replay_spools", "spool_dir_of", "spool_dir_for",
+__all__ = ["LOST", "derive_run_totals", "run_totals", "settle_runs", "replay_spools", "spool_dir_of", "spool_dir_for",
            "DERIVED_COUNTS"]
 
 log = logging.getLogger("dbt_pg_llm")
+
+LOST = "lost"  # llm_calls.error_kind of a request whose process died waiting for its answer
 
 # llm_runs columns computed from llm_calls (the others -- rows, distinct_keys, errors -- are the
 # fills' own counts of their source, which llm_calls does not describe)
@@ -105,8 +107,9 @@ def spool_dir_for(journal_dir) -> str:
 
 def replay_spools(conn, schema: str, directory: str | None) -> set[str]:
     """Write the call records left in the spool segments of dead processes of this host to
-    ``llm_calls`` (those whose ``call_id`` is not there yet), delete the segments, and settle the
-    runs they belong to (``derive_run_totals``). Returns those runs' ids."""
+    ``llm_calls`` (those whose ``call_id`` is not there yet; a request announced as sent without a
+    record becomes a row of error_kind ``lost``), delete the segments, and settle the runs they
+    belong to (``derive_run_totals``). Returns those runs' ids."""
     from .writers import CALL_COLUMNS, call_rows, copy_rows
 
     if not directory or not os.path.isdir(directory):
@@ -129,6 +132,13 @@ def replay_spools(conn, schema: str, directory: str | None) -> set[str]:
             log.warning("could not read the call spool %s: %s", path, redact(str(exc)))
             continue
         paths.append(path)
+    # a request announced as sent with no record of its own: the process died waiting for it. It
+    # counts as a request of unknown outcome (the provider may have billed it; tokens unknown)
+    answered = {r.get("call_id") for r in records if not r.get("sent")}
+    records = [r for r in records if not r.get("sent")] + [
+        {**r, "error_kind": LOST, "error_message": "the process ended while waiting for the answer; the provider "
+         "may have billed it (tokens unknown)", "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        for r in records if r.get("sent") and r.get("call_id") not in answered]
     runs = {(r.get("context") or {}).get("run_id") for r in records} - {None}
     if records:
         q = quote_ident(schema)

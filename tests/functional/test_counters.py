@@ -198,7 +198,11 @@ def test_kill_9_run_is_settled_from_its_call_spool(db, pg, pg_conn, simulator_fa
     assert before[0] < received[0]  # the last ~2 s of requests were not logged when it died
     assert after[0] >= received[0]  # every request whose answer it received is logged, once
     same(runs["killed"], after)
-    assert ledger[0] - after[0] <= 4  # at most max_concurrency answered after SIGSTOP, never read
+    # every request sent is a row: those whose answers it never read (at most max_concurrency, answered
+    # and billed after SIGSTOP) are rows of error_kind 'lost', with the tokens nobody can know
+    assert after[0] == ledger[0] and after[1] <= ledger[1]
+    lost = q(pg_conn, f"select count(*) from \"{audit}\".llm_calls where run_id = 'killed' and error_kind = 'lost'")
+    assert lost[0][0] <= 4
     assert not list((journal / "call_spool").glob("*.jsonl"))  # the segments are gone
 
 
@@ -406,6 +410,8 @@ def test_report_settles_a_dead_run_from_its_spool(db, pg_conn, tmp_path):
         for i in range(3):
             sink.emit(ModelLog(model="m", input_hash=f"k{i}", prompt_tokens=10, completion_tokens=2,
                                cost_usd=0.0125, context={"run_id": "ghost", "node_id": "n", "column_name": "c"}))
+        # a request that went out and whose answer never came back before the process ended
+        sink.sending("sent-1", {"model": "m", "input_hash": "k3", "attempt": 1, "context": {"run_id": "ghost"}})
     """)
     subprocess.run([sys.executable, "-c", code, str(spool)], check=True)  # exits without writing them
     conn = connect()
@@ -420,8 +426,9 @@ def test_report_settles_a_dead_run_from_its_spool(db, pg_conn, tmp_path):
     finally:
         conn.close()
     assert q(pg_conn, f'select status, requests, prompt_tokens, completion_tokens, cost_usd::float8 '
-                      f'from "{audit}".llm_runs') == [("crashed", 3, 30, 6, 0.0375)]
-    assert q(pg_conn, f'select count(*), count(distinct call_id) from "{audit}".llm_calls') == [(3, 3)]
+                      f'from "{audit}".llm_runs') == [("crashed", 4, 30, 6, 0.0375)]
+    assert q(pg_conn, f'select count(*), count(distinct call_id), count(*) filter (where error_kind = %s) '
+                      f'from "{audit}".llm_calls', ("lost",)) == [(4, 4, 1)]
 
 
 def test_a_collected_batch_is_the_submitters_spend_not_the_collectors(db, pg_conn, simulator_factory):

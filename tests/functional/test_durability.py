@@ -204,4 +204,6 @@ def test_kill_9_mid_run_leaves_a_run_row_and_the_rerun_loses_nothing(project, tm
     assert after["llm_results"] == after["distinct_texts"] == after["distinct_prompts"]  # 0 lost
     # the killed run's unlogged requests came back from its call spool; only answers it never read are missing
     assert tuple(after["llm_runs"]) == tuple(after["llm_calls"]), after
-    assert 0 <= after["requests"] - after["llm_calls"][0] <= MAX_CONCURRENCY, after
+    # (a request announced as sent when the process died is a row of kind 'lost', whether or not it
+    # reached the provider: the two may differ by the requests in flight, never more)
+    assert abs(after["requests"] - after["llm_calls"][0]) <= MAX_CONCURRENCY, after

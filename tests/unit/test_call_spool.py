@@ -40,3 +40,13 @@ def test_a_dead_process_segment_is_orphaned(tmp_path):
     assert orphaned(segment.name) and not orphaned("other.jsonl")
     assert json.loads(segment.read_text())["model"] == "m"
     os.unlink(segment)
+
+
+def test_a_request_announced_as_sent_keeps_its_segment_until_its_record_is_written(tmp_path):
+    sink = BufferedSink(spool_dir=str(tmp_path))
+    sink.sending("c-1", {"model": "m", "input_hash": "k", "context": {"run_id": "r"}})
+    sink.written(len(sink.drain()))
+    assert len(lines(tmp_path)) == 1  # the marker: its request has no record yet
+    sink.emit(ModelLog(model="m", input_hash="k", call_id="c-1", cost_usd=0.5))
+    sink.written(len(sink.drain()))
+    assert lines(tmp_path) == []  # its record was written: marker and record are gone
