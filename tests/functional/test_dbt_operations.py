@@ -206,7 +206,9 @@ def test_dbt_debug_checks_each_llm_endpoint_without_paying_or_printing_the_key(f
 
     project = fresh_llm
     key = "sk-test-DEBUG-" + uuid.uuid4().hex
-    guarded = simulator_factory(SimulatorConfig(api_key=key))
+    # --models: other names get 404 model_not_found, as OpenAI answers (a server answering any name
+    # makes a model the listing lacks a warning: tests/unit/test_endpoints.py)
+    guarded = simulator_factory(SimulatorConfig(api_key=key, models=("sim-small", "sim-large")))
     env = {"LLM_API_URL": guarded.base_url, "DBT_ENV_SECRET_LLM_API_KEY": key}
     texts = []
 
@@ -223,12 +225,13 @@ def test_dbt_debug_checks_each_llm_endpoint_without_paying_or_printing_the_key(f
 
     unknown = project.run("debug", LLM_MODEL="sim-nonexistent", **env, expect=False)
     assert "sim: FAILED: reachable, key accepted, but model_version 'sim-nonexistent' is not among" in unknown.text
+    assert "a 1-token request to it failed (HTTP 404" in unknown.text
     assert "sim_large: OK" in unknown.text
 
     closed = project.run("debug", **{**env, "LLM_API_URL": f"http://127.0.0.1:{_free_port()}/v1"}, expect=False)
     assert "sim: FAILED: unreachable: http://127.0.0.1:" in closed.text and "check api_url" in closed.text
 
-    assert guarded.stats()["requests"] == 0  # listing models is free: no completion was requested
+    assert guarded.stats()["cost_usd"] == 0  # listing models is free; the 1-token request got a 404
     assert not [t for t in texts if key in t]
 
 
