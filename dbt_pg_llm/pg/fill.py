@@ -582,11 +582,10 @@ class ColumnFill:
 
     def _record_run(self, status: str, conn=None) -> None:
         rep = self.report
+        # requests, tokens, cost, hits and saved: derived from llm_calls by record_run (run_totals.py)
         record_run(conn or self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target,
                    status=status, finished_fill=self.run_open, rows=rep.rows, distinct_keys=rep.distinct_keys,
-                   requests=rep.requests_sent, cache_hits=rep.cache_hits, errors=rep.errors,
-                   prompt_tokens=rep.prompt_tokens, completion_tokens=rep.completion_tokens, cost_usd=rep.cost_usd,
-                   saved_cost_usd=rep.saved_cost_usd)
+                   errors=rep.errors)
         self.run_open = False
 
     def _report_from_calls(self, conn) -> None:
