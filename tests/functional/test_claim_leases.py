@@ -150,7 +150,13 @@ def test_a_run_whose_claim_session_is_terminated_does_not_let_another_pay_twice(
     a = _start_a(tmp_path, pg, sim, source, audit)
     progress: list[dict] = []
     result: dict = {}
-    b = threading.Thread(target=lambda: result.update(rep=_run_b(connect, sim, source, audit, progress)))
+    def run_b():
+        try:
+            result["rep"] = _run_b(connect, sim, source, audit, progress)
+        except BaseException as exc:  # shown by the assertion below
+            result["error"] = repr(exc)
+
+    b = threading.Thread(target=run_b)
     try:
         _wait_for(lambda: sim.stats()["requests"] >= 2 * A_CONCURRENCY, 60, "run A's first answers", a)
         b.start()
@@ -166,7 +172,8 @@ def test_a_run_whose_claim_session_is_terminated_does_not_let_another_pay_twice(
             a.kill()
             a.wait(30)
     ledger = _ledger(sim, f"run A's claim session terminated (requests before {at_kill})")
-    assert not b.is_alive() and result["rep"].errors == 0
+    assert not b.is_alive() and "error" not in result, (result, out[-3000:])
+    assert result["rep"].errors == 0, result["rep"].first_error
     answered = q(pg_conn, f'select count(*) from "{audit}".llm_results')[0][0]
     assert answered == KEYS and ledger["distinct_keys"] == KEYS, out[-3000:]
     assert ledger["extra_payments"] <= A_CONCURRENCY, out[-3000:]
