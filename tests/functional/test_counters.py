@@ -486,3 +486,26 @@ def test_a_key_found_answered_at_claim_time_is_one_hit(db, pg_conn):
     assert report.cache_hits == 1 and report.saved_cost_usd == pytest.approx(0.25)
     assert q(pg_conn, f'select count(*), min(column_name) from "{audit}".llm_calls where cached') == [(1, "c")]
     assert q(pg_conn, f'select cache_hits, saved_cost_usd::float8 from "{audit}".llm_runs') == [(1, 0.25)]
+
+
+def test_cost_alert_is_what_llm_calls_says_the_run_paid(db, pg_conn):
+    """The cost alert compares the run's llm_calls spend per model with max_cost_usd: a batch's
+    lines (never requested by this process, so absent from its metrics) count."""
+    from dbt_pg_llm import Engine
+    from dbt_pg_llm.alerts import AlertThresholds
+    from dbt_pg_llm.logs import ModelLog
+    from dbt_pg_llm.pg.migrations import migrate
+    from dbt_pg_llm.pg.upkeep import raise_alerts
+    from dbt_pg_llm.pg.writers import write_calls
+
+    connect, _, audit = db
+    conn = connect()
+    try:
+        conn.autocommit = True
+        migrate(conn, audit)
+        write_calls(conn, audit, [ModelLog(model="batchy", cost_usd=1.5, context={"run_id": "r"}),
+                                  ModelLog(model="batchy", cost_usd=1.0, context={"run_id": "other"})])
+        alerts = raise_alerts(conn, audit, Engine([]), "r", AlertThresholds(max_cost_usd=1.0))
+    finally:
+        conn.close()
+    assert [(a.model, a.type) for a in alerts] == [("batchy", "cost")] and "$1.5000" in alerts[0].message
