@@ -14,7 +14,7 @@ names who holds them (``waiting_on``: run, node, pid / host / application_name, 
 many keys, the age of their last heartbeat).
 
 ``Claims`` holds one run's claims (the fill's, and batch_fill's submitter's); the fill owns the
-waiting for keys claimed by others (``fill.ColumnFill._wait_for_others``), which uses it.
+waiting for keys claimed by others (``waiting.ClaimWaiter``), which uses it.
 
 Leases (decision 0022): every claim carries ``lease_until`` (server time), set to
 ``now() + lease_s`` (``claim_timeout_s / 2``) when claimed and by each heartbeat, and no claim is

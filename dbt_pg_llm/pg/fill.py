@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ..errors import ErrorKind, PgLlmError, redact
 from ..model_io import ModelInput
 from .budget import run_spend_limit
+from .call_logs import CallLogDrain
 from .cache_control import forget_invalidated
 from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every, lease_seconds, send_lease
 from .connectivity import buffered_sinks, db_errors
@@ -61,6 +62,7 @@ from .report import FillError, FillReport
 from .run_totals import replay_spools, run_totals, spool_dir_of
 from .runs import run_heartbeat, run_started
 from .spec import ColumnSpec, RunContext, check_fill_settings
+from .waiting import ClaimWaiter
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_calls, write_errors, write_results
 
 __all__ = ["fill_column", "ColumnFill"]
@@ -142,13 +144,12 @@ class ColumnFill:
         self.claim_batch = max(self.window, 64)
         self.fingerprint = spec.fingerprint(self.model_config)
         self.report = FillReport(model=spec.model, node_id=run.node_id)
-        self.sinks = buffered_sinks(engine)
+        self.call_logs = CallLogDrain(buffered_sinks(engine))
         self.reader = self.writer = None
         self.progress = FillProgress(progress, self.report, self.context, self._budget_spent)
         self.last_flush = time.monotonic()
         self.listed_at = time.time()  # when the uncached keys were listed (set again when they are)
         self.waiting: dict[str, str] = {}
-        self._unwritten_logs: list[tuple[Any, list]] = []  # (sink, records) drained, not yet in llm_calls
         self._results: list[ResultRow] = []
         self._ok_keys: list[str] = []
         self._errors: list[ErrorRow] = []
@@ -453,52 +454,10 @@ class ColumnFill:
 
     # -- keys claimed by other runs ---------------------------------------------------------------
     def _wait_for_others(self) -> None:
-        try:
-            self._wait_loop()
-        finally:
-            self.report.waiting_keys = len(self.waiting)
-            if not self.waiting:
-                self.report.waiting_on = []
-
-    def _wait_loop(self) -> None:
-        deadline = time.monotonic() + self.wait_timeout_s
-        delay = self.poll_s
-        announced = False  # the first waiting line goes out at once, later ones every few seconds
-        while self.waiting:
-            if self.report.stopped == "error":
-                return  # failing anyway: don't wait
-            self._flush()
-            done, batched = self.claims.settled(list(self.waiting))
-            if done:
-                self.claims.log_late_hits(done, self.spec.name)
-            for key in done + batched:  # a key the other run put in a provider batch is that batch's now
-                self.waiting.pop(key, None)
-            if not self.waiting:
-                return
-            mine = self.claims.take_over(list(self.waiting))
-            if mine:
-                prompts = {k: self.waiting.pop(k) for k in mine}
-                self.report.waiting_keys, self.report.waiting_on = len(self.waiting), []  # ours now
-                if self.report.stopped == "max_cost":
-                    self.claims.release(mine)
-                    self._skip_for_budget(mine)
-                else:
-                    self._request((k, self.spec.model_input(p)) for k, p in prompts.items())
-                delay = self.poll_s
-                continue
-            if time.monotonic() >= deadline:
-                self._fail_keys(list(self.waiting), ErrorKind.TIMEOUT,
-                                f"gave up after {self.wait_timeout_s:.0f}s waiting for another run that "
-                                "claimed this key to answer it")
-                self.waiting.clear()
-                return
-            self.report.waiting_keys = len(self.waiting)
-            if not announced or self.progress.due():
-                self.report.waiting_on = self.claims.claimers(list(self.waiting))
-            self.progress.emit(force=not announced)
-            announced = True
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+        waiter = ClaimWaiter(self.claims, self.report, self.progress, self.spec.name, poll_s=self.poll_s,
+                             wait_timeout_s=self.wait_timeout_s)
+        waiter.wait(self.waiting, flush=self._flush, skip_for_budget=self._skip_for_budget, fail_keys=self._fail_keys,
+                    request=lambda prompts: self._request((k, self.spec.model_input(p)) for k, p in prompts.items()))
 
     def _close(self) -> None:
         """Stop the heartbeat, release every claim of ours, close both connections."""
@@ -536,22 +495,7 @@ class ColumnFill:
         self.last_flush = time.monotonic()
 
     def _drain_logs(self) -> None:
-        """Call logs to llm_calls. Drained records are kept until they are written (a broken
-        connection loses none: they go with the next flush, or on the way out), then the sink is
-        told, so its spool forgets them (logs.BufferedSink)."""
-        for sink in self.sinks:
-            logs = sink.drain()
-            if logs:
-                self._unwritten_logs.append((sink, logs))
-        while self._unwritten_logs:
-            sink, logs = self._unwritten_logs[0]
-            # no defaults: a record without a run (an engine call made outside any fill) is not this
-            # run's, whichever fill happens to drain the shared sink
-            self._write(write_calls, logs)
-            self._unwritten_logs.pop(0)
-            written = getattr(sink, "written", None)
-            if callable(written):
-                written(len(logs))
+        self.call_logs.drain(lambda logs: self._write(write_calls, logs))
 
     def _salvage(self) -> None:
         """On the way out after an error: write what was paid if at all possible."""
