@@ -149,10 +149,10 @@ class Engine:
         3/4 of it while inputs remain: make it a few times the model's ``max_concurrency``).
 
         ``spend_limit``: as in ``acall``, shared by every call of the map (and whoever else uses it).
-
-        The input iterator is pulled lazily, so a server-side cursor can feed millions of rows in
         ``lease``: each request for an item is sent only if the lease admits its tag's keys when the
         model's pool gives it a slot (lease.py); one it drops fails with ``ErrorKind.CLAIM_LOST``.
+
+        The input iterator is pulled lazily, so a server-side cursor can feed millions of rows in
         constant memory. Stopping the iteration early submits nothing more; calls already in flight
         finish on the loop and land in the cache/journal (they may be paid for: never cancel them).
         """
