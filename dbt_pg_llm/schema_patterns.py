@@ -58,46 +58,39 @@ def _search(regex, text: str) -> bool:
         return regex.search(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")) is not None
 
 
-def _patterns(node: Any, where: tuple = ()) -> Iterator[tuple[tuple, str]]:
-    """(path, regex) of every ``pattern`` value and ``patternProperties`` name, depth first."""
+def _schema_keywords(node: Any, where: tuple = ()) -> Iterator[tuple[tuple, str, Any]]:
+    """(path, keyword, value) of every keyword used as a keyword (not as a property name or in
+    data), depth first."""
     if isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _patterns(item, where + (i,))
+            yield from _schema_keywords(item, where + (i,))
         return
     if not isinstance(node, dict):
         return
     for key, value in node.items():
         if key in _DATA_KEYWORDS:
             continue
-        if key == "pattern" and isinstance(value, str):
-            yield where + (key,), value
-        elif key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
-            for name, sub in value.items():
-                if key == "patternProperties":
-                    yield where + (key, name), name
-                yield from _patterns(sub, where + (key, name))
-        else:
-            yield from _patterns(value, where + (key,))
-
-
-def _keyword_paths(node: Any, keyword: str, where: tuple = ()) -> Iterator[tuple]:
-    """The path of every ``keyword`` used as a keyword (not as a property name or in data)."""
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _keyword_paths(item, keyword, where + (i,))
-        return
-    if not isinstance(node, dict):
-        return
-    for key, value in node.items():
-        if key in _DATA_KEYWORDS:
-            continue
-        if key == keyword:
-            yield where + (key,)
+        yield where + (key,), key, value
         if key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
             for name, sub in value.items():
-                yield from _keyword_paths(sub, keyword, where + (key, name))
+                yield from _schema_keywords(sub, where + (key, name))
         else:
-            yield from _keyword_paths(value, keyword, where + (key,))
+            yield from _schema_keywords(value, where + (key,))
+
+
+def _patterns(node: Any) -> Iterator[tuple[tuple, str]]:
+    """(path, regex) of every ``pattern`` value and ``patternProperties`` name."""
+    for path, key, value in _schema_keywords(node):
+        if key == "pattern" and isinstance(value, str):
+            yield path, value
+        elif key == "patternProperties" and isinstance(value, dict):
+            for name in value:
+                yield path + (name,), name
+
+
+def _keyword_paths(node: Any, keyword: str) -> Iterator[tuple]:
+    """The path of every ``keyword`` used as a keyword (not as a property name or in data)."""
+    return (path for path, key, _ in _schema_keywords(node) if key == keyword)
 
 
 def _pointer(parts) -> str:
