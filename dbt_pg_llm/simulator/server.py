@@ -17,7 +17,7 @@ from dataclasses import asdict, fields
 from aiohttp import web
 
 from . import answers as A
-from . import packing
+from . import embeddings, packing
 from .batch_api import BatchApi, add_batch_routes
 from .catalog import DEFAULT_MODELS, anthropic_model, anthropic_model_list, openai_model, openai_model_list
 from .config import SimulatorConfig
@@ -72,6 +72,7 @@ class Simulator:
         self.cached_tokens = 0  # of prompt_tokens: read from the prompt cache (prompt_cache.py)
         self.cache_write_tokens = 0  # of prompt_tokens: written to it (Anthropic)
         self.cost_usd = 0.0
+        self.embedding_inputs = 0  # inputs of /v1/embeddings requests (embeddings.py)
         self.prompt_cache.reset()
         self.fault_counts: dict[str, int] = {}
         self.answered = 0
@@ -96,6 +97,7 @@ class Simulator:
             "cached_tokens": self.cached_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "cost_usd": self.cost_usd,
+            "embedding_inputs": self.embedding_inputs,
             "faults": dict(self.fault_counts),
             "answered": self.answered,
             "rate_limited": self.rate_limited,
@@ -114,6 +116,12 @@ class Simulator:
 
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, True)
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await embeddings.handle(self, request)
+
+    async def azure_embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await embeddings.handle(self, request, deployment=request.match_info["deployment"])
 
     async def azure(self, request: web.Request) -> web.StreamResponse:
         """Azure OpenAI: ``/openai/deployments/{deployment}/chat/completions?api-version=...`` with an
@@ -412,9 +420,11 @@ def make_app(sim: Simulator) -> web.Application:
     for prefix in ("/v1", ""):
         r.add_post(prefix + "/chat/completions", sim.openai)
         r.add_post(prefix + "/messages", sim.anthropic)
+        r.add_post(prefix + "/embeddings", sim.embeddings)  # embeddings.py
         r.add_get(prefix + "/models", sim.models)
         r.add_get(prefix + "/models/{model_id}", sim.models)
     r.add_post("/openai/deployments/{deployment}/chat/completions", sim.azure)
+    r.add_post("/openai/deployments/{deployment}/embeddings", sim.azure_embeddings)
     add_batch_routes(app, sim.batches)
     r.add_get("/_stats", sim.get_stats)
     r.add_post("/_reset", sim.post_reset)
