@@ -1,0 +1,106 @@
+"""The threshold selection of a guaranteed cascade (guarantee.py) on synthetic populations.
+
+Each seed draws a population of keys whose cheap-model confidence is informative but imperfect (a
+wrong answer is more likely at low confidence), samples keys uniformly, chooses the thresholds and
+measures the cascade's true agreement with the oracle over the whole population. The guarantee: over
+200 seeds, the share of seeds below the target is at most ``failure_probability``.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dbt_pg_llm.guarantee import (GRID, NEVER, cascade_answers_index, choose_thresholds,
+                                  clopper_pearson_upper)
+
+N, SAMPLE, TARGET, DELTA, SEEDS = 5000, 500, 0.9, 0.1, 200
+
+
+def _population(rng: random.Random, models: int, error_scale: float):
+    """Per key: (confidences, agrees) for ``models`` cheaper models; model j is worse with j smaller."""
+    keys = []
+    for _ in range(N):
+        confs, agrees = [], []
+        for j in range(models):
+            c = rng.random()
+            p_wrong = error_scale * (1 - c) ** 1.5 / (j + 1)
+            confs.append(c)
+            agrees.append(rng.random() >= p_wrong)
+        keys.append((confs, agrees))
+    return keys
+
+
+def _agreement(population, thresholds) -> tuple[float, float]:
+    """(true agreement with the oracle over the population, share answered by the oracle)."""
+    agree = oracle = 0
+    for confs, agrees in population:
+        j = cascade_answers_index(confs, thresholds)
+        if j == len(thresholds):
+            agree += 1
+            oracle += 1
+        else:
+            agree += agrees[j]
+    return agree / len(population), oracle / len(population)
+
+
+def _naive(sample, target):
+    """The point estimate without a bound: the lowest grid threshold whose sample agreement meets the target."""
+    n = len(sample)
+    for t in GRID:
+        errors = sum(1 for confs, agrees in sample if confs[0] >= t and not agrees[0])
+        if 1 - errors / n >= target:
+            return (t,)
+    return (NEVER,)
+
+
+def test_clopper_pearson_matches_known_values():
+    # 0 successes in n: the exact bound is 1 - alpha^(1/n)
+    assert clopper_pearson_upper(0, 100, 0.05) == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-9)
+    # 10 of 100 at 95% one-sided: the upper end of the two-sided 90% interval (0.0545, 0.1637)
+    assert clopper_pearson_upper(10, 100, 0.05) == pytest.approx(0.1637, abs=2e-4)
+    assert clopper_pearson_upper(100, 100, 0.05) == 1.0
+
+
+def test_guarantee_holds_over_200_seeds_and_the_naive_rule_does_not():
+    failures = naive_failures = 0
+    oracle_shares = []
+    for seed in range(SEEDS):
+        rng = random.Random(seed)
+        population = _population(rng, 1, error_scale=0.5)
+        sample = rng.sample(population, SAMPLE)
+        choice = choose_thresholds(sample, TARGET, DELTA)
+        agreement, oracle_share = _agreement(population, choice.thresholds)
+        failures += agreement < TARGET
+        oracle_shares.append(oracle_share)
+        assert choice.agreement_lower_bound >= TARGET or choice.thresholds == (NEVER,)
+        naive_failures += _agreement(population, _naive(sample, TARGET))[0] < TARGET
+    assert failures / SEEDS <= DELTA, f"{failures} of {SEEDS} seeds missed the target"
+    # the test can fail: without the bound the same data misses the target in far more seeds than delta
+    assert naive_failures / SEEDS > DELTA, naive_failures
+    # and the guaranteed cascade saves: most keys never reach the oracle
+    assert sum(oracle_shares) / SEEDS < 0.7, sum(oracle_shares) / SEEDS
+
+
+def test_three_model_cascade_meets_the_target():
+    failures = 0
+    for seed in range(40):
+        rng = random.Random(1000 + seed)
+        population = _population(rng, 2, error_scale=0.6)
+        choice = choose_thresholds(rng.sample(population, SAMPLE), TARGET, DELTA)
+        assert len(choice.thresholds) == 2
+        failures += _agreement(population, choice.thresholds)[0] < TARGET
+    assert failures <= 4
+
+
+def test_no_threshold_fits_then_every_key_goes_to_the_oracle():
+    rng = random.Random(5)
+    sample = [([rng.random()], [rng.random() < 0.5]) for _ in range(50)]  # a coin-flip model, a small sample
+    choice = choose_thresholds(sample, 0.99, 0.05)
+    assert choice.thresholds == (NEVER,) and choice.oracle_share == 1.0 and choice.measured_agreement == 1.0
+
+
+@pytest.mark.parametrize("target,delta", [(0, 0.1), (1.2, 0.1), (0.9, 0), (0.9, 1)])
+def test_bad_parameters_are_refused(target, delta):
+    with pytest.raises(ValueError, match="target_accuracy|failure_probability"):
+        choose_thresholds([([0.5], [True])], target, delta)
