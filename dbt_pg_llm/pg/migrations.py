@@ -420,6 +420,22 @@ create index if not exists llm_error_history_key_idx on {q}.llm_error_history (k
 create index if not exists llm_error_history_ts_idx on {q}.llm_error_history (ts);
 alter table {q}.llm_batch_keys add column if not exists prompt text;
 """),
+        (18, f"""
+-- Embeddings (issue 19, decision 0030): one row per distinct (model, dimensions, text) key, the
+-- vector as real[] (4 bytes a float, binary, TOASTed out of line): not JSON text in llm_results, so
+-- a scan of llm_results never reads 1,536 floats a row. The join casts vec to vector(dims) where
+-- pgvector is installed; the same table serves databases without it.
+create table if not exists {q}.llm_embeddings (
+    key           text primary key,
+    model         text not null,
+    dims          integer not null,
+    vec           real[] not null,
+    prompt_tokens integer not null default 0,
+    truncated     boolean not null default false,
+    run_id        text,
+    created_at    timestamptz not null default now()
+);
+"""),
     ]
 
 

@@ -5,7 +5,8 @@ lower-cased words (each word adds +-1 at a few hashed positions), L2-normalised,
 tests are meaningful. ``dimensions`` sets the length (text-embedding-3-*; ada-002 refuses it). ``encoding_format`` float (JSON numbers) or base64 (little-endian
 float32). Limits as OpenAI documents them: at most ``MAX_INPUTS`` inputs per request, each at most
 ``MAX_INPUT_TOKENS`` tokens, ``MAX_REQUEST_TOKENS`` tokens in all; an empty input is a 400 for the
-whole request (as OpenAI answers), which is what the client must isolate to one row.
+whole request (as OpenAI answers), which is what the client must isolate to one row. Faults: the simulator's
+picker (``[[fault:429*2]]`` in an input, or random rates) with 429 / 500 / 503 / 400.
 
 The ledger counts one request per call, every input's sha256 in ``by_prompt_sha256``, its tokens
 as prompt tokens and the cost at the input price, as for chat.
@@ -32,6 +33,11 @@ MAX_INPUTS = 2048  # OpenAI: "must not exceed ... 2048 dimensions"; the input ar
 MAX_INPUT_TOKENS = 8192  # per input (text-embedding-3-*, ada-002)
 MAX_REQUEST_TOKENS = 300_000  # summed over all inputs of one request
 _HASHES_PER_WORD = 4
+# the faults an embeddings request can get (the others concern chat answers): status -> message
+_HTTP_FAULTS = {"429": "Rate limit reached for requests (simulated fault).",
+                "500": "The server had an error while processing your request.",
+                "503": "The engine is currently overloaded, please try again later.",
+                "400": "'$.input' is invalid (simulated fault)."}
 
 
 def native_dims(model: str) -> int:
@@ -121,6 +127,14 @@ async def handle(sim: "Simulator", request: web.Request, deployment: str | None 
                 429, f"Rate limit reached for {body['model']} on {which} per min: Limit {limit}. "
                      f"Please try again in {wait:.3f}s.", kind=which, code="rate_limit_exceeded",
                 headers={"retry-after-ms": str(max(1, int(wait * 1000))), "retry-after": str(math.ceil(wait))}))
+    fault = sim.picker.pick("\n".join(inputs))  # scripted ([[fault:429*2]] in an input) or random
+    if fault in _HTTP_FAULTS:
+        sim.fault_counts[fault] = sim.fault_counts.get(fault, 0) + 1
+        status = int(fault)
+        wait = sim.config.fault_retry_after_s
+        headers = {"retry-after-ms": str(max(1, int(wait * 1000))), "retry-after": str(math.ceil(wait))} \
+            if status == 429 else {}
+        return sim._error(False, rid, ApiError(status, _HTTP_FAULTS[fault], code=None, headers=headers))
     if sim.config.latency_ms:
         import asyncio
 

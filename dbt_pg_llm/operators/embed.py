@@ -1,0 +1,433 @@
+"""Embeddings on the same engine: each distinct (model, dimensions, text) is paid for once.
+
+Usage (the adapter's ``llm_embed_fill`` and other operators call this; no dbt import)::
+
+    from dbt_pg_llm.operators.embed import embed_texts, embed, embedding_fingerprint, EMBEDDINGS_TABLE
+
+    report = embed_texts(connect, engine, "embedder", texts, dimensions=256,
+                         audit_schema="llm_audit", run=run_context)   # fills <schema>.llm_embeddings
+    vectors = embed(connect, engine, "embedder", ["a query"], dimensions=256)  # [[float, ...] | None]
+
+``connect()`` returns a new DB-API (psycopg2) connection (set to autocommit here); ``engine`` is the Engine
+(its registry gives the model config, its ResultCache the durable journal); ``run`` a
+``pg.spec.RunContext`` (or None). The key of a text is ``keys.cache_key(fp, text)`` with
+``fp = embedding_fingerprint(config, dimensions)``; in SQL ``keys.key_sql(fp, text_sql)``, joined to
+``<schema>.llm_embeddings.key`` (``vec real[]``; cast to ``vector(dims)`` where pgvector exists).
+
+What a fill does, in order: keys already in ``llm_embeddings`` are skipped; keys whose vector is in
+the journal (paid by a process killed before its write) are written from it without a request;
+the rest are claimed (``pg.claims.Claims``: another run's keys are waited for, or taken over when
+its claimer died); claimed texts go in requests of at most ``max_inputs`` inputs and
+``max_request_tokens`` tokens (OpenAI: 2,048 and 300,000); a text over ``max_input_tokens`` is
+truncated (``truncate=False``: that row fails alone). Each request reserves its worst-case cost on
+the spend cap before it is sent, is retried by the model's RetryPolicy (tenacity: 429 with its
+Retry-After, 5xx, timeouts) and writes one ``llm_calls`` row per HTTP attempt (operation 'embed',
+tokens, cost). A 400 for a request of several inputs is split in halves until the bad input is
+alone: one bad row fails only itself. Vectors go to the journal first, then to Postgres, then
+the claims are released.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable
+
+import aiohttp
+
+from ..config import ModelConfig
+from ..errors import ConfigError, ErrorKind, ModelError, redact
+from ..keys import cache_key, canonical_json, key_sql
+from ..model_io import ModelOutput, TokenUsage
+from ..pricing import cost_usd
+from ..providers import provider_for
+from ..providers.base import classify_http_error, classify_transport_error
+from ..spend import SpendLimit, active_limit
+from ..urls import endpoint
+
+__all__ = ["EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
+           "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
+           "embed", "fetch_vectors", "vector_from_b64", "vector_to_b64"]
+
+_log = logging.getLogger("dbt_pg_llm.embed")
+EMBEDDINGS_TABLE = "llm_embeddings"
+MAX_INPUTS = 2048  # OpenAI's input-array limit
+MAX_REQUEST_TOKENS = 300_000  # OpenAI: tokens summed over one request's inputs
+MAX_INPUT_TOKENS = 8191  # text-embedding-3-* / ada-002 per input
+_WAIT_POLL_S = 0.2
+_SQL_CHUNK = 10_000
+
+
+@dataclass
+class EmbedReport:
+    """What one ``embed_texts`` did. ``errors``: key -> message for rows that got no vector."""
+
+    distinct_keys: int = 0
+    cached: int = 0  # already in llm_embeddings
+    from_journal: int = 0  # paid earlier, written from the journal without a request
+    waited: int = 0  # embedded by another run while we waited on its claims
+    embedded: int = 0  # paid by this call
+    requests: int = 0  # HTTP attempts (== this call's llm_calls rows)
+    prompt_tokens: int = 0
+    cost_usd: float = 0.0
+    truncated: int = 0
+    budget_skipped: int = 0
+    errors: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{self.distinct_keys} distinct text(s): {self.cached} cached, {self.from_journal} from the journal, "
+                f"{self.waited} by another run, {self.embedded} embedded in {self.requests} request(s) "
+                f"({self.prompt_tokens} tokens, ${self.cost_usd:.6f}), {len(self.errors)} failed"
+                + (f", {self.truncated} truncated" if self.truncated else "")
+                + (f", {self.budget_skipped} skipped by the spend cap" if self.budget_skipped else ""))
+
+
+def embedding_config(engine, model_name: str) -> ModelConfig:
+    """The model's config; ConfigError naming the key when it cannot embed (Anthropic has no endpoint)."""
+    config = engine.model(model_name).config
+    if config.provider == "anthropic":
+        raise ConfigError([f"models.{model_name}.provider: 'anthropic' has no embeddings endpoint; point "
+                           "pg_llm.embed(model=...) at a model entry with provider openai or azure (OpenAI, Azure, "
+                           "or an OpenAI-compatible server such as vLLM, Ollama or llama.cpp) and an embedding "
+                           "model_version, e.g. text-embedding-3-small"], context="embedding model")
+    return config
+
+
+def embedding_fingerprint(config: ModelConfig, dimensions: int | None = None) -> str:
+    """sha256 of the canonical JSON of what decides a vector: provider, model_version, dimensions."""
+    import hashlib
+
+    params = {"kind": "embed", "provider": config.provider, "model_version": config.model_version,
+              "dimensions": int(dimensions) if dimensions else None}
+    return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
+
+
+def embedding_key(fingerprint: str, text: str) -> str:
+    return cache_key(fingerprint, text)
+
+
+def embedding_key_sql(fingerprint: str, text_sql: str) -> str:
+    return key_sql(fingerprint, text_sql)
+
+
+def vector_to_b64(vec) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+
+
+def vector_from_b64(data: str) -> list[float]:
+    raw = base64.b64decode(data)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def _tokens(text: str) -> int:
+    # ~4 characters a token (the simulator's count; cl100k averages ~4 on English): an upper bound
+    # for ASCII would need the real tokenizer, and truncation only needs to stay under the limit
+    return (len(text) + 3) // 4
+
+
+def _truncate(text: str, max_tokens: int) -> str:
+    return text[: max_tokens * 4 - 4] if _tokens(text) > max_tokens else text
+
+
+def fetch_vectors(conn, audit_schema: str, keys: Iterable[str]) -> dict[str, list[float]]:
+    """The stored vectors of ``keys`` (absent keys are left out)."""
+    from ..pg.migrations import quote_ident
+
+    keys = list(keys)
+    out: dict[str, list[float]] = {}
+    with conn.cursor() as cur:
+        for i in range(0, len(keys), _SQL_CHUNK):
+            cur.execute(f"select key, vec from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} where key = any(%s)",
+                        (keys[i:i + _SQL_CHUNK],))
+            out.update((k, list(v)) for k, v in cur.fetchall())
+    return out
+
+
+def _present(conn, q: str, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    with conn.cursor() as cur:
+        for i in range(0, len(keys), _SQL_CHUNK):
+            cur.execute(f"select key from {q}.{EMBEDDINGS_TABLE} where key = any(%s)", (keys[i:i + _SQL_CHUNK],))
+            found.update(k for (k,) in cur.fetchall())
+    return found
+
+
+class _Filler:
+    """One embed_texts call: the HTTP side (async) and its writes (one connection, serialised)."""
+
+    def __init__(self, conn, engine, model_name: str, config: ModelConfig, dimensions: int | None, q: str,
+                 run, column_name: str | None, limit: SpendLimit | None, report: EmbedReport,
+                 max_inputs: int, max_request_tokens: int):
+        self.conn, self.engine, self.model_name, self.config = conn, engine, model_name, config
+        self.dimensions, self.q, self.run, self.column_name = dimensions, q, run, column_name
+        self.limit, self.report = limit, report
+        self.max_inputs, self.max_request_tokens = max_inputs, max_request_tokens
+        self.provider = provider_for(config, model_name)
+        self.url = self._url()
+        self.headers = {**self.provider.wire_headers(), "content-type": "application/json"}
+        self.written: list[str] = []  # keys whose vectors are stored (their claims may be released)
+
+    def _url(self) -> str:
+        base = self.config.base_url or ""
+        if self.config.provider == "azure":
+            deployment = getattr(self.config, "deployment", None) or self.config.model_version or ""
+            return endpoint(base, f"/openai/deployments/{deployment}/embeddings",
+                            {"api-version": getattr(self.config, "api_version", None) or ""})
+        return endpoint(base, "/embeddings")
+
+    def groups(self, items: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        """(key, text) items in requests of at most max_inputs inputs and max_request_tokens tokens."""
+        out, cur, toks = [], [], 0
+        for item in items:
+            t = _tokens(item[1])
+            if cur and (len(cur) >= self.max_inputs or toks + t > self.max_request_tokens):
+                out.append(cur)
+                cur, toks = [], 0
+            cur.append(item)
+            toks += t
+        if cur:
+            out.append(cur)
+        return out
+
+    async def run_all(self, items: list[tuple[str, str]]) -> None:
+        sem = asyncio.Semaphore(max(1, self.config.max_concurrency))
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_ms / 1000)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async def one(group):
+                async with sem:
+                    await self.request(session, group)
+            await asyncio.gather(*(one(g) for g in self.groups(items)))
+
+    async def request(self, session, group: list[tuple[str, str]]) -> None:
+        """Embed one group; a 400 splits it until the bad input is alone (its row fails, no other)."""
+        tokens = sum(_tokens(t) for _, t in group)
+        reservation = None
+        if self.limit is not None:
+            reservation = self.limit.try_reserve(cost_usd(self.config, TokenUsage(tokens, 0)))
+            if reservation is None:
+                self.report.budget_skipped += len(group)
+                for key, _ in group:
+                    self.report.errors[key] = "budget: llm.max_cost_usd_per_run reached; requested on the next run"
+                return
+        try:
+            data, attempts = await self.config.retry.run(lambda: self.send(session, group))
+        except ModelError as error:
+            if reservation is not None:
+                reservation.release()
+            if error.kind is ErrorKind.INVALID_INPUT and len(group) > 1:
+                half = len(group) // 2
+                await asyncio.gather(self.request(session, group[:half]), self.request(session, group[half:]))
+                return
+            for key, _ in group:
+                self.report.errors[key] = f"{error.kind.value}: {redact(error.message)}"
+            return
+        if reservation is not None:
+            reservation.settle(data["cost"])
+        await asyncio.to_thread(self.store, group, data)
+
+    async def send(self, session, group: list[tuple[str, str]]) -> dict:
+        body: dict[str, Any] = {"model": self.config.model_version, "input": [t for _, t in group],
+                                "encoding_format": "base64"}
+        if self.dimensions:
+            body["dimensions"] = int(self.dimensions)
+        started = time.monotonic()
+        status, error, usage, cost = 0, None, 0, 0.0
+        try:
+            async with session.post(self.url, json=body, headers=self.headers) as resp:
+                status = resp.status
+                raw = await resp.read()
+                if status != 200:
+                    error = classify_http_error(status, raw, resp.headers, self.model_name)
+                    raise error
+                payload = await asyncio.to_thread(_parse, raw, len(group))
+                usage = int((payload.get("usage") or {}).get("prompt_tokens") or sum(_tokens(t) for _, t in group))
+                cost = cost_usd(self.config, TokenUsage(usage, 0))
+                return {"vectors": payload["vectors"], "tokens": usage, "cost": cost}
+        except ModelError as exc:
+            error = exc
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            error = classify_transport_error(exc, self.model_name, self.config.timeout_ms, self.url)
+            raise error from None
+        finally:
+            self.report.requests += 1
+            self.report.prompt_tokens += usage
+            self.report.cost_usd += cost
+            await asyncio.to_thread(self.log_call, group[0][0], status, error, usage, cost,
+                                    (time.monotonic() - started) * 1000)
+
+    def log_call(self, first_key: str, status: int, error: ModelError | None, tokens: int, cost: float,
+                 latency_ms: float) -> None:
+        """One llm_calls row per HTTP attempt (operation 'embed'); a failed write never fails the fill."""
+        run = self.run
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(f"select {self.q}.llm_calls_ensure_partition(now())")
+                cur.execute(f"""insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
+                                    attempt, error_kind, error_message, http_status, prompt_tokens, latency_ms,
+                                    cost_usd, column_name, call_id)
+                                values (now(), %s, %s, %s, 'embed', %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                            (getattr(run, "run_id", None), getattr(run, "node_id", None), self.model_name, first_key,
+                             error.kind.value if error is not None else None,
+                             redact(error.message)[:1000] if error is not None else None, status or None, tokens,
+                             latency_ms, cost, self.column_name, uuid.uuid4().hex))
+        except Exception as exc:  # the audit row is best effort; the vectors are what was paid for
+            _log.warning("embeddings: an llm_calls row could not be written: %s", redact(str(exc)))
+
+    def store(self, group: list[tuple[str, str]], data: dict) -> None:
+        """Journal first (ResultCache: durable across kill -9), then llm_embeddings."""
+        vectors = data["vectors"]
+        per = data["tokens"] // max(1, len(group))
+        cache = getattr(self.engine, "cache", None)
+        if cache is not None:
+            cache.put_many((key, ModelOutput(text=vector_to_b64(vec), model=self.model_name,
+                                             tokens=TokenUsage(per, 0), cost_usd=data["cost"] / len(group)))
+                           for (key, _), vec in zip(group, vectors))
+        self.write(list(zip((k for k, _ in group), vectors)), per)
+        self.report.embedded += len(group)
+
+    def write(self, rows: list[tuple[str, list[float]]], tokens_each: int = 0) -> None:
+        from psycopg2.extras import execute_values
+
+        if not rows:
+            return
+        with self.conn.cursor() as cur:
+            execute_values(cur, f"""insert into {self.q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens,
+                                        run_id) values %s on conflict (key) do nothing""",
+                           [(k, self.model_name, len(v), v, tokens_each, getattr(self.run, "run_id", None))
+                            for k, v in rows], template="(%s, %s, %s, %s::real[], %s, %s)", page_size=500)
+        self.written.extend(k for k, _ in rows)
+
+
+def _parse(raw: bytes, expected: int) -> dict:
+    import json
+
+    payload = json.loads(raw)
+    data = sorted(payload.get("data") or [], key=lambda d: d.get("index", 0))
+    if len(data) != expected:
+        raise ModelError(ErrorKind.API, f"embeddings answer has {len(data)} vectors for {expected} inputs")
+    vectors = [vector_from_b64(d["embedding"]) if isinstance(d["embedding"], str) else list(d["embedding"])
+               for d in data]
+    return {"vectors": vectors, "usage": payload.get("usage")}
+
+
+def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
+                dimensions: int | None = None, audit_schema: str = "llm_audit", run=None,
+                column_name: str | None = None, max_cost_usd: float | None = None,
+                spend_limit: SpendLimit | None = None, claim_timeout_s: float = 60.0,
+                max_inputs: int = MAX_INPUTS, max_request_tokens: int = MAX_REQUEST_TOKENS,
+                max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True) -> EmbedReport:
+    """Make sure every distinct non-NULL text of ``texts`` has a vector in ``<schema>.llm_embeddings``
+    (see the module docstring); returns what it did. Never raises for a failed row: see ``errors``."""
+    from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
+    from ..pg.migrations import ensure_migrated
+    from ..pg.migrations import quote_ident
+
+    config = embedding_config(engine, model_name)
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
+        raise ConfigError([f"dimensions: {dimensions!r} must be a positive whole number, e.g. 256"],
+                          context="embedding column")
+    fp = embedding_fingerprint(config, dimensions)
+    report = EmbedReport()
+    by_key: dict[str, str] = {}
+    for text in texts:
+        if text is not None:
+            by_key.setdefault(embedding_key(fp, text), text)
+    report.distinct_keys = len(by_key)
+    q = quote_ident(audit_schema)
+    conn = connect()
+    conn.autocommit = True  # each write is durable at once; claims live on this session
+    try:
+        ensure_migrated(conn, audit_schema)
+        missing = [k for k in by_key if k not in _present(conn, q, list(by_key))]
+        report.cached = report.distinct_keys - len(missing)
+        limit = spend_limit or (SpendLimit(max_cost_usd) if max_cost_usd else active_limit())
+        filler = _Filler(conn, engine, model_name, config, dimensions, q, run, column_name, limit, report,
+                         max_inputs, max_request_tokens)
+        missing = _from_journal(engine, filler, missing, report)
+        if not missing:
+            return report
+        token = uuid.uuid4().hex
+        claims = Claims(conn, lambda: conn, audit_schema, run or SimpleNamespace(run_id=None, node_id=None),
+                        model_name, "embed", SimpleNamespace(cache_hits=0, requests_total=0, saved_cost_usd=0.0),
+                        claim_timeout_s, token, column_name=column_name)
+        beat = ClaimHeartbeat(connect, q, token, heartbeat_every(claim_timeout_s),
+                              lease_s=lease_seconds(claim_timeout_s))
+        beat.start()
+        try:
+            pending = list(missing)
+            deadline = time.monotonic() + 3 * claim_timeout_s
+            first = True
+            while pending:
+                mine = claims.claim(pending) if first else claims.take_over(pending)
+                first = False
+                mine = [k for k in mine if k not in _present(conn, q, mine)]
+                items = []
+                for key in mine:
+                    text = by_key[key]
+                    if _tokens(text) > max_input_tokens:
+                        if not truncate:
+                            report.errors[key] = (f"invalid_input: the text has about {_tokens(text)} tokens, over "
+                                                  f"the model's {max_input_tokens}; shorten it or allow truncation")
+                            continue
+                        text = _truncate(text, max_input_tokens)
+                        report.truncated += 1
+                    if not text.strip():
+                        report.errors[key] = "invalid_input: an empty text has no embedding (the row gets NULL)"
+                        continue
+                    items.append((key, text))
+                if items:
+                    asyncio.run(filler.run_all(items))
+                claims.release(mine)
+                done = _present(conn, q, pending)
+                report.waited += len([k for k in pending if k in done and k not in mine])
+                pending = [k for k in pending if k not in done and k not in mine]
+                if pending:
+                    if time.monotonic() > deadline:
+                        for key in pending:
+                            report.errors[key] = ("claimed: another run still holds this text's claim after "
+                                                  f"{3 * claim_timeout_s:g} s; rerun to embed it")
+                        break
+                    time.sleep(_WAIT_POLL_S)
+        finally:
+            beat.stop()
+            claims.release_all()
+        return report
+    finally:
+        conn.close()
+
+
+def _from_journal(engine, filler: _Filler, missing: list[str], report: EmbedReport) -> list[str]:
+    """Write the journaled vectors of ``missing`` (paid by a process that died before its write)."""
+    cache = getattr(engine, "cache", None)
+    if cache is None or not missing:
+        return missing
+    rows = []
+    for key in missing:
+        hit = cache.get(key)
+        if hit is not None and hit.text:
+            rows.append((key, vector_from_b64(hit.text)))
+    if rows:
+        filler.write(rows)
+        report.from_journal = len(rows)
+    found = {k for k, _ in rows}
+    return [k for k in missing if k not in found]
+
+
+def embed(connect: Callable[[], Any], engine, model_name: str, texts: list[str | None], *,
+          dimensions: int | None = None, audit_schema: str = "llm_audit", **kwargs) -> list[list[float] | None]:
+    """The vectors of ``texts`` in order (None for NULL or failed texts), filling what is missing."""
+    embed_texts(connect, engine, model_name, texts, dimensions=dimensions, audit_schema=audit_schema, **kwargs)
+    fp = embedding_fingerprint(embedding_config(engine, model_name), dimensions)
+    keys = [embedding_key(fp, t) if t is not None else None for t in texts]
+    conn = connect()
+    try:
+        found = fetch_vectors(conn, audit_schema, [k for k in keys if k])
+    finally:
+        conn.close()
+    return [found.get(k) if k else None for k in keys]

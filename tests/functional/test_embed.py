@@ -1,0 +1,151 @@
+"""Embeddings on the engine (issue 19.1/19.4): operators/embed.py against the simulator's
+/v1/embeddings and real Postgres: paid once per distinct text (ledger), a warm rerun sends nothing,
+many inputs per request, 429s retried, one bad input fails only its row, long inputs truncated,
+one llm_calls row per request with the ledger's tokens, kill -9 loses nothing paid."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from test_pg_enrich import make_engine, q
+
+from dbt_pg_llm.cache import DiskJournal, ResultCache
+from dbt_pg_llm.errors import ConfigError
+from dbt_pg_llm.operators.embed import embed, embed_texts, embedding_fingerprint, embedding_key
+from dbt_pg_llm.pg import RunContext
+from dbt_pg_llm.simulator import SimulatorConfig
+
+pytestmark = pytest.mark.functional
+
+EMBED_MODEL = {"model_version": "text-embedding-3-small"}
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.reset()
+    return simulator
+
+
+def audit_of(pg_conn):
+    return f"{pg_conn.schema}_audit"
+
+
+def calls(pg_conn, audit):
+    return q(pg_conn, f'select count(*), coalesce(sum(prompt_tokens), 0), count(*) filter (where http_status = 429) '
+                      f'from "{audit}".llm_calls where operation = %s', ("embed",))[0]
+
+
+def test_paid_once_per_distinct_text_many_inputs_per_request_warm_rerun_free(db, pg_conn, sim):
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    texts = [f"review number {i % 130} about apples" for i in range(400)] + [None]
+    rep = embed_texts(connect, engine, "sim", texts, dimensions=64, audit_schema=audit,
+                      run=RunContext("r1", "n"), max_inputs=50)
+    stats = sim.stats()
+    assert rep.errors == {} and rep.distinct_keys == rep.embedded == 130
+    assert stats["requests"] == rep.requests == math.ceil(130 / 50)  # requests = ceil(distinct / per request)
+    assert stats["embedding_inputs"] == 130 and all(n == 1 for n in stats["by_prompt_sha256"].values())
+    n, tokens, _ = calls(pg_conn, audit)
+    assert n == stats["requests"] and tokens == stats["prompt_tokens"] > 0
+    dims, = q(pg_conn, f'select distinct dims from "{audit}".llm_embeddings')[0]
+    assert dims == 64
+    again = embed_texts(connect, engine, "sim", texts, dimensions=64, audit_schema=audit, max_inputs=50)
+    assert sim.stats()["requests"] == stats["requests"] and again.cached == 130 and again.requests == 0
+    # another dimension is another key: paid again, stored beside
+    embed_texts(connect, engine, "sim", texts[:3], dimensions=32, audit_schema=audit)
+    assert sim.stats()["embedding_inputs"] == 133
+
+
+def test_vectors_of_texts_sharing_words_are_closer(db, sim):
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    a, b, c = embed(connect, engine, "sim", ["fresh red apple pie", "apple pie with cream", "kernel scheduler bug"],
+                    dimensions=128, audit_schema=audit)
+    cos = lambda x, y: sum(i * j for i, j in zip(x, y))  # unit vectors
+    assert len(a) == 128 and cos(a, b) > cos(a, c) + 0.2 and cos(a, b) > cos(b, c) + 0.2
+
+
+def test_a_429_is_retried_and_each_attempt_is_an_llm_calls_row(db, pg_conn, simulator_factory):
+    connect, _, audit = db
+    limited = simulator_factory(SimulatorConfig(fault_retry_after_s=0.05))
+    engine = make_engine(limited, max_retries=3, **EMBED_MODEL)
+    texts = [f"text {i}" for i in range(11)] + ["[[fault:429*2]] twice rate limited"]
+    rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, max_inputs=4)
+    stats = limited.stats()
+    assert rep.errors == {} and rep.embedded == 12 and stats["faults"] == {"429": 2}
+    n, _, limited_rows = calls(pg_conn, audit)
+    assert n == stats["requests"] == 3 + 2 and limited_rows == 2
+
+
+def test_a_bad_input_fails_only_its_row_and_long_inputs_are_truncated(db, sim):
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    good = [f"good text {i}" for i in range(7)]
+    too_long = "word " * 9000  # 11,250 tokens: over the server's 8,192 and (with truncate) cut to fit
+    # the engine allows 20,000 tokens, the server only 8,192: the server's 400 is what isolates the row
+    rep = embed_texts(connect, engine, "sim", good + ["word " * 9000 + "x"], audit_schema=audit,
+                      max_input_tokens=20_000)
+    fp = embedding_fingerprint(engine.model("sim").config, None)
+    assert set(rep.errors) == {embedding_key(fp, "word " * 9000 + "x")}
+    assert "invalid_input" in next(iter(rep.errors.values())) and rep.embedded == 7
+    vecs = embed(connect, engine, "sim", good + [too_long], audit_schema=audit)  # default: truncate to 8,191
+    assert all(v is not None for v in vecs)
+
+
+def test_anthropic_has_no_embeddings_a_config_error_naming_the_key(db, sim):
+    connect, _, audit = db
+    engine = make_engine(sim, provider="anthropic", model_version="claude-3-5-haiku-latest")
+    with pytest.raises(ConfigError, match=r"models\.sim\.provider.*no embeddings endpoint"):
+        embed_texts(connect, engine, "sim", ["x"], audit_schema=audit)
+
+
+KILLED = textwrap.dedent("""
+    import json, sys
+    import psycopg2
+    from dbt_pg_llm import BufferedSink, Engine, Model
+    from dbt_pg_llm.cache import DiskJournal, ResultCache
+    from dbt_pg_llm.operators.embed import _Filler
+    from dbt_pg_llm.operators import embed_texts
+
+    args = json.loads(sys.argv[1])
+    # die right after the journal write of the first request, before Postgres sees it
+    original = _Filler.write
+    def write(self, rows, tokens_each=0):
+        print("journaled", flush=True)
+        import time; time.sleep(60)
+    _Filler.write = write
+    engine = Engine([Model("sim", {"api_url": args["api_url"], "model_version": "text-embedding-3-small",
+                                   "api_key": "sk-test-0123456789"})],
+                    cache=ResultCache(DiskJournal(args["journal"])), sinks=[BufferedSink()])
+    embed_texts(lambda: psycopg2.connect(**args["pg"]), engine, "sim", args["texts"], audit_schema=args["audit"],
+                max_inputs=1000, claim_timeout_s=1)
+""")
+
+
+def test_kill_9_after_paying_loses_nothing_the_rerun_pays_nothing(db, pg, sim, tmp_path):
+    connect, _, audit = db
+    texts = [f"durable text {i}" for i in range(40)]
+    journal = str(tmp_path / "journal")
+    args = {"api_url": sim.base_url, "pg": pg.connect_kwargs(), "audit": audit, "texts": texts, "journal": journal}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, json.dumps(args)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert proc.stdout.readline().strip() == "journaled"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    paid = sim.stats()["requests"]
+    assert paid == 1
+    engine = make_engine(sim, **EMBED_MODEL)
+    engine.cache = ResultCache(DiskJournal(journal))
+    started = time.monotonic()
+    rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, claim_timeout_s=1)
+    assert rep.from_journal == 40 and rep.requests == 0 and sim.stats()["requests"] == paid
+    assert time.monotonic() - started < 5
