@@ -3,6 +3,12 @@
     InferenceStrategy.cascade(["small", "large"], min_confidence=0.8)
         ask the cheap model first; escalate to the next only when the answer failed or its
         confidence is below ``min_confidence`` (answers without a confidence are accepted).
+    InferenceStrategy.cascade(["small", "large"], target_accuracy=0.9, failure_probability=0.05)
+        a guaranteed cascade (issue 21.3, guarantee.py, decision 0033): the thresholds of the cheaper
+        models are chosen on a sample of keys also sent to the last (oracle) model
+        (``cascade_calibration.calibrate``) so that, with probability 1 - failure_probability, the
+        cascade agrees with the oracle on at least target_accuracy of the keys. Until calibrated,
+        every key is asked of the oracle only (the target holds trivially).
     InferenceStrategy.vote(["a", "b", "c"])
         ask all models in parallel; the most common value wins (ties: the higher summed
         confidence); JSON objects are merged field by field, each field by majority.
@@ -20,6 +26,8 @@ A profile names a strategy like a model (``settings.py`` parses it with ``from_d
       small: {provider: openai, api_url: ..., model_version: gpt-4o-mini}
       large: {provider: openai, api_url: ..., model_version: gpt-4o}
       smart: {strategy: cascade, models: [small, large], min_confidence: 0.8}
+      sure:  {strategy: cascade, models: [small, large], target_accuracy: 0.9, failure_probability: 0.05,
+              sample_size: 400}
       panel: {strategy: vote, models: [small, large, other]}
       split: {strategy: route, routes: {classify: small, extract: large}, default: large}
       pick:  {strategy: route, default: large,
@@ -54,7 +62,9 @@ __all__ = ["InferenceStrategy", "TASKS", "task_of"]
 
 TASKS = ("complete", "classify", "extract")
 _TASK_OF_FORMAT = {"text": "complete", "labels": "classify", "json": "extract"}
-_KEYS = ("strategy", "models", "min_confidence", "routes", "default", "scores")
+_KEYS = ("strategy", "models", "min_confidence", "routes", "default", "scores", "target_accuracy",
+         "failure_probability", "sample_size")
+_GUARANTEE_KEYS = ("target_accuracy", "failure_probability", "sample_size")
 
 
 def task_of(inp: ModelInput) -> str:
@@ -69,12 +79,18 @@ class InferenceStrategy:
     min_confidence: float = 0.8
     routes: Mapping[str, str] = field(default_factory=dict)
     scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # route: model -> task -> score
+    target_accuracy: float | None = None  # cascade: a guaranteed cascade (guarantee.py) when set
+    failure_probability: float = 0.05
+    sample_size: int = 400  # keys also sent to the oracle to choose the thresholds
+    thresholds: tuple[float, ...] | None = None  # guaranteed cascade: set by calibration (one per cheaper model)
 
     KINDS = ("cascade", "vote", "route")
 
     @classmethod
-    def cascade(cls, models, min_confidence: float = 0.8) -> "InferenceStrategy":
-        return cls("cascade", tuple(models), min_confidence=min_confidence).validate()
+    def cascade(cls, models, min_confidence: float = 0.8, *, target_accuracy: float | None = None,
+                failure_probability: float = 0.05, sample_size: int = 400) -> "InferenceStrategy":
+        return cls("cascade", tuple(models), min_confidence=min_confidence, target_accuracy=target_accuracy,
+                   failure_probability=failure_probability, sample_size=sample_size).validate()
 
     @classmethod
     def vote(cls, models) -> "InferenceStrategy":
@@ -112,7 +128,8 @@ class InferenceStrategy:
         routes: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
         min_confidence = data.get("min_confidence", 0.8) if kind == "cascade" else 0.8
-        unused = {"route": ("models", "min_confidence"), "vote": ("routes", "default", "min_confidence", "scores"),
+        unused = {"route": ("models", "min_confidence", *_GUARANTEE_KEYS),
+                  "vote": ("routes", "default", "min_confidence", "scores", *_GUARANTEE_KEYS),
                   "cascade": ("routes", "default", "scores")}
         for key in unused.get(kind, ()):
             if key in data:
@@ -143,11 +160,18 @@ class InferenceStrategy:
             if isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)):
                 problems.append(f"{path}.min_confidence: {min_confidence!r} must be a number from 0 to 1")
                 min_confidence = 0.8
+        guarantee = {k: data[k] for k in _GUARANTEE_KEYS if k in data and kind == "cascade"}
+        for key, value in guarantee.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                problems.append(f"{path}.{key}: {value!r} must be a number")
+                guarantee[key] = None
+        guarantee = {k: v for k, v in guarantee.items() if v is not None}
         if kind in cls.KINDS:
-            problems.extend(cls(kind, names, float(min_confidence), routes, scores).problems(path, check_kind=False))
+            problems.extend(cls(kind, names, float(min_confidence), routes, scores, **guarantee)
+                            .problems(path, check_kind=False))
         if problems:
             raise ConfigError(problems)
-        return cls(kind, names, float(min_confidence), routes, scores)
+        return cls(kind, names, float(min_confidence), routes, scores, **guarantee)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -171,6 +195,15 @@ class InferenceStrategy:
             out.append(f"{path}.models: a vote needs at least two models")
         if not 0 <= self.min_confidence <= 1:
             out.append(f"{path}.min_confidence: {self.min_confidence!r} must be between 0 and 1")
+        if self.target_accuracy is not None:
+            if not 0 < self.target_accuracy <= 1:
+                out.append(f"{path}.target_accuracy: {self.target_accuracy!r} must be in (0, 1], e.g. 0.9")
+            if not 0 < self.failure_probability < 1:
+                out.append(f"{path}.failure_probability: {self.failure_probability!r} must be in (0, 1), e.g. 0.05")
+            if int(self.sample_size) != self.sample_size or self.sample_size < 10:
+                out.append(f"{path}.sample_size: {self.sample_size!r} must be a whole number >= 10, e.g. 400")
+            if len(self.models) < 2:
+                out.append(f"{path}.models: a guaranteed cascade needs cheaper models and an oracle (the last)")
         for task in self.routes:
             if task not in TASKS:
                 out.append(f"{path}.routes.{task}: unknown task; use one of {', '.join(TASKS)}")
@@ -208,6 +241,9 @@ class InferenceStrategy:
         out = {"strategy": self.kind, "models": [who(m) for m in self.models]}
         if self.kind == "cascade":
             out["min_confidence"] = float(self.min_confidence)
+            if self.target_accuracy is not None:  # only when set: plain cascades keep their keys
+                out["target_accuracy"] = float(self.target_accuracy)
+                out["failure_probability"] = float(self.failure_probability)
         return out
 
     async def acall(self, engine: "Engine", inp: ModelInput, *, task: str | None = None,
@@ -232,17 +268,34 @@ class InferenceStrategy:
                 return name
         return names[0]
 
+    def accepts(self, index: int, out: ModelOutput) -> bool:
+        """Cascade: is member ``index``'s answer final? A guaranteed cascade uses its calibrated
+        thresholds (a missing confidence never passes one above 0); uncalibrated, only the oracle answers."""
+        if not out.ok:
+            return False
+        if self.target_accuracy is None:
+            return out.confidence is None or out.confidence >= self.min_confidence
+        if index >= len(self.models) - 1:
+            return True
+        return self.thresholds is not None and (out.confidence or 0.0) >= self.thresholds[index]
+
     async def _cascade(self, engine, inp, context) -> ModelOutput:
         answers: list[ModelOutput] = []
-        for name in self.models:
+        guaranteed_uncalibrated = self.target_accuracy is not None and self.thresholds is None
+        for index, name in enumerate(self.models):
+            if guaranteed_uncalibrated and index < len(self.models) - 1:
+                continue  # no thresholds chosen yet: the oracle alone meets any target
             out = await engine.acall(name, inp, context=context)
             answers.append(out)
-            if out.ok and (out.confidence is None or out.confidence >= self.min_confidence):
+            if self.accepts(index, out):
                 break
         refused = _refused(answers)
         if refused is not None:  # the escalation the strategy asked for was not sent
             return _with_total_cost(refused, answers)
         ok = [a for a in answers if a.ok]
+        if self.target_accuracy is not None and answers[-1].ok:
+            # the accepted answer or the oracle's: the guarantee is agreement with the oracle
+            return _with_total_cost(answers[-1], answers)
         best = max(ok, key=lambda a: a.confidence or 0.0) if ok else answers[-1]
         return _with_total_cost(best, answers)
 

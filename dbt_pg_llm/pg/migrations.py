@@ -436,6 +436,46 @@ create table if not exists {q}.llm_embeddings (
     created_at    timestamptz not null default now()
 );
 """),
+        (19, f"""
+-- Evaluation as data and guaranteed cascades (issue 21.2/21.3, decision 0033). llm_evaluations: one
+-- row per evaluation of a column against a golden relation, per model that answered its rows
+-- (accuracy, cost per row, latency, accuracy by confidence decile). llm_cascade_calibrations: the
+-- sample, the thresholds chosen and the agreement measured for a guaranteed cascade, by strategy and
+-- basis (the fingerprint of its members and prompt): reused while the basis is unchanged.
+create table if not exists {q}.llm_evaluations (
+    id              bigserial primary key,
+    evaluated_at    timestamptz not null default now(),
+    node_id         text not null,
+    column_name     text not null,
+    golden          text not null,
+    model           text not null,
+    strategy        text,
+    task            text,
+    rows_compared   integer not null,
+    accuracy        double precision,
+    cost_per_row    double precision,
+    latency_ms      double precision,
+    calibration     jsonb not null default '[]'::jsonb
+);
+create index if not exists llm_evaluations_model_idx on {q}.llm_evaluations (model, evaluated_at);
+create table if not exists {q}.llm_cascade_calibrations (
+    strategy              text not null,
+    basis                 text not null,
+    created_at            timestamptz not null default now(),
+    models                jsonb not null,
+    target_accuracy       double precision not null,
+    failure_probability   double precision not null,
+    sample_size           integer not null,
+    thresholds            jsonb not null,
+    measured_agreement    double precision not null,
+    agreement_lower_bound double precision not null,
+    oracle_share          double precision not null,
+    sample_cost_usd       double precision not null default 0,
+    stages                jsonb not null,
+    sample                jsonb not null,
+    primary key (strategy, basis)
+);
+"""),
     ]
 
 

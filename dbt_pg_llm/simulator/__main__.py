@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-expire-rate", type=float, default=0.0,
                    help="batch APIs: share of requests left unprocessed (expired) when a batch ends")
     p.add_argument("--batch-discount", type=float, default=0.5, help="batch price = list price x this")
+    p.add_argument("--model-error-rate", action="append", default=[], metavar="MODEL=RATE",
+                   help="share of MODEL's labels answers that are another label, with lower confidence "
+                        "(repeatable; deterministic by --seed): models of known, different error rates")
     return p
 
 
@@ -71,6 +74,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,
         fault_retry_after_s=ns.fault_retry_after_s, batch_delay_s=ns.batch_delay_s,
         batch_error_rate=ns.batch_error_rate, batch_expire_rate=ns.batch_expire_rate, batch_discount=ns.batch_discount,
+        model_error_rates={m: float(r) for m, _, r in (item.partition("=") for item in ns.model_error_rate)},
     )
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "cut_to_tokens",
     "logprobs_for",
     "generate_json",
+    "mistaken_label",
 ]
 
 LABELS_PHRASE = "Answer with exactly one of these labels and nothing else: "
@@ -421,18 +422,35 @@ def compute_answer(system: str, user: str, response_format: str | None = None) -
     return "text", "Summary: " + " ".join(picked)
 
 
+def mistaken_label(model: str, system: str, user: str, answer: str, rate: float, seed: int | None) -> str | None:
+    """``--model-error-rate MODEL=RATE``: a share ``rate`` of this model's labels answers is another
+    label (chosen, like the share, by a hash of seed, model and prompt: deterministic, different per
+    model), so models of known, different error rates can be compared against each other
+    (guaranteed cascades, evaluation). None: the answer stands."""
+    labels = _labels_from(system) if rate > 0 else None
+    if not labels or len(labels) < 2 or answer not in labels:
+        return None
+    digest = _digest(f"mistake\x00{seed}\x00{model}", system, user)
+    if int.from_bytes(digest[:8], "big") / 2 ** 64 >= rate:
+        return None
+    others = [label for label in labels if label != answer]
+    return others[int.from_bytes(digest[8:16], "big") % len(others)]
+
+
 @lru_cache(maxsize=4096)
-def logprobs_for(answer: str, top_n: int = 0, seed: str = "") -> list[dict]:
+def logprobs_for(answer: str, top_n: int = 0, seed: str = "", mistaken: bool = False) -> list[dict]:
     """OpenAI ``logprobs.content``: one entry per 4-character token, logprobs in (-1.5, 0).
 
     Seeded by ``seed`` (the wire layer passes model + prompt) and the answer, so the same label gets
     a different confidence on different inputs and from different models, as from real ones: a
-    cascade on confidence escalates some rows, not all or none, and the bigger model can win."""
+    cascade on confidence escalates some rows, not all or none, and the bigger model can win.
+    ``mistaken`` (a ``mistaken_label`` answer): logprobs in (-2.5, -0.3), so a wrong answer tends to
+    have a lower confidence, as a calibrated model's would, with overlap (confidence is a hint)."""
     rng = random.Random(hashlib.sha256((seed + "\x00" + answer).encode("utf-8", "surrogatepass")).digest())
     out = []
     for i in range(0, len(answer), 4):
         token = answer[i: i + 4]
-        lp = -round(0.001 + rng.random() * 1.49, 6)
+        lp = -round(0.3 + rng.random() * 2.2, 6) if mistaken else -round(0.001 + rng.random() * 1.49, 6)
         entry: dict = {"token": token, "logprob": lp, "bytes": list(token.encode("utf-8", "surrogatepass"))}
         tops = [{"token": token, "logprob": lp, "bytes": entry["bytes"]}]
         for j in range(1, max(0, top_n)):

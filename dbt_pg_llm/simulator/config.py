@@ -54,6 +54,8 @@ class SimulatorConfig:
     batch_error_rate: float = 0.0  # share of batch requests answered with an error
     batch_expire_rate: float = 0.0  # share of batch requests left unprocessed (expired) at the end
     batch_discount: float = 0.5  # batch price = list price x this
+    # model -> share of its labels answers that are wrong (answers.mistaken_label): models of known error rates
+    model_error_rates: dict[str, float] = field(default_factory=dict)
 
     def cost_of(self, ptoks: int, ctoks: int, cached: int = 0, cache_write: int = 0) -> float:
         """What the ledger bills for one answer: ``ptoks`` includes the cache reads and writes."""
@@ -72,6 +74,9 @@ class SimulatorConfig:
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name}: {getattr(self, name)!r} must be between 0 and 1")
         self.models = _names(self.models, "models")
+        for model, rate in self.model_error_rates.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+                raise ValueError(f"model_error_rates.{model}: {rate!r} must be a share between 0 and 1")
         self.reject_params = _names(self.reject_params, "reject_params") or ()
         if not isinstance(self.fault_retry_after_s, (int, float)) or self.fault_retry_after_s <= 0:
             raise ValueError(f"fault_retry_after_s: {self.fault_retry_after_s!r} must be a number of seconds > 0")

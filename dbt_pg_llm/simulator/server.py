@@ -191,7 +191,12 @@ class Simulator:
 
     def reply_for(self, req: Request) -> Reply:
         """The model's answer to ``req``: stop sequences applied, cut at max_tokens."""
-        _, text = packing.answer(req.system, req.user, req.response_format)
+        mode, text = packing.answer(req.system, req.user, req.response_format)
+        rate = self.config.model_error_rates.get(req.model, 0.0)
+        wrong = A.mistaken_label(req.model, req.system, req.user, text, rate, self.config.seed) \
+            if rate and mode == "labels" else None
+        if wrong is not None:
+            text, req.mistaken = wrong, True
         finish, stop_seq = "stop", None
         for s in req.stop:
             i = text.find(s) if s else -1

@@ -37,6 +37,7 @@ class Request:
     tool_name: str | None = None  # Anthropic: the tool the model is made to call (tool_choice tool/any)
     cache_points: tuple = ()  # Anthropic: the cache_control breakpoints (prompt_cache.CachePoint)
     seq: int = 0  # the server's request number: ids of the answer (chatcmpl-…, msg_…, toolu_…)
+    mistaken: bool = False  # the answer is a model_error_rates mistake: its logprobs are lower (answers.py)
 
 
 @dataclass(slots=True)
@@ -186,7 +187,8 @@ def anthropic_usage(ptoks: int, ctoks: int, read: int = 0, write: int = 0, write
 
 # -- answers ---------------------------------------------------------------------------------------
 def openai_logprobs(req: Request, text: str) -> list[dict] | None:
-    return A.logprobs_for(text, req.top_logprobs, req.model + "\x00" + req.user) if req.logprobs else None
+    return A.logprobs_for(text, req.top_logprobs, req.model + "\x00" + req.user, req.mistaken) \
+        if req.logprobs else None
 
 
 def openai_body(req: Request, reply: Reply) -> dict:
