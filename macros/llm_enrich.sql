@@ -21,6 +21,17 @@
     {#- parse time: tag the model `llm` (added to its own tags), so `--select tag:llm` selects every
         model that enriches, e.g. `dbt compile --select tag:llm --vars '{pg_llm_estimate: true}'` -#}
     {%- do config(tags=['llm']) -%}
+    {#- and record each LLM column's spec in the model's meta (one key per column, `pg_llm:<name>`:
+        dbt merges meta shallowly, so two llm_enrich calls in one model keep each other's columns):
+        the generic tests (pg_llm.llm_filled, llm_confidence, llm_accuracy) name only the column and
+        re-derive each row's key from it, with the settings of their own invocation -#}
+    {%- if columns is mapping -%}
+      {%- set recorded = {} -%}
+      {%- for name, spec in columns.items() -%}
+        {%- do recorded.update({'pg_llm:' ~ name: {'spec': spec, 'default_model': model, 'mode': mode}}) -%}
+      {%- endfor -%}
+      {%- do config(meta=recorded) -%}
+    {%- endif -%}
   {%- endif -%}
   {%- if columns is not mapping or columns | length == 0 -%}
     {{ exceptions.raise_compiler_error("pg_llm.llm_enrich: `columns` must be a non-empty mapping of column name -> spec, e.g. {'sentiment': pg_llm.classify('review_text', labels=['positive', 'negative'])}") }}

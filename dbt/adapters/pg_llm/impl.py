@@ -239,14 +239,16 @@ class PgLlmAdapter(PostgresAdapter):
 
     @available
     def llm_fill(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
-                 node_id: Optional[str] = None) -> List[Dict[str, Any]]:
+                 node_id: Optional[str] = None, for_test: bool = False) -> List[Dict[str, Any]]:
         """Request the missing keys of every column (only when the model really executes).
 
         Runs on the adapter's own autocommit connections (paid answers survive a failing model).
         on_error 'fail' -> DbtRuntimeError naming the first error; otherwise a warning with the
         failed count (the rows get NULL or the literal default; the keys are retried next run).
+        ``for_test``: the calls of a data test (pg_llm.llm_accuracy's judge), which `dbt test` runs
+        too; compile / show still request nothing.
         """
-        if not really_executing():
+        if not (really_executing() or (for_test and dbt_command() == "test")):
             return []
         engine = get_engine(self._credentials)
         run = self._run_context(node_id)
@@ -463,6 +465,13 @@ class PgLlmAdapter(PostgresAdapter):
     @available
     def llm_audit_schema(self) -> str:
         return self._settings().audit_schema
+
+    @available
+    def llm_fresh_sql(self, alias: str) -> str:
+        """The predicate "``alias`` (an llm_results row) may be served", for the generic tests."""
+        from dbt_pg_llm.pg.join import fresh_sql
+
+        return fresh_sql(str(alias))
 
     @available
     def llm_metrics_report(self) -> str:
