@@ -2,7 +2,8 @@
   pg_llm.llm_enrich(relation, columns, model=none, on_error=none, mode=none, keep_keys=false)
 
   Select every column of `relation` (a Relation such as ref('x'), or a SQL query string) plus one
-  column per entry of `columns` (column name -> spec from pg_llm.complete / classify / extract).
+  column per entry of `columns` (column name -> spec from pg_llm.complete / classify / extract, or
+  pg_llm.embed: a vector(d) column, real[] without pgvector).
   Only `dbt run` / `build` / `retry` request missing answers (each distinct prompt once, cached in
   the audit schema); every other command just renders the join.
   mode='batch' sends the missing answers of every column (that sets no mode itself) through the
@@ -47,8 +48,13 @@
     {%- set source_sql = relation | string -%}
   {%- endif -%}
   {%- set resolved = [] -%}
+  {%- set embeds = [] -%}  {#- pg_llm.embed columns: vectors, filled and joined on their own (llm_embeddings) -#}
   {%- for name, spec in columns.items() -%}
-    {%- do resolved.append(adapter.llm_column(spec, default_model=model, name=name, mode=mode)) -%}
+    {%- if spec is mapping and spec.get('kind') == 'embed' -%}
+      {%- do embeds.append(adapter.llm_embed_column(spec, default_model=model, name=name)) -%}
+    {%- else -%}
+      {%- do resolved.append(adapter.llm_column(spec, default_model=model, name=name, mode=mode)) -%}
+    {%- endif -%}
   {%- endfor -%}
   {%- if execute -%}
     {#- creates/migrates the audit schema the join reads (no LLM requests) -#}
@@ -58,15 +64,20 @@
   {%- set node_id = node.unique_id if node else none -%}
   {%- if execute and var('pg_llm_estimate', false) -%}
     {#- estimate mode: count and price the missing keys, request nothing -#}
-    {%- do adapter.llm_estimate(source_sql, resolved, node_id=node_id) -%}
+    {%- if resolved -%}{%- do adapter.llm_estimate(source_sql, resolved, node_id=node_id) -%}{%- endif -%}
     {%- if flags.WHICH in ('run', 'build', 'retry') -%}
       {{ exceptions.raise_compiler_error("pg_llm: estimate mode (var pg_llm_estimate): the estimate is logged above; nothing was requested and the model's table was left unchanged. Use `dbt compile --select <models> --vars '{pg_llm_estimate: true}'` to estimate without failing models.") }}
     {%- endif -%}
   {%- elif execute and flags.WHICH in ('run', 'build', 'retry') -%}
-    {%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=node_id) -%}
+    {%- if resolved -%}{%- do adapter.llm_fill(source_sql, resolved, on_error=on_error, node_id=node_id) -%}{%- endif -%}
+    {%- if embeds -%}{%- do adapter.llm_embed_fill(source_sql, embeds, on_error=on_error, node_id=node_id) -%}{%- endif -%}
   {%- elif execute -%}
     {#- show / compile: say (once per invocation) that uncached keys stay empty -#}
     {%- do adapter.llm_note_unfilled() -%}
   {%- endif -%}
-  {{ return(adapter.llm_join_sql(source_sql, resolved, on_error=on_error, keep_keys=keep_keys)) }}
+  {%- set joined = adapter.llm_join_sql(source_sql, resolved, on_error=on_error, keep_keys=keep_keys) if resolved else 'select * from ' ~ source_sql ~ ' __llm_src' -%}
+  {%- if embeds -%}
+    {{ return(adapter.llm_embed_join_sql(joined, embeds, check_vector=execute)) }}
+  {%- endif -%}
+  {{ return(joined) }}
 {%- endmacro %}

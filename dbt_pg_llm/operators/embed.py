@@ -431,3 +431,4 @@ def embed(connect: Callable[[], Any], engine, model_name: str, texts: list[str |
     finally:
         conn.close()
     return [found.get(k) if k else None for k in keys]
+

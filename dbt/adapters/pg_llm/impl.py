@@ -397,6 +397,38 @@ class PgLlmAdapter(PostgresAdapter):
         default = None if mode in ON_ERROR_MODES else mode
         return join_sql(str(source_sql), triples, settings.audit_schema, default, keep_keys=bool(keep_keys))
 
+    # -- embedding columns (pg_llm.embed; the work is in embed_columns.py and the engine) ----------
+    @available
+    def llm_embed_column(self, spec: Dict[str, Any], default_model: Optional[str] = None,
+                         name: Optional[str] = None) -> Dict[str, Any]:
+        """Resolve a pg_llm.embed spec (settings only: safe at parse and compile time)."""
+        from dbt.adapters.pg_llm.embed_columns import resolve_embed_column
+
+        return resolve_embed_column(dict(spec), self._model_config, default_model, name)
+
+    @available
+    def llm_embed_fill(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
+                       node_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Embed the missing texts of each embed column (only when the model really executes)."""
+        if not really_executing():
+            return []
+        from dbt.adapters.pg_llm.embed_columns import fill_embed_column
+
+        settings, engine, run = self._settings(), get_engine(self._credentials), self._run_context(node_id)
+        return [fill_embed_column(self._credentials.connect_autocommit, engine, str(source_sql), column,
+                                  audit_schema=settings.audit_schema, run=run,
+                                  label=f"{node_id or 'model'}.{column.get('name')}", on_error=self._on_error(on_error),
+                                  max_cost_usd=settings.max_cost_usd_per_run, claim_timeout_s=settings.claim_timeout_s,
+                                  say=logger.info, warn=warn_or_error) for column in columns]
+
+    @available
+    def llm_embed_join_sql(self, inner_sql: str, columns: List[Dict[str, Any]], check_vector: bool = True) -> str:
+        """``inner_sql`` plus the embed columns: vector(d) where the database has pgvector, else real[]."""
+        from dbt.adapters.pg_llm.embed_columns import embed_join
+
+        return embed_join(self._credentials.connect_autocommit if check_vector else None, str(inner_sql),
+                          columns, self._settings().audit_schema)
+
     @available
     def llm_prepare(self) -> str:
         """Create/migrate the audit schema (no requests), so the join SQL of `compile` / `show` runs

@@ -1,0 +1,100 @@
+"""The adapter side of ``pg_llm.embed`` columns (issue 19): resolve a spec, fill it, join it.
+
+Kept out of impl.py (thin @available methods call these); the work is the engine's
+``dbt_pg_llm.operators.embed`` / ``embed_columns``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from dbt_common.exceptions import CompilationError, DbtRuntimeError
+
+__all__ = ["EMBED_SPEC_KEYS", "resolve_embed_column", "fill_embed_column", "embed_join"]
+
+EMBED_SPEC_KEYS = ("kind", "prompt_sql", "model", "dimensions", "name")
+
+
+def resolve_embed_column(spec: Dict[str, Any], model_config: Callable[[str], Any], default_model: Optional[str],
+                         name: Optional[str]) -> Dict[str, Any]:
+    """{"name", "kind": "embed", "spec", "model", "dimensions", "dims", "fingerprint"}; CompilationError
+    naming the key and the fix for a bad spec or a model that cannot embed (settings only, no database)."""
+    from dbt_pg_llm.config import check_keys
+    from dbt_pg_llm.errors import ConfigError
+    from dbt_pg_llm.operators.embed import embedding_fingerprint
+    from dbt_pg_llm.operators.embed_columns import column_dims
+
+    path = f"columns.{name}" if name else "column"
+    try:
+        check_keys(dict(spec), EMBED_SPEC_KEYS, path)
+    except ConfigError as exc:
+        raise CompilationError(f"pg_llm: {exc}") from None
+    text_sql = spec.get("prompt_sql")
+    if not isinstance(text_sql, str) or not text_sql.strip():
+        raise CompilationError(f"pg_llm: {path}: pg_llm.embed needs the SQL expression of the text to embed, "
+                               "e.g. pg_llm.embed('title || \\' \\' || body')")
+    model = spec.get("model") or default_model
+    if not model:
+        raise CompilationError(f"pg_llm: {path}.model: no embedding model; pass pg_llm.embed(..., model='<name>') "
+                               "naming a model entry of the profile's llm block, e.g. one with model_version "
+                               "text-embedding-3-small")
+    dimensions = spec.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
+        raise CompilationError(f"pg_llm: {path}.dimensions: {dimensions!r} must be a positive whole number, e.g. 256")
+    config = model_config(model)
+    if getattr(config, "provider", None) == "anthropic":
+        raise CompilationError(f"pg_llm: {path}.model: models.{model}.provider is 'anthropic', which has no "
+                               "embeddings endpoint; use a model entry with provider openai or azure (OpenAI, Azure, "
+                               "or an OpenAI-compatible server: vLLM, Ollama, llama.cpp)")
+    if not hasattr(config, "model_version"):
+        raise CompilationError(f"pg_llm: {path}.model: '{model}' is a strategy; embeddings need one model entry")
+    return {"name": name or spec.get("name"), "kind": "embed", "spec": dict(spec), "model": model,
+            "dimensions": dimensions, "dims": column_dims(config, dimensions),
+            "fingerprint": embedding_fingerprint(config, dimensions)}
+
+
+def fill_embed_column(connect: Callable[[], Any], engine, source_sql: str, column: Dict[str, Any], *,
+                      audit_schema: str, run, label: str, on_error: Any, max_cost_usd: Optional[float],
+                      claim_timeout_s: float, say: Callable[[str], None], warn: Callable[[str], None]) -> Dict[str, Any]:
+    """Embed the column's missing texts; log the summary; on_error 'fail' raises on a failed row."""
+    from dbt_pg_llm.errors import PgLlmError, redact
+    from dbt_pg_llm.operators.embed_columns import embed_relation
+
+    started = time.monotonic()
+    try:
+        report = embed_relation(connect, engine, column["model"], source_sql, column["spec"]["prompt_sql"],
+                                dimensions=column.get("dimensions"), audit_schema=audit_schema, run=run,
+                                column_name=column.get("name"), max_cost_usd=max_cost_usd,
+                                claim_timeout_s=claim_timeout_s)
+    except PgLlmError as exc:
+        raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
+    except Exception as exc:  # database errors & co: name them, never leak a key
+        raise DbtRuntimeError(f"pg_llm: {label}: embedding the column failed: {type(exc).__name__}: "
+                              f"{redact(str(exc))}") from None
+    say(f"{label}: {report.summary()} ({time.monotonic() - started:.2f}s)")
+    if report.errors:
+        first = redact(next(iter(report.errors.values())))
+        text = (f"{label}: {len(report.errors)} of {report.distinct_keys} text(s) got no embedding; those rows are "
+                f"NULL and are requested again on the next run. First error: {first}")
+        if on_error == "fail":
+            raise DbtRuntimeError(f"pg_llm: {text} (on_error='fail')")
+        warn(text)
+    return {"column": column.get("name"), "distinct": report.distinct_keys, "requests": report.requests,
+            "errors": len(report.errors), "cost_usd": report.cost_usd}
+
+
+def embed_join(conn_factory: Optional[Callable[[], Any]], inner_sql: str, columns: List[Dict[str, Any]],
+               audit_schema: str) -> str:
+    """The join adding each embed column (``vector(d)`` if the target database has pgvector, else
+    ``real[]``; without ``conn_factory``, at parse time, real[])."""
+    from dbt_pg_llm.operators.embed_columns import embed_join_sql, vector_type
+
+    vector = None
+    if conn_factory is not None:
+        conn = conn_factory()
+        try:
+            vector = vector_type(conn)
+        finally:
+            conn.close()
+    triples = [(c["name"], c["fingerprint"], c["spec"]["prompt_sql"], c.get("dims")) for c in columns]
+    return embed_join_sql(inner_sql, triples, audit_schema, vector)

@@ -1,0 +1,84 @@
+"""Embedding columns of a relation (what ``pg_llm.embed`` inside ``llm_enrich`` asks for).
+
+    from dbt_pg_llm.operators.embed_columns import embed_relation, embed_join_sql, vector_type, column_dims
+
+    report = embed_relation(connect, engine, "embedder", "my_schema.docs", "title || ' ' || body",
+                            dimensions=256, audit_schema="llm_audit", run=run)  # embed.embed_texts underneath
+    sql = embed_join_sql("select * from my_schema.docs", [("emb", fp, "title || ' ' || body", 256)],
+                         "llm_audit", vector=vector_type(conn))  # vector(256), or real[] without pgvector
+
+The missing texts are found by Postgres (an anti-join on ``llm_embeddings``): a warm rerun reads no
+text and sends nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..config import ModelConfig
+from ..keys import key_sql
+from ..pg.migrations import ensure_migrated, quote_ident
+from .embed import EMBEDDINGS_TABLE, EmbedReport, embed_texts, embedding_config, embedding_fingerprint
+
+__all__ = ["NATIVE_DIMS", "column_dims", "missing_texts_sql", "embed_relation", "vector_type", "embed_join_sql"]
+
+NATIVE_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+
+
+def column_dims(config: ModelConfig, dimensions: int | None) -> int | None:
+    """The vector length a column will hold: ``dimensions``, or the model's known native length
+    (None for a model we do not know: the column is then an untyped ``vector``)."""
+    return int(dimensions) if dimensions else NATIVE_DIMS.get(config.model_version or "")
+
+
+def missing_texts_sql(source_sql: str, text_sql: str, fingerprint: str, audit_schema: str = "llm_audit") -> str:
+    """The distinct non-NULL texts of ``source_sql`` whose key has no vector yet (the texts are computed
+    in a subquery that sees only the source, so ``text_sql`` may use any source column unqualified)."""
+    return (f"select s.__emb_t from (select distinct ({text_sql})::text as __emb_t from {source_sql} __emb_src) s\n"
+            f"where s.__emb_t is not null and not exists (select 1 from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} e"
+            f" where e.key = {key_sql(fingerprint, 's.__emb_t')})")
+
+
+def embed_relation(connect: Callable[[], Any], engine, model_name: str, source_sql: str, text_sql: str, *,
+                   dimensions: int | None = None, audit_schema: str = "llm_audit", **kwargs) -> EmbedReport:
+    """``embed_texts`` for the distinct texts ``text_sql`` gives over ``source_sql`` that have no vector
+    yet (read by Postgres with an anti-join: a warm rerun reads no text and sends nothing)."""
+    config = embedding_config(engine, model_name)
+    fp = embedding_fingerprint(config, dimensions)
+    conn = connect()
+    try:
+        conn.autocommit = True
+        ensure_migrated(conn, audit_schema)
+        with conn.cursor() as cur:
+            cur.execute(missing_texts_sql(source_sql, text_sql, fp, audit_schema))
+            texts = [t for (t,) in cur.fetchall()]
+    finally:
+        conn.close()
+    return embed_texts(connect, engine, model_name, texts, dimensions=dimensions, audit_schema=audit_schema, **kwargs)
+
+
+def vector_type(conn) -> str | None:
+    """The qualified ``vector`` type when the pgvector extension is installed in this database, else None."""
+    with conn.cursor() as cur:
+        cur.execute("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
+                    "where e.extname = 'vector'")
+        row = cur.fetchone()
+    return f"{quote_ident(row[0])}.vector" if row else None
+
+
+def embed_join_sql(inner_sql: str, columns: list[tuple[str, str, str, int | None]], audit_schema: str = "llm_audit",
+                   vector: str | None = None) -> str:
+    """SELECT of ``inner_sql``'s rows plus one vector column per ``(name, fingerprint, text_sql, dims)``:
+    ``vector(dims)`` when ``vector`` (the qualified type from ``vector_type``) is given, else ``real[]``;
+    NULL for a NULL text or a text that failed. Keys come from a LATERAL subquery that sees only the
+    rows, so ``text_sql`` may use their columns unqualified (even ones named key, model, vec ...)."""
+    q = quote_ident(audit_schema)
+    keys = ", ".join(f"{key_sql(fp, text)} as __emb_k{i}" for i, (_, fp, text, _) in enumerate(columns))
+    select, joins = ["__emb_src.*"], []
+    for i, (name, _, _, dims) in enumerate(columns):
+        value = f"__emb_e{i}.vec"
+        if vector:
+            value = f"{value}::{vector}" + (f"({int(dims)})" if dims else "")
+        select.append(f"{value} as {quote_ident(name)}")
+        joins.append(f"left join {q}.{EMBEDDINGS_TABLE} __emb_e{i} on __emb_e{i}.key = __emb_k.__emb_k{i}")
+    return (f"select {', '.join(select)}\nfrom ({inner_sql}\n) __emb_src\ncross join lateral (select {keys}) __emb_k\n"
+            + "\n".join(joins))
