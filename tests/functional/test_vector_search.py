@@ -165,3 +165,18 @@ def test_recall_at_10_of_the_join_against_the_exact_top_10(vproject):
         assert recall >= 0.9   # HNSW: approximate (m=16, ef_search=40 defaults)
     else:
         assert recall == 1.0   # exact scan
+
+
+def test_bad_input_errors_name_the_argument_and_the_fix(vproject):
+    mismatch = vproject.run("show", "--inline", "select {{ pg_llm.similarity(\"'{1,2}'::real[]\", \"'{1,2,3}'::real[]\") }} as s",
+                            expect=False)
+    if vproject.backend == "pgvector":
+        assert "different vector dimensions 2 and 3" in mismatch.text
+        return
+    assert "different dimensions (2 vs 3); embed both sides with the same model and dimensions" in mismatch.text
+    wrong = vproject.run("compile", "--inline",
+                         "{{ pg_llm.similarity_join(ref('vec_left'), ref('vec_right'), 'emb', 'embedding') }}", expect=False)
+    assert "the left embedding column 'emb' is not a column of the left relation (its columns: id, label, embedding)" in wrong.text
+    overlap = vproject.run("compile", "--inline",
+                           "{{ pg_llm.embed_chunks(ref('vec_left'), 'id', 'label', chunk_size=40, overlap=40) }}", expect=False)
+    assert "overlap must be an integer from 0 to chunk_size - 1 (39), got 40" in overlap.text
