@@ -149,3 +149,16 @@ def test_kill_9_after_paying_loses_nothing_the_rerun_pays_nothing(db, pg, sim, t
     rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, claim_timeout_s=1)
     assert rep.from_journal == 40 and rep.requests == 0 and sim.stats()["requests"] == paid
     assert time.monotonic() - started < 5
+
+
+def test_the_openai_sdk_parses_the_simulators_embeddings(sim):
+    import openai
+
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-test-0123456789", max_retries=0)
+    got = client.embeddings.create(model="text-embedding-3-small", input=["apple pie", "apple tart"], dimensions=48)
+    assert [len(d.embedding) for d in got.data] == [48, 48] and got.usage.prompt_tokens > 0
+    as_floats = client.embeddings.create(model="text-embedding-3-small", input="apple pie", dimensions=48,
+                                         encoding_format="float")
+    assert as_floats.data[0].embedding == pytest.approx(got.data[0].embedding, abs=1e-6)
+    with pytest.raises(openai.BadRequestError):  # 2,049 inputs: over the input-array limit
+        client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
