@@ -23,6 +23,7 @@
         {'query_embedding': pg_llm.embed('query_text', model=model, dimensions=dimensions)}) -%}
   {%- if not execute -%}{{ return(query_sql) }}{%- endif -%}
   {%- set cols = pg_llm.vector_query_columns(relation) -%}
+  {%- if cols is none -%}{%- set cols = [embedding_column] -%}{%- endif -%}  {#- compile before the relation exists -#}
   {%- if embedding_column not in cols -%}
     {{ exceptions.raise_compiler_error("pg_llm.semantic_search: '" ~ embedding_column ~ "' is not a column of the relation (its columns: " ~ cols | join(', ') ~ "); pass the column holding the embeddings") }}
   {%- endif -%}

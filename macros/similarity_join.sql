@@ -28,6 +28,11 @@
   {%- if not execute -%}{{ return('select 1 as pg_llm_parse_placeholder') }}{%- endif -%}
   {%- set left_cols = pg_llm.vector_query_columns(left) -%}
   {%- set right_cols = pg_llm.vector_query_columns(right) -%}
+  {%- if left_cols is none or right_cols is none -%}
+    {#- compile / docs before the inputs exist: the join's shape, every column of both sides -#}
+    {%- set left_cols, right_cols = [left_embedding], [right_embedding] -%}
+    {%- set keep_embeddings = true -%}
+  {%- endif -%}
   {%- for side, cols, col in [('left', left_cols, left_embedding), ('right', right_cols, right_embedding)] -%}
     {%- if col not in cols -%}
       {{ exceptions.raise_compiler_error("pg_llm.similarity_join: the " ~ side ~ " embedding column '" ~ col ~ "' is not a column of the " ~ side ~ " relation (its columns: " ~ cols | join(', ') ~ "); pass the column name holding the embeddings, e.g. " ~ side ~ "_embedding='embedding'") }}
