@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 
+from .quality_report import quality_tables_html
 from .pg.usage_report import (ModelUsage, daily_series, error_kind_series, latency_samples, top_nodes,
                               usage_by_model)
 
@@ -119,4 +120,5 @@ def render_report_html(conn, schema: str, days: float = 30, *, title: str = "dbt
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>"
             f'<div class="sub">last {days:g} day(s) of {html.escape(schema)}.llm_calls, llm_errors and llm_alerts; '
-            f"generated {now}</div>\n{_table(usage)}\n<div class=\"grid\">{''.join(charts)}</div>\n</body></html>\n")
+            f"generated {now}</div>\n{_table(usage)}\n<div class=\"grid\">{''.join(charts)}</div>\n"
+            f"{quality_tables_html(conn, schema)}\n</body></html>\n")

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..cascade_calibration import Calibration, apply_calibration, calibrate, calibration_basis
+from .join import distinct_prompts_sql
 from .migrations import ensure_migrated, qualified, transaction
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from ..model_io import ModelInput
 
 __all__ = ["store_evaluations", "latest_evaluations", "scores_from_evaluations", "store_calibration",
-           "load_calibration", "calibrated", "calibrations"]
+           "load_calibration", "calibrated", "calibrations", "prepare_cascade"]
 
 _EVAL_COLUMNS = ("node_id", "column_name", "golden", "model", "strategy", "task", "rows_compared", "accuracy",
                  "cost_per_row", "latency_ms", "calibration")
@@ -114,3 +115,24 @@ def calibrated(conn, schema: str, engine: "Engine", name: str, inputs: Sequence[
         stored = load_calibration(conn, schema, name, basis)
     apply_calibration(engine, name, stored["thresholds"])
     return stored, reused
+
+
+def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str) -> dict[str, Any] | None:
+    """Before a fill of ``spec`` (a ColumnSpec): if its model is a guaranteed cascade with no thresholds
+    yet, reuse the stored calibration of the same basis or calibrate on a uniform random sample of the
+    column's distinct prompts (``order by random()`` in Postgres) and store it; the fill then runs the
+    rest through the cascade. Returns the calibration row, or None for any other model."""
+    strategy = getattr(engine.registry.get(spec.model), "strategy", None)
+    if strategy is None or strategy.kind != "cascade" or strategy.target_accuracy is None \
+            or strategy.thresholds is not None:
+        return None
+    with conn.cursor() as cur:  # embeds the model's SQL, as the fill's own statements do
+        cur.execute(f"select d.p from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d "
+                    f"where d.p is not null order by random() limit {int(strategy.sample_size)}")
+        prompts = [row[0] for row in cur.fetchall()]
+    if not conn.autocommit:
+        conn.commit()
+    if not prompts:
+        return None
+    stored, _ = calibrated(conn, schema, engine, spec.model, [spec.model_input(p) for p in prompts])
+    return stored

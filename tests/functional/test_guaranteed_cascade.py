@@ -10,10 +10,12 @@ import pytest
 from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
 from dbt_pg_llm.guarantee import NEVER
 from dbt_pg_llm.model_io import ModelInput
-from dbt_pg_llm.pg import ColumnSpec
+from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
 from dbt_pg_llm.pg.cascades import (calibrated, calibrations, latest_evaluations, scores_from_evaluations,
                                     store_evaluations)
 from dbt_pg_llm.evaluation import evaluate
+from dbt_pg_llm.html_report import render_report_html
+from dbt_pg_llm.quality_report import quality_tables_html
 from dbt_pg_llm.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.functional
@@ -115,5 +117,62 @@ def test_evaluation_rows_and_route_scores_from_them(db, pg_conn, simulator_facto
         scores = scores_from_evaluations(pg_conn, audit)
         assert scores == {"small": {"classify": pytest.approx(by_model["small"]["accuracy"])},
                           "large": {"classify": 1.0}}
+        # the HTML report shows them (and says when nothing is stored)
+        page = render_report_html(pg_conn, audit)
+        assert "Evaluations against golden sets" in page and "golden_tickets" in page and "100.0%" in page
+        assert "no guaranteed cascade calibrated" in page
     finally:
         engine.close()
+
+
+def test_fill_of_a_guaranteed_cascade_calibrates_first_then_reuses(db, pg_conn, simulator_factory):
+    """fill_column (what the dbt materialisation runs): the cascade calibrates on a random sample of
+    the column's prompts before the fill, stores it, and the next fill reuses it."""
+    connect, schema, audit = db
+    sim = simulator_factory(SimulatorConfig(model_error_rates={"sim-small": SMALL_ERRORS}))
+    n = 300
+    with pg_conn.cursor() as cur:
+        cur.execute(f'create table "{schema}".tickets (id serial primary key, body text)')
+        cur.executemany(f'insert into "{schema}".tickets (body) values (%s)',
+                        [(f"ticket {i}: the scanner in room {i % 5} is stuck",) for i in range(n)])
+    spec = {"kind": "classify", "prompt_sql": "body", "labels": LABELS, "name": "topic"}
+    engine = build_engine(settings_for(sim), journal=False, sinks=[BufferedSink()])
+    try:
+        rep = fill_column(connect, engine, f'"{schema}".tickets', spec, audit_schema=audit,
+                          run=RunContext("run-1", "model.p.tickets"), default_model="sure")
+        assert rep.errors == 0
+        (stored,) = calibrations(pg_conn, audit)
+        assert stored["strategy"] == "sure" and stored["sample_size"] == SAMPLE and stored["thresholds"][0] < NEVER
+        answers = q(pg_conn, f'select model, output_text, cost_usd from "{audit}".llm_results where model <> \'\'')
+        assert len(answers) == n and {a[0] for a in answers} == {"small", "large"}
+        # agreement with the oracle over every key, and the cost against asking the oracle alone
+        col = ColumnSpec.from_dict(spec, "sure")
+        items = [col.model_input(f"ticket {i}: the scanner in room {i % 5} is stuck") for i in range(n)]
+        oracle = call_all(engine, "large", items)  # cached for the sample and escalated keys, paid for the rest
+        by_prompt = {f"ticket {i}: the scanner in room {i % 5} is stuck": o.value for i, o in enumerate(oracle)}
+        rows = q(pg_conn, join_sql(f'"{schema}".tickets', [("topic", col, col.fingerprint(engine.registry.get("sure")
+                                                                                        .config))], audit))
+        agreement = sum(r[-1] == by_prompt[r[1]] for r in rows) / n
+        assert agreement >= TARGET, agreement
+        oracle_only = n * min(o.cost_usd for o in oracle if not o.cached)  # every key at the cheapest price
+        paid = rep.cost_usd + float(stored["sample_cost_usd"])  # the fill's, plus the sample's (if not in it)
+        assert paid < 0.9 * oracle_only, (rep.cost_usd, float(stored["sample_cost_usd"]), oracle_only)
+        shown = quality_tables_html(pg_conn, audit)
+        assert "small &gt; large" in shown and f'{stored["thresholds"][0]:.2f}' in shown
+    finally:
+        engine.close()
+    engine = build_engine(settings_for(sim), journal=False, sinks=[BufferedSink()])
+    try:
+        before = sim.stats()["requests"]
+        fill_column(connect, engine, f'"{schema}".tickets', spec, audit_schema=audit,
+                    run=RunContext("run-2", "model.p.tickets"), default_model="sure")
+        assert sim.stats()["requests"] == before  # the calibration was reused, every answer was cached
+        assert engine.registry.get("sure").strategy.thresholds == tuple(stored["thresholds"])
+    finally:
+        engine.close()
+
+
+def q(conn, sql):
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
