@@ -60,6 +60,9 @@ def _models(emb_type: str) -> dict[str, str]:
         "vec_join.sql": "{{ pg_llm.similarity_join(ref('vec_left'), ref('vec_right'), 'embedding', 'embedding', k=3) }}",
         "vec_join_min.sql": "{{ pg_llm.similarity_join('select id, embedding from ' ~ ref('vec_left'), ref('vec_right'), 'embedding', 'embedding', k=5, min_similarity=0.3) }}",
         "vec_big_join.sql": "{{ pg_llm.similarity_join(ref('vec_big_left'), ref('vec_big_right'), 'embedding', 'embedding', k=10) }}",
+        # real[] operands on both backends (with pgvector: cast to vector), a NULL, a zero vector
+        "vec_sim_arrays.sql": "select {{ pg_llm.similarity(\"'{1,0,0}'::real[]\", \"'{1,1,0}'::real[]\") }} as s45, "
+                              "{{ pg_llm.similarity(\"'{1,2,3}'::real[]\", 'null::real[]') }} as s_null",
         "vec_sim.sql": "select l.id as left_id, r.id as right_id, {{ pg_llm.similarity('l.embedding', 'r.embedding') }} as sim\n"
                        "from {{ ref('vec_left') }} l cross join {{ ref('vec_right') }} r",
     }
@@ -188,3 +191,8 @@ def test_compile_before_the_inputs_exist(vproject):
     out = vproject.run("compile", "-s", "vec_join", "vec_big_join", DBT_SCHEMA=f"vec_none_{uuid.uuid4().hex[:6]}")
     compiled = next((vproject.path / "target" / "compiled").rglob("vec_join.sql")).read_text()
     assert "cross join lateral" in compiled and "limit 3" in compiled, out.text[-2000:]
+
+
+def test_similarity_of_real_arrays_on_both_backends(vproject):
+    s45, s_null = vproject.query(f'select s45, s_null from "{vproject.schema}".vec_sim_arrays')[0]
+    assert s45 == pytest.approx(math.sqrt(0.5), abs=1e-6) and s_null is None
