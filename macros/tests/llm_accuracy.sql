@@ -17,10 +17,6 @@
                                                             golden_key_column, min_accuracy, comparison, judge_model)) }}
 {% endtest %}
 
-{% macro llm_normalized_sql(expr) -%}
-  btrim(regexp_replace(lower(({{ expr }})::text), '[^[:alnum:]]+', ' ', 'g'))
-{%- endmacro %}
-
 {% macro default__test_llm_accuracy(model, column_name, golden, key_column, golden_column=none, golden_key_column=none,
                                     min_accuracy=1, comparison='exact', judge_model=none) %}
   {%- set col = pg_llm.llm_test_column(column_name, 'llm_accuracy') -%}
