@@ -32,6 +32,7 @@ A profile names a strategy like a model (``settings.py`` parses it with ``from_d
       split: {strategy: route, routes: {classify: small, extract: large}, default: large}
       pick:  {strategy: route, default: large,
               scores: {small: {classify: 0.9, complete: 0.6}, large: {classify: 0.8, extract: 0.95}}}
+      meas:  {strategy: route, default: large, scores: from_evaluations}   # measured: llm_evaluations
 
 and ``strategy_model.StrategyModel`` registers it in the Engine under its name, so columns use it
 like any model. Members are real models (strategies do not nest).
@@ -58,13 +59,14 @@ from .model_io import ModelInput, ModelOutput, TokenUsage
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["InferenceStrategy", "TASKS", "task_of"]
+__all__ = ["InferenceStrategy", "TASKS", "task_of", "SCORES_FROM_EVALUATIONS"]
 
 TASKS = ("complete", "classify", "extract")
 _TASK_OF_FORMAT = {"text": "complete", "labels": "classify", "json": "extract"}
 _KEYS = ("strategy", "models", "min_confidence", "routes", "default", "scores", "target_accuracy",
          "failure_probability", "sample_size")
 _GUARANTEE_KEYS = ("target_accuracy", "failure_probability", "sample_size")
+SCORES_FROM_EVALUATIONS = "from_evaluations"
 
 
 def task_of(inp: ModelInput) -> str:
@@ -79,6 +81,9 @@ class InferenceStrategy:
     min_confidence: float = 0.8
     routes: Mapping[str, str] = field(default_factory=dict)
     scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # route: model -> task -> score
+    # route: "from_evaluations" = scores are each model's measured accuracy per task (llm_evaluations),
+    # read before a fill (pg.cascades.prepare_strategy); the cache key names the source, not the numbers
+    scores_source: str | None = None
     target_accuracy: float | None = None  # cascade: a guaranteed cascade (guarantee.py) when set
     failure_probability: float = 0.05
     sample_size: int = 400  # keys also sent to the oracle to choose the thresholds
@@ -127,6 +132,7 @@ class InferenceStrategy:
         names: tuple[str, ...] = ()
         routes: dict[str, str] = {}
         scores: dict[str, dict[str, float]] = {}
+        extra: dict[str, Any] = {}  # fields only some kinds set (route: scores_source)
         min_confidence = data.get("min_confidence", 0.8) if kind == "cascade" else 0.8
         unused = {"route": ("models", "min_confidence", *_GUARANTEE_KEYS),
                   "vote": ("routes", "default", "min_confidence", "scores", *_GUARANTEE_KEYS),
@@ -142,7 +148,10 @@ class InferenceStrategy:
                 problems.append(f"{path}.routes: expected a mapping of task -> model, e.g. {{classify: small}}")
                 raw_routes = {}
             routes = {str(task): member(target, f"{path}.routes.{task}") for task, target in raw_routes.items()}
-            scores = _scores(data.get("scores") or {}, f"{path}.scores", member, problems)
+            if data.get("scores") == SCORES_FROM_EVALUATIONS:
+                extra["scores_source"] = SCORES_FROM_EVALUATIONS
+            else:
+                scores = _scores(data.get("scores") or {}, f"{path}.scores", member, problems)
             if data.get("default") is None:
                 problems.append(f"{path}.default: missing; name the model for tasks without a route")
             else:
@@ -166,6 +175,7 @@ class InferenceStrategy:
                 problems.append(f"{path}.{key}: {value!r} must be a number")
                 guarantee[key] = None
         guarantee = {k: v for k, v in guarantee.items() if v is not None}
+        guarantee.update(extra)
         if kind in cls.KINDS:
             problems.extend(cls(kind, names, float(min_confidence), routes, scores, **guarantee)
                             .problems(path, check_kind=False))
@@ -234,7 +244,9 @@ class InferenceStrategy:
         if self.kind == "route":
             out = {"strategy": "route", "default": who(self.models[0]),
                    "routes": {task: who(m) for task, m in sorted(self.routes.items())}}
-            if self.scores:  # only when set: the keys of plain routes stay what they were
+            if self.scores_source:  # the numbers change with each evaluation; the key names their source
+                out["scores"] = self.scores_source
+            elif self.scores:  # only when set: the keys of plain routes stay what they were
                 out["scores"] = {task: [[who(m), float(self.scores[m][task])] for m in self.candidates(task)
                                         if self.scores.get(m, {}).get(task, 0) > 0] for task in TASKS}
             return out

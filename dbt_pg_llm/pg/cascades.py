@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..cascade_calibration import Calibration, apply_calibration, calibrate, calibration_basis
+from ..strategy import SCORES_FROM_EVALUATIONS
 from .join import distinct_prompts_sql
 from .migrations import ensure_migrated, qualified, transaction
 
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from ..model_io import ModelInput
 
 __all__ = ["store_evaluations", "latest_evaluations", "scores_from_evaluations", "store_calibration",
-           "load_calibration", "calibrated", "calibrations", "prepare_cascade"]
+           "load_calibration", "calibrated", "calibrations", "prepare_cascade",
+           "prepare_strategy"]
 
 _EVAL_COLUMNS = ("node_id", "column_name", "golden", "model", "strategy", "task", "rows_compared", "accuracy",
                  "cost_per_row", "latency_ms", "calibration")
@@ -120,7 +122,8 @@ def calibrated(conn, schema: str, engine: "Engine", name: str, inputs: Sequence[
 def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str) -> dict[str, Any] | None:
     """Before a fill of ``spec`` (a ColumnSpec): if its model is a guaranteed cascade with no thresholds
     yet, reuse the stored calibration of the same basis or calibrate on a uniform random sample of the
-    column's distinct prompts (``order by random()`` in Postgres) and store it; the fill then runs the
+    column's distinct prompts (ordered by md5: a hash independent of the data, and the same sample
+    for the same prompts, so a rerun's calibration is reproducible) and store it; the fill then runs the
     rest through the cascade. Returns the calibration row, or None for any other model."""
     strategy = getattr(engine.registry.get(spec.model), "strategy", None)
     if strategy is None or strategy.kind != "cascade" or strategy.target_accuracy is None \
@@ -128,7 +131,7 @@ def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str) 
         return None
     with conn.cursor() as cur:  # embeds the model's SQL, as the fill's own statements do
         cur.execute(f"select d.p from ({distinct_prompts_sql(source_sql, spec.prompt_sql)}) d "
-                    f"where d.p is not null order by random() limit {int(strategy.sample_size)}")
+                    f"where d.p is not null order by md5(d.p) limit {int(strategy.sample_size)}")
         prompts = [row[0] for row in cur.fetchall()]
     if not conn.autocommit:
         conn.commit()
@@ -136,3 +139,20 @@ def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str) 
         return None
     stored, _ = calibrated(conn, schema, engine, spec.model, [spec.model_input(p) for p in prompts])
     return stored
+
+
+def prepare_strategy(conn, schema: str, engine: "Engine", spec, source_sql: str) -> dict[str, Any] | None:
+    """Before a fill: a guaranteed cascade is calibrated (``prepare_cascade``); a route with
+    ``scores: from_evaluations`` takes each registered model's latest measured accuracy per task
+    from ``llm_evaluations`` as its scores. Returns what was applied (None: nothing to do)."""
+    model = engine.registry.get(spec.model)
+    strategy = getattr(model, "strategy", None)
+    if strategy is not None and strategy.kind == "route" and strategy.scores_source == SCORES_FROM_EVALUATIONS:
+        ensure_migrated(conn, schema)
+        real = [name for name in engine.registry.names() if getattr(engine.registry.get(name), "strategy", None) is None]
+        scores = scores_from_evaluations(conn, schema, real)
+        if not conn.autocommit:
+            conn.commit()
+        model.strategy = replace(strategy, scores=scores)
+        return {"scores": scores}
+    return prepare_cascade(conn, schema, engine, spec, source_sql)

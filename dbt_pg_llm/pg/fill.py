@@ -55,7 +55,7 @@ from .cache_control import forget_invalidated
 from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every, lease_seconds, send_lease
 from .connectivity import buffered_sinks, db_errors
 from .join import count_and_log_hits_sql, uncached_prompts_sql
-from .cascades import prepare_cascade
+from .cascades import prepare_strategy
 from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, first_error_fails, too_many_errors, where_kept
 from .progress import FillProgress
@@ -190,8 +190,9 @@ class ColumnFill:
             ensure_migrated(self.writer, self.schema)
             run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
             replay_spools(self.writer, self.schema, spool_dir_of(self.engine))  # dead runs' unlogged requests
-            # a guaranteed cascade chooses its thresholds on a sample first (or reuses them): decision 0033
-            prepare_cascade(self.writer, self.schema, self.engine, self.spec, source_sql)
+            # a guaranteed cascade chooses its thresholds on a sample first (or reuses them), a route
+            # takes its scores from llm_evaluations: decision 0033
+            prepare_strategy(self.writer, self.schema, self.engine, self.spec, source_sql)
             self.run_open = True
             self.reader = self._open()
             self.claims = Claims(self.reader, lambda: self.writer, self.schema, self.run_ctx, self.spec.model,

@@ -104,3 +104,26 @@ def test_no_threshold_fits_then_every_key_goes_to_the_oracle():
 def test_bad_parameters_are_refused(target, delta):
     with pytest.raises(ValueError, match="target_accuracy|failure_probability"):
         choose_thresholds([([0.5], [True])], target, delta)
+
+
+def test_profile_entries_for_guaranteed_cascades_and_measured_routes():
+    from dbt_pg_llm.errors import ConfigError
+    from dbt_pg_llm.strategy import InferenceStrategy
+
+    models = {"small", "large"}
+    sure = InferenceStrategy.from_dict({"strategy": "cascade", "models": ["small", "large"], "target_accuracy": 0.9,
+                                        "failure_probability": 0.01, "sample_size": 300}, "llm.models.sure", models)
+    assert (sure.target_accuracy, sure.failure_probability, sure.sample_size, sure.thresholds) == (0.9, 0.01, 300, None)
+    meas = InferenceStrategy.from_dict({"strategy": "route", "default": "small", "scores": "from_evaluations"},
+                                       "llm.models.meas", models)
+    assert meas.scores_source == "from_evaluations" and meas.scores == {}
+    with pytest.raises(ConfigError) as bad:
+        InferenceStrategy.from_dict({"strategy": "cascade", "models": ["large"], "target_accuracy": 1.5,
+                                     "failure_probability": "often", "sample_size": 3}, "llm.models.bad", models)
+    text = str(bad.value)
+    for part in ("llm.models.bad.target_accuracy", "llm.models.bad.failure_probability",
+                 "llm.models.bad.sample_size", "cheaper models and an oracle"):
+        assert part in text, text
+    with pytest.raises(ConfigError, match="target_accuracy: not used by strategy 'vote'"):
+        InferenceStrategy.from_dict({"strategy": "vote", "models": ["small", "large"], "target_accuracy": 0.9},
+                                    "llm.models.v", models)
