@@ -175,6 +175,10 @@ def test_bad_input_errors_name_the_argument_and_the_fix(vproject):
                             expect=False)
     if vproject.backend == "pgvector":
         assert "different vector dimensions 2 and 3" in mismatch.text
+        many = vproject.run("compile", "--inline",
+                            "{{ pg_llm.similarity_join(ref('vec_left'), ref('vec_right'), 'embedding', 'embedding', k=50) }}")
+        assert any("k=50 is above pgvector's default hnsw.ef_search (40)" in w and "set hnsw.ef_search = 50" in w
+                   for w in many.warnings), many.warnings
         return
     assert "different dimensions (2 vs 3); embed both sides with the same model and dimensions" in mismatch.text
     wrong = vproject.run("compile", "--inline",
