@@ -30,7 +30,9 @@
   {%- set q = adapter.quote -%}
   {%- set keys = [] -%}
   {%- for c in cols if c != embedding_column -%}{%- do keys.append(q(c)) -%}{%- endfor -%}
-  {%- set distance = pg_llm.vector_distance_sql('pg_llm_r.' ~ q(embedding_column), '(select pg_llm_q.query_embedding from (' ~ query_sql ~ '\n) as pg_llm_q)', pg_llm.vector_extension_schema()) -%}
+  {%- set vector_schema = pg_llm.vector_extension_schema() -%}
+  {%- do pg_llm.warn_hnsw_limit(k, 'semantic_search', vector_schema) -%}
+  {%- set distance = pg_llm.vector_distance_sql('pg_llm_r.' ~ q(embedding_column), '(select pg_llm_q.query_embedding from (' ~ query_sql ~ '\n) as pg_llm_q)', vector_schema) -%}
 select {% for c in keys %}pg_llm_k.{{ c }}, {% endfor %}1 - pg_llm_k.pg_llm_distance as similarity,
   row_number() over (order by pg_llm_k.pg_llm_distance{% for c in keys %}, pg_llm_k.{{ c }}{% endfor %}) as similarity_rank
 from (

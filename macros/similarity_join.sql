@@ -40,10 +40,7 @@
   {%- endfor -%}
   {%- set q = adapter.quote -%}
   {%- set vector_schema = pg_llm.vector_extension_schema() -%}
-  {%- if vector_schema and k > 40 -%}
-    {#- an HNSW scan yields at most hnsw.ef_search rows (default 40): more would be silently cut -#}
-    {%- do exceptions.warn("pg_llm.similarity_join: k=" ~ k ~ " is above pgvector's default hnsw.ef_search (40); an HNSW index scan returns at most ef_search rows per left row, so add pre_hook=\"set hnsw.ef_search = " ~ k ~ "\" to the model's config (an exact scan is not affected)") -%}
-  {%- endif -%}
+  {%- do pg_llm.warn_hnsw_limit(k, 'similarity_join', vector_schema) -%}
   {%- set distance = pg_llm.vector_distance_sql('pg_llm_r.' ~ q(right_embedding), 'pg_llm_l.' ~ q(left_embedding), vector_schema) -%}
   {%- set right_keys = [] -%}
   {%- for c in right_cols if c != right_embedding -%}{%- do right_keys.append(q(c)) -%}{%- endfor -%}

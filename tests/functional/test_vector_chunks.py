@@ -130,6 +130,9 @@ def test_semantic_search_top_k_with_scores(cproject):
         compiled = next((cproject.path / "target" / "compiled").rglob("kettle_search.sql")).read_text()
         plan = "\n".join(r[0] for r in cproject.query("explain " + compiled))
         assert "Index Scan using" in plan and "doc_chunks" in plan, plan
+        many = cproject.run("compile", "--inline",
+                            f"{{{{ pg_llm.semantic_search(ref('doc_chunks'), 'embedding', 'kettle', k=41, dimensions={DIM}, model='embedder') }}}}")
+        assert any("semantic_search: k=41 is above pgvector's default hnsw.ef_search (40)" in w for w in many.warnings), many.warnings
 
 
 def test_rerun_requests_only_new_or_changed_documents(cproject, simulator):
