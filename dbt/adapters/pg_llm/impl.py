@@ -472,6 +472,15 @@ class PgLlmAdapter(PostgresAdapter):
         return invalidate_cache(self, get_engine(self._credentials), dict(args or {}))
 
     @available
+    def llm_evaluate(self, node_id: str, column: str, meta: Dict[str, Any], relation_sql: str, golden_sql: str,
+                     golden_name: str, key: str, golden_column: str, models: Optional[List[str]] = None) -> str:
+        """``pg_llm.evaluate``: the column's models against a golden relation, into llm_evaluations."""
+        from dbt.adapters.pg_llm.evaluate_op import evaluate_column
+
+        return evaluate_column(self, get_engine(self._credentials), node_id, column, dict(meta or {}), relation_sql,
+                               golden_sql, golden_name, key, golden_column, models)
+
+    @available
     def llm_purge_audit(self, older_than_days: Any = None) -> Dict[str, Any]:
         """``pg_llm.purge_audit``: delete audit rows older than ``older_than_days`` (never valid answers)."""
         from dbt.adapters.pg_llm.operations import purge_audit_rows
