@@ -32,6 +32,7 @@ import asyncio
 import base64
 import logging
 import struct
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -171,6 +172,7 @@ class _Filler:
         self.url = self._url()
         self.headers = {**self.provider.wire_headers(), "content-type": "application/json"}
         self.written: list[str] = []  # keys whose vectors are stored (their claims may be released)
+        self.lock = threading.Lock()  # one connection, written from the requests' worker threads
 
     def _url(self) -> str:
         base = self.config.base_url or ""
@@ -266,7 +268,7 @@ class _Filler:
         """One llm_calls row per HTTP attempt (operation 'embed'); a failed write never fails the fill."""
         run = self.run
         try:
-            with self.conn.cursor() as cur:
+            with self.lock, self.conn.cursor() as cur:
                 cur.execute(f"select {self.q}.llm_calls_ensure_partition(now())")
                 cur.execute(f"""insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
                                     attempt, error_kind, error_message, http_status, prompt_tokens, latency_ms,
@@ -292,16 +294,30 @@ class _Filler:
         self.report.embedded += len(group)
 
     def write(self, rows: list[tuple[str, list[float]]], tokens_each: int = 0) -> None:
-        from psycopg2.extras import execute_values
+        """COPY (text format): psycopg2's adaptation of a list of floats costs ~1 s per 2,048 x 256
+        floats; a '{...}' literal with 9 significant digits (a float32 round-trips) costs a tenth of it."""
+        import io
 
         if not rows:
             return
-        with self.conn.cursor() as cur:
-            execute_values(cur, f"""insert into {self.q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens,
-                                        run_id) values %s on conflict (key) do nothing""",
-                           [(k, self.model_name, len(v), v, tokens_each, getattr(self.run, "run_id", None))
-                            for k, v in rows], template="(%s, %s, %s, %s::real[], %s, %s)", page_size=500)
+        run_id = getattr(self.run, "run_id", None)
+        run_text = "\\N" if run_id is None else _copy_text(str(run_id))
+        model = _copy_text(self.model_name)
+        lines = [f"{k}\t{model}\t{len(v)}\t{{{','.join(['%.9g' % x for x in v])}}}\t{tokens_each}\t{run_text}\n"
+                 for k, v in rows]
+        with self.lock, self.conn.cursor() as cur:
+            # a key already there (another run wrote it meanwhile) must not fail the COPY: stage, then insert
+            cur.execute("create temp table if not exists __emb_stage (key text, model text, dims integer, vec real[], "
+                        "prompt_tokens integer, run_id text) on commit preserve rows")
+            cur.execute("truncate __emb_stage")
+            cur.copy_expert("copy __emb_stage from stdin with (format text)", io.BytesIO("".join(lines).encode()))
+            cur.execute(f"""insert into {self.q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
+                            select * from __emb_stage on conflict (key) do nothing""")
         self.written.extend(k for k, _ in rows)
+
+
+def _copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _parse(raw: bytes, expected: int) -> dict:
@@ -344,7 +360,8 @@ def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     conn.autocommit = True  # each write is durable at once; claims live on this session
     try:
         ensure_migrated(conn, audit_schema)
-        missing = [k for k in by_key if k not in _present(conn, q, list(by_key))]
+        stored = _present(conn, q, list(by_key))
+        missing = [k for k in by_key if k not in stored]
         report.cached = report.distinct_keys - len(missing)
         limit = spend_limit or (SpendLimit(max_cost_usd) if max_cost_usd else active_limit())
         filler = _Filler(conn, engine, model_name, config, dimensions, q, run, column_name, limit, report,
@@ -366,7 +383,8 @@ def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
             while pending:
                 mine = claims.claim(pending) if first else claims.take_over(pending)
                 first = False
-                mine = [k for k in mine if k not in _present(conn, q, mine)]
+                stored = _present(conn, q, mine)  # written by a claimer that died after writing
+                mine = [k for k in mine if k not in stored]
                 items = []
                 for key in mine:
                     text = by_key[key]

@@ -1,0 +1,116 @@
+"""Embeddings end to end: `dbt run` of a pg_llm.embed column vs the same requests from a plain aiohttp loop.
+
+    python bench/embeddings.py [--n 100000] [--dimensions 256] [--latency-ms 200] [--concurrency 16]
+
+An embedded Postgres with N distinct texts, the simulator in its own process at a fixed latency. Timed:
+``dbt run -s plain`` (dbt's own startup over the same table), ``dbt run -s embedded`` (llm_enrich with
+``pg_llm.embed('body', model='embedder', dimensions=D)``, a fresh audit schema and journal), then a
+warm rerun (must send 0 requests), then a plain aiohttp loop sending the same texts in the same
+requests (2,048 inputs each, the same concurrency) and doing nothing with the answers.
+Targets (issue 19.4): requests == ceil(N / 2048); (embedded - plain) <= 1.2x the aiohttp loop;
+peak RSS of the dbt process <= 300 MB; warm rerun 0 requests. ONE summary line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import PROFILE, BenchDatabase, dbt_command, dbt_env, sim_args, write_dbt_project
+
+from dbt_pg_llm.operators.embed import MAX_INPUTS
+from dbt_pg_llm.pg.migrations import migrate
+from dbt_pg_llm.simulator import SimulatorProcess
+
+EMBEDDER = """          embedder:
+            provider: openai
+            api_url: "{{ env_var('LLM_API_URL') }}"
+            api_key: "{{ env_var('DBT_ENV_SECRET_LLM_API_KEY') }}"
+            model_version: text-embedding-3-small
+            max_concurrency: "{{ env_var('LLM_CONCURRENCY') | as_number }}"
+            timeout_ms: 120000
+            cost_per_1k_input_tokens: 0.00002
+"""
+
+
+async def aiohttp_loop(url: str, texts: list[str], dimensions: int, concurrency: int) -> float:
+    """The same requests, sent by the simplest correct client: the floor for the engine's time."""
+    import aiohttp
+
+    groups = [texts[i:i + MAX_INPUTS] for i in range(0, len(texts), MAX_INPUTS)]
+    sem = asyncio.Semaphore(concurrency)
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer sim-key"}) as session:
+        async def one(group):
+            async with sem, session.post(url, json={"model": "text-embedding-3-small", "input": group,
+                                                    "dimensions": dimensions, "encoding_format": "base64"}) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+        await asyncio.gather(*(one(g) for g in groups))
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="distinct texts")
+    parser.add_argument("--dimensions", type=int, default=256)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim, \
+            tempfile.TemporaryDirectory() as tmp:
+        source = f"{db.schema}.docs"
+        db.execute(f"create table {source} as select g as id, 'document ' || g || ' about ' || "
+                   "(array['apples','pears','kernels','trains','rivers','tax','jazz'])[g %% 7 + 1] || "
+                   "' and its many small details' as body from generate_series(1, %s) g", (args.n,))
+        root = Path(tmp) / "project"
+        model = ("{{ config(materialized='table') }}\n{{ pg_llm.llm_enrich('select id, body from " + source
+                 + "', {'emb': pg_llm.embed('body', model='embedder', dimensions=" + str(args.dimensions) + ")}) }}\n")
+        write_dbt_project(root, {"plain": f"{{{{ config(materialized='table') }}}}\nselect id, body from {source}\n",
+                                 "embedded": model})
+        (root / "profiles.yml").write_text(PROFILE + EMBEDDER)
+        env = dbt_env(db, sim.base_url, LLM_AUDIT_SCHEMA=db.new_schema("bench_audit"),
+                      LLM_JOURNAL_DIR=str(Path(tmp) / "journal"), LLM_CONCURRENCY=str(args.concurrency))
+        conn = db.connect()
+        try:
+            migrate(conn, env["LLM_AUDIT_SCHEMA"])
+        finally:
+            conn.close()
+        dbt_command(root, env, "run", "-s", "plain")  # untimed: the first parse
+        plain = dbt_command(root, env, "run", "-s", "plain")
+        sim.reset()
+        embedded = dbt_command(root, env, "run", "-s", "embedded")
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest dbt process so far
+        cold = sim.stats()
+        sim.reset()
+        dbt_command(root, env, "run", "-s", "embedded")
+        warm_requests = sim.stats()["requests"]
+        texts = [t for (t,) in db.execute(f"select body from {source} order by id")]
+        sim.reset()
+        loop_s = asyncio.run(aiohttp_loop(sim.base_url.rstrip("/") + "/embeddings", texts, args.dimensions,
+                                          args.concurrency))
+        filled = db.execute(f"select count(emb) from {db.schema}.embedded")[0][0]
+    expected = math.ceil(args.n / MAX_INPUTS)
+    ratio = (embedded - plain) / max(loop_s, 1e-9)
+    row = {"n": args.n, "dimensions": args.dimensions, "latency_ms": args.latency_ms, "requests": cold["requests"],
+           "expected_requests": expected, "embedding_inputs": cold["embedding_inputs"], "filled": filled,
+           "plain_s": round(plain, 2), "embedded_s": round(embedded, 2), "aiohttp_s": round(loop_s, 2),
+           "ratio": round(ratio, 2), "peak_rss_mb": round(rss_mb), "warm_requests": warm_requests}
+    print(json.dumps(row))
+    ok = cold["requests"] == expected and filled == args.n and warm_requests == 0
+    print(f"embeddings ({args.n} distinct texts, {args.dimensions} dims, latency {args.latency_ms} ms, "
+          f"concurrency {args.concurrency}): {cold['requests']} requests (ceil(n/{MAX_INPUTS}) = {expected}); "
+          f"dbt run {embedded:.1f}s - plain {plain:.1f}s = {embedded - plain:.1f}s vs aiohttp loop {loop_s:.1f}s "
+          f"-> {ratio:.2f}x (target <= 1.2); peak RSS {rss_mb:.0f} MB (target <= 300); warm rerun "
+          f"{warm_requests} requests; {filled} of {args.n} rows filled")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
