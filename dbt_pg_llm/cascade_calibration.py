@@ -77,7 +77,9 @@ def calibration_basis(engine: "Engine", name: str, inp: ModelInput) -> str:
 
 
 async def acalibrate(engine: "Engine", name: str, inputs: Sequence[ModelInput], *, seed: int = 0,
-                     context: dict | None = None) -> Calibration:
+                     context: dict | None = None, spend_limit: Any = None) -> Calibration:
+    """``context`` / ``spend_limit``: as for ``engine.acall`` (a fill passes its own: the sample's
+    requests are audited as the run's and count against its cap)."""
     model, strategy = _strategy_model(engine, name)
     if not inputs:
         raise ConfigError([f"models.{name}: no inputs to calibrate on"], context="cascade calibration")
@@ -87,7 +89,8 @@ async def acalibrate(engine: "Engine", name: str, inputs: Sequence[ModelInput], 
     asked = [replace(inp, want_confidence=True) for inp in picked]
 
     async def every_member(inp: ModelInput):
-        return await asyncio.gather(*(engine.acall(m, inp, context=context) for m in members))
+        return await asyncio.gather(*(engine.acall(m, inp, context=context, spend_limit=spend_limit)
+                                      for m in members))
 
     answers = await asyncio.gather(*(every_member(inp) for inp in asked))
     rows, sample = [], []

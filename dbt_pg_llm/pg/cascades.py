@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..cascade_calibration import Calibration, apply_calibration, calibrate, calibration_basis
+from ..errors import ConfigError
 from ..strategy import SCORES_FROM_EVALUATIONS
 from .join import distinct_prompts_sql
 from .migrations import ensure_migrated, qualified, transaction
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["store_evaluations", "latest_evaluations", "scores_from_evaluations", "store_calibration",
            "load_calibration", "calibrated", "calibrations", "prepare_cascade",
            "prepare_strategy"]
+
+log = logging.getLogger("dbt_pg_llm")
 
 _EVAL_COLUMNS = ("node_id", "column_name", "golden", "model", "strategy", "task", "rows_compared", "accuracy",
                  "cost_per_row", "latency_ms", "calibration")
@@ -105,7 +109,7 @@ def calibrations(conn, schema: str) -> list[dict[str, Any]]:
 
 
 def calibrated(conn, schema: str, engine: "Engine", name: str, inputs: Sequence["ModelInput"], *,
-               seed: int = 0) -> tuple[dict[str, Any], bool]:
+               seed: int = 0, **call_kwargs: Any) -> tuple[dict[str, Any], bool]:
     """Make the guaranteed cascade ``name`` ready for ``inputs``: reuse the stored calibration of the
     same basis (models and prompt unchanged), else calibrate on a sample and store it. Returns
     (the stored row, whether it was reused)."""
@@ -113,18 +117,21 @@ def calibrated(conn, schema: str, engine: "Engine", name: str, inputs: Sequence[
     stored = load_calibration(conn, schema, name, basis)
     reused = stored is not None
     if not reused:
-        store_calibration(conn, schema, calibrate(engine, name, inputs, seed=seed))
+        store_calibration(conn, schema, calibrate(engine, name, inputs, seed=seed, **call_kwargs))
         stored = load_calibration(conn, schema, name, basis)
     apply_calibration(engine, name, stored["thresholds"])
     return stored, reused
 
 
-def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str) -> dict[str, Any] | None:
+def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str,
+                    **call_kwargs: Any) -> dict[str, Any] | None:
     """Before a fill of ``spec`` (a ColumnSpec): if its model is a guaranteed cascade with no thresholds
     yet, reuse the stored calibration of the same basis or calibrate on a uniform random sample of the
     column's distinct prompts (ordered by md5: a hash independent of the data, and the same sample
     for the same prompts, so a rerun's calibration is reproducible) and store it; the fill then runs the
-    rest through the cascade. Returns the calibration row, or None for any other model."""
+    rest through the cascade. ``call_kwargs``: the fill's ``context`` and ``spend_limit``. If the sample
+    cannot be calibrated (e.g. the cap refused the oracle), the cascade stays uncalibrated: the oracle
+    answers every key, which meets any target. Returns the calibration row, or None."""
     strategy = getattr(engine.registry.get(spec.model), "strategy", None)
     if strategy is None or strategy.kind != "cascade" or strategy.target_accuracy is None \
             or strategy.thresholds is not None:
@@ -137,11 +144,17 @@ def prepare_cascade(conn, schema: str, engine: "Engine", spec, source_sql: str) 
         conn.commit()
     if not prompts:
         return None
-    stored, _ = calibrated(conn, schema, engine, spec.model, [spec.model_input(p) for p in prompts])
+    try:
+        stored, _ = calibrated(conn, schema, engine, spec.model, [spec.model_input(p) for p in prompts],
+                               **call_kwargs)
+    except ConfigError as exc:
+        log.warning("%s: not calibrated (%s); the oracle answers every key", spec.model, exc)
+        return None
     return stored
 
 
-def prepare_strategy(conn, schema: str, engine: "Engine", spec, source_sql: str) -> dict[str, Any] | None:
+def prepare_strategy(conn, schema: str, engine: "Engine", spec, source_sql: str,
+                     **call_kwargs: Any) -> dict[str, Any] | None:
     """Before a fill: a guaranteed cascade is calibrated (``prepare_cascade``); a route with
     ``scores: from_evaluations`` takes each registered model's latest measured accuracy per task
     from ``llm_evaluations`` as its scores. Returns what was applied (None: nothing to do)."""
@@ -155,4 +168,4 @@ def prepare_strategy(conn, schema: str, engine: "Engine", spec, source_sql: str)
             conn.commit()
         model.strategy = replace(strategy, scores=scores)
         return {"scores": scores}
-    return prepare_cascade(conn, schema, engine, spec, source_sql)
+    return prepare_cascade(conn, schema, engine, spec, source_sql, **call_kwargs)

@@ -190,9 +190,6 @@ class ColumnFill:
             ensure_migrated(self.writer, self.schema)
             run_started(self.writer, self.schema, self.run_ctx.run_id, target=self.run_ctx.target)
             replay_spools(self.writer, self.schema, spool_dir_of(self.engine))  # dead runs' unlogged requests
-            # a guaranteed cascade chooses its thresholds on a sample first (or reuses them), a route
-            # takes its scores from llm_evaluations: decision 0033
-            prepare_strategy(self.writer, self.schema, self.engine, self.spec, source_sql)
             self.run_open = True
             self.reader = self._open()
             self.claims = Claims(self.reader, lambda: self.writer, self.schema, self.run_ctx, self.spec.model,
@@ -204,6 +201,10 @@ class ColumnFill:
                 self.spend_limit = run_spend_limit(self.writer, self.schema, self.run_ctx.run_id, self.max_cost,
                                                    continues=self.run_ctx.continues)
                 self.report.budget_cap_usd = float(self.max_cost)
+            # a guaranteed cascade chooses its thresholds on a sample first (or reuses them), a route
+            # takes its scores from llm_evaluations (decision 0033); the sample is the run's, under its cap
+            prepare_strategy(self.writer, self.schema, self.engine, self.spec, source_sql, context=self.context,
+                             spend_limit=self.spend_limit)
             self._count_and_log_hits(source_sql)
             if rows_hint is not None:
                 rep.rows = rows_hint
