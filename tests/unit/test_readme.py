@@ -17,7 +17,9 @@ def test_readme_profile_example_parses():
     profile = yaml.safe_load(block)
     settings = LlmSettings.from_dict(profile["my_project"]["outputs"]["prod"]["llm"])
     assert settings.model_for_default == "gpt"
-    assert set(settings.strategies) == {"smart", "panel", "by_task", "best_for_task"}
+    assert set(settings.strategies) == {"smart", "panel", "by_task", "best_for_task", "measured", "sure"}
+    assert settings.strategies["measured"].scores_source == "from_evaluations"
+    assert (settings.strategies["sure"].target_accuracy, settings.strategies["sure"].sample_size) == (0.9, 400)
     assert settings.strategies["best_for_task"].candidates("extract") == ("claude", "gpt")
     assert settings.alert_webhook is not None and settings.alert_webhook.url == "https://hooks.example/from-env"
     assert settings.models["gpt"].fallbacks == ("claude",)
