@@ -7,7 +7,7 @@
   vector(d) with pgvector, else real[]). Chunks are `chunk_size` characters (unit='characters') or
   whitespace-separated words (unit='words', a cheap stand-in for tokens), each starting
   chunk_size - overlap after the previous one, so neighbours share `overlap` units; a document
-  shorter than a chunk is one chunk; NULL or empty text gives no row.
+  shorter than a chunk is one chunk; NULL, empty or whitespace-only text gives no row.
   Incremental by construction: each chunk's embedding is cached under its text (and the model and
   dimensions), so a rerun requests only the chunks of new or changed documents.
 -#}
@@ -34,11 +34,11 @@
   {%- else -%}
     {%- set length_sql = 'cardinality(pg_llm_d.pg_llm_text)' -%}
     {%- set chunk_sql = 'array_to_string(pg_llm_d.pg_llm_text[pg_llm_c.chunk_index * ' ~ step ~ ' + 1 : pg_llm_c.chunk_index * ' ~ step ~ ' + ' ~ chunk_size ~ '], \' \')' -%}
-    {%- set doc_sql = 'select ' ~ q(id_column) ~ ' as pg_llm_id, regexp_split_to_array(btrim(' ~ q(text_column) ~ '::text), \'\\s+\') as pg_llm_text' -%}
+    {%- set doc_sql = 'select ' ~ q(id_column) ~ ' as pg_llm_id, regexp_split_to_array(regexp_replace(' ~ q(text_column) ~ '::text, \'^\\s+|\\s+$\', \'\', \'g\'), \'\\s+\') as pg_llm_text' -%}
   {%- endif -%}
   {%- set chunks -%}
 select pg_llm_d.pg_llm_id as {{ q(id_column) }}, pg_llm_c.chunk_index, {{ chunk_sql }} as chunk_text
-from ({{ doc_sql }} from {{ pg_llm.vector_from_sql(relation) }} as pg_llm_src where btrim({{ q(text_column) }}::text) <> '') as pg_llm_d
+from ({{ doc_sql }} from {{ pg_llm.vector_from_sql(relation) }} as pg_llm_src where {{ q(text_column) }}::text ~ '\S') as pg_llm_d
 cross join lateral generate_series(0, greatest(1, ceil(({{ length_sql }} - {{ overlap }})::numeric / {{ step }})::int) - 1) as pg_llm_c(chunk_index)
   {%- endset -%}
   {%- set spec = pg_llm.embed('chunk_text', model=model, dimensions=dimensions) -%}

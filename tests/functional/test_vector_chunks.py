@@ -21,6 +21,7 @@ DOCS = {
     2: "Sturdy hiking boots, waterproof leather, good grip on wet rocks and muddy trails all day long.",
     3: "Short note.",
     4: "The blender is loud but crushes ice well; the lid leaks a little when it is full of soup.",
+    8: "\n\t Leading whitespace, then a few words of a short review.\n",
 }
 QUERY = "quiet electric kettle"
 # an embedding model entry in the example profile (the simulator embeds for any model_version)
@@ -75,7 +76,7 @@ def cproject(request, pg, simulator, tmp_path_factory):
     if request.param == "pgvector":
         conn.cursor().execute("create extension vector")
     conn.cursor().execute("create schema src; create table src.docs (doc_id int primary key, body text)")
-    conn.cursor().executemany("insert into src.docs values (%s, %s)", list(DOCS.items()) + [(5, None), (6, "  ")])
+    conn.cursor().executemany("insert into src.docs values (%s, %s)", list(DOCS.items()) + [(5, None), (6, "  "), (9, "\n\t \n")])
     conn.close()
     path = tmp_path_factory.mktemp("chunk_project")
     (path / "models").mkdir()
@@ -102,7 +103,7 @@ def cproject(request, pg, simulator, tmp_path_factory):
 def test_chunks_by_characters_and_words_with_their_embeddings(cproject):
     rows = cproject.query(f'select doc_id, chunk_index, chunk_text, embedding::real[] from "{cproject.schema}".doc_chunks order by 1, 2')
     want = [(d, i, c) for d, text in DOCS.items() for i, c in enumerate(_chunks(text))]
-    assert [(d, i, c) for d, i, c, _ in rows] == want    # no row for the NULL and the blank document
+    assert [(d, i, c) for d, i, c, _ in rows] == want    # no row for the NULL and the blank documents
     for _, _, text, vec in rows:
         assert len(vec) == DIM
         assert _cos(vec, embedding_of(text, DIM)) == pytest.approx(1.0, abs=1e-5)
