@@ -70,34 +70,36 @@ def cproject(request, pg, simulator, tmp_path_factory):
     admin = psycopg2.connect(**pg.connect_kwargs())
     admin.autocommit = True
     admin.cursor().execute(f'create database "{db}"')
-    info = dataclasses.replace(pg, dbname=db)
-    conn = psycopg2.connect(**info.connect_kwargs())
-    conn.autocommit = True
-    if request.param == "pgvector":
-        conn.cursor().execute("create extension vector")
-    conn.cursor().execute("create schema src; create table src.docs (doc_id int primary key, body text)")
-    conn.cursor().executemany("insert into src.docs values (%s, %s)", list(DOCS.items()) + [(5, None), (6, "  "), (9, "\n\t \n")])
-    conn.close()
-    path = tmp_path_factory.mktemp("chunk_project")
-    (path / "models").mkdir()
-    (path / "profiles.yml").write_text((INTEGRATION / "profiles.yml").read_text().replace("        models:\n", EMBEDDER, 1))
-    (path / "dbt_project.yml").write_text(
-        "name: chunk_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
-        "models:\n  chunk_project:\n    +materialized: table\n")
-    for name, text in _models("src.docs").items():
-        (path / "models" / name).write_text(text)
-    proj = DbtProject(path, info, simulator.base_url, schema=f"chunks_{uuid.uuid4().hex[:8]}")
-    proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_chunks_{uuid.uuid4().hex[:8]}", "LLM_JOURNAL_DIR": str(path / "journal")}
-    proj.backend = request.param
-    simulator.reset()
-    proj.run_out = proj.run("run")
-    proj.first_stats = simulator.stats()
-    yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
+    try:   # the database is dropped even when the setup fails
+        info = dataclasses.replace(pg, dbname=db)
+        conn = psycopg2.connect(**info.connect_kwargs())
+        conn.autocommit = True
+        if request.param == "pgvector":
+            conn.cursor().execute("create extension vector")
+        conn.cursor().execute("create schema src; create table src.docs (doc_id int primary key, body text)")
+        conn.cursor().executemany("insert into src.docs values (%s, %s)", list(DOCS.items()) + [(5, None), (6, "  "), (9, "\n\t \n")])
+        conn.close()
+        path = tmp_path_factory.mktemp("chunk_project")
+        (path / "models").mkdir()
+        (path / "profiles.yml").write_text((INTEGRATION / "profiles.yml").read_text().replace("        models:\n", EMBEDDER, 1))
+        (path / "dbt_project.yml").write_text(
+            "name: chunk_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
+            "models:\n  chunk_project:\n    +materialized: table\n")
+        for name, text in _models("src.docs").items():
+            (path / "models" / name).write_text(text)
+        proj = DbtProject(path, info, simulator.base_url, schema=f"chunks_{uuid.uuid4().hex[:8]}")
+        proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_chunks_{uuid.uuid4().hex[:8]}", "LLM_JOURNAL_DIR": str(path / "journal")}
+        proj.backend = request.param
+        simulator.reset()
+        proj.run_out = proj.run("run")
+        proj.first_stats = simulator.stats()
+        yield proj
+    finally:
+        from dbt.adapters.pg_llm.impl import close_engines
 
-    close_engines()
-    admin.cursor().execute(f'drop database "{db}" with (force)')
-    admin.close()
+        close_engines()
+        admin.cursor().execute(f'drop database "{db}" with (force)')
+        admin.close()
 
 
 def test_chunks_by_characters_and_words_with_their_embeddings(cproject):

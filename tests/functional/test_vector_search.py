@@ -77,34 +77,36 @@ def vproject(request, pg, simulator, tmp_path_factory):
     admin = psycopg2.connect(**pg.connect_kwargs())
     admin.autocommit = True
     admin.cursor().execute(f'create database "{db}"')
-    info = dataclasses.replace(pg, dbname=db)
-    emb_type = "real[]"
-    if backend == "pgvector":
-        conn = psycopg2.connect(**info.connect_kwargs())
-        conn.autocommit = True
-        conn.cursor().execute("create extension vector")
-        conn.close()
-        emb_type = f"vector({DIM})"
-    path = tmp_path_factory.mktemp("vec_project")
-    (path / "models").mkdir()
-    (path / "profiles.yml").write_text((INTEGRATION / "profiles.yml").read_text())
-    (path / "dbt_project.yml").write_text(
-        "name: vec_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
-        "models:\n  vec_project:\n    +materialized: table\n")
-    for name, text in _models(emb_type).items():
-        (path / "models" / name).write_text(text)
-    proj = DbtProject(path, info, simulator.base_url, schema=f"vec_{uuid.uuid4().hex[:8]}")
-    proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_vec_{uuid.uuid4().hex[:8]}",
-                    "LLM_JOURNAL_DIR": str(path / "journal")}
-    proj.db = db
-    proj.backend = backend
-    proj.run_out = proj.run("run")
-    yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
+    try:   # the database is dropped even when the setup fails
+        info = dataclasses.replace(pg, dbname=db)
+        emb_type = "real[]"
+        if backend == "pgvector":
+            conn = psycopg2.connect(**info.connect_kwargs())
+            conn.autocommit = True
+            conn.cursor().execute("create extension vector")
+            conn.close()
+            emb_type = f"vector({DIM})"
+        path = tmp_path_factory.mktemp("vec_project")
+        (path / "models").mkdir()
+        (path / "profiles.yml").write_text((INTEGRATION / "profiles.yml").read_text())
+        (path / "dbt_project.yml").write_text(
+            "name: vec_project\nversion: '1.0.0'\nconfig-version: 2\nprofile: pg_llm_integration\n"
+            "models:\n  vec_project:\n    +materialized: table\n")
+        for name, text in _models(emb_type).items():
+            (path / "models" / name).write_text(text)
+        proj = DbtProject(path, info, simulator.base_url, schema=f"vec_{uuid.uuid4().hex[:8]}")
+        proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_vec_{uuid.uuid4().hex[:8]}",
+                        "LLM_JOURNAL_DIR": str(path / "journal")}
+        proj.db = db
+        proj.backend = backend
+        proj.run_out = proj.run("run")
+        yield proj
+    finally:
+        from dbt.adapters.pg_llm.impl import close_engines
 
-    close_engines()
-    admin.cursor().execute(f'drop database "{db}" with (force)')
-    admin.close()
+        close_engines()
+        admin.cursor().execute(f'drop database "{db}" with (force)')
+        admin.close()
 
 
 def test_similarity_join_is_the_exact_top_k_with_ties_by_the_right_row(vproject):
