@@ -395,7 +395,7 @@ def test_dbt_debug_shows_pg_llm_and_no_secret(fresh_llm):
     key = "sk-test-DEBUG-" + uuid.uuid4().hex
     out = project.run("debug", DBT_ENV_SECRET_LLM_API_KEY=key)
     assert "adapter type: pg_llm" in out.text
-    assert "llm_models: sim, sim_cascade, sim_large (default: sim)" in out.text
+    assert "llm_models: sim, sim_cascade, sim_large, sim_sure (default: sim)" in out.text
     assert "All checks passed" in out.text
     assert key not in out.text and "api_url" not in out.text
 
