@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_error_rate(text: str) -> tuple[str, float]:
+    """``"sim-small=0.3"`` -> ("sim-small", 0.3); raises ValueError naming the problem."""
+    model, sep, rate = text.partition("=")
+    try:
+        value = float(rate) if sep and model.strip() else None
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ValueError(f"--model-error-rate {text!r}: expected MODEL=RATE with RATE between 0 and 1, "
+                         "e.g. sim-small=0.3")
+    return model.strip(), value
+
+
 def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
     faults = {}
     for item in ns.fault:
@@ -74,7 +87,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         reject_params=ns.reject_params or (), rate_limit_headers=ns.rate_limit_headers,
         fault_retry_after_s=ns.fault_retry_after_s, batch_delay_s=ns.batch_delay_s,
         batch_error_rate=ns.batch_error_rate, batch_expire_rate=ns.batch_expire_rate, batch_discount=ns.batch_discount,
-        model_error_rates={m: float(r) for m, _, r in (item.partition("=") for item in ns.model_error_rate)},
+        model_error_rates=dict(_model_error_rate(item) for item in ns.model_error_rate),
     )
 
 

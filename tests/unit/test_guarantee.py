@@ -127,3 +127,35 @@ def test_profile_entries_for_guaranteed_cascades_and_measured_routes():
     with pytest.raises(ConfigError, match="target_accuracy: not used by strategy 'vote'"):
         InferenceStrategy.from_dict({"strategy": "vote", "models": ["small", "large"], "target_accuracy": 0.9},
                                     "llm.models.v", models)
+
+
+def test_simulator_model_error_rate_is_deterministic_per_model_and_lowers_confidence():
+    import json
+    import math
+
+    from dbt_pg_llm.simulator import answers as A
+    from dbt_pg_llm.simulator.__main__ import build_parser, config_from_args
+
+    system = A.LABELS_PHRASE + json.dumps(["a", "b", "c", "d"])
+    users = [f"row {i}" for i in range(4000)]
+    picks = [A.mistaken_label("sim-small", system, u, A.compute_answer(system, u)[1], 0.3, 7) for u in users]
+    assert picks == [A.mistaken_label("sim-small", system, u, A.compute_answer(system, u)[1], 0.3, 7) for u in users]
+    wrong = [p for p in picks if p is not None]
+    assert 0.27 < len(wrong) / len(users) < 0.33  # the stated rate
+    assert all(p != A.compute_answer(system, u)[1] for p, u in zip(picks, users) if p is not None)
+    other = [A.mistaken_label("sim-mid", system, u, A.compute_answer(system, u)[1], 0.3, 7) for u in users]
+    assert other != picks  # another model makes other mistakes
+    assert A.mistaken_label("sim-small", "no labels here", "x", "a", 0.3, 7) is None  # labels only
+
+    def confidence(answer, mistaken):
+        lps = [t["logprob"] for t in A.logprobs_for(answer, 0, "m\x00" + answer, mistaken)]
+        return math.exp(sum(lps) / len(lps))
+    right = [confidence(f"lab{i}", False) for i in range(500)]
+    bad = [confidence(f"lab{i}", True) for i in range(500)]
+    assert sum(bad) / 500 < sum(right) / 500 - 0.2
+
+    ns = build_parser().parse_args(["--model-error-rate", "sim-small=0.25"])
+    assert config_from_args(ns).model_error_rates == {"sim-small": 0.25}
+    for bad_arg in ("sim-small", "sim-small=lots", "sim-small=2", "=0.1"):
+        with pytest.raises(ValueError, match="--model-error-rate .*MODEL=RATE"):
+            config_from_args(build_parser().parse_args(["--model-error-rate", bad_arg]))
