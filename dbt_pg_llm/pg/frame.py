@@ -86,6 +86,22 @@ class LlmFrameSession:
         return self._column(series, {"kind": "extract", "schema": schema, "instructions": instructions,
                                      "model": model}, column)
 
+    def embed(self, series, model: str | None = None, dimensions: int | None = None, column: str | None = None):
+        """Embedding vectors (lists of float; None for a missing or failed text), aligned to
+        ``series.index``: the same keys and ``llm_embeddings`` cache as ``pg_llm.embed`` (operators/embed.py)."""
+        import pandas as pd
+
+        from ..operators.embed import embed as embed_texts_in_order
+
+        name = column if column is not None else (str(series.name) if series.name is not None else None)
+        texts = [None if _is_missing(v) else (v if isinstance(v, str) else str(v)).replace("\x00", "")
+                 for v in series.tolist()]
+        vectors = embed_texts_in_order(self.connect, self.engine, model or self.default_model, texts,
+                                       dimensions=dimensions, audit_schema=self.audit_schema, run=self.run,
+                                       column_name=name, max_cost_usd=self.options["max_cost_usd"],
+                                       claim_timeout_s=self.options["claim_timeout_s"])
+        return pd.Series(vectors, index=series.index, dtype=object, name=series.name)
+
     # -- internals --------------------------------------------------------------------------------
     def spec(self, spec_dict: dict, path: str = "column") -> ColumnSpec:
         """The checked spec (ConfigError naming ``path`` and the fix, before anything is requested)."""

@@ -162,3 +162,30 @@ def test_the_openai_sdk_parses_the_simulators_embeddings(sim):
     assert as_floats.data[0].embedding == pytest.approx(got.data[0].embedding, abs=1e-6)
     with pytest.raises(openai.BadRequestError):  # 2,049 inputs: over the input-array limit
         client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
+
+
+def test_a_python_models_session_embeds_a_series_on_the_same_cache(db, sim):
+    import pandas as pd
+
+    from dbt_pg_llm.pg.frame import LlmFrameSession
+
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    series = pd.Series(["apple pie", None, "apple pie", "kernel bug"], index=["a", "b", "c", "d"], name="body")
+    got = LlmFrameSession(connect, engine, audit, RunContext("py", "model.p.py"), "sim").embed(series, dimensions=16)
+    assert list(got.index) == ["a", "b", "c", "d"] and got["b"] is None and got["a"] == got["c"] and len(got["d"]) == 16
+    assert sim.stats()["embedding_inputs"] == 2
+    again = embed(connect, engine, "sim", ["apple pie"], dimensions=16, audit_schema=audit)  # the SQL path's cache
+    assert again[0] == got["a"] and sim.stats()["embedding_inputs"] == 2
+
+
+def test_the_spend_cap_reserves_each_request_before_it_is_sent(db, pg_conn, sim):
+    connect, _, audit = db
+    engine = make_engine(sim, cost_per_1k_input_tokens=1.0, **EMBED_MODEL)
+    texts = [f"capped text number {i}" for i in range(40)]  # 6 tokens each by the engine's bound: $0.06 a request
+    # the four requests reserve before any is answered: two fit under $0.13, two are skipped (not sent)
+    rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, max_inputs=10, max_cost_usd=0.13,
+                      run=RunContext("cap", "n"))
+    assert rep.embedded == 20 and rep.budget_skipped == 20 and sim.stats()["embedding_inputs"] == 20
+    paid = q(pg_conn, f'select sum(cost_usd) from "{audit}".llm_calls where operation = %s', ("embed",))[0][0]
+    assert 0 < rep.cost_usd <= 0.13 and float(paid) == pytest.approx(rep.cost_usd)
