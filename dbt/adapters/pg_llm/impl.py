@@ -404,7 +404,10 @@ class PgLlmAdapter(PostgresAdapter):
         """Resolve a pg_llm.embed spec (settings only: safe at parse and compile time)."""
         from dbt.adapters.pg_llm.embed_columns import resolve_embed_column
 
-        return resolve_embed_column(dict(spec), self._model_config, default_model, name)
+        # no model on the column nor on llm_enrich: the profile's default model (an OpenAI-compatible
+        # server may serve both); an Anthropic default gets the compile error naming the key
+        return resolve_embed_column(dict(spec), self._model_config, default_model or self._settings().model_for_default,
+                                    name)
 
     @available
     def llm_embed_fill(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
