@@ -431,7 +431,9 @@ def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                 if items:
                     asyncio.run(filler.run_all(items))
                 claims.release(mine)
-                done, ours = _present(conn, q, pending), set(mine)  # sets: 100,000 keys are 100,000 lookups
+                ours = set(mine)  # sets: 100,000 keys are 100,000 lookups
+                others = [k for k in pending if k not in ours]  # only another run's keys need a look
+                done = _present(conn, q, others) if others else set()
                 report.waited += len([k for k in pending if k in done and k not in ours])
                 pending = [k for k in pending if k not in done and k not in ours]
                 if pending:

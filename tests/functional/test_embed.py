@@ -189,3 +189,19 @@ def test_the_spend_cap_reserves_each_request_before_it_is_sent(db, pg_conn, sim)
     assert rep.embedded == 20 and rep.budget_skipped == 20 and sim.stats()["embedding_inputs"] == 20
     paid = q(pg_conn, f'select sum(cost_usd) from "{audit}".llm_calls where operation = %s', ("embed",))[0][0]
     assert 0 < rep.cost_usd <= 0.13 and float(paid) == pytest.approx(rep.cost_usd)
+
+
+def test_two_runs_embedding_overlapping_texts_pay_each_text_once(db, simulator_factory, in_threads):
+    connect, _, audit = db
+    slow = simulator_factory(SimulatorConfig(latency_ms=300))
+    texts_a = [f"shared text {i}" for i in range(30)] + [f"only a {i}" for i in range(10)]
+    texts_b = [f"only b {i}" for i in range(10)] + [f"shared text {i}" for i in range(30)]
+    embed_texts(connect, make_engine(slow, **EMBED_MODEL), "sim", ["warm up the audit schema"], audit_schema=audit)
+    reports = in_threads(lambda texts, run: embed_texts(connect, make_engine(slow, **EMBED_MODEL), "sim", texts,
+                                                        audit_schema=audit, run=RunContext(run, "n"), max_inputs=8,
+                                                        claim_timeout_s=5),
+                         [(texts_a, "a"), (texts_b, "b")])
+    assert all(r.errors == {} for r in reports)
+    assert slow.stats()["embedding_inputs"] == 1 + 50  # each distinct text once, across both runs
+    # every key of each run: paid by it, waited for (the other run's claim), or already stored
+    assert sum(r.embedded for r in reports) == 50 and sum(r.embedded + r.waited + r.cached for r in reports) == 80
