@@ -122,9 +122,19 @@ def test_build_pays_once_per_distinct_key_and_warm_rerun_pays_nothing(fresh_llm,
     # review_sentiment, reviews_enriched_incremental (sentiment + summary), review_topics: one key per
     # distinct text each; review_summary and review_facts: one per distinct prompt.
     expected = 4 * d_text + d_summary + d_facts
+    # review_sentiment_guaranteed (sim_sure on review_id <= 120): its sim prompts are review_sentiment's
+    # (same key, paid once); it adds only the oracle's (sim_large) requests, at most one per distinct
+    # text, and one llm_results row (the cascade's answer) per distinct text.
+    d_sure = project.scalar(f"select count(distinct review_text) from {seed} where review_id <= 120")
+    oracle = project.scalar(f'select count(*) from "{project.audit}".llm_calls '
+                            "where model = 'sim_large' and not cached and error_kind is null")
+    assert 0 < oracle <= d_sure
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_cascade_calibrations') == 1
     stats = simulator.stats()
-    assert stats["requests"] == expected
-    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected
+    assert stats["requests"] == expected + oracle
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure
+    assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment_guaranteed '
+                          "where sentiment is null and review_text is not null") == 0
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment') == 1000
     labels = {r[0] for r in project.query(f'select distinct sentiment from "{project.schema}".review_sentiment')}
     assert labels - {None} <= set(LABELS)
