@@ -3,7 +3,8 @@
 1. starts the project-local embedded Postgres (``.pg/``) and the LLM API simulator (a subprocess,
    ~20 ms per answer, requiring an API key passed the way a real one is: DBT_ENV_SECRET_...);
 2. runs ``dbt build`` on ``integration_tests/`` (seed of ~1,000 reviews -> sentiment, summary, facts,
-   an incremental model and a Python model, plus their tests) and counts what the simulator answered;
+   an incremental model, a Python model and a guaranteed cascade, plus their tests) and counts what
+   the simulator answered;
 3. runs ``dbt build`` again: the simulator's ledger shows zero new requests (everything is cached);
 4. prints a sample of the enriched reviews and the metrics (``llm_audit.llm_runs`` / ``llm_metrics``
    and, per run, what ``llm_calls`` recorded), checks that runs, calls and the simulator's ledger
