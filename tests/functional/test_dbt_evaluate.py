@@ -62,7 +62,7 @@ def test_dbt_run_of_a_guaranteed_cascade_calibrates_once(project, simulator):
     strategy, sample_size, thresholds, measured, bound = rows[0]
     distinct = project.scalar(f'select count(distinct review_text) from "{project.schema}".product_reviews '
                               f'where review_id <= 120')
-    assert strategy == "sim_sure" and sample_size == min(50, distinct) and len(thresholds) == 1
+    assert strategy == "sim_sure" and sample_size == min(60, distinct) and len(thresholds) == 1
     assert bound >= 0.9 or thresholds == [1.01]
     # every answered row is the cascade's: sim where its confidence passed, sim_large otherwise
     models = dict(project.query(f'select model, count(*) from "{project.audit}".llm_results '
