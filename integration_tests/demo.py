@@ -185,11 +185,19 @@ select run_id, status, rows, distinct_keys, requests, cache_hits, errors,
 from {AUDIT_SCHEMA}.llm_runs order by started_at
 """
 
+# cache hits as llm_runs counts them (pg/run_totals.py): distinct keys the run found answered and did
+# not pay for itself. A key one model of the run paid and another then hit (review_sentiment_guaranteed's
+# sim stage asks review_sentiment's prompts) is logged as a hit row but is no saving.
 CALLS_SQL = f"""
-select run_id, count(*) filter (where not cached) as requests, count(*) filter (where cached) as cache_hits,
-       coalesce(sum(prompt_tokens + completion_tokens), 0) as tokens, round(sum(cost_usd), 4) as cost_usd,
-       round(sum(saved_cost_usd), 4) as saved_usd
-from {AUDIT_SCHEMA}.llm_calls group by run_id order by min(ts)
+select run_id, sum(requests) as requests, count(*) filter (where hit) as cache_hits,
+       sum(tokens) as tokens, round(sum(cost_usd), 4) as cost_usd,
+       round(coalesce(sum(saved) filter (where hit), 0), 4) as saved_usd
+from (select run_id, input_hash, min(ts) as ts, count(*) filter (where not cached) as requests,
+             input_hash is not null and bool_or(cached) and not bool_or(not cached) as hit,
+             coalesce(sum(prompt_tokens + completion_tokens), 0) as tokens, sum(cost_usd) as cost_usd,
+             max(saved_cost_usd) filter (where cached) as saved
+      from {AUDIT_SCHEMA}.llm_calls group by run_id, input_hash) k
+group by run_id order by min(ts)
 """
 
 METRICS_SQL = f"""
@@ -267,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(textwrap.indent(format_table(headers, rows), "   "))
                 runs = {r[0]: r for r in rows_of(info, RUNS_SQL)}
                 headers, calls = query(info, CALLS_SQL)
-                print(f"\n   {AUDIT_SCHEMA}.llm_calls per run (every request and cache hit, as logged):")
+                print(f"\n   {AUDIT_SCHEMA}.llm_calls per run (every request as logged; cache hits: keys the run did not pay for itself):")
                 print(textwrap.indent(format_table(headers, calls, max_width=36), "   "))
                 problems = disagreements(runs, calls, sim.stats()["requests"])
                 for problem in problems:
