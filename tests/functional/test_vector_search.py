@@ -192,8 +192,6 @@ def test_bad_input_errors_name_the_argument_and_the_fix(vproject):
 
 
 def test_compile_before_the_inputs_exist(vproject):
-    if vproject.backend == "pgvector":
-        pytest.skip("one backend is enough: the same macro path")
     out = vproject.run("compile", "-s", "vec_join", "vec_big_join", DBT_SCHEMA=f"vec_none_{uuid.uuid4().hex[:6]}")
     compiled = next((vproject.path / "target" / "compiled").rglob("vec_join.sql")).read_text()
     assert "cross join lateral" in compiled and "limit 3" in compiled, out.text[-2000:]
