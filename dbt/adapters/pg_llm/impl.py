@@ -432,6 +432,32 @@ class PgLlmAdapter(PostgresAdapter):
         return embed_join(self._credentials.connect_autocommit if check_vector else None, str(inner_sql),
                           columns, self._settings().audit_schema)
 
+    # -- pg_llm.semantic_join (the planner: semantic_join_op.py and operators/semantic_join.py) ----
+    @available
+    def llm_semantic_join_plan(self, args: Dict[str, Any], left_sql: Optional[str] = None,
+                               right_sql: Optional[str] = None, blocked_sql: Optional[str] = None,
+                               node_id: Optional[str] = None) -> Dict[str, Any]:
+        """Check the arguments (a compile error names each bad one); with the inputs' SQL, count each
+        plan's calls, log them and the plan chosen (read-only: requests nothing)."""
+        from dbt.adapters.pg_llm.semantic_join_op import check_arguments, plan_join
+        from dbt_pg_llm.errors import PgLlmError
+
+        try:
+            check_arguments(args)
+            if left_sql is None:
+                return {}
+            q = self.quote
+            choice = plan_join(self._credentials.connect_autocommit,
+                               self._model_config(args.get("model") or self._settings().model_for_default),
+                               str(left_sql), str(right_sql), q(args["left_text"]), q(args["right_text"]),
+                               blocked_sql and str(blocked_sql), args.get("plan", "auto"),
+                               int(args.get("max_labels", 100)), args["predicate"],
+                               int(args.get("max_label_tokens", 4000)))
+        except PgLlmError as exc:
+            raise CompilationError(f"pg_llm: {exc}") from None
+        logger.info(f"{node_id or 'model'}: {choice['line']}")
+        return choice
+
     @available
     def llm_prepare(self) -> str:
         """Create/migrate the audit schema (no requests), so the join SQL of `compile` / `show` runs
