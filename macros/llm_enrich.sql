@@ -65,6 +65,7 @@
   {%- if execute and var('pg_llm_estimate', false) -%}
     {#- estimate mode: count and price the missing keys, request nothing -#}
     {%- if resolved -%}{%- do adapter.llm_estimate(source_sql, resolved, node_id=node_id) -%}{%- endif -%}
+    {%- if embeds -%}{%- do adapter.llm_embed_estimate(source_sql, embeds, node_id=node_id) -%}{%- endif -%}
     {%- if flags.WHICH in ('run', 'build', 'retry') -%}
       {{ exceptions.raise_compiler_error("pg_llm: estimate mode (var pg_llm_estimate): the estimate is logged above; nothing was requested and the model's table was left unchanged. Use `dbt compile --select <models> --vars '{pg_llm_estimate: true}'` to estimate without failing models.") }}
     {%- endif -%}

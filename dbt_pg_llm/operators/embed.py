@@ -166,7 +166,7 @@ class _Filler:
 
     def __init__(self, conn, engine, model_name: str, config: ModelConfig, dimensions: int | None, q: str,
                  run, column_name: str | None, limit: SpendLimit | None, report: EmbedReport,
-                 max_inputs: int, max_request_tokens: int):
+                 max_inputs: int, max_request_tokens: int, audit_schema: str = "llm_audit"):
         self.conn, self.engine, self.model_name, self.config = conn, engine, model_name, config
         self.dimensions, self.q, self.run, self.column_name = dimensions, q, run, column_name
         self.limit, self.report = limit, report
@@ -176,6 +176,8 @@ class _Filler:
         self.headers = {**self.provider.wire_headers(), "content-type": "application/json"}
         self.written: list[str] = []  # keys whose vectors are stored (their claims may be released)
         self.lock = threading.Lock()  # one connection, written from the requests' worker threads
+        self.schema = audit_schema
+        self.sink = _spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
 
     def _url(self) -> str:
         base = self.config.base_url or ""
@@ -242,6 +244,12 @@ class _Filler:
             body["dimensions"] = int(self.dimensions)
         started = time.monotonic()
         status, error, usage, cost = 0, None, 0, 0.0
+        # marked on the call spool before it goes out, like a chat attempt: a process killed while
+        # waiting still leaves a request (kind 'lost') that the next run writes to llm_calls
+        call_id = uuid.uuid4().hex
+        if self.sink is not None:
+            self.sink.sending(call_id, {"model": self.model_name, "operation": "embed", "input_hash": group[0][0],
+                                        "attempt": 1, "context": self.context()})
         try:
             async with session.post(self.url, json=body, headers=self.headers) as resp:
                 status = resp.status
@@ -264,25 +272,38 @@ class _Filler:
             self.report.prompt_tokens += usage
             self.report.cost_usd += cost
             await asyncio.to_thread(self.log_call, group[0][0], status, error, usage, cost,
-                                    (time.monotonic() - started) * 1000)
+                                    (time.monotonic() - started) * 1000, call_id)
+
+    def context(self) -> dict:
+        run = self.run
+        return {"run_id": getattr(run, "run_id", None), "node_id": getattr(run, "node_id", None),
+                "column_name": self.column_name}
 
     def log_call(self, first_key: str, status: int, error: ModelError | None, tokens: int, cost: float,
-                 latency_ms: float) -> None:
-        """One llm_calls row per HTTP attempt (operation 'embed'); a failed write never fails the fill."""
-        run = self.run
-        try:
-            with self.lock, self.conn.cursor() as cur:
-                cur.execute(f"select {self.q}.llm_calls_ensure_partition(now())")
-                cur.execute(f"""insert into {self.q}.llm_calls (ts, run_id, node_id, model, operation, input_hash,
-                                    attempt, error_kind, error_message, http_status, prompt_tokens, latency_ms,
-                                    cost_usd, column_name, call_id)
-                                values (now(), %s, %s, %s, 'embed', %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                            (getattr(run, "run_id", None), getattr(run, "node_id", None), self.model_name, first_key,
-                             error.kind.value if error is not None else None,
-                             redact(error.message)[:1000] if error is not None else None, status or None, tokens,
-                             latency_ms, cost, self.column_name, uuid.uuid4().hex))
-        except Exception as exc:  # the audit row is best effort; the vectors are what was paid for
-            _log.warning("embeddings: an llm_calls row could not be written: %s", redact(str(exc)))
+                 latency_ms: float, call_id: str) -> None:
+        """One llm_calls row per HTTP attempt (operation 'embed'), spooled first (its ``call_id``
+        settles the marker): if the write fails, the record stays on disk for the next run to
+        replay; a failed write never fails the fill."""
+        from ..logs import ModelLog
+        from ..pg.writers import write_calls
+
+        record = ModelLog(model=self.model_name, operation="embed", input_hash=first_key, attempt=1,
+                          prompt_tokens=tokens, latency_ms=latency_ms, cost_usd=cost,
+                          error_kind=error.kind.value if error is not None else ErrorKind.NONE.value,
+                          error_message=error.message[:1000] if error is not None else None,
+                          http_status=status or None, context=self.context(), call_id=call_id)
+        with self.lock:
+            try:
+                if self.sink is None:
+                    write_calls(self.conn, self.schema, [record])
+                    return
+                self.sink.emit(record)
+                records = self.sink.drain()
+                write_calls(self.conn, self.schema, records)
+                self.sink.written(len(records))
+            except Exception as exc:  # the audit row is best effort; the vectors are what was paid for
+                _log.warning("embeddings: an llm_calls row could not be written (kept in the call spool for the "
+                             "next run): %s", redact(str(exc)))
 
     def store(self, group: list[tuple[str, str]], data: dict) -> None:
         """Journal first (ResultCache: durable across kill -9), then llm_embeddings."""
@@ -312,6 +333,15 @@ class _Filler:
             cur.execute(f"""insert into {self.q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
                             select * from __emb_stage on conflict (key) do nothing""")
         self.written.extend(k for k, _ in rows)
+
+
+def _spool_sink(engine):
+    """A spooling BufferedSink in the engine's call spool directory (None without a journal on disk)."""
+    from ..logs import BufferedSink
+    from ..pg.run_totals import spool_dir_of
+
+    directory = spool_dir_of(engine)
+    return BufferedSink(spool_dir=directory) if directory else None
 
 
 _FLOAT4_OID = 700
@@ -362,13 +392,80 @@ def _parse(raw: bytes, expected: int) -> dict:
 
 
 def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
+                audit_schema: str = "llm_audit", run=None, column_name: str | None = None,
+                **kwargs) -> EmbedReport:
+    """Make sure every distinct non-NULL text of ``texts`` has a vector in ``<schema>.llm_embeddings``
+    (see the module docstring); returns what it did. Never raises for a failed row: see ``errors``
+    (each also a dead letter in ``llm_errors``, resolved once its text has a vector).
+
+    With a ``run`` (its ``run_id``), the run's ``llm_runs`` row is kept like a chat fill's
+    (``runs.run_started`` first, ``writers.record_run`` at the end: requests, tokens and cost derived
+    from ``llm_calls``), and the call spools that dead processes left are replayed first."""
+    from ..pg.migrations import ensure_migrated
+    from ..pg.run_totals import replay_spools, spool_dir_of
+    from ..pg.runs import run_started
+    from ..pg.writers import record_run
+
+    run_id = getattr(run, "run_id", None)
+    conn = None
+    if run_id:
+        conn = connect()
+        conn.autocommit = True
+        ensure_migrated(conn, audit_schema)
+        run_started(conn, audit_schema, run_id, target=getattr(run, "target", None))
+        replay_spools(conn, audit_schema, spool_dir_of(engine))  # dead runs' unlogged requests
+    status, report = "failed", None
+    try:
+        report = _fill_texts(connect, engine, model_name, texts, audit_schema=audit_schema, run=run,
+                             column_name=column_name, **kwargs)
+        status = "partial" if report.errors else "success"
+        if report.errors or conn is not None:
+            conn = conn or connect()
+            conn.autocommit = True
+            _dead_letters(conn, audit_schema, run, model_name, column_name, report)
+        return report
+    finally:
+        if conn is not None:
+            try:
+                if run_id:
+                    record_run(conn, audit_schema, run_id, target=getattr(run, "target", None), status=status,
+                               finished_fill=True, distinct_keys=report.distinct_keys if report else 0,
+                               errors=len(report.errors) if report else 0)
+            except Exception as exc:  # the vectors are stored; say why the run row is not
+                _log.error("embeddings: could not record the run in %s.llm_runs: %s", audit_schema, redact(str(exc)))
+            finally:
+                conn.close()
+
+
+def _dead_letters(conn, audit_schema: str, run, model_name: str, column_name: str | None,
+                  report: EmbedReport) -> None:
+    """One ``llm_errors`` row per failed text (its kind: the message's prefix); open dead letters of
+    this model whose text now has a vector are resolved."""
+    from ..pg.migrations import quote_ident
+    from ..pg.writers import ErrorRow, write_errors
+
+    q = quote_ident(audit_schema)
+    rows = []
+    for key, message in report.errors.items():
+        kind = message.split(":", 1)[0].strip() or "api"
+        rows.append(ErrorRow(key=key, node_id=getattr(run, "node_id", None) or "", model=model_name, error_kind=kind,
+                             message=redact(message)[:1000], run_id=getattr(run, "run_id", None),
+                             attempts=0 if kind in ("budget", "claimed") else 1, column_name=column_name))
+    if rows:
+        write_errors(conn, audit_schema, rows)
+    with conn.cursor() as cur:  # only open dead letters are read: cheap on a warm rerun
+        cur.execute(f"""update {q}.llm_errors e set resolved_at = now()
+                        where e.resolved_at is null and e.model = %s
+                          and exists (select 1 from {q}.{EMBEDDINGS_TABLE} v where v.key = e.key)""", (model_name,))
+
+
+def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
                 dimensions: int | None = None, audit_schema: str = "llm_audit", run=None,
                 column_name: str | None = None, max_cost_usd: float | None = None,
                 spend_limit: SpendLimit | None = None, claim_timeout_s: float = 60.0,
                 max_inputs: int = MAX_INPUTS, max_request_tokens: int = MAX_REQUEST_TOKENS,
                 max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True) -> EmbedReport:
-    """Make sure every distinct non-NULL text of ``texts`` has a vector in ``<schema>.llm_embeddings``
-    (see the module docstring); returns what it did. Never raises for a failed row: see ``errors``."""
+    """``embed_texts`` without the run's bookkeeping."""
     from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
     from ..pg.migrations import ensure_migrated
     from ..pg.migrations import quote_ident
@@ -394,7 +491,7 @@ def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
         report.cached = report.distinct_keys - len(missing)
         limit = spend_limit or (SpendLimit(max_cost_usd) if max_cost_usd else active_limit())
         filler = _Filler(conn, engine, model_name, config, dimensions, q, run, column_name, limit, report,
-                         max_inputs, max_request_tokens)
+                         max_inputs, max_request_tokens, audit_schema)
         missing = _from_journal(engine, filler, missing, report)
         if not missing:
             return report

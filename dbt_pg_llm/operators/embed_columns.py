@@ -12,14 +12,22 @@ text and sends nothing.
 """
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import ModelConfig
 from ..keys import key_sql
+from ..model_io import TokenUsage
+from ..pg.estimate import ColumnEstimate
 from ..pg.migrations import ensure_migrated, quote_ident
-from .embed import EMBEDDINGS_TABLE, EmbedReport, embed_texts, embedding_config, embedding_fingerprint
+from ..pricing import cost_usd
+from ..tokens import token_counter
+from .embed import (EMBEDDINGS_TABLE, MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS, EmbedReport, embed_texts,
+                    embedding_config, embedding_fingerprint, embedding_key)
 
-__all__ = ["NATIVE_DIMS", "column_dims", "missing_texts_sql", "embed_relation", "vector_type", "embed_join_sql"]
+__all__ = ["NATIVE_DIMS", "column_dims", "missing_texts_sql", "embed_relation", "vector_type", "embed_join_sql",
+           "EmbedEstimate", "estimate_embed_column"]
 
 NATIVE_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
 
@@ -82,3 +90,67 @@ def embed_join_sql(inner_sql: str, columns: list[tuple[str, str, str, int | None
         joins.append(f"left join {q}.{EMBEDDINGS_TABLE} __emb_e{i} on __emb_e{i}.key = __emb_k.__emb_k{i}")
     return (f"select {', '.join(select)}\nfrom ({inner_sql}\n) __emb_src\ncross join lateral (select {keys}) __emb_k\n"
             + "\n".join(joins))
+
+
+@dataclass
+class EmbedEstimate(ColumnEstimate):
+    """A ``ColumnEstimate`` of an embed column, with the requests its missing texts take."""
+
+    requests: int = 0
+
+    def line(self) -> str:
+        cost = f"${self.cost_usd:.6f}" if self.cost_usd is not None else "cost unknown (no price configured)"
+        return (f"{self.node_id or 'model'}.{self.column}: {self.model} (embeddings): {self.uncached_keys} of "
+                f"{self.distinct_keys} distinct texts not embedded"
+                + (f" ({self.journal_keys} more in the local journal, free)" if self.journal_keys else "")
+                + f", {self.requests} request(s), ~{self.prompt_tokens} input tokens at most, {cost}")
+
+
+def estimate_embed_column(conn, engine, model_name: str, source_sql: str, text_sql: str, *,
+                          dimensions: int | None = None, audit_schema: str = "llm_audit", node_id: str | None = None,
+                          column: str | None = None, max_inputs: int = MAX_INPUTS,
+                          max_request_tokens: int = MAX_REQUEST_TOKENS,
+                          max_input_tokens: int = MAX_INPUT_TOKENS) -> EmbedEstimate:
+    """What ``embed_relation`` would request for ``text_sql`` over ``source_sql``, requesting nothing:
+    the distinct texts with no vector (the journal's are free), grouped into requests as the fill
+    groups them (at most ``max_inputs`` inputs and ``max_request_tokens`` tokens), each text's
+    tokens bounded by the model's tokenizer (``tokens.token_counter``; a text over
+    ``max_input_tokens`` counts as truncated), priced at the input price: an upper bound of one
+    answered attempt per request (retries after errors are not counted, as for chat: decision 0027).
+    ``conn``: psycopg2, no transaction open (a read-only one is used and rolled back)."""
+    config = embedding_config(engine, model_name)
+    fp = embedding_fingerprint(config, dimensions)
+    est = EmbedEstimate(node_id=node_id, column=column, model=model_name)
+    count = token_counter(config).count
+    cache = getattr(engine, "cache", None)
+    requests, inputs, tokens_in_request, tokens = 0, 0, 0, 0
+    was_autocommit = conn.autocommit
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("set transaction read only")
+            cur.execute(f"select count(distinct ({text_sql})::text) from {source_sql} __emb_src")
+            est.distinct_keys = int(cur.fetchone()[0])
+        with conn.cursor(name=f"llm_embed_estimate_{uuid.uuid4().hex}") as cur:
+            cur.itersize = 2000
+            cur.execute(missing_texts_sql(source_sql, text_sql, fp, audit_schema))
+            for (text,) in cur:
+                if not text.strip():
+                    continue  # fails locally, never sent
+                if cache is not None and cache.get(embedding_key(fp, text)) is not None:
+                    est.journal_keys += 1
+                    continue
+                t = min(count(text), max_input_tokens)
+                if inputs == 0 or inputs >= max_inputs or tokens_in_request + t > max_request_tokens:
+                    requests, inputs, tokens_in_request = requests + 1, 0, 0
+                inputs += 1
+                tokens_in_request += t
+                tokens += t
+                est.uncached_keys += 1
+    finally:
+        conn.rollback()
+        conn.autocommit = was_autocommit
+    est.requests, est.prompt_tokens = requests, tokens
+    priced = getattr(config, "cost_per_1k_input_tokens", None) is not None
+    est.cost_usd = round(cost_usd(config, TokenUsage(tokens, 0)), 8) if priced else None
+    return est

@@ -59,15 +59,17 @@ def project(own_pg, simulator_factory, tmp_path):
     return proj
 
 
-def _start_dbt(project, tmp_path) -> subprocess.Popen:
+def start_dbt(project, tmp_path, select: str = "review_sentiment") -> subprocess.Popen:
+    """`dbt run -s <select>` of ``project`` in a subprocess (to be killed); also used by test_dbt_embed_runs."""
     dbt = str(Path(sys.executable).parent / "dbt")
     return subprocess.Popen(
-        [dbt, "run", "-s", "review_sentiment", "--project-dir", str(project.path), "--profiles-dir",
+        [dbt, "run", "-s", select, "--project-dir", str(project.path), "--profiles-dir",
          str(project.path), "--target-path", str(tmp_path / "target_sub"), "--log-path", str(tmp_path / "logs_sub")],
         env={**os.environ, **project.env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_requests(sim, proc, at_least: int, timeout_s: float = 120) -> None:
+def wait_for_requests(sim, proc, at_least: int, timeout_s: float = 120) -> None:
+    """Until the simulator has received ``at_least`` requests (the subprocess ``proc`` still alive)."""
     deadline = time.monotonic() + timeout_s
     while sim.stats()["requests"] < at_least:
         assert proc.poll() is None, proc.communicate()[0][-4000:]
@@ -95,9 +97,9 @@ def _ledger(project, label: str) -> dict:
 
 
 def test_postgres_stopped_mid_run_then_rerun_pays_nothing_twice(project, tmp_path):
-    proc = _start_dbt(project, tmp_path)
+    proc = start_dbt(project, tmp_path)
     try:
-        _wait_for_requests(project.sim, proc, 100)
+        wait_for_requests(project.sim, proc, 100)
         project.server.stop()  # the database goes away in the middle of the fill
         output = proc.communicate(timeout=300)[0]
     finally:
@@ -154,7 +156,7 @@ def test_kill_9_loses_at_most_max_concurrency_paid_answers_however_slow_the_jour
     proc = subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, sim.base_url, journal, str(concurrency),
                              str(delay_s)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for_requests(sim, proc, 10 * concurrency, timeout_s=60)
+        wait_for_requests(sim, proc, 10 * concurrency, timeout_s=60)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
     finally:
@@ -178,9 +180,9 @@ def test_kill_9_loses_at_most_max_concurrency_paid_answers_however_slow_the_jour
 
 
 def test_kill_9_mid_run_leaves_a_run_row_and_the_rerun_loses_nothing(project, tmp_path):
-    proc = _start_dbt(project, tmp_path)
+    proc = start_dbt(project, tmp_path)
     try:
-        _wait_for_requests(project.sim, proc, 150)
+        wait_for_requests(project.sim, proc, 150)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
     finally:

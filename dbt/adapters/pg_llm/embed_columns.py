@@ -8,9 +8,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from dbt.adapters.events.logging import AdapterLogger
 from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
-__all__ = ["EMBED_SPEC_KEYS", "resolve_embed_column", "fill_embed_column", "embed_join"]
+logger = AdapterLogger("pg_llm")
+
+__all__ = ["EMBED_SPEC_KEYS", "resolve_embed_column", "fill_embed_column", "estimate_embed_columns", "embed_join"]
 
 EMBED_SPEC_KEYS = ("kind", "prompt_sql", "model", "dimensions", "name")
 
@@ -81,6 +84,39 @@ def fill_embed_column(connect: Callable[[], Any], engine, source_sql: str, colum
         warn(text)
     return {"column": column.get("name"), "distinct": report.distinct_keys, "requests": report.requests,
             "errors": len(report.errors), "cost_usd": report.cost_usd}
+
+
+def estimate_embed_columns(connect: Callable[[], Any], engine, settings, source_sql: str,
+                           columns: List[Dict[str, Any]], node_id: Optional[str], invocation_id: str) -> List[Dict[str, Any]]:
+    """Estimate mode for embed columns: log each column's missing texts, requests, tokens and cost
+    (added to the selection's running total, as chat columns are); requests nothing."""
+    from dbt.adapters.pg_llm.operations import log_estimate
+    from dbt_pg_llm.errors import PgLlmError, redact
+    from dbt_pg_llm.operators.embed_columns import estimate_embed_column
+    from dbt_pg_llm.pg.migrations import ensure_migrated
+
+    out = []
+    conn = connect()
+    try:
+        ensure_migrated(conn, settings.audit_schema)
+        for column in columns:
+            try:
+                est = estimate_embed_column(conn, engine, column["model"], str(source_sql),
+                                            column["spec"]["prompt_sql"], dimensions=column.get("dimensions"),
+                                            audit_schema=settings.audit_schema, node_id=node_id,
+                                            column=column.get("name"))
+            except PgLlmError as exc:
+                raise DbtRuntimeError(f"pg_llm: {redact(str(exc))}") from None
+            except Exception as exc:  # e.g. the source relation does not exist yet: say so, go on
+                conn.rollback()
+                logger.warning(f"pg_llm estimate: {node_id or 'model'}.{column.get('name')}: cannot estimate "
+                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); build its upstream "
+                               "models first")
+                continue
+            out.append(log_estimate(settings, invocation_id, est))
+    finally:
+        conn.close()
+    return out
 
 
 def embed_join(conn_factory: Optional[Callable[[], Any]], inner_sql: str, columns: List[Dict[str, Any]],

@@ -425,6 +425,15 @@ class PgLlmAdapter(PostgresAdapter):
                                   say=logger.info, warn=warn_or_error) for column in columns]
 
     @available
+    def llm_embed_estimate(self, source_sql: str, columns: List[Dict[str, Any]],
+                           node_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Estimate mode for embed columns: log their missing texts, requests and cost; request nothing."""
+        from dbt.adapters.pg_llm.embed_columns import estimate_embed_columns
+
+        return estimate_embed_columns(self._credentials.connect_autocommit, get_engine(self._credentials),
+                                      self._settings(), str(source_sql), columns, node_id, _invocation_id())
+
+    @available
     def llm_embed_join_sql(self, inner_sql: str, columns: List[Dict[str, Any]], check_vector: bool = True) -> str:
         """``inner_sql`` plus the embed columns: vector(d) where the database has pgvector, else real[]."""
         from dbt.adapters.pg_llm.embed_columns import embed_join

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from dbt.adapters.events.logging import AdapterLogger
 from dbt_common.exceptions import DbtRuntimeError
 
-__all__ = ["estimate_columns", "invalidate_cache", "purge_audit_rows"]
+__all__ = ["estimate_columns", "log_estimate", "invalidate_cache", "purge_audit_rows"]
 
 logger = AdapterLogger("pg_llm")
 
@@ -55,17 +55,23 @@ def estimate_columns(adapter, engine, source_sql: str, columns: List[Dict[str, A
                 logger.warning(f"pg_llm estimate: {label}: cannot estimate ({type(exc).__name__}: "
                                f"{' '.join(str(exc).split())[:300]}); build its upstream models first")
                 continue
-            with _ESTIMATES_LOCK:
-                total = _ESTIMATES[invocation_id] = _ESTIMATES.get(invocation_id, 0.0) + (est.cost_usd or 0.0)
-            cap = settings.max_cost_usd_per_run
-            against = (f"of llm.max_cost_usd_per_run ${cap:g}" + (" (EXCEEDED: the run would stop there)"
-                                                                 if total > cap else "")
-                       if cap else "(no llm.max_cost_usd_per_run set)")
-            logger.info(f"pg_llm estimate: {est.line()}; selection total so far ${total:.4f} {against}")
-            out.append({**est.as_dict(), "selection_total_usd": round(total, 6)})
+            out.append(log_estimate(settings, invocation_id, est))
     finally:
         conn.close()
     return out
+
+
+def log_estimate(settings, invocation_id: str, est) -> Dict[str, Any]:
+    """Add ``est`` (a ``ColumnEstimate``, chat or embeddings) to the invocation's running total, log
+    its line against max_cost_usd_per_run, and return it as a dict with ``selection_total_usd``."""
+    with _ESTIMATES_LOCK:
+        total = _ESTIMATES[invocation_id] = _ESTIMATES.get(invocation_id, 0.0) + (est.cost_usd or 0.0)
+    cap = settings.max_cost_usd_per_run
+    against = (f"of llm.max_cost_usd_per_run ${cap:g}" + (" (EXCEEDED: the run would stop there)"
+                                                         if total > cap else "")
+               if cap else "(no llm.max_cost_usd_per_run set)")
+    logger.info(f"pg_llm estimate: {est.line()}; selection total so far ${total:.4f} {against}")
+    return {**est.as_dict(), "selection_total_usd": round(total, 6)}
 
 
 def invalidate_cache(adapter, engine, args: Dict[str, Any]) -> Dict[str, Any]:
