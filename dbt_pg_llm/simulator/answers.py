@@ -26,6 +26,8 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from .aggregate_answers import aggregate_answer
+
 __all__ = [
     "LABELS_PHRASE",
     "JSON_PHRASE",
@@ -407,6 +409,9 @@ def compute_answer(system: str, user: str, response_format: str | None = None) -
         labels = _labels_from(system)
         if labels:
             return "labels", _pick_label(labels, user, digest)
+        digest_answer = aggregate_answer(system, user)  # llm_aggregate's steps: a digest of the inputs
+        if digest_answer is not None and rf_type != "json_object":
+            return "text", digest_answer
     words = _words(user)
     h = int.from_bytes(digest[:8], "big")
     if rf_type == "json_object":

@@ -441,6 +441,31 @@ class PgLlmAdapter(PostgresAdapter):
         return embed_join(self._credentials.connect_autocommit if check_vector else None, str(inner_sql),
                           columns, self._settings().audit_schema)
 
+    # -- pg_llm.llm_aggregate (the tree: aggregate_op.py and operators/aggregate.py) -----------------
+    @available
+    def llm_aggregate(self, args: Dict[str, Any], relation_sql: Optional[str] = None, on_error: Any = None,
+                      node_id: Optional[str] = None, estimate: bool = False) -> Any:
+        """Check the arguments (a compile error names each bad one); with the relation's SQL, walk the
+        groups' trees (filling each level through llm_fill on a real run) and return the SELECT."""
+        from dbt.adapters.pg_llm.aggregate_op import aggregate, check_arguments, step_spec
+        from dbt_pg_llm.errors import PgLlmError
+
+        try:
+            check_arguments(args)
+        except PgLlmError as exc:
+            raise CompilationError(f"pg_llm: {exc}") from None
+        name = args.get("answer_column") or "answer"
+        column = self.llm_column(step_spec(args), default_model=args.get("model"), name=name)
+        if relation_sql is None:
+            return column
+        self.llm_prepare()
+        label = f"{node_id or 'model'}.{name}"
+        fill = ((lambda source_sql: self.llm_fill(source_sql, [column], on_error=on_error, node_id=node_id))
+                if really_executing() else None)
+        return aggregate(column, self._model_config(column["model"]), self._credentials.connect_autocommit,
+                         self._settings().audit_schema, str(relation_sql), dict(args), self.quote, fill,
+                         lambda line: logger.info(f"{label}: llm_aggregate: {line}"), estimate=bool(estimate))
+
     # -- pg_llm.semantic_join (the planner: semantic_join_op.py and operators/semantic_join.py) ----
     @available
     def llm_semantic_join_plan(self, args: Dict[str, Any], left_sql: Optional[str] = None,

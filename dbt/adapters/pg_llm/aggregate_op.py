@@ -1,0 +1,58 @@
+"""Adapter glue of ``pg_llm.llm_aggregate`` (decision 0037): resolve the step's column spec, walk the
+groups' trees (``dbt_pg_llm/operators/aggregate.py``) filling each level through the adapter's own
+``llm_fill`` (the one fill: claims, journal, spend cap, llm_calls, dead letters, on_error), and
+return the model's SELECT: one row per group joined to its root answer in ``llm_results``."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+from dbt_pg_llm.operators.aggregate import (DEFAULT_FAN_IN, DEFAULT_MAX_INPUT_TOKENS, SYSTEM_PHRASE, answer_sql,
+                                            check_aggregate_arguments, run_aggregate)
+from dbt_pg_llm.tokens import token_counter
+
+__all__ = ["check_arguments", "step_spec", "aggregate"]
+
+
+def check_arguments(args: Dict[str, Any]) -> None:
+    """Raise ConfigError naming each bad argument (the caller turns it into a compile error)."""
+    check_aggregate_arguments(args)
+
+
+def step_spec(args: Dict[str, Any]) -> Dict[str, Any]:
+    """The column spec of every step (leaf or reduce): complete with the fixed system phrase, or
+    extract with it as instructions when a JSON ``schema`` is given; its prompt is ``pg_llm_prompt``."""
+    spec: Dict[str, Any] = {"prompt_sql": "pg_llm_prompt"}
+    if args.get("schema") is not None:
+        spec.update(kind="extract", schema=dict(args["schema"]), instructions=SYSTEM_PHRASE)
+    else:
+        spec.update(kind="complete", system=SYSTEM_PHRASE)
+    for name in ("model", "max_tokens"):
+        if args.get(name) is not None:
+            spec[name] = args[name]
+    return spec
+
+
+def aggregate(column: Dict[str, Any], model_config: Any, connect: Callable[[], Any], audit_schema: str,
+              relation_sql: str, args: Dict[str, Any], quote: Callable[[str], str],
+              fill: Optional[Callable[[str], Any]], say: Callable[[str], None],
+              estimate: bool = False) -> str:
+    """Walk the trees (``fill`` None: only what is cached is used; with ``estimate`` the missing
+    steps are counted and logged) and return the SELECT of one row per group."""
+    group = quote(args["group_by"])
+    result, keys = run_aggregate(
+        connect, relation_sql, group, args["text_sql"], args["instructions"], fingerprint=column["fingerprint"],
+        audit_schema=audit_schema, json_output=column["output_col"] == "output_json", order_sql=args.get("order_by"),
+        budget=int(args.get("max_input_tokens") or DEFAULT_MAX_INPUT_TOKENS), chunk_rows=args.get("chunk_rows"),
+        fan_in=int(args.get("fan_in") or DEFAULT_FAN_IN), count=token_counter(model_config).count,
+        fill=None if estimate else fill)
+    groups, answered = len(result.roots), sum(1 for k in keys.values() if k is not None)
+    if estimate:
+        say(f"estimate: {result.estimate} request(s) at most for {groups} group(s): "
+            f"{result.missing_by_level[0] if result.missing_by_level else 0} leaf chunk(s) exactly, "
+            f"{result.estimate - (result.missing_by_level[0] if result.missing_by_level else 0)} above them "
+            f"at most (levels known: {result.missing_by_level}, upper bound {result.upper_bound})")
+    elif fill is not None:
+        say(f"{groups} group(s), {answered} answered; tree nodes per level {result.nodes_by_level}, "
+            f"requested per level {result.missing_by_level} ({result.requested} in all)")
+    return answer_sql(relation_sql, group, args["group_by"], keys, audit_schema, column["output_col"],
+                      args.get("answer_column") or "answer")
