@@ -3,10 +3,10 @@
 1. starts the project-local embedded Postgres (``.pg/``) and the LLM API simulator (a subprocess,
    ~20 ms per answer, requiring an API key passed the way a real one is: DBT_ENV_SECRET_...);
 2. runs ``dbt build`` on ``integration_tests/`` (seed of ~1,000 reviews -> sentiment, summary, facts,
-   an incremental model, a Python model and a guaranteed cascade, plus their tests) and counts what
-   the simulator answered;
+   an incremental model, a Python model, a guaranteed cascade, an embedding column of 50 reviews and
+   their similarity join with 24 embedded topics, plus their tests) and counts what the simulator answered;
 3. runs ``dbt build`` again: the simulator's ledger shows zero new requests (everything is cached);
-4. prints a sample of the enriched reviews and the metrics (``llm_audit.llm_runs`` / ``llm_metrics``
+4. prints a sample of the enriched reviews, each review's nearest topic, and the metrics (``llm_audit.llm_runs`` / ``llm_metrics``
    and, per run, what ``llm_calls`` recorded), checks that runs, calls and the simulator's ledger
    agree, and prints timings;
 5. stops what it started, also on Ctrl-C or errors.
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROJECT = REPO / "integration_tests"
 DEMO_KEY = "sk-demo-" + "0123456789abcdef"  # the simulator checks it; dbt must never print it
 MODEL_SCHEMA = "reviews"
+DEMO_DATABASE = "pg_llm_demo"  # a database of its own: its pgvector extension never changes what the tests see
 AUDIT_SCHEMA = "llm_audit"
 SIMULATOR_NOTICE = ("The answers come from the bundled LLM API simulator, not from a real model: their text is "
                     "synthetic (deterministic per prompt). Requests, caching, costs and the audit tables are real. "
@@ -146,6 +147,36 @@ def query(info, sql: str) -> tuple[list[str], list[tuple]]:
         conn.close()
 
 
+def demo_database(info):
+    """The demo's own database on the server (created if missing) with the pgvector extension when the
+    server ships it (the embedded one does): the embedding columns are then vector(d), else real[]."""
+    import dataclasses
+
+    import psycopg2
+
+    conn = psycopg2.connect(**info.connect_kwargs())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select 1 from pg_database where datname = %s", (DEMO_DATABASE,))
+            if cur.fetchone() is None:
+                cur.execute(f'create database "{DEMO_DATABASE}"')
+    finally:
+        conn.close()
+    info = dataclasses.replace(info, dbname=DEMO_DATABASE)
+    conn = psycopg2.connect(**info.connect_kwargs())
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("create extension if not exists vector")
+        print("   pgvector: installed (embedding columns are vector(d))")
+    except psycopg2.Error as exc:
+        print(f"   pgvector: not available ({str(exc).strip()[:80]}); embedding columns are real[]")
+    finally:
+        conn.close()
+    return info
+
+
 def reset_state(info, journal: Path) -> None:
     import psycopg2
 
@@ -200,6 +231,14 @@ from (select run_id, input_hash, min(ts) as ts, count(*) filter (where not cache
 group by run_id order by min(ts)
 """
 
+MATCHES_SQL = f"""
+select review_id, review_text, catalog_topic as nearest_topic, round(similarity::numeric, 3) as similarity
+from {MODEL_SCHEMA}.review_topic_matches
+where similarity_rank = 1 and review_text is not null
+order by review_id
+limit %d
+"""
+
 METRICS_SQL = f"""
 select model, day, requests, errors, cache_hits, avg_latency_ms, p95_latency_ms,
        prompt_tokens + completion_tokens as tokens, round(cost_usd, 4) as cost_usd,
@@ -230,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             with Step(f"starting embedded Postgres ({args.pg_data_dir or '.pg/'})"):
-                info = stack.enter_context(postgres(args.pg_data_dir))
+                info = demo_database(stack.enter_context(postgres(args.pg_data_dir)))
                 print(f"   host={info.host} port={info.port} dbname={info.dbname}")
             with Step(f"starting the LLM API simulator ({args.latency_ms:g} ms per answer)"):
                 sim = stack.enter_context(simulator(args.latency_ms))
@@ -265,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             with Step(f"sample of the enriched reviews ({MODEL_SCHEMA}.review_*), answered by the simulator"):
                 headers, rows = query(info, SAMPLE_SQL % args.rows)
                 print(textwrap.indent(format_table(headers, rows, max_width=34), "   "))
+
+            with Step(f"similarity join: each review's nearest topic ({MODEL_SCHEMA}.review_topic_matches)"):
+                headers, rows = query(info, MATCHES_SQL % min(args.rows, 6))
+                print(textwrap.indent(format_table(headers, rows, max_width=50), "   "))
 
             with Step("metrics"):
                 headers, rows = query(info, RUNS_SQL)

@@ -99,7 +99,7 @@ class EmbedEstimate(ColumnEstimate):
     requests: int = 0
 
     def line(self) -> str:
-        cost = f"${self.cost_usd:.6f}" if self.cost_usd is not None else "cost unknown (no price configured)"
+        cost = f"${self.cost_usd:.8f}" if self.cost_usd is not None else "cost unknown (no price configured)"
         return (f"{self.node_id or 'model'}.{self.column}: {self.model} (embeddings): {self.uncached_keys} of "
                 f"{self.distinct_keys} distinct texts not embedded"
                 + (f" ({self.journal_keys} more in the local journal, free)" if self.journal_keys else "")

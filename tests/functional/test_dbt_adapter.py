@@ -133,8 +133,11 @@ def test_build_pays_once_per_distinct_key_and_warm_rerun_pays_nothing(fresh_llm,
     calibrations = project.query(f'select thresholds, measured_agreement, agreement_lower_bound '
                                  f'from "{project.audit}".llm_cascade_calibrations')
     assert len(calibrations) == 1
+    # review_embeddings (50 reviews) and review_topic_catalog (24 topics): one embeddings request each
+    embed = project.scalar(f'select count(*) from "{project.audit}".llm_calls where operation = \'embed\'')
+    assert embed == 2
     stats = simulator.stats()
-    assert stats["requests"] == expected + oracle
+    assert stats["requests"] == expected + oracle + embed
     assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment_guaranteed '
                           "where sentiment is null and review_text is not null") == 0
