@@ -34,8 +34,9 @@
   {%- endif -%}
   {%- set left_cols = pg_llm.vector_query_columns(left) -%}
   {%- set right_cols = pg_llm.vector_query_columns(right) -%}
-  {%- if left_cols is none or right_cols is none -%}
-    {#- compile / docs before the inputs exist: the join's shape from the named columns -#}
+  {%- set inputs_exist = left_cols is not none and right_cols is not none -%}
+  {%- if not inputs_exist -%}
+    {#- compile / docs before the inputs exist: the join's shape from the named columns, nothing counted -#}
     {%- set left_cols = [left_id, left_text] + ([left_embedding] if left_embedding else []) -%}
     {%- set right_cols = [right_id, right_text] + ([right_embedding] if right_embedding else []) -%}
   {%- endif -%}
@@ -74,7 +75,11 @@ where pg_llm_l.{{ q(left_embedding) }} is not null
     {%- endset -%}
   {%- endif -%}
   {%- set node = context.get('model') -%}
-  {%- set choice = adapter.llm_semantic_join_plan(args, L, R, blocked_sql, node_id=node.unique_id if node else none) -%}
+  {%- if inputs_exist -%}
+    {%- set choice = adapter.llm_semantic_join_plan(args, L, R, blocked_sql, node_id=node.unique_id if node else none) -%}
+  {%- else -%}
+    {%- set choice = {'chosen': 'blocked' if plan == 'blocked' else 'nested', 'labels': []} -%}
+  {%- endif -%}
   {%- if choice['chosen'] == 'classify' -%}
     {%- set matches = pg_llm.llm_enrich('select pg_llm_l.*, pg_llm_l.' ~ q(left_text) ~ '::text as pg_llm_left_text from ' ~ L ~ ' as pg_llm_l',
           {'pg_llm_matches': pg_llm.classify('pg_llm_left_text', labels=choice['labels'], instructions=predicate, model=model, multi_label=true)},
