@@ -6,7 +6,8 @@
 * estimate mode prices embed columns: requests = ceil(missing / inputs per request), input tokens
   and cost, an upper bound of what the run then pays;
 * `dbt run` killed with SIGKILL mid-embedding (in a subprocess), then rerun: every text embedded,
-  the requests in flight at the kill counted from the call spool (llm_calls = ledger).
+  the requests in flight at the kill counted from the call spool (llm_calls = ledger);
+* on the engine: a dead letter per failed text, resolved once a later run embeds it.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import time
 import pytest
 
 from dbt_pg_llm.cache import max_unjournaled
-from dbt_pg_llm.operators.embed import MAX_INPUTS, embedding_fingerprint, embedding_key
+from dbt_pg_llm.operators.embed import MAX_INPUTS, embed_texts, embedding_fingerprint, embedding_key
+from dbt_pg_llm.pg import RunContext
 from dbt_pg_llm.simulator import SimulatorConfig
 from tests.functional.dbt_harness import one_model_project
+from tests.functional.test_pg_enrich import make_engine
 from tests.functional.test_durability import start_dbt, wait_for_requests
 
 pytestmark = pytest.mark.functional
@@ -132,3 +135,32 @@ def test_kill_9_mid_embedding_then_rerun_embeds_everything_and_llm_calls_match_t
     assert ledger["requests"] <= needed + min(at_kill, max_unjournaled(32))
     assert calls[0] == ledger["requests"] == runs  # the in-flight requests came back from the spool
     assert calls[1] == at_kill
+
+
+def test_engine_a_dead_letter_per_failed_text_resolved_once_a_later_run_embeds_it(db, simulator):
+    """embed_texts with a run: its llm_runs row (= its llm_calls), a dead letter of kind invalid_input
+    for the text the server rejected once, resolved by the next run that embeds it."""
+    connect, _, audit = db
+    simulator.reset()
+    engine = make_engine(simulator, model_version="text-embedding-3-small")
+    flaky = "[[fault:400*1]] rejected the first time only"
+    first = embed_texts(connect, engine, "sim", ["fine text", flaky], audit_schema=audit,
+                        run=RunContext(run_id="r1", node_id="model.p.m"), column_name="emb")
+    assert len(first.errors) == 1 and first.embedded == 1
+    conn = connect()
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'select error_kind, column_name, node_id, resolved_at is null from "{audit}".llm_errors')
+            assert cur.fetchall() == [("invalid_input", "emb", "model.p.m", True)]
+            cur.execute(f'select status, requests from "{audit}".llm_runs where run_id = %s', ("r1",))
+            assert cur.fetchall() == [("partial", simulator.stats()["requests"])]
+            second = embed_texts(connect, engine, "sim", ["fine text", flaky], audit_schema=audit,
+                                 run=RunContext(run_id="r2", node_id="model.p.m"), column_name="emb")
+            assert second.errors == {} and second.embedded == 1
+            cur.execute(f'select count(*) filter (where resolved_at is null), count(*) from "{audit}".llm_errors')
+            assert cur.fetchone() == (0, 1)
+            cur.execute(f'select run_id, status, requests from "{audit}".llm_runs order by run_id')
+            assert cur.fetchall() == [("r1", "partial", 3), ("r2", "success", 1)]
+    finally:
+        conn.close()
