@@ -466,6 +466,33 @@ class PgLlmAdapter(PostgresAdapter):
                          self._settings().audit_schema, str(relation_sql), dict(args), self.quote, fill,
                          lambda line: logger.info(f"{label}: llm_aggregate: {line}"), estimate=bool(estimate))
 
+    # -- pg_llm.top_k (the tournament: top_k_op.py and operators/top_k.py) -------------------------
+    @available
+    def llm_top_k(self, args: Dict[str, Any], relation_sql: Optional[str] = None, on_error: Any = None,
+                  node_id: Optional[str] = None, estimate: bool = False, distance_sql: Optional[str] = None) -> Any:
+        """Check the arguments (a compile error names each bad one); with the relation's SQL, play the
+        partitions' tournaments (filling each level through llm_fill on a real run), return the SELECT."""
+        from dbt.adapters.pg_llm.top_k_op import check_arguments, top_k, window_spec
+        from dbt_pg_llm.errors import PgLlmError
+
+        try:
+            check_arguments(args)
+        except PgLlmError as exc:
+            raise CompilationError(f"pg_llm: {exc}") from None
+        column = self.llm_column(window_spec(args), default_model=args.get("model"), name="rank")
+        if relation_sql is None:
+            return column
+        self.llm_prepare()
+        label = f"{node_id or 'model'}.top_k"
+        fill = ((lambda source_sql: self.llm_fill(source_sql, [column], on_error=on_error, node_id=node_id))
+                if really_executing() else None)
+        try:
+            return top_k(column, self._credentials.connect_autocommit, self._settings().audit_schema,
+                         str(relation_sql), dict(args), self.quote, fill, lambda line: logger.info(f"{label}: {line}"),
+                         distance_sql=distance_sql, node_id=node_id, on_error=on_error, estimate=bool(estimate))
+        except PgLlmError as exc:
+            raise CompilationError(f"pg_llm: {exc}") from None
+
     # -- pg_llm.semantic_join (the planner: semantic_join_op.py and operators/semantic_join.py) ----
     @available
     def llm_semantic_join_plan(self, args: Dict[str, Any], left_sql: Optional[str] = None,
