@@ -6,8 +6,8 @@
    an incremental model, a Python model, a guaranteed cascade, an embedding column of 50 reviews and
    their similarity join with 24 embedded topics, plus their tests) and counts what the simulator answered;
 3. runs ``dbt build`` again: the simulator's ledger shows zero new requests (everything is cached);
-4. prints a sample of the enriched reviews, each review's nearest topic, and the metrics (``llm_audit.llm_runs`` / ``llm_metrics``
-   and, per run, what ``llm_calls`` recorded), checks that runs, calls and the simulator's ledger
+4. prints a sample of the enriched reviews, each review's nearest topic, and the metrics
+   (``llm_audit.llm_runs`` / ``llm_metrics`` and, per run, what ``llm_calls`` recorded), checks that runs, calls and the simulator's ledger
    agree, and prints timings;
 5. stops what it started, also on Ctrl-C or errors.
 

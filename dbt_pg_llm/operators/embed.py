@@ -53,6 +53,7 @@ from ..providers import provider_for
 from ..providers.base import classify_http_error, classify_transport_error
 from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
+from .embed_audit import spool_sink
 
 __all__ = ["EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -177,7 +178,7 @@ class _Filler:
         self.written: list[str] = []  # keys whose vectors are stored (their claims may be released)
         self.lock = threading.Lock()  # one connection, written from the requests' worker threads
         self.schema = audit_schema
-        self.sink = _spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
+        self.sink = spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
 
     def _url(self) -> str:
         base = self.config.base_url or ""
@@ -285,25 +286,13 @@ class _Filler:
         settles the marker): if the write fails, the record stays on disk for the next run to
         replay; a failed write never fails the fill."""
         from ..logs import ModelLog
-        from ..pg.writers import write_calls
+        from .embed_audit import write_call
 
-        record = ModelLog(model=self.model_name, operation="embed", input_hash=first_key, attempt=1,
-                          prompt_tokens=tokens, latency_ms=latency_ms, cost_usd=cost,
-                          error_kind=error.kind.value if error is not None else ErrorKind.NONE.value,
-                          error_message=error.message[:1000] if error is not None else None,
-                          http_status=status or None, context=self.context(), call_id=call_id)
-        with self.lock:
-            try:
-                if self.sink is None:
-                    write_calls(self.conn, self.schema, [record])
-                    return
-                self.sink.emit(record)
-                records = self.sink.drain()
-                write_calls(self.conn, self.schema, records)
-                self.sink.written(len(records))
-            except Exception as exc:  # the audit row is best effort; the vectors are what was paid for
-                _log.warning("embeddings: an llm_calls row could not be written (kept in the call spool for the "
-                             "next run): %s", redact(str(exc)))
+        write_call(self.sink, self.conn, self.lock, self.schema, ModelLog(
+            model=self.model_name, operation="embed", input_hash=first_key, attempt=1, prompt_tokens=tokens,
+            latency_ms=latency_ms, cost_usd=cost, context=self.context(), call_id=call_id,
+            error_kind=error.kind.value if error is not None else ErrorKind.NONE.value,
+            error_message=error.message[:1000] if error is not None else None, http_status=status or None))
 
     def store(self, group: list[tuple[str, str]], data: dict) -> None:
         """Journal first (ResultCache: durable across kill -9), then llm_embeddings."""
@@ -333,15 +322,6 @@ class _Filler:
             cur.execute(f"""insert into {self.q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
                             select * from __emb_stage on conflict (key) do nothing""")
         self.written.extend(k for k, _ in rows)
-
-
-def _spool_sink(engine):
-    """A spooling BufferedSink in the engine's call spool directory (None without a journal on disk)."""
-    from ..logs import BufferedSink
-    from ..pg.run_totals import spool_dir_of
-
-    directory = spool_dir_of(engine)
-    return BufferedSink(spool_dir=directory) if directory else None
 
 
 _FLOAT4_OID = 700
@@ -401,62 +381,12 @@ def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     With a ``run`` (its ``run_id``), the run's ``llm_runs`` row is kept like a chat fill's
     (``runs.run_started`` first, ``writers.record_run`` at the end: requests, tokens and cost derived
     from ``llm_calls``), and the call spools that dead processes left are replayed first."""
-    from ..pg.migrations import ensure_migrated
-    from ..pg.run_totals import replay_spools, spool_dir_of
-    from ..pg.runs import run_started
-    from ..pg.writers import record_run
+    from .embed_audit import EmbedRun
 
-    run_id = getattr(run, "run_id", None)
-    conn = None
-    if run_id:
-        conn = connect()
-        conn.autocommit = True
-        ensure_migrated(conn, audit_schema)
-        run_started(conn, audit_schema, run_id, target=getattr(run, "target", None))
-        replay_spools(conn, audit_schema, spool_dir_of(engine))  # dead runs' unlogged requests
-    status, report = "failed", None
-    try:
-        report = _fill_texts(connect, engine, model_name, texts, audit_schema=audit_schema, run=run,
-                             column_name=column_name, **kwargs)
-        status = "partial" if report.errors else "success"
-        if report.errors or conn is not None:
-            conn = conn or connect()
-            conn.autocommit = True
-            _dead_letters(conn, audit_schema, run, model_name, column_name, report)
-        return report
-    finally:
-        if conn is not None:
-            try:
-                if run_id:
-                    record_run(conn, audit_schema, run_id, target=getattr(run, "target", None), status=status,
-                               finished_fill=True, distinct_keys=report.distinct_keys if report else 0,
-                               errors=len(report.errors) if report else 0)
-            except Exception as exc:  # the vectors are stored; say why the run row is not
-                _log.error("embeddings: could not record the run in %s.llm_runs: %s", audit_schema, redact(str(exc)))
-            finally:
-                conn.close()
-
-
-def _dead_letters(conn, audit_schema: str, run, model_name: str, column_name: str | None,
-                  report: EmbedReport) -> None:
-    """One ``llm_errors`` row per failed text (its kind: the message's prefix); open dead letters of
-    this model whose text now has a vector are resolved."""
-    from ..pg.migrations import quote_ident
-    from ..pg.writers import ErrorRow, write_errors
-
-    q = quote_ident(audit_schema)
-    rows = []
-    for key, message in report.errors.items():
-        kind = message.split(":", 1)[0].strip() or "api"
-        rows.append(ErrorRow(key=key, node_id=getattr(run, "node_id", None) or "", model=model_name, error_kind=kind,
-                             message=redact(message)[:1000], run_id=getattr(run, "run_id", None),
-                             attempts=0 if kind in ("budget", "claimed") else 1, column_name=column_name))
-    if rows:
-        write_errors(conn, audit_schema, rows)
-    with conn.cursor() as cur:  # only open dead letters are read: cheap on a warm rerun
-        cur.execute(f"""update {q}.llm_errors e set resolved_at = now()
-                        where e.resolved_at is null and e.model = %s
-                          and exists (select 1 from {q}.{EMBEDDINGS_TABLE} v where v.key = e.key)""", (model_name,))
+    with EmbedRun(connect, engine, audit_schema, run, model_name, column_name) as scope:
+        scope.report = _fill_texts(connect, engine, model_name, texts, audit_schema=audit_schema, run=run,
+                                   column_name=column_name, **kwargs)
+        return scope.report
 
 
 def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,

@@ -87,7 +87,8 @@ def fill_embed_column(connect: Callable[[], Any], engine, source_sql: str, colum
 
 
 def estimate_embed_columns(connect: Callable[[], Any], engine, settings, source_sql: str,
-                           columns: List[Dict[str, Any]], node_id: Optional[str], invocation_id: str) -> List[Dict[str, Any]]:
+                           columns: List[Dict[str, Any]], node_id: Optional[str],
+                           invocation_id: str) -> List[Dict[str, Any]]:
     """Estimate mode for embed columns: log each column's missing texts, requests, tokens and cost
     (added to the selection's running total, as chat columns are); requests nothing."""
     from dbt.adapters.pg_llm.operations import log_estimate
