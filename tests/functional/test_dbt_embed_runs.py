@@ -37,6 +37,9 @@ FAULTY = ("{{ pg_llm.llm_enrich(\"select * from (values (1, 'red apple', 'note o
           f"'[[fault:429*2]] rate limited twice'), (3, '{BAD}', 'note three'), (4, 'kernel bug', 'note four'), "
           "(5, 'apple pie', 'note five')) as t(id, body, note)\", "
           "{'emb': pg_llm.embed('body', dimensions=8), 'note_emb': pg_llm.embed('note', dimensions=8)}) }}")
+# embed_chunks: 2 documents of 2,500 characters, chunks of 200 with overlap 50: 17 chunks each (all distinct)
+CHUNKS = ("{{ pg_llm.embed_chunks(\"select i as doc_id, repeat('word' || i || ' ', 500) || i as body "
+          "from generate_series(1, 2) i\", 'doc_id', 'body', chunk_size=200, overlap=50, dimensions=8) }}")
 N_BIG = 5000  # three requests (2,048 + 2,048 + 904), all in flight at once (max_concurrency 32)
 BIG = ("{{ pg_llm.llm_enrich(\"select i as id, 'document ' || i || ' of the killed run' as body "
        f"from generate_series(1, {N_BIG}) i\", {{'emb': pg_llm.embed('body', dimensions=8)}}) }}}}")
@@ -50,6 +53,7 @@ def project(pg, simulator_factory, tmp_path):
     proj = next(gen)
     (proj.path / "models" / "emb_faulty.sql").write_text(FAULTY)
     (proj.path / "models" / "emb_big.sql").write_text(BIG)
+    (proj.path / "models" / "emb_chunks.sql").write_text(CHUNKS)
     proj.sim = sim
     yield proj
     next(gen, None)
@@ -164,3 +168,16 @@ def test_engine_a_dead_letter_per_failed_text_resolved_once_a_later_run_embeds_i
             assert cur.fetchall() == [("r1", "partial", 3), ("r2", "success", 1)]
     finally:
         conn.close()
+
+
+def test_estimate_prices_embed_chunks_as_the_run_pays(project):
+    out = project.run("compile", "-s", "emb_chunks", "--vars", "{pg_llm_estimate: true}")
+    line = next(m for m in out.text.splitlines() if "pg_llm estimate:" in m and ".embedding:" in m)
+    got = re.search(r"(\d+) of \d+ distinct texts not embedded, (\d+) request\(s\), ~(\d+) input tokens", line)
+    assert got, line
+    project.run("run", "-s", "emb_chunks")
+    ledger = project.sim.stats()
+    chunks = project.scalar(f'select count(distinct chunk_text) from "{project.schema}".emb_chunks')
+    assert (int(got[1]), int(got[2]), int(got[3])) == (chunks, ledger["requests"], ledger["prompt_tokens"]) == \
+        (chunks, 1, ledger["prompt_tokens"])
+    assert ledger["embedding_inputs"] == chunks > 2
