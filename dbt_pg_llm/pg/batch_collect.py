@@ -197,7 +197,7 @@ class BatchCollector:
 
     def _result_row(self, key: str, output: ModelOutput, row: store.BatchRow, spec: ColumnSpec,
                     prompt: str | None = None) -> ResultRow:
-        is_json = spec.kind == "extract"
+        is_json = spec.is_json  # extract, multi-label classify
         return ResultRow(
             key=key, model=row.model, model_version=row.model_version, fingerprint=row.fingerprint,
             output_text=None if is_json else output.text,

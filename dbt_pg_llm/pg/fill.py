@@ -389,7 +389,7 @@ class ColumnFill:
                 rep.cache_hits += 1
                 rep.requests_total -= 1
                 rep.saved_cost_usd += stored
-            is_json = self.spec.kind == "extract"
+            is_json = self.spec.is_json  # extract, multi-label classify
             self._results.append(ResultRow(
                 key=key, model=output.model or self.spec.model, model_version=self._model_version(output.model),
                 fingerprint=self.fingerprint,

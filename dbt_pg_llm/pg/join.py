@@ -16,8 +16,8 @@ from ..keys import key_sql
 from .migrations import quote_ident
 from .spec import ColumnSpec
 
-__all__ = ["join_sql", "fresh_sql", "quote_literal", "key_column", "distinct_prompts_sql", "uncached_prompts_sql",
-           "invalidation_cutoffs", "count_and_log_hits_sql"]
+__all__ = ["join_sql", "fresh_sql", "quote_literal", "key_column", "confidence_column", "distinct_prompts_sql",
+           "uncached_prompts_sql", "invalidation_cutoffs", "count_and_log_hits_sql", "typed_value_sql"]
 
 
 def quote_literal(value: Any) -> str:
@@ -37,6 +37,24 @@ def quote_literal(value: Any) -> str:
 def key_column(name: str) -> str:
     """The name of the column holding ``name``'s key when ``llm_enrich(..., keep_keys=true)``."""
     return f"{name}__llm_key"
+
+
+def confidence_column(name: str) -> str:
+    """The companion column of a filter column ``name``: the answer's confidence (llm_results.confidence)."""
+    return f"{name}__confidence"
+
+
+def typed_value_sql(spec: ColumnSpec, value: str) -> str:
+    """``value`` (the answer as stored: ``output_text`` / ``output_json``) as the column's SQL type: a
+    filter's label as boolean; a multi-label object as ``text[]`` of its labels in the spec's label order
+    (so the array is the same whatever order the model listed them in; ``{}`` when none applies)."""
+    if spec.kind == "filter":
+        return f"({value})::boolean"
+    if spec.kind == "classify" and spec.multi_label:
+        labels = "array[" + ", ".join(quote_literal(label) for label in spec.labels) + "]::text[]"
+        return (f"case when ({value}) is not null then array(select __l.v from unnest({labels}) with ordinality "
+                f"__l(v, i) where ({value})->'labels' @> jsonb_build_array(__l.v) order by __l.i) end")
+    return value
 
 
 def fresh_sql(alias: str) -> str:
@@ -100,7 +118,9 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
     """SELECT of the source plus one column per spec, joined to ``llm_results`` on the row's key.
 
     ``columns``: ``(output column name, spec, fingerprint)`` triples. complete/classify give text
-    (``output_text``), extract gives jsonb (``output_json``). Invalid or expired results count as
+    (``output_text``), extract gives jsonb (``output_json``), filter boolean plus its confidence as
+    ``<name>__confidence``, multi-label classify ``text[]`` (``typed_value_sql``). Invalid or expired
+    results count as
     missing (NULL). ``on_error_default``: a literal (or a ``{column name: literal}`` mapping) used
     where the prompt is not NULL but no answer exists (failed keys); for extract give JSON.
     ``source_columns``: when given, the source columns are listed explicitly and those named like an
@@ -120,7 +140,8 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
     if source_columns is None:
         select = ["__llm_src.*"]
     else:
-        replaced = set(names) | ({key_column(n) for n in names} if keep_keys else set())
+        replaced = set(names) | ({key_column(n) for n in names} if keep_keys else set()) \
+            | {confidence_column(n) for n, spec, _ in columns if spec.kind == "filter"}
         select = [f"__llm_src.{quote_ident(c)}" for c in source_columns if c not in replaced]
     joins = []
     for i, (name, spec, _) in enumerate(columns):
@@ -128,12 +149,18 @@ def join_sql(source_sql: str, columns: Sequence[tuple[str, ColumnSpec, str]], au
         value = f"{r}.{spec.output_column}"
         default = on_error_default.get(name) if isinstance(on_error_default, Mapping) else on_error_default
         if default is not None:
-            if spec.kind == "extract":
+            if spec.multi_label and not isinstance(default, str):  # a list of labels, as the answer stores it
+                literal = quote_literal(json.dumps({"labels": list(default)})) + "::jsonb"
+            elif spec.is_json:
                 literal = quote_literal(default if isinstance(default, str) else json.dumps(default)) + "::jsonb"
+            elif spec.kind == "filter" and isinstance(default, bool):
+                literal = quote_literal("true" if default else "false") + "::text"
             else:
                 literal = quote_literal(default) + "::text"
             value = f"case when __llm_k.__llm_k{i} is not null then coalesce({value}, {literal}) end"
-        select.append(f"{value} as {quote_ident(name)}")
+        select.append(f"{typed_value_sql(spec, value)} as {quote_ident(name)}")
+        if spec.kind == "filter":
+            select.append(f"{r}.confidence as {quote_ident(confidence_column(name))}")
         if keep_keys:
             select.append(f"__llm_k.__llm_k{i} as {quote_ident(key_column(name))}")
         joins.append(f"left join {q}.llm_results {r} on {r}.key = __llm_k.__llm_k{i} and {fresh_sql(r)}")

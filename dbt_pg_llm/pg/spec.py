@@ -5,7 +5,20 @@ DataFrame path (``LlmFrameSession``). ``ColumnSpec.from_dict`` validates a spec 
 pass it and turns it into the engine's ``ModelInput`` (system message, response format), its
 fingerprint and the SQL of its per-row key. ``CLASSIFY_PHRASE`` / ``EXTRACT_PHRASE`` are the fixed
 system-prompt phrases of classify / extract (the simulator recognises exactly these); classify's labels
-follow as a JSON list, extract's schema as canonical JSON. Everything a request needs is checked here,
+follow as a JSON list, extract's schema as canonical JSON. ``FILTER_PHRASE`` (kind ``filter``: a yes/no
+question, answered with one of the two labels ``FILTER_LABELS``, joined as a boolean, with its
+``<name>__confidence``) and ``MULTI_LABEL_PHRASE`` (``classify`` with ``multi_label: true``: a JSON
+object ``{"labels": [...]}`` of labels, joined as ``text[]`` in label order) are built the same way.
+From Python (e.g. another operator building on them)::
+
+    ColumnSpec.from_dict({"kind": "filter", "prompt_sql": "body", "question": "Is it about shipping?",
+                          "model": "sim"})
+    ColumnSpec.from_dict({"kind": "classify", "prompt_sql": "body", "labels": ["a", "b"],
+                          "multi_label": True, "model": "sim"})
+
+then ``model_input(text)`` is the request of one row, ``fingerprint(config)`` / ``key_sql`` its key
+(the question and ``multi_label`` are in it, through the system message and response format) and
+``join.join_sql`` the typed column. Everything a request needs is checked here,
 before anything is paid for: labels (``label_problems``) and JSON schemas (``schema_problems``:
 valid for their dialect, ``$ref`` only inside the schema). No SQL runs here.
 """
@@ -23,14 +36,30 @@ from ..keys import canonical_json, fingerprint_of, key_sql
 from ..json_schema import schema_problems
 from ..model_io import ModelInput, ResponseFormat, label_problems
 
-__all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE", "check_fill_settings"]
+__all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE", "FILTER_PHRASE", "FILTER_LABELS",
+           "MULTI_LABEL_PHRASE", "multi_label_schema", "check_fill_settings"]
 
-KINDS = ("complete", "classify", "extract")
+KINDS = ("complete", "classify", "extract", "filter")
 SPEC_KEYS = ("kind", "prompt_sql", "system", "model", "max_tokens", "temperature", "labels", "instructions",
-             "schema", "name", "mode", "batch_size")
+             "schema", "name", "mode", "batch_size", "question", "multi_label")
 # The simulator (and good practice) recognise exactly these phrases.
 CLASSIFY_PHRASE = "Answer with exactly one of these labels and nothing else: "
 EXTRACT_PHRASE = "Reply with JSON only, matching this JSON schema: "
+# filter: the question follows the phrase, to the end of the system message
+FILTER_PHRASE = ("Decide whether the text satisfies the condition below. Reply with exactly true or false "
+                 "and nothing else. Condition: ")
+FILTER_LABELS = ("true", "false")  # answered as labels (logprob confidence, packing), joined as boolean
+# multi-label: the labels follow as a JSON list (like CLASSIFY_PHRASE)
+MULTI_LABEL_PHRASE = ('Reply with JSON only: {"labels": [...]} listing every label of this list that applies '
+                      "to the text (an empty list when none does), each at most once: ")
+
+
+def multi_label_schema(labels) -> dict:
+    """The response schema of a multi-label answer: only the labels, each at most once (an object at the
+    root, as strict structured output requires)."""
+    return {"type": "object", "additionalProperties": False, "required": ["labels"],
+            "properties": {"labels": {"type": "array", "items": {"type": "string", "enum": list(labels)},
+                                      "uniqueItems": True}}}
 
 
 @dataclass(frozen=True)
@@ -49,6 +78,8 @@ class ColumnSpec:
     name: str | None = None  # the output column, when the caller puts it in the spec
     mode: str | None = None  # "batch" | "normal" | None (the model's batch policy decides); not in the key
     batch_size: int | None = None  # rows packed per request (None: the model's batch_size); not in the key
+    question: str | None = None  # filter: the condition asked of each text (in the key, via the system message)
+    multi_label: bool = False  # classify: a list of labels (text[]) instead of one (in the key, via the format)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | "ColumnSpec", default_model: str | None = None,
@@ -100,6 +131,23 @@ class ColumnSpec:
             problems.extend(label_problems(labels, f"{path}.labels"))
         elif labels:
             problems.append(f"{path}.labels: only used by kind 'classify'; remove it or change kind")
+        question = data.get("question")
+        if kind == "filter":
+            if not isinstance(question, str) or not question.strip():
+                problems.append(f"{path}.question: filter needs the condition as non-empty text, e.g. "
+                                "question: 'Does the review mention shipping?'")
+            elif "\x00" in question:
+                problems.append(f"{path}.question: contains a NUL character, which Postgres text cannot store")
+        elif question is not None:
+            problems.append(f"{path}.question: only used by kind 'filter'; remove it or change kind")
+        multi_label = data.get("multi_label", False)
+        if multi_label is None:
+            multi_label = False
+        if not isinstance(multi_label, bool):
+            problems.append(f"{path}.multi_label: {multi_label!r} must be true or false (true: a text[] of every "
+                            "label that applies)")
+        elif multi_label and kind != "classify":
+            problems.append(f"{path}.multi_label: only used by kind 'classify'; remove it or change kind")
         if kind == "extract":
             if not isinstance(schema, Mapping) or not schema:
                 problems.append(f"{path}.schema: extract needs a JSON schema (a mapping), e.g. "
@@ -108,7 +156,7 @@ class ColumnSpec:
                 problems.extend(schema_problems(dict(schema), f"{path}.schema"))
         elif schema is not None:
             problems.append(f"{path}.schema: only used by kind 'extract'; remove it or change kind")
-        if kind in ("classify", "extract") and system is not None:
+        if kind in ("classify", "extract", "filter") and system is not None:
             problems.append(f"{path}.system: not used by kind '{kind}'; put extra guidance in 'instructions'")
         if kind == "complete" and instructions is not None:
             problems.append(f"{path}.instructions: not used by kind 'complete'; use 'system' for the system prompt")
@@ -130,11 +178,16 @@ class ColumnSpec:
                    temperature=temperature, labels=tuple(labels) if kind == "classify" else (),
                    instructions=instructions,
                    schema=json.loads(json.dumps(schema)) if kind == "extract" else None, name=name,
-                   mode=mode, batch_size=batch_size)
+                   mode=mode, batch_size=batch_size, question=question if kind == "filter" else None,
+                   multi_label=multi_label is True and kind == "classify")
 
     @property
     def system_message(self) -> str | None:
         prefix = (self.instructions + "\n\n") if self.instructions else ""
+        if self.kind == "filter":
+            return prefix + FILTER_PHRASE + str(self.question)
+        if self.kind == "classify" and self.multi_label:
+            return prefix + MULTI_LABEL_PHRASE + json.dumps(list(self.labels), ensure_ascii=False)
         if self.kind == "classify":
             # a JSON list: a label holding any delimiter (" | ", a comma, a newline) stays one label
             return prefix + CLASSIFY_PHRASE + json.dumps(list(self.labels), ensure_ascii=False)
@@ -144,15 +197,29 @@ class ColumnSpec:
 
     @cached_property  # built (and checked) once per spec, not once per key
     def response_format(self) -> ResponseFormat:
+        if self.kind == "filter":
+            return ResponseFormat.one_of(FILTER_LABELS)
+        if self.kind == "classify" and self.multi_label:
+            return ResponseFormat.json(multi_label_schema(self.labels))
         if self.kind == "classify":
             return ResponseFormat.one_of(self.labels)
         if self.kind == "extract":
             return ResponseFormat.json(self.schema)
         return ResponseFormat.text()
 
+    @cached_property
+    def effective_max_tokens(self) -> int | None:
+        """``max_tokens`` as sent: a multi-label answer is at most every label once, so unless set it is
+        sized from the labels (UTF-8 bytes of the full answer + a margin: a bound for any byte-level BPE
+        tokenizer), as a classify request is sized by its longest label (tokens.py)."""
+        if self.max_tokens is not None or not self.multi_label:
+            return self.max_tokens
+        full = json.dumps({"labels": list(self.labels)}, ensure_ascii=False)
+        return len(full.encode("utf-8")) + 16 + 2 * len(self.labels)  # blanks / newlines a server may add
+
     def model_input(self, prompt: str) -> ModelInput:
         return ModelInput(prompt=prompt, system_message=self.system_message, temperature=self.temperature,
-                          max_tokens=self.max_tokens, response_format=self.response_format)
+                          max_tokens=self.effective_max_tokens, response_format=self.response_format)
 
     def fingerprint(self, model_config) -> str:
         return fingerprint_of(model_config, self.model_input(""))
@@ -164,7 +231,12 @@ class ColumnSpec:
     @property
     def output_column(self) -> str:
         """The llm_results column holding this kind's answer."""
-        return "output_json" if self.kind == "extract" else "output_text"
+        return "output_json" if self.is_json else "output_text"
+
+    @property
+    def is_json(self) -> bool:
+        """The answer is JSON (stored in ``output_json``): extract, and multi-label classify."""
+        return self.kind == "extract" or self.multi_label
 
 
 @dataclass(frozen=True)

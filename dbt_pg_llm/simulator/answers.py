@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from .aggregate_answers import aggregate_answer
+from .filter_answers import rule_answer
 from .rank_answers import rank_answer
 
 __all__ = [
@@ -385,6 +386,11 @@ def _dumps(value: Any) -> str:
 
 
 # -- the answer ------------------------------------------------------------------------------------
+def _sent_schema(rf: dict) -> Any:
+    spec = rf.get("json_schema")
+    return spec.get("schema") if isinstance(spec, dict) else None
+
+
 @lru_cache(maxsize=8192)
 def compute_answer(system: str, user: str, response_format: str | None = None) -> tuple[str, str]:
     """Return (mode, answer) with mode one of "json", "labels", "text".
@@ -402,6 +408,9 @@ def compute_answer(system: str, user: str, response_format: str | None = None) -
     ranking = rank_answer(system, user)  # pg_llm.top_k's windows: a ranking by word overlap
     if ranking is not None:
         return "json", ranking
+    ruled = rule_answer(system, user, _sent_schema(rf) if rf_type == "json_schema" else None)
+    if ruled is not None:  # filter / multi-label classify: stated rules over the text (filter_answers.py)
+        return ruled
     if rf_type == "json_schema":
         spec = rf.get("json_schema") or {}
         schema = spec.get("schema", {"type": "object"}) if isinstance(spec, dict) else {"type": "object"}
