@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from . import answers as A
+from . import embeddings as E
 from .errors import ApiError, anthropic_error, openai_error
 from .validate import check_request
 from .wire import Request, anthropic_body, openai_body, parse_request
@@ -46,6 +47,8 @@ OPENAI_MAX_FILE_BYTES = 200 * 1024 * 1024
 ANTHROPIC_MAX_REQUESTS = 100_000
 ANTHROPIC_MAX_BYTES = 256 * 1024 * 1024
 _JSON = "application/json"
+_EMBEDDINGS = "/v1/embeddings"
+_OPENAI_ENDPOINTS = ("/v1/chat/completions", _EMBEDDINGS)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -76,6 +79,7 @@ class _Batch:
     results: list = field(default_factory=list)  # processed: [(custom_id, kind, payload)]
     output_file_id: str | None = None
     error_file_id: str | None = None
+    endpoint: str = "/v1/chat/completions"  # OpenAI: every line's url; /v1/embeddings lines too
 
 
 class BatchApi:
@@ -124,6 +128,9 @@ class BatchApi:
             if i >= processed:
                 b.results.append((custom_id, "canceled", None))
                 continue
+            if b.endpoint == _EMBEDDINGS:
+                b.results.append(self._embedding(custom_id, body))
+                continue
             problem = check_request(body, b.anthropic, cfg.models, cfg.reject_params)  # as strict as a call
             req = parse_request(body, b.anthropic) if problem is None else problem
             user = req.user if isinstance(req, Request) else custom_id
@@ -167,6 +174,33 @@ class BatchApi:
         req.seq = self.requests
         body = anthropic_body(req, reply) if anth else openai_body(req, reply)
         return custom_id, "succeeded", body
+
+    def _embedding(self, custom_id: str, body) -> tuple:
+        """One /v1/embeddings line: checked like a live call, billed at the batch price in the ledger."""
+        cfg = self.sim.config
+        problem = E.check_body(body, tuple(cfg.models or ()))
+        if problem is not None:
+            self.errors += 1
+            return custom_id, "errored", (problem.status, problem.message)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        fault = self.sim.picker.pick("\n".join(inputs))
+        if fault is not None or (cfg.batch_error_rate and _share(inputs[0], cfg.seed, "error") < cfg.batch_error_rate):
+            self.errors += 1
+            status = 400 if fault == "400" else 500
+            return custom_id, "errored", (status, "'$.input' is invalid (simulated fault)." if status == 400
+                                          else "The server had an error while processing your request.")
+        payload, tokens = E.answer_body(body)
+        cost = cfg.cost_of(tokens, 0) * cfg.batch_discount
+        self.requests += 1
+        self.prompt_tokens += tokens
+        self.cost_usd += cost
+        self.sim.prompt_tokens += tokens
+        self.sim.cost_usd += cost
+        self.sim.embedding_inputs += len(inputs)
+        for text in inputs:
+            sha = A.prompt_sha256(text)
+            self.by_prompt[sha] = self.by_prompt.get(sha, 0) + 1
+        return custom_id, "succeeded", payload
 
     def _write_openai_files(self, b: _Batch) -> None:
         out, err = [], []
@@ -217,7 +251,7 @@ class BatchApi:
                 counts["failed"] += 1
         ended = int(b.ended_at) if b.ended_at else None
         return {
-            "id": b.id, "object": "batch", "endpoint": "/v1/chat/completions",
+            "id": b.id, "object": "batch", "endpoint": b.endpoint,
             "errors": {"object": "list", "data": b.errors} if b.errors else None,
             "input_file_id": b.input_file_id, "completion_window": "24h", "status": b.status,
             "output_file_id": b.output_file_id, "error_file_id": b.error_file_id,
@@ -304,8 +338,10 @@ class BatchApi:
         f = self.files.get(body.get("input_file_id") or "")
         if f is None:
             return self._err(False, 400, "input_file_id: no such file.")
-        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
-            return self._err(False, 400, "endpoint must be /v1/chat/completions and completion_window 24h.")
+        endpoint = body.get("endpoint")
+        if endpoint not in _OPENAI_ENDPOINTS or body.get("completion_window") != "24h":
+            return self._err(False, 400, "endpoint must be /v1/chat/completions or /v1/embeddings and "
+                                         "completion_window 24h.")
         metadata = body.get("metadata") or {}
         if len(metadata) > 16 or any(len(str(k)) > 64 or len(str(v)) > 512 for k, v in metadata.items()):
             return self._err(False, 400, "metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.")
@@ -316,8 +352,8 @@ class BatchApi:
             try:
                 item = json.loads(line)
                 requests.append((str(item["custom_id"]), item["body"]))
-                if item.get("url") != "/v1/chat/completions" or item.get("method") != "POST":
-                    errors.append({"code": "invalid_url", "message": "url must be /v1/chat/completions", "line": n})
+                if item.get("url") != endpoint or item.get("method") != "POST":  # one endpoint per batch
+                    errors.append({"code": "invalid_url", "message": f"url must be {endpoint}", "line": n})
             except (ValueError, KeyError, TypeError):
                 errors.append({"code": "invalid_json_line", "message": "not a JSON request line", "line": n})
         if len(requests) > OPENAI_MAX_REQUESTS:
@@ -325,7 +361,7 @@ class BatchApi:
         if len({c for c, _ in requests}) != len(requests):
             errors.append({"code": "duplicate_custom_id", "message": "custom_id values must be unique"})
         b = self._new(False, requests, metadata)
-        b.input_file_id = f["id"]
+        b.input_file_id, b.endpoint = f["id"], endpoint
         if errors:
             b.status, b.errors, b.ended_at = "failed", errors, time.time()
         return web.json_response(self._openai_object(b))
@@ -390,7 +426,14 @@ class BatchApi:
             if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 64 \
                     or not all(c.isalnum() or c in "_-" for c in custom_id):
                 return self._err(True, 400, "custom_id: 1-64 characters of letters, digits, '_' and '-'")
-            requests.append((custom_id, item.get("params")))
+            params = item.get("params")
+            if "url" in item or not isinstance(params, dict) or "messages" not in params:
+                # Message Batches carry messages requests only: an embeddings line (OpenAI's shape, or
+                # params with an input array) is refused whole, as Anthropic refuses a malformed request
+                field_ = "url" if "url" in item else "params.messages"
+                why = "Extra inputs are not permitted" if "url" in item else "Field required"
+                return self._err(True, 400, f"requests.{len(requests)}.{field_}: {why}")
+            requests.append((custom_id, params))
         if len({c for c, _ in requests}) != len(requests):
             return self._err(True, 400, "custom_id values must be unique within a batch")
         b = self._new(True, requests)

@@ -27,7 +27,8 @@ from .errors import ApiError
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Simulator
 
-__all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "embedding_of", "native_dims", "handle"]
+__all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "embedding_of", "native_dims", "handle",
+           "check_body", "answer_body"]
 
 MAX_INPUTS = 2048  # OpenAI: "must not exceed ... 2048 dimensions"; the input array is limited to 2048 items
 MAX_INPUT_TOKENS = 8192  # per input (text-embedding-3-*, ada-002)
@@ -97,6 +98,28 @@ def _problem(body: Any, models: tuple) -> ApiError | None:
         return ApiError(400, "Invalid value for 'encoding_format': must be 'float' or 'base64'.",
                         param="encoding_format")
     return None
+
+
+def check_body(body: Any, models: tuple) -> ApiError | None:
+    """Why an embeddings body would be refused (None: it is valid); the batch API checks its lines with it."""
+    return _problem(body, models)
+
+
+def answer_body(body: dict) -> tuple[dict, int]:
+    """The answer to a valid embeddings body (``check_body`` passed) and its prompt tokens; the
+    caller counts it in the ledger (a live call and a batch line count differently)."""
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    model = body["model"]
+    dims = body.get("dimensions") or native_dims(model)
+    b64 = body.get("encoding_format") == "base64"
+    data = []
+    for i, text in enumerate(inputs):
+        vec = embedding_of(text, dims)
+        value: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if b64 else vec
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = sum(A.count_tokens(t) for t in inputs)
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, tokens
 
 
 async def handle(sim: "Simulator", request: web.Request, deployment: str | None = None) -> web.StreamResponse:

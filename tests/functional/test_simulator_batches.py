@@ -1,6 +1,7 @@
 """The simulator's batch APIs in the providers' wire shapes, over real HTTP (httpx as a client would)."""
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -143,3 +144,37 @@ def test_batch_endpoints_check_the_api_key_in_each_protocol_shape():
         assert c.get("/batches", headers={"Authorization": "Bearer sk-batch-key"}).json()["object"] == "list"
         assert c.get("/messages/batches", headers={"x-api-key": "sk-batch-key"}).json()["data"] == []
         assert s.stats()["unauthorized"] == 2
+
+
+def test_openai_batch_of_embeddings_lines_and_anthropic_refuses_them():
+    """/v1/embeddings lines: the live endpoint's answer (base64, dimensions, usage) at the batch price,
+    a bad line errored alone; an embeddings line is refused by Message Batches with Anthropic's error."""
+    config = SimulatorConfig(batch_delay_s=0.2, cost_per_1k_input=1.0)
+    lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+              "body": {"model": "text-embedding-3-small", "input": [t], "dimensions": 8, "encoding_format": "base64"}}
+             for i, t in enumerate(["red apple", "green apple", ""])]
+    with SimulatorServer(config) as s, httpx.Client(base_url=s.base_url) as c:
+        data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+        f = c.post("/files", data={"purpose": "batch"}, files={"file": ("e.jsonl", data)}).json()
+        wrong = c.post("/batches", json={"input_file_id": f["id"], "endpoint": "/v1/chat/completions",
+                                         "completion_window": "24h"}).json()
+        assert wrong["status"] == "failed" and wrong["errors"]["data"][0]["code"] == "invalid_url"
+        b = c.post("/batches", json={"input_file_id": f["id"], "endpoint": "/v1/embeddings",
+                                     "completion_window": "24h"}).json()
+        assert b["endpoint"] == "/v1/embeddings"
+        time.sleep(0.25)
+        done = c.get(f"/batches/{b['id']}").json()
+        assert done["status"] == "completed" and done["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+        out = {o["custom_id"]: o for o in map(json.loads, c.get(f"/files/{done['output_file_id']}/content").text.splitlines())}
+        body = out["e0"]["response"]["body"]
+        assert body["object"] == "list" and len(base64.b64decode(body["data"][0]["embedding"])) == 8 * 4
+        live = c.post("/embeddings", json=lines[0]["body"]).json()
+        assert live["data"][0]["embedding"] == body["data"][0]["embedding"]  # same vector as the live call
+        err = json.loads(c.get(f"/files/{done['error_file_id']}/content").text.splitlines()[0])
+        assert err["custom_id"] == "e2" and err["response"]["status_code"] == 400
+        stats = s.stats()
+        tokens = sum(o["response"]["body"]["usage"]["prompt_tokens"] for o in out.values())
+        assert stats["batch_requests"] == 2 and stats["batch_cost_usd"] == pytest.approx(tokens / 1000 * 0.5)
+        refused = c.post("/messages/batches", json={"requests": [{"custom_id": "e0", "params": lines[0]["body"]}]})
+        assert refused.status_code == 400 and refused.json()["type"] == "error"
+        assert "params.messages" in refused.json()["error"]["message"]
