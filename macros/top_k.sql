@@ -17,7 +17,7 @@
   the partition has no rows this run (dead letter, retried next run); on_error='fail' fails the model.
 -#}
 {% macro top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none, candidates=none, window=20, model=none, embedding_model=none, dimensions=none, max_tokens=none, rank_column='rank', on_error=none) -%}
-  {{ return(adapter.dispatch('top_k', 'pg_llm')(relation, partition_by, text_sql, query=none, k=none, id_column=id_column, embedding_column=embedding_column, candidates=candidates, window=window, model=model, embedding_model=embedding_model, dimensions=dimensions, max_tokens=max_tokens, rank_column=rank_column, on_error=on_error)) }}
+  {{ return(adapter.dispatch('top_k', 'pg_llm')(relation, partition_by, text_sql, query, k, id_column=id_column, embedding_column=embedding_column, candidates=candidates, window=window, model=model, embedding_model=embedding_model, dimensions=dimensions, max_tokens=max_tokens, rank_column=rank_column, on_error=on_error)) }}
 {%- endmacro %}
 
 {% macro default__top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none, candidates=none, window=20, model=none, embedding_model=none, dimensions=none, max_tokens=none, rank_column='rank', on_error=none) -%}
