@@ -1,7 +1,7 @@
 {#-
   pg_llm.top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none,
                candidates=none, window=20, model=none, embedding_model=none, dimensions=none,
-               max_tokens=none, rank_column='rank', on_error=none)
+               max_tokens=none, rank_column='rank', alias='pg_llm_top_k', on_error=none)
 
   The `k` rows per `partition_by` value of `relation` (a Relation such as ref('reviews'), or a query
   as text) whose `text_sql` best answers `query`, ranked by the LLM: every column of the relation
@@ -16,11 +16,11 @@
   the query's embedding (embedded once, cached) go to the LLM. A failed or invalid window answer:
   the partition has no rows this run (dead letter, retried next run); on_error='fail' fails the model.
 -#}
-{% macro top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none, candidates=none, window=20, model=none, embedding_model=none, dimensions=none, max_tokens=none, rank_column='rank', on_error=none) -%}
-  {{ return(adapter.dispatch('top_k', 'pg_llm')(relation, partition_by, text_sql, query, k, id_column=id_column, embedding_column=embedding_column, candidates=candidates, window=window, model=model, embedding_model=embedding_model, dimensions=dimensions, max_tokens=max_tokens, rank_column=rank_column, on_error=on_error)) }}
+{% macro top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none, candidates=none, window=20, model=none, embedding_model=none, dimensions=none, max_tokens=none, rank_column='rank', alias='pg_llm_top_k', on_error=none) -%}
+  {{ return(adapter.dispatch('top_k', 'pg_llm')(relation, partition_by, text_sql, query, k, id_column=id_column, embedding_column=embedding_column, candidates=candidates, window=window, model=model, embedding_model=embedding_model, dimensions=dimensions, max_tokens=max_tokens, rank_column=rank_column, alias=alias, on_error=on_error)) }}
 {%- endmacro %}
 
-{% macro default__top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none, candidates=none, window=20, model=none, embedding_model=none, dimensions=none, max_tokens=none, rank_column='rank', on_error=none) -%}
+{% macro default__top_k(relation, partition_by, text_sql, query=none, k=none, id_column='id', embedding_column=none, candidates=none, window=20, model=none, embedding_model=none, dimensions=none, max_tokens=none, rank_column='rank', alias='pg_llm_top_k', on_error=none) -%}
   {%- set args = {'partition_by': partition_by, 'text_sql': text_sql, 'query': query, 'k': k, 'id_column': id_column,
                   'embedding_column': embedding_column, 'candidates': candidates, 'window': window, 'model': model,
                   'max_tokens': max_tokens, 'rank_column': rank_column} -%}
@@ -35,7 +35,7 @@
   {%- endif -%}
   {%- if not execute -%}
     {%- do config(tags=['llm']) -%}
-    {{ return('(select null::integer as ' ~ adapter.quote(rank_column) ~ ') as pg_llm_top_k') }}
+    {{ return('(select null::integer as ' ~ adapter.quote(rank_column) ~ ') as ' ~ alias) }}
   {%- endif -%}
   {%- if relation is string -%}
     {%- set source_sql = '(' ~ (relation | trim) ~ '\n)' -%}
@@ -48,5 +48,5 @@
   {%- if estimate and flags.WHICH in ('run', 'build', 'retry') -%}
     {{ exceptions.raise_compiler_error("pg_llm: estimate mode (var pg_llm_estimate): the estimate is logged above; nothing was requested and the model's table was left unchanged. Use `dbt compile --select <models> --vars '{pg_llm_estimate: true}'` to estimate without failing models.") }}
   {%- endif -%}
-  {{ return('(' ~ query_out ~ '\n) as pg_llm_top_k') }}
+  {{ return('(' ~ query_out ~ '\n) as ' ~ alias) }}
 {%- endmacro %}
