@@ -136,9 +136,15 @@ def test_build_pays_once_per_distinct_key_and_warm_rerun_pays_nothing(fresh_llm,
     # review_embeddings (50 reviews) and review_topic_catalog (24 topics): one embeddings request each
     embed = project.scalar(f'select count(*) from "{project.audit}".llm_calls where operation = \'embed\'')
     assert embed == 2
+    # product_complaints (pg_llm.llm_aggregate): one request per node of its products' trees, each a
+    # key of its own (decision 0037); every product of the first 200 reviews has an answer
+    agg = project.scalar(f'select count(*) from "{project.audit}".llm_calls '
+                         "where column_name = 'complaints' and not cached and error_kind is null")
+    assert agg > project.scalar(f"select count(distinct product_id) from {seed} where review_id <= 200")
+    assert project.scalar(f'select count(*) from "{project.schema}".product_complaints where complaints is null') == 0
     stats = simulator.stats()
-    assert stats["requests"] == expected + oracle + embed
-    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure
+    assert stats["requests"] == expected + oracle + embed + agg
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure + agg
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment_guaranteed '
                           "where sentiment is null and review_text is not null") == 0
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment') == 1000
