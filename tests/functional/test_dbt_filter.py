@@ -23,7 +23,7 @@ MODEL = """
     {'ships': pg_llm.filter('body', var('q', 'Does the review mention shipping?'), batch_size=var('bs', none)),
      'topics': pg_llm.classify('body', labels=var('labels', ['battery', 'screen', 'price', 'shipping']),
                                multi_label=var('ml', true), batch_size=var('bs', none))},
-    on_error=var('on_error', none)) }}
+    on_error=var('on_error', none), mode=var('mode', none)) }}
 """
 DOWNSTREAM = "select id, ships__confidence from {{ ref('tagged_reviews') }} where ships\n"
 
@@ -98,6 +98,19 @@ def test_failing_text_is_null_with_a_dead_letter_and_on_error_fail_fails(filter_
     assert dead == [("ships", "invalid_input"), ("topics", "invalid_input")]
     out = project.run("run", "--vars", json.dumps({"marker": " [[fault:400]]", "on_error": "fail"}), expect=False)
     assert "invalid_input" in out.text
+
+
+def test_batch_mode_submits_then_collects_the_same_values(filter_project, simulator):
+    project = filter_project
+    project.run("run", "--vars", json.dumps({"mode": "batch"}), LLM_BATCH_MIN_KEYS="1")
+    stats = simulator.stats()
+    assert stats["batches_created"] >= 1 and stats["requests"] == 0
+    project.run("run", "--vars", json.dumps({"mode": "batch"}), LLM_BATCH_MIN_KEYS="1")  # collects
+    assert [(ships, topics) for id_, ships, _, topics in _rows(project)] == \
+        [EXPECTED[i % 4] for i in range(1, 25)]
+    stats = simulator.stats()
+    assert stats["requests"] == 0 and stats["batch_requests"] == 2 * len(TEXTS)
+    assert all(0 < c <= 1 for _, ships, c, _ in _rows(project))  # the filter's confidence survives a batch
 
 
 @pytest.mark.parametrize("bad, needle", [({"q": ""}, "`question`"), ({"labels": "battery"}, "`labels`"),
