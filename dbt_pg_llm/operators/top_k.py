@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Sequence
 from ..errors import ConfigError, ErrorKind
 from ..keys import cache_key
 
-__all__ = ["RANK_PHRASE", "CANDIDATES_HEADER", "RANKING_SCHEMA", "DEFAULT_WINDOW", "TopKResult", "rank_prompt",
+__all__ = ["RANK_PHRASE", "CANDIDATES_HEADER", "RANKING_SCHEMA", "DEFAULT_WINDOW", "InvalidRanking", "TopKResult", "rank_prompt",
            "parse_ranking", "windows_of", "requests_for", "walk_partitions", "check_top_k_arguments",
            "read_partitions", "run_top_k", "top_k_sql"]
 
@@ -134,7 +134,6 @@ def walk_partitions(parts: Mapping[str | None, Sequence[tuple[str, str]]], query
     the rest is counted (``upper_bound``)."""
     result = TopKResult()
     live = {p: list(rows) for p, rows in parts.items()}
-    level = 0
     while live:
         plans: dict = {}  # partition -> (final?, [(range, m, prompt or None)])
         for p, rows in live.items():
@@ -183,7 +182,6 @@ def walk_partitions(parts: Mapping[str | None, Sequence[tuple[str, str]]], query
             else:
                 following[p] = [rows[i] for i in sorted(chosen)]  # winners back in id order
         live = following
-        level += 1
     return result
 
 
