@@ -51,7 +51,7 @@
   {%- set embeds = [] -%}  {#- pg_llm.embed columns: vectors, filled and joined on their own (llm_embeddings) -#}
   {%- for name, spec in columns.items() -%}
     {%- if spec is mapping and spec.get('kind') == 'embed' -%}
-      {%- do embeds.append(adapter.llm_embed_column(spec, default_model=model, name=name)) -%}
+      {%- do embeds.append(adapter.llm_embed_column(spec, default_model=model, name=name, mode=mode)) -%}
     {%- else -%}
       {%- do resolved.append(adapter.llm_column(spec, default_model=model, name=name, mode=mode)) -%}
     {%- endif -%}

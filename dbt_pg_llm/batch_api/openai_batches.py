@@ -28,16 +28,22 @@ class OpenAIBatchClient(BatchClient):
     max_bytes = 200 * 1024 * 1024
     batches_path = "/batches"
     cursor_param = "after"
+    endpoint_url = "/v1/chat/completions"  # a batch has one endpoint; "/v1/embeddings" for embeddings
+
+    def __init__(self, *args, endpoint_url: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if endpoint_url:
+            self.endpoint_url = endpoint_url
 
     def encode(self, custom_id: str, body: dict) -> bytes:
-        line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+        line = {"custom_id": custom_id, "method": "POST", "url": self.endpoint_url, "body": body}
         return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
     def submit(self, tag: str, chunk: list[tuple[str, dict, bytes]]) -> BatchInfo:
         data = b"".join(encoded for _, _, encoded in chunk)
         uploaded = self.json("POST", "/files", data={"purpose": "batch"},
                              files={"file": (f"pg_llm_{tag}.jsonl", data, "application/jsonl")})
-        created = self._create_once({"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions",
+        created = self._create_once({"input_file_id": uploaded["id"], "endpoint": self.endpoint_url,
                                      "completion_window": "24h", "metadata": {TAG_KEY: tag}})
         return self.info(created)
 

@@ -57,7 +57,8 @@ from .embed_audit import spool_sink
 
 __all__ = ["EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
-           "embed", "fetch_vectors", "vector_from_b64", "vector_to_b64"]
+           "embed", "fetch_vectors", "vector_from_b64", "vector_to_b64", "store_vectors", "present_keys",
+           "prepare_text"]
 
 _log = logging.getLogger("dbt_pg_llm.embed")
 EMBEDDINGS_TABLE = "llm_embeddings"
@@ -83,13 +84,20 @@ class EmbedReport:
     truncated: int = 0
     budget_skipped: int = 0
     errors: dict = field(default_factory=dict)
+    batched: int = 0  # mode='batch': texts submitted now as provider batch lines (embed_batch.py)
+    in_batch: int = 0  # in a batch still open (or claimed by another run): collected later
+    batches: list = field(default_factory=list)  # the provider ids of the batches submitted now
+    batch_problems: list = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.distinct_keys} distinct text(s): {self.cached} cached, {self.from_journal} from the journal, "
                 f"{self.waited} by another run, {self.embedded} embedded in {self.requests} request(s) "
                 f"({self.prompt_tokens} tokens, ${self.cost_usd:.6f}), {len(self.errors)} failed"
                 + (f", {self.truncated} truncated" if self.truncated else "")
-                + (f", {self.budget_skipped} skipped by the spend cap" if self.budget_skipped else ""))
+                + (f", {self.budget_skipped} skipped by the spend cap" if self.budget_skipped else "")
+                + (f", {self.batched} sent in {len(self.batches)} provider batch(es) (collected by a later run)"
+                   if self.batched else "")
+                + (f", {self.in_batch} waiting in open batches" if self.in_batch else ""))
 
 
 def embedding_config(engine, model_name: str) -> ModelConfig:
@@ -160,6 +168,26 @@ def _present(conn, q: str, keys: list[str]) -> set[str]:
             cur.execute(f"select key from {q}.{EMBEDDINGS_TABLE} where key = any(%s)", (keys[i:i + _SQL_CHUNK],))
             found.update(k for (k,) in cur.fetchall())
     return found
+
+
+def present_keys(conn, audit_schema: str, keys: list[str]) -> set[str]:
+    """The keys of ``keys`` that have a vector in ``<audit_schema>.llm_embeddings``."""
+    from ..pg.migrations import quote_ident
+
+    return _present(conn, quote_ident(audit_schema), keys)
+
+
+def prepare_text(text: str, max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True) -> tuple[str | None, str | None]:
+    """(the text to send, None) or (None, why its row fails): over ``max_input_tokens`` it is
+    truncated (``truncate=False``: it fails), an empty text fails."""
+    if _tokens(text) > max_input_tokens:
+        if not truncate:
+            return None, (f"invalid_input: the text has about {_tokens(text)} tokens, over the model's "
+                          f"{max_input_tokens}; shorten it or allow truncation")
+        text = _truncate(text, max_input_tokens)
+    if not text.strip():
+        return None, "invalid_input: an empty text has no embedding (the row gets NULL)"
+    return text, None
 
 
 class _Filler:
@@ -312,16 +340,25 @@ class _Filler:
         staging table so a key another run wrote meanwhile does not fail the COPY."""
         if not rows:
             return
-        run_id = getattr(self.run, "run_id", None)
-        data = _copy_binary(rows, self.model_name, tokens_each, run_id)
-        with self.lock, self.conn.cursor() as cur:
-            cur.execute("create temp table if not exists __emb_stage (key text, model text, dims integer, vec real[], "
-                        "prompt_tokens integer, run_id text) on commit preserve rows")
-            cur.execute("truncate __emb_stage")
-            cur.copy_expert("copy __emb_stage from stdin with (format binary)", io.BytesIO(data))
-            cur.execute(f"""insert into {self.q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
-                            select * from __emb_stage on conflict (key) do nothing""")
+        with self.lock:
+            store_vectors(self.conn, self.q, rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
         self.written.extend(k for k, _ in rows)
+
+
+def store_vectors(conn, q: str, rows: list[tuple[str, str]], model_name: str, tokens_each: int = 0,
+                  run_id: str | None = None) -> None:
+    """(key, base64 float32 vector) rows into ``<q>.llm_embeddings`` (``q``: the quoted audit schema)
+    by binary COPY through a staging table; a key already there is left as it is."""
+    if not rows:
+        return
+    data = _copy_binary(rows, model_name, tokens_each, run_id)
+    with conn.cursor() as cur:
+        cur.execute("create temp table if not exists __emb_stage (key text, model text, dims integer, vec real[], "
+                    "prompt_tokens integer, run_id text) on commit preserve rows")
+        cur.execute("truncate __emb_stage")
+        cur.copy_expert("copy __emb_stage from stdin with (format binary)", io.BytesIO(data))
+        cur.execute(f"""insert into {q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
+                        select * from __emb_stage on conflict (key) do nothing""")
 
 
 _FLOAT4_OID = 700
@@ -351,10 +388,11 @@ def _copy_binary(rows: list[tuple[str, str]], model: str, tokens_each: int, run_
     parts = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
     model_b, run_b = _field(model.encode()), _field(None if run_id is None else str(run_id).encode())
     tokens_b = _field(struct.pack(">i", int(tokens_each)))
-    for key, b64 in rows:
-        raw = base64.b64decode(b64)
+    for row in rows:  # (key, b64) or (key, b64, its own prompt tokens)
+        key, raw = row[0], base64.b64decode(row[1])
+        own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
         parts += [struct.pack(">h", 6), _field(key.encode()), model_b, _field(struct.pack(">i", len(raw) // 4)),
-                  _field(_real_array(raw)), tokens_b, run_b]
+                  _field(_real_array(raw)), own, run_b]
     parts.append(struct.pack(">h", -1))
     return b"".join(parts)
 
@@ -394,8 +432,10 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                 column_name: str | None = None, max_cost_usd: float | None = None,
                 spend_limit: SpendLimit | None = None, claim_timeout_s: float = 60.0,
                 max_inputs: int = MAX_INPUTS, max_request_tokens: int = MAX_REQUEST_TOKENS,
-                max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True) -> EmbedReport:
-    """``embed_texts`` without the run's bookkeeping."""
+                max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True, mode: str | None = None,
+                batch=None) -> EmbedReport:
+    """``embed_texts`` without the run's bookkeeping; ``mode='batch'``: through the provider's batch
+    API (``embed_batch.submit_embeddings``; ``batch``: a BatchPolicy or its mapping)."""
     from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
     from ..pg.migrations import ensure_migrated
     from ..pg.migrations import quote_ident
@@ -404,6 +444,20 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
         raise ConfigError([f"dimensions: {dimensions!r} must be a positive whole number, e.g. 256"],
                           context="embedding column")
+    if mode not in (None, "normal", "batch"):
+        raise ConfigError([f"mode: {mode!r} must be 'batch' (the provider's batch API, collected by a later run) "
+                           "or 'normal'"], context="embedding column")
+    if mode == "batch":
+        from .embed_batch import submit_embeddings
+
+        texts = [t for t in texts]
+        batched = submit_embeddings(connect, engine, model_name, texts, dimensions=dimensions,
+                                    audit_schema=audit_schema, run=run, column_name=column_name, policy=batch,
+                                    max_cost_usd=max_cost_usd, spend_limit=spend_limit,
+                                    claim_timeout_s=claim_timeout_s, max_input_tokens=max_input_tokens,
+                                    truncate=truncate)
+        if batched is not None:
+            return batched  # else fewer than the policy's min_keys are missing: embedded now, below
     fp = embedding_fingerprint(config, dimensions)
     report = EmbedReport()
     by_key: dict[str, str] = {}

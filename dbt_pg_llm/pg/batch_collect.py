@@ -153,6 +153,11 @@ class BatchCollector:
         return True
 
     def _apply(self, conn, row: store.BatchRow, client: BatchClient, info, rep: CollectReport) -> None:
+        from ..operators.embed_batch import collect_embed_batch, is_embed_batch
+
+        if is_embed_batch(row.spec):  # /v1/embeddings lines: vectors go to llm_embeddings, not llm_results
+            collect_embed_batch(self.engine, conn, self.schema, self.run, row, client, info, rep)
+            return
         model = self.engine.model(row.model)
         spec = ColumnSpec.from_dict(row.spec)
         inp = spec.model_input("")

@@ -5,6 +5,7 @@ Kept out of impl.py (thin @available methods call these); the work is the engine
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -15,7 +16,7 @@ logger = AdapterLogger("pg_llm")
 
 __all__ = ["EMBED_SPEC_KEYS", "resolve_embed_column", "fill_embed_column", "estimate_embed_columns", "embed_join"]
 
-EMBED_SPEC_KEYS = ("kind", "prompt_sql", "model", "dimensions", "name")
+EMBED_SPEC_KEYS = ("kind", "prompt_sql", "model", "dimensions", "name", "mode")
 
 
 def resolve_embed_column(spec: Dict[str, Any], model_config: Callable[[str], Any], default_model: Optional[str],
@@ -51,7 +52,14 @@ def resolve_embed_column(spec: Dict[str, Any], model_config: Callable[[str], Any
                                "or an OpenAI-compatible server: vLLM, Ollama, llama.cpp)")
     if not hasattr(config, "model_version"):
         raise CompilationError(f"pg_llm: {path}.model: '{model}' is a strategy; embeddings need one model entry")
+    mode = spec.get("mode")
+    if mode not in (None, "batch", "normal"):
+        raise CompilationError(f"pg_llm: {path}.mode: {mode!r} must be 'batch' (the provider's batch API, collected "
+                               "by a later run) or 'normal'")
+    policy = getattr(config, "batch", None)  # the model's batch: setting, switched by mode= (as text columns)
+    policy = policy.for_column(mode) if policy is not None else None
     return {"name": name or spec.get("name"), "kind": "embed", "spec": dict(spec), "model": model,
+            "batch": dataclasses.asdict(policy) if policy is not None else None,
             "dimensions": dimensions, "dims": column_dims(config, dimensions),
             "fingerprint": embedding_fingerprint(config, dimensions)}
 
@@ -68,7 +76,8 @@ def fill_embed_column(connect: Callable[[], Any], engine, source_sql: str, colum
         report = embed_relation(connect, engine, column["model"], source_sql, column["spec"]["prompt_sql"],
                                 dimensions=column.get("dimensions"), audit_schema=audit_schema, run=run,
                                 column_name=column.get("name"), max_cost_usd=max_cost_usd,
-                                claim_timeout_s=claim_timeout_s)
+                                claim_timeout_s=claim_timeout_s, mode="batch" if column.get("batch") else None,
+                                batch=column.get("batch"))
     except PgLlmError as exc:
         raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
     except Exception as exc:  # database errors & co: name them, never leak a key

@@ -400,9 +400,12 @@ class PgLlmAdapter(PostgresAdapter):
     # -- embedding columns (pg_llm.embed; the work is in embed_columns.py and the engine) ----------
     @available
     def llm_embed_column(self, spec: Dict[str, Any], default_model: Optional[str] = None,
-                         name: Optional[str] = None) -> Dict[str, Any]:
+                         name: Optional[str] = None, mode: Optional[str] = None) -> Dict[str, Any]:
         """Resolve a pg_llm.embed spec (settings only: safe at parse and compile time)."""
         from dbt.adapters.pg_llm.embed_columns import resolve_embed_column
+
+        if mode is not None and "mode" not in spec:  # llm_enrich(mode=...), as for text columns
+            spec = {**spec, "mode": mode}
 
         # no model on the column nor on llm_enrich: the profile's default model (an OpenAI-compatible
         # server may serve both); an Anthropic default gets the compile error naming the key

@@ -1,0 +1,243 @@
+"""Embeddings through a provider batch API: OpenAI's Batch API with ``/v1/embeddings`` lines.
+
+Usage (``embed.embed_texts(..., mode='batch')`` calls it; no dbt import)::
+
+    from dbt_pg_llm.operators.embed_batch import submit_embeddings
+    report = submit_embeddings(connect, engine, "embedder", texts, dimensions=256, run=run)
+
+The same flow as a chat column's batches (``pg/batch_fill.py`` / ``pg/batch_collect.py``): a run
+first collects every finished batch (``BatchCollector.collect``: an embeddings batch, ``spec.kind
+== 'embed'``, is handed to ``collect_embed_batch`` here), then finds the texts with no vector in
+``llm_embeddings`` and in no open batch, claims them (``pg.claims``), reserves each batch's worst
+case at the batch price on the spend cap, commits the batch and its keys (``batch_store.record_intent``)
+BEFORE the provider hears of it, submits, records the provider's id. A later run collects it:
+vectors to the journal first, then ``llm_embeddings`` (binary COPY), then the keys are marked and
+one ``llm_calls`` row per billed line is logged in one transaction (``batch_store.apply_answers``),
+errored lines become dead letters and are submitted again by the next run.
+
+One text per line: ``llm_batch_keys`` maps a line's ``custom_id`` to one key, and a batch is billed
+per token, so packing inputs into a line would save nothing (OpenAI also caps a batch at 50,000
+embedding inputs, the Batch API's line limit).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable
+
+from ..batch_api import BatchClient
+from ..batch_api.openai_batches import OpenAIBatchClient
+from ..batch_policy import BatchPolicy
+from ..errors import ErrorKind, ModelError, redact
+from ..model_io import ModelOutput, TokenUsage
+from ..pricing import cost_usd
+from ..spend import SpendLimit, active_limit
+from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint, embedding_key,
+                    prepare_text, present_keys, store_vectors, vector_to_b64)
+
+__all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch"]
+
+_log = logging.getLogger("dbt_pg_llm.embed")
+EMBEDDINGS_URL = "/v1/embeddings"
+_LOST = {"expired": (ErrorKind.TIMEOUT, "the batch expired (24 h window) before this text was embedded"),
+         "cancelled": (ErrorKind.API, "the batch was cancelled before this text was embedded"),
+         "failed": (ErrorKind.INVALID_INPUT, "the provider rejected the batch")}
+
+
+def is_embed_batch(spec: dict | None) -> bool:
+    """Whether an ``llm_batches.spec`` is an embeddings batch (collected by ``collect_embed_batch``)."""
+    return isinstance(spec, dict) and spec.get("kind") == "embed"
+
+
+def _tokens(text: str) -> int:
+    return (len(text) + 3) // 4  # embed.py's estimate (the simulator's count): the worst case reserved
+
+
+def submit_embeddings(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
+                      dimensions: int | None = None, audit_schema: str = "llm_audit", run=None,
+                      column_name: str | None = None, policy: BatchPolicy | dict | None = None,
+                      max_cost_usd: float | None = None, spend_limit: SpendLimit | None = None,
+                      claim_timeout_s: float = 60.0, max_input_tokens: int = MAX_INPUT_TOKENS,
+                      truncate: bool = True, client: BatchClient | None = None) -> EmbedReport | None:
+    """Collect finished batches, then submit the texts of ``texts`` that have no vector (and are in
+    no open batch) as ``/v1/embeddings`` batch lines. Never raises for a row: see ``report.errors``.
+    None when fewer than the policy's ``min_keys`` texts are missing: the caller embeds them now
+    (``policy``: the model's ``batch:`` mapping; without one every missing text goes in a batch)."""
+    from ..pg import batch_store as store
+    from ..pg.batch_collect import BatchCollector
+    from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
+    from ..pg.migrations import ensure_migrated, quote_ident
+    from ..pg.spec import RunContext
+
+    config = embedding_config(engine, model_name)
+    policy = BatchPolicy.from_dict(policy if policy is not None else {"enabled": True, "min_keys": 1})
+    fp = embedding_fingerprint(config, dimensions)
+    report = EmbedReport()
+    by_key: dict[str, str] = {}
+    for text in texts:
+        if text is not None:
+            by_key.setdefault(embedding_key(fp, text), text)
+    report.distinct_keys = len(by_key)
+    run = run or RunContext(run_id=uuid.uuid4().hex)
+    q = quote_ident(audit_schema)
+    # finished batches (of any column) reach their tables first: what they answered is not missing
+    with BatchCollector(connect, engine, audit_schema, run) as collector:
+        collected = collector.collect()
+    report.batch_problems = list(collected.problems)
+    conn = connect()
+    conn.autocommit = True
+    try:
+        ensure_migrated(conn, audit_schema)
+        stored = present_keys(conn, audit_schema, list(by_key))
+        report.cached = len(stored)
+        missing = [k for k in by_key if k not in stored]
+        queued = _in_open_batch(conn, q, missing)
+        report.in_batch = len(queued)
+        missing = [k for k in missing if k not in queued]
+        if not missing:
+            return report
+        if len(missing) < policy.min_keys:  # a batch answers in hours: a few texts are embedded now
+            return None
+        claims = Claims(conn, lambda: conn, audit_schema, run, model_name, "embed",
+                        SimpleNamespace(cache_hits=0, requests_total=0, saved_cost_usd=0.0), claim_timeout_s,
+                        uuid.uuid4().hex, column_name=column_name)
+        beat = ClaimHeartbeat(connect, q, claims.token, heartbeat_every(claim_timeout_s),
+                              lease_s=lease_seconds(claim_timeout_s))
+        beat.start()  # uploading a big batch can outlast claim_timeout_s
+        own_client = client is None
+        client = client or OpenAIBatchClient(config, model_name, endpoint_url=EMBEDDINGS_URL)
+        try:
+            mine = claims.claim(missing)  # the others are another run's: it submits or embeds them
+            report.in_batch += len(missing) - len(mine)
+            done = present_keys(conn, audit_schema, mine)
+            lines = []
+            for key in mine:
+                if key in done:
+                    continue
+                text, why = prepare_text(by_key[key], max_input_tokens, truncate)
+                if why:
+                    report.errors[key] = why
+                    continue
+                report.truncated += text != by_key[key]
+                body: dict[str, Any] = {"model": config.model_version, "input": [text], "encoding_format": "base64"}
+                if dimensions:
+                    body["dimensions"] = int(dimensions)
+                lines.append((key, body))
+            limit = spend_limit or (SpendLimit(max_cost_usd) if max_cost_usd else active_limit())
+            for chunk in client.chunks(lines):
+                _submit_one(conn, audit_schema, client, chunk, config, model_name, fp, dimensions, column_name,
+                            policy, run, limit, report)
+        finally:
+            beat.stop()
+            claims.release_all()  # submitted keys are in an open batch now: nobody requests them
+            if own_client:
+                client.close()
+        return report
+    finally:
+        conn.close()
+
+
+def _in_open_batch(conn, q: str, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    with conn.cursor() as cur:
+        for i in range(0, len(keys), 10_000):
+            cur.execute(f"""select bk.key from {q}.llm_batch_keys bk join {q}.llm_batches b using (batch_uid)
+                            where b.open and bk.state = 'pending' and bk.key = any(%s)""", (keys[i:i + 10_000],))
+            found.update(k for (k,) in cur.fetchall())
+    return found
+
+
+def _submit_one(conn, schema: str, client: BatchClient, chunk, config, model_name: str, fp: str,
+                dimensions: int | None, column_name: str | None, policy: BatchPolicy, run, limit,
+                report: EmbedReport) -> None:
+    """One provider batch: reserve its worst case, record the intent, create it, record its id."""
+    from ..pg import batch_store as store
+
+    tokens = sum(_tokens(body["input"][0]) for _, body, _ in chunk)
+    worst = cost_usd(config, TokenUsage(tokens, 0)) * policy.discount
+    reservation = limit.try_reserve(worst) if limit is not None else None
+    if limit is not None and reservation is None:
+        report.budget_skipped += len(chunk)
+        for key, _, _ in chunk:
+            report.errors[key] = "budget: llm.max_cost_usd_per_run reached; submitted on the next run"
+        return
+    uid = uuid.uuid4().hex
+    store.record_intent(conn, schema, {
+        "batch_uid": uid, "provider": client.provider, "model": model_name, "model_version": config.model_version,
+        "fingerprint": fp, "spec": {"kind": "embed", "name": column_name, "dimensions": dimensions},
+        "key_count": len(chunk), "discount": float(policy.discount), "run_id": getattr(run, "run_id", None),
+        "node_id": getattr(run, "node_id", None)}, [(key, key) for key, _, _ in chunk])
+    try:
+        info = client.submit(uid, chunk)
+    except ModelError as exc:
+        # unconfirmed: it stays 'submitting' and the next collector finds it at the provider by its
+        # tag, or frees its keys; its worst case stays reserved (it may have been created)
+        if reservation is not None:
+            reservation.settle(worst)
+        report.batch_problems.append(f"batch {uid}: could not be confirmed ({redact(str(exc))}); the next run "
+                                     "reconciles it")
+        return
+    store.record_submitted(conn, schema, uid, info.id, info.status)
+    if reservation is not None:
+        reservation.settle(worst)
+    report.batched += len(chunk)
+    report.batches.append(info.id)
+
+
+def _output(line, config, model_name: str, discount: float) -> ModelOutput:
+    if line.error_kind is not ErrorKind.NONE or line.body is None:
+        error = ModelError(line.error_kind if line.error_kind is not ErrorKind.NONE else ErrorKind.API,
+                           line.message or "no answer in the batch", http_status=line.http_status, model=model_name)
+        return ModelOutput.failure(error, model=model_name, attempts=1)
+    try:
+        vec = line.body["data"][0]["embedding"]
+        tokens = int((line.body.get("usage") or {}).get("prompt_tokens") or 0)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        return ModelOutput.failure(ModelError(ErrorKind.API, f"unexpected embeddings answer in batch ({exc})",
+                                              model=model_name), model=model_name)
+    usage = TokenUsage(tokens, 0)
+    return ModelOutput(text=vec if isinstance(vec, str) else vector_to_b64(vec), model=model_name, tokens=usage,
+                       cost_usd=cost_usd(config, usage) * discount, attempts=1)
+
+
+def collect_embed_batch(engine, conn, schema: str, run, row, client: BatchClient, info, rep) -> None:
+    """An ended embeddings batch (``BatchCollector._apply`` hands it here): journal, llm_embeddings,
+    then keys + llm_calls in one transaction, dead letters, llm_runs, closed."""
+    from ..pg import batch_store as store
+    from ..pg.migrations import quote_ident
+    from ..pg.writers import ErrorRow, record_run, resolve_errors, write_errors
+
+    config = engine.model(row.model).config
+    column = (row.spec or {}).get("name")
+    pending = store.pending_keys(conn, schema, row.batch_uid)
+    outcomes: list[tuple[str, ModelOutput]] = [(line.custom_id, _output(line, config, row.model, row.discount))
+                                               for line in client.results(info) if line.custom_id in pending]
+    seen = {c for c, _ in outcomes}
+    kind, why = _LOST.get(info.status, (ErrorKind.API, "the batch ended without a result for this text"))
+    outcomes += [(c, ModelOutput.failure(ModelError(kind, f"in batch {info.id}: {why}", model=row.model),
+                                         model=row.model)) for c in pending.keys() - seen]
+    ok = [(pending[c], o) for c, o in outcomes if o.ok]
+    cache = getattr(engine, "cache", None)
+    if cache is not None and ok:  # journal first: paid vectors survive whatever happens below
+        cache.put_many(ok)
+    store_vectors(conn, quote_ident(schema), [(k, o.text, o.tokens.prompt) for k, o in ok], row.model,
+                  run_id=row.run_id)
+    payer = row.run_id or run.run_id  # the submitting run reserved these lines on its cap
+    applied = store.apply_answers(conn, schema, row.batch_uid, outcomes, model=row.model, operation="embed",
+                                  run_id=payer, node_id=row.node_id, column_name=column)
+    ok_keys = [k for k, o in applied if o.ok]
+    errors = [ErrorRow(key=k, node_id=row.node_id or "", model=row.model, error_kind=str(o.error_kind),
+                       message=redact(o.error_message or "")[:1000], run_id=run.run_id, column_name=column)
+              for k, o in applied if not o.ok]
+    resolve_errors(conn, schema, ok_keys)
+    write_errors(conn, schema, errors)
+    record_run(conn, schema, run.run_id, target=getattr(run, "target", None), ended=False, errors=len(errors))
+    if payer != run.run_id:
+        record_run(conn, schema, payer, ended=False)
+    store.close_batch(conn, schema, row.batch_uid, info.status)
+    rep.collected.append(f"{info.id} ({row.model}, embeddings, {len(ok_keys)} embedded, {len(errors)} failed, "
+                         f"{info.status})")
+    rep.answered += len(ok_keys)
+    rep.failed += len(errors)
+    rep.cost_usd += sum(o.cost_usd for _, o in applied)
