@@ -142,9 +142,14 @@ def test_build_pays_once_per_distinct_key_and_warm_rerun_pays_nothing(fresh_llm,
                          "where column_name = 'complaints' and not cached and error_kind is null")
     assert agg > project.scalar(f"select count(distinct product_id) from {seed} where review_id <= 200")
     assert project.scalar(f'select count(*) from "{project.schema}".product_complaints where complaints is null') == 0
+    # review_product_match (pg_llm.semantic_join, plan auto): the classify rewrite, one multi-label
+    # request per distinct text of the first 20 reviews (not 23 per text: the nested plan)
+    match = project.scalar(f"select count(distinct review_text) from {seed} where review_id <= 20")
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_calls where node_id like %s and not cached',
+                          ("%.review_product_match",)) == match
     stats = simulator.stats()
-    assert stats["requests"] == expected + oracle + embed + agg
-    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure + agg
+    assert stats["requests"] == expected + oracle + embed + agg + match
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure + agg + match
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment_guaranteed '
                           "where sentiment is null and review_text is not null") == 0
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment') == 1000
