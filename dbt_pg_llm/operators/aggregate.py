@@ -162,12 +162,14 @@ def check_aggregate_arguments(args: Mapping) -> None:
 def walk_groups(groups: Mapping[str, Sequence[tuple[str, str]]], instructions: str, *, budget: int,
                 chunk_rows: int, fan_in: int, count: Callable[[str], int],
                 lookup: Callable[[list[str]], dict[str, str]],
-                fill: Callable[[list[str]], None] | None = None) -> AggregateResult:
+                fill: Callable[[list[str]], None] | None = None,
+                price: Callable[[list[str]], None] | None = None) -> AggregateResult:
     """Walk every group's tree level by level. ``groups``: group -> rows ``(row key, text)`` already
     in their order. ``lookup(prompts)``: the cached answers of those prompts (absent: none).
     ``fill(prompts)``: request the missing ones (a real run); without it the walk only counts what
     is missing (leaves exactly, the levels above as an upper bound: a level of n nodes has at most
-    n - 1 nodes above it, each parent taking two children or more)."""
+    n - 1 nodes above it, each parent taking two children or more). ``price(prompts)``: called,
+    without ``fill``, with each level's missing prompts (the estimate prices them)."""
     result = AggregateResult()
     overhead = count(leaf_prompt(instructions, []))
     room = max(1, budget - overhead)
@@ -185,6 +187,8 @@ def walk_groups(groups: Mapping[str, Sequence[tuple[str, str]]], instructions: s
         missing = [p for p in prompts if answers.get(p) is None]
         result.nodes_by_level.append(len(prompts))
         result.missing_by_level.append(len(missing))
+        if missing and fill is None and price is not None:
+            price(missing)
         if missing and fill is not None:
             fill(missing)
             answers.update(lookup(missing))
@@ -254,10 +258,11 @@ def run_aggregate(connect: Callable[[], object], relation_sql: str, group_sql: s
                   instructions: str, *, fingerprint: str, audit_schema: str, json_output: bool = False,
                   order_sql: str | None = None, budget: int = DEFAULT_MAX_INPUT_TOKENS, chunk_rows: int | None = None,
                   fan_in: int = DEFAULT_FAN_IN, count: Callable[[str], int] = lambda t: (len(t) + 3) // 4,
-                  fill: Callable[[str], object] | None = None) -> tuple[AggregateResult, dict]:
+                  fill: Callable[[str], object] | None = None,
+                  price: Callable[[str], object] | None = None) -> tuple[AggregateResult, dict]:
     """Read the groups, walk their trees (``fill(source_sql)`` requests one level's missing prompts:
-    the column spec's ``prompt_sql`` is ``pg_llm_prompt``) and return the result and each group's
-    root key (None: no answer)."""
+    the column spec's ``prompt_sql`` is ``pg_llm_prompt``; ``price(source_sql)`` likewise prices them
+    in an estimate) and return the result and each group's root key (None: no answer)."""
     from ..pg.migrations import ensure_migrated
 
     conn = connect()
@@ -269,7 +274,8 @@ def run_aggregate(connect: Callable[[], object], relation_sql: str, group_sql: s
             groups, instructions, budget=budget, chunk_rows=chunk_rows or default_chunk_rows(budget),
             fan_in=fan_in, count=count,
             lookup=lambda prompts: cached_answers(conn, audit_schema, fingerprint, prompts, json_output),
-            fill=None if fill is None else (lambda prompts: fill(prompts_source_sql(prompts))))
+            fill=None if fill is None else (lambda prompts: fill(prompts_source_sql(prompts))),
+            price=None if price is None else (lambda prompts: price(prompts_source_sql(prompts))))
     finally:
         conn.close()
     keys = {g: (None if p is None else cache_key(fingerprint, p)) for g, p in result.roots.items()}

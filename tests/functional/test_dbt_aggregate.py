@@ -35,6 +35,9 @@ def test_dbt_llm_aggregate_one_row_per_group_estimate_and_warm_rerun(agg_project
     out = project.run("compile", "--select", "complaints", "--vars", "{pg_llm_estimate: true}")
     lines = re.findall(r"llm_aggregate: estimate: (\d+) request\(s\) at most", out.text)
     assert len(lines) == 2 and simulator.stats()["requests"] == 0, out.text[-3000:]
+    # the leaves are priced by the usual estimate (their keys are known), the levels above bounded
+    assert "pg_llm estimate: model.aggregate_project.complaints.answer: sim:" in out.text
+    assert re.search(r"unknown steps at most \$\d", out.text)
     project.run("run", "--select", "complaints")
     paid = simulator.stats()["requests"]
     rows = project.query(f'select product, answer, facts from "{project.schema}".complaints order by product')

@@ -35,22 +35,29 @@ def step_spec(args: Dict[str, Any]) -> Dict[str, Any]:
 def aggregate(column: Dict[str, Any], model_config: Any, connect: Callable[[], Any], audit_schema: str,
               relation_sql: str, args: Dict[str, Any], quote: Callable[[str], str],
               fill: Optional[Callable[[str], Any]], say: Callable[[str], None],
-              estimate: bool = False) -> str:
+              estimate: bool = False, price: Optional[Callable[[str], Any]] = None) -> str:
     """Walk the trees (``fill`` None: only what is cached is used; with ``estimate`` the missing
-    steps are counted and logged) and return the SELECT of one row per group."""
+    steps are counted and logged, each known level priced by ``price(source_sql)``, the usual
+    estimate, and the levels above bounded at a full window in and ``max_tokens`` out each) and
+    return the SELECT of one row per group."""
     group = quote(args["group_by"])
     result, keys = run_aggregate(
         connect, relation_sql, group, args["text_sql"], args["instructions"], fingerprint=column["fingerprint"],
         audit_schema=audit_schema, json_output=column["output_col"] == "output_json", order_sql=args.get("order_by"),
         budget=int(args.get("max_input_tokens") or DEFAULT_MAX_INPUT_TOKENS), chunk_rows=args.get("chunk_rows"),
         fan_in=int(args.get("fan_in") or DEFAULT_FAN_IN), count=token_counter(model_config).count,
-        fill=None if estimate else fill)
+        fill=None if estimate else fill, price=price if estimate else None)
     groups, answered = len(result.roots), sum(1 for k in keys.values() if k is not None)
     if estimate:
+        budget = int(args.get("max_input_tokens") or DEFAULT_MAX_INPUT_TOKENS)
+        out_tokens = int(args.get("max_tokens") or model_config.max_tokens)
+        bound_usd = result.upper_bound * (budget * model_config.cost_per_1k_input_tokens
+                                          + out_tokens * model_config.cost_per_1k_output_tokens) / 1000
         say(f"estimate: {result.estimate} request(s) at most for {groups} group(s): "
             f"{result.missing_by_level[0] if result.missing_by_level else 0} leaf chunk(s) exactly, "
             f"{result.estimate - (result.missing_by_level[0] if result.missing_by_level else 0)} above them "
-            f"at most (levels known: {result.missing_by_level}, upper bound {result.upper_bound})")
+            f"at most (missing per known level {result.missing_by_level}, priced above; the {result.upper_bound} "
+            f"unknown steps at most ${bound_usd:.4f}: {budget} tokens in, {out_tokens} out each)")
     elif fill is not None:
         say(f"{groups} group(s), {answered} answered; tree nodes per level {result.nodes_by_level}, "
             f"requested per level {result.missing_by_level} ({result.requested} in all)")

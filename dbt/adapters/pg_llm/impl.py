@@ -467,7 +467,8 @@ class PgLlmAdapter(PostgresAdapter):
                 if really_executing() else None)
         return aggregate(column, self._model_config(column["model"]), self._credentials.connect_autocommit,
                          self._settings().audit_schema, str(relation_sql), dict(args), self.quote, fill,
-                         lambda line: logger.info(f"{label}: llm_aggregate: {line}"), estimate=bool(estimate))
+                         lambda line: logger.info(f"{label}: llm_aggregate: {line}"), estimate=bool(estimate),
+                         price=lambda source_sql: self.llm_estimate(source_sql, [column], node_id=node_id))
 
     # -- pg_llm.top_k (the tournament: top_k_op.py and operators/top_k.py) -------------------------
     @available
