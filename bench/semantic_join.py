@@ -2,9 +2,9 @@
 
     python bench/semantic_join.py [--n 1000] [--m 50] [--candidates 5] [--latency-ms 5] [--concurrency 32]
 
-An embedded Postgres with N left texts and M right texts (each a few words from a small vocabulary,
-so the simulator's rule "the two sides share a content word" holds for some pairs) and an
-embedding per row (real[], clustered by topic), the simulator in its own process at a fixed latency.
+An embedded Postgres with N left texts (four words of a small vocabulary) and M right texts (two-word
+phrases; the simulator's rule holds when the phrase occurs in the left text) and an embedding per
+row (real[], a bag of words), the simulator in its own process at a fixed latency.
 Each plan runs in a fresh audit schema and journal (nothing shared, so each pays its own calls):
 nested (N x M filter calls), blocked (top `candidates` right rows per left row), classify (one
 multi-label call per left text), auto (must pick the fewest calls). Prints ONE line: each plan's
@@ -31,13 +31,19 @@ JOIN = ("{{{{ config(materialized='table') }}}}\n{{{{ pg_llm.semantic_join('sele
         "right_id='id', left_embedding='emb', right_embedding='emb', candidates={candidates}, plan='{plan}') }}}}\n")
 
 
-def _rows(n: int, words: int, seed: int) -> list[tuple[int, str, list[float]]]:
+def _rows(n: int, seed: int, right: bool) -> list[tuple[int, str, list[float]]]:
+    """Left: four words + a number (each text distinct); right: distinct two-word phrases. The simulator's
+    rule holds when the phrase occurs in the left text (about 1% of pairs)."""
     rnd = random.Random(seed)
-    out = []
-    for i in range(1, n + 1):
-        picked = rnd.sample(WORDS, words)
-        vec = [1.0 if w in picked else 0.0 for w in WORDS]  # a bag of words: close texts share words
-        out.append((i, " ".join(picked) + f" {'note' if seed == 1 else 'item'} {i}", vec))
+    out, seen = [], set()
+    while len(out) < n:
+        picked = rnd.sample(WORDS, 2 if right else 4)
+        text = " ".join(picked) if right else " ".join(picked) + f" note {len(out) + 1}"
+        if text in seen:
+            continue
+        seen.add(text)
+        vec = [1.0 if w in picked else 0.0 for w in WORDS]  # a bag of words: texts sharing words are close
+        out.append((len(out) + 1, text, vec))
     return out
 
 
@@ -58,8 +64,8 @@ def main() -> None:
 
     with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim, \
             tempfile.TemporaryDirectory() as tmp:
-        _load(db, "sj_left", _rows(args.n, 3, 1))
-        _load(db, "sj_right", _rows(args.m, 2, 2))
+        _load(db, "sj_left", _rows(args.n, 1, right=False))
+        _load(db, "sj_right", _rows(args.m, 2, right=True))
         root = Path(tmp) / "project"
         write_dbt_project(root, {f"join_{p}": JOIN.format(schema=db.schema, candidates=args.candidates, plan=p)
                                  for p in PLANS})
