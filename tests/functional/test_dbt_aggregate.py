@@ -32,6 +32,13 @@ def agg_project(pg, simulator, tmp_path):
 
 def test_dbt_llm_aggregate_one_row_per_group_estimate_and_warm_rerun(agg_project, simulator):
     project = agg_project
+    # compile before the inputs exist (an upstream model not built yet): rendered, nothing requested
+    (project.path / "models" / "upstream.sql").write_text(SOURCE)
+    (project.path / "models" / "downstream.sql").write_text(
+        "select * from {{ pg_llm.llm_aggregate(ref('upstream'), 'product', 'body', 'Summarise') }}")
+    out = project.run("compile", "--select", "downstream")
+    assert "the answers are not looked up (UndefinedTable" in out.text and simulator.stats()["requests"] == 0
+    (project.path / "models" / "downstream.sql").unlink()
     out = project.run("compile", "--select", "complaints", "--vars", "{pg_llm_estimate: true}")
     lines = re.findall(r"llm_aggregate: estimate: (\d+) request\(s\) at most", out.text)
     assert len(lines) == 2 and simulator.stats()["requests"] == 0, out.text[-3000:]

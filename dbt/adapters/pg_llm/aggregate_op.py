@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional
 
 from dbt_pg_llm.operators.aggregate import (DEFAULT_FAN_IN, DEFAULT_MAX_INPUT_TOKENS, SYSTEM_PHRASE, answer_sql,
                                             check_aggregate_arguments, run_aggregate)
+from dbt_pg_llm.errors import redact
 from dbt_pg_llm.tokens import token_counter
 
 __all__ = ["check_arguments", "step_spec", "aggregate"]
@@ -41,12 +42,33 @@ def aggregate(column: Dict[str, Any], model_config: Any, connect: Callable[[], A
     estimate, and the levels above bounded at a full window in and ``max_tokens`` out each) and
     return the SELECT of one row per group."""
     group = quote(args["group_by"])
-    result, keys = run_aggregate(
+    try:
+        result, keys = _walk(column, model_config, connect, audit_schema, relation_sql, args, group, fill, estimate,
+                             price)
+    except Exception as exc:
+        if fill is not None:
+            raise
+        # compile / docs / show before the inputs are built: the query is still rendered (no answers
+        # known), as llm_enrich renders its join; a run reads the inputs again and fills
+        say(f"the answers are not looked up ({type(exc).__name__}: {redact(' '.join(str(exc).split()))[:200]}); "
+            "build the model's inputs first")
+        return answer_sql(relation_sql, group, args["group_by"], {}, audit_schema, column["output_col"],
+                          args.get("answer_column") or "answer")
+    return _log_and_select(result, keys, column, model_config, relation_sql, args, group, audit_schema, fill, say,
+                           estimate)
+
+
+def _walk(column, model_config, connect, audit_schema, relation_sql, args, group, fill, estimate, price):
+    return run_aggregate(
         connect, relation_sql, group, args["text_sql"], args["instructions"], fingerprint=column["fingerprint"],
         audit_schema=audit_schema, json_output=column["output_col"] == "output_json", order_sql=args.get("order_by"),
         budget=int(args.get("max_input_tokens") or DEFAULT_MAX_INPUT_TOKENS), chunk_rows=args.get("chunk_rows"),
         fan_in=int(args.get("fan_in") or DEFAULT_FAN_IN), count=token_counter(model_config).count,
         fill=None if estimate else fill, price=price if estimate else None)
+
+
+def _log_and_select(result, keys, column, model_config, relation_sql, args, group, audit_schema, fill, say,
+                    estimate) -> str:
     groups, answered = len(result.roots), sum(1 for k in keys.values() if k is not None)
     if estimate:
         budget = int(args.get("max_input_tokens") or DEFAULT_MAX_INPUT_TOKENS)
