@@ -189,3 +189,10 @@ def test_compile_before_the_inputs_exist_renders_the_join(sj):
     out = sj.run("compile", "-s", "sj_nested", "sj_blocked", DBT_SCHEMA=f"sj_none_{uuid.uuid4().hex[:6]}")
     compiled = next((sj.path / "target" / "compiled").rglob("sj_blocked.sql")).read_text()
     assert "cross join lateral" in compiled and "pg_llm_holds" in compiled, out.text[-2000:]
+
+
+def test_a_non_text_column_is_joined_as_its_text(sj):
+    # right_text an integer column: counted, labelled and compared as text (octet_length(integer) failed before)
+    out = sj.run("compile", "--inline", "{{ pg_llm.semantic_join(ref('sj_left'), ref('sj_right'), 'body', 'id', "
+                 "'p?', left_id='id', right_id='id') }}")
+    assert "semantic join plans: nested" in out.text and "chosen: classify" in out.text, out.text[-2000:]

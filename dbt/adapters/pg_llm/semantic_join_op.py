@@ -33,10 +33,11 @@ def plan_join(connect: Callable[[], Any], model_config: Any, left_sql: str, righ
     conn = connect()
     try:
         with conn.cursor() as cur:
-            left = f"(select distinct pg_llm_l.{left_text} as t from {left_sql} as pg_llm_l " \
+            # ::text: the pair prompt and the labels are texts (an integer or varchar column works too)
+            left = f"(select distinct pg_llm_l.{left_text}::text as t from {left_sql} as pg_llm_l " \
                    f"where pg_llm_l.{left_text} is not null) as d"
             n, left_tokens = _one(cur, f"select count(*), {_TOKENS.format(t='d.t')} from {left}")
-            right = f"(select distinct pg_llm_r.{right_text} as t from {right_sql} as pg_llm_r " \
+            right = f"(select distinct pg_llm_r.{right_text}::text as t from {right_sql} as pg_llm_r " \
                     f"where pg_llm_r.{right_text} is not null) as d"
             m, right_tokens = _one(cur, f"select count(*), {_TOKENS.format(t='d.t')} from {right}")
             cur.execute(f"select distinct btrim(pg_llm_r.{right_text}::text) as t from {right_sql} as pg_llm_r "
