@@ -75,6 +75,7 @@ MODELS = {
                      "(2, 'broken apple [[fault:400]]'), (3, 'kernel update')) as t(id, body)\", ref('sj_right'), 'body', 'body', "
                      f"'{PREDICATE}', left_id='id', right_id='id', plan='nested') }}}}",
 }
+MODELS["sj_faulty_fail.sql"] = MODELS["sj_faulty.sql"].replace("plan='nested'", "plan='nested', on_error='fail'")
 JOINS = ["sj_nested", "sj_classify", "sj_auto", "sj_blocked"]
 
 
@@ -89,7 +90,7 @@ def sj(pg, simulator, tmp_path_factory):
         (path / "models" / name).write_text(text)
     proj = DbtProject(path, pg, simulator.base_url, schema=f"sj_{uuid.uuid4().hex[:8]}")
     proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_sj_{uuid.uuid4().hex[:8]}", "LLM_JOURNAL_DIR": str(path / "journal")}
-    proj.run_out = proj.run("run", "--exclude", "sj_faulty")
+    proj.run_out = proj.run("run", "--exclude", "sj_faulty", "sj_faulty_fail")
     yield proj
     from dbt.adapters.pg_llm.impl import close_engines
 
@@ -143,9 +144,9 @@ def test_each_plan_pays_its_calls_and_auto_picks_the_cheaper(sj):
 
 def test_a_warm_rerun_pays_nothing_and_a_new_left_row_pays_only_its_calls(sj):
     before = {m: _calls(sj, m) for m in JOINS}
-    sj.run("run", "--exclude", "sj_faulty")
+    sj.run("run", "--exclude", "sj_faulty", "sj_faulty_fail")
     assert {m: _calls(sj, m) for m in JOINS} == before
-    sj.run("run", "--exclude", "sj_faulty", "--vars", "{sj_extra: true}")
+    sj.run("run", "--exclude", "sj_faulty", "sj_faulty_fail", "--vars", "{sj_extra: true}")
     assert _calls(sj, "sj_nested") - before["sj_nested"] == _distinct(RIGHT)  # the new text x each right text
     assert _calls(sj, "sj_classify") + _calls(sj, "sj_auto") - before["sj_classify"] - before["sj_auto"] == 1
     assert _pairs(sj, "sj_classify") == _pairs(sj, "sj_nested") == _rule_pairs(LEFT + [EXTRA], RIGHT)
@@ -159,6 +160,8 @@ def test_a_failing_request_gives_no_pair_and_a_dead_letter(sj):
     dead = sj.scalar(f'select count(*) from "{audit}".llm_errors where node_id = %s', ("model.sj_project.sj_faulty",))
     assert dead == _distinct(RIGHT)  # each pair of the broken text
     assert any("key(s) failed" in w for w in out.warnings), out.warnings
+    failed = sj.run("run", "-s", "sj_faulty_fail", expect=False)  # on_error='fail': the model fails, naming it
+    assert "sj_faulty_fail.pg_llm_holds" in failed.text and "on_error is 'fail'" in failed.text, failed.text[-2000:]
 
 
 @pytest.mark.parametrize("call, named", [
