@@ -491,6 +491,12 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
         stored = _present(conn, q, list(by_key))
         missing = [k for k in by_key if k not in stored]
         report.cached = report.distinct_keys - len(missing)
+        from .embed_batch import in_open_batches
+
+        queued = in_open_batches(conn, q, model_name, missing)  # their batch pays for them
+        if queued:
+            report.in_batch = len(queued)
+            missing = [k for k in missing if k not in queued]
         limit = spend_limit or (SpendLimit(max_cost_usd) if max_cost_usd else active_limit())
         filler = _Filler(conn, engine, model_name, config, dimensions, q, run, column_name, limit, report,
                          max_inputs, max_request_tokens, audit_schema)

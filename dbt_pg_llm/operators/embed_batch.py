@@ -36,7 +36,7 @@ from ..spend import SpendLimit, active_limit
 from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint, embedding_key,
                     prepare_text, present_keys, store_vectors, vector_to_b64)
 
-__all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch"]
+__all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch", "in_open_batches"]
 
 _log = logging.getLogger("dbt_pg_llm.embed")
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -136,6 +136,16 @@ def submit_embeddings(connect: Callable[[], Any], engine, model_name: str, texts
         return report
     finally:
         conn.close()
+
+
+def in_open_batches(conn, q: str, model_name: str, keys: list[str]) -> set[str]:
+    """The keys of ``keys`` in an open batch of ``model_name`` (paid for, or about to be): a normal
+    fill leaves them to their batch. One cheap look when the model has no open batch."""
+    with conn.cursor() as cur:
+        cur.execute(f"select exists (select 1 from {q}.llm_batches where open and model = %s)", (model_name,))
+        if not keys or not cur.fetchone()[0]:
+            return set()
+    return _in_open_batch(conn, q, keys)
 
 
 def _in_open_batch(conn, q: str, keys: list[str]) -> set[str]:

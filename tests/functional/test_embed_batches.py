@@ -60,9 +60,9 @@ def test_submit_collect_next_run_batch_price_ledger_equals_llm_calls_warm_rerun_
     assert dead == [("invalid_input", True)]
     batches = q(pg_conn, f'select status, open, answered, failed from "{audit}".llm_batches order by submitted_at')
     assert batches[0] == ("completed", False, 20, 1) and batches[1][1] is True
-    # warm rerun through the normal path: 0 requests (the bad text's open batch is not paid again)
-    warm = embed_texts(connect, engine, "sim", texts[:20], dimensions=16, audit_schema=audit)
-    assert warm.requests == 0 and warm.cached == 20 and bsim.stats()["requests"] == 0
+    # warm rerun through the normal path: 0 requests, and the bad text's open batch is not paid again
+    warm = embed_texts(connect, engine, "sim", texts, dimensions=16, audit_schema=audit)
+    assert warm.requests == 0 and warm.cached == 20 and warm.in_batch == 1 and bsim.stats()["requests"] == 0
 
 
 def test_spend_cap_reserves_the_batch_worst_case_or_submits_nothing(db, pg_conn, bsim):
