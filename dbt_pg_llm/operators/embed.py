@@ -29,14 +29,9 @@ the claims are released.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
-import struct
-import sys
 import threading
 import time
-from array import array
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -54,6 +49,7 @@ from ..providers.base import classify_http_error, classify_transport_error
 from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
+from .embed_vectors import EMBEDDINGS_TABLE, store_vectors, vector_from_b64, vector_to_b64
 
 __all__ = ["EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -61,7 +57,6 @@ __all__ = ["EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TO
            "prepare_text"]
 
 _log = logging.getLogger("dbt_pg_llm.embed")
-EMBEDDINGS_TABLE = "llm_embeddings"
 MAX_INPUTS = 2048  # OpenAI's input-array limit
 MAX_REQUEST_TOKENS = 300_000  # OpenAI: tokens summed over one request's inputs
 MAX_INPUT_TOKENS = 8191  # text-embedding-3-* / ada-002 per input
@@ -126,15 +121,6 @@ def embedding_key(fingerprint: str, text: str) -> str:
 
 def embedding_key_sql(fingerprint: str, text_sql: str) -> str:
     return key_sql(fingerprint, text_sql)
-
-
-def vector_to_b64(vec) -> str:
-    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-
-
-def vector_from_b64(data: str) -> list[float]:
-    raw = base64.b64decode(data)
-    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 def _tokens(text: str) -> int:
@@ -361,66 +347,6 @@ class _Filler:
         with self.lock:
             store_vectors(self.conn, self.q, rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
         self.written.extend(k for k, _ in rows)
-
-
-def store_vectors(conn, q: str, rows: list[tuple[str, str]], model_name: str, tokens_each: int = 0,
-                  run_id: str | None = None) -> None:
-    """(key, base64 float32 vector) rows into ``<q>.llm_embeddings`` (``q``: the quoted audit schema)
-    by binary COPY; a key already there is left as it is."""
-    if not rows:
-        return
-    data = _copy_binary(rows, model_name, tokens_each, run_id)
-    with conn.cursor() as cur:
-        if conn.autocommit:  # straight in: our keys are claimed, so a key written meanwhile is rare, and
-            try:             # the staging table's second copy cost as much Postgres CPU as the COPY
-                cur.copy_expert(f"copy {q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id) "
-                                "from stdin with (format binary)", io.BytesIO(data))
-                return
-            except Exception as exc:
-                if getattr(exc, "pgcode", None) != "23505":  # unique_violation: that COPY wrote nothing
-                    raise
-        cur.execute("create temp table if not exists __emb_stage (key text, model text, dims integer, vec real[], "
-                    "prompt_tokens integer, run_id text) on commit preserve rows")
-        cur.execute("truncate __emb_stage")
-        cur.copy_expert("copy __emb_stage from stdin with (format binary)", io.BytesIO(data))
-        cur.execute(f"""insert into {q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
-                        select * from __emb_stage on conflict (key) do nothing""")
-
-
-_FLOAT4_OID = 700
-
-
-def _real_array(raw_le: bytes) -> bytes:
-    """Postgres' binary form of a one-dimensional real[] from little-endian float32 bytes."""
-    n = len(raw_le) // 4
-    values = array("f")
-    values.frombytes(raw_le)
-    if sys.byteorder == "little":
-        values.byteswap()  # to network order
-    be = values.tobytes()
-    out = bytearray(20 + 8 * n)
-    struct.pack_into(">iiiii", out, 0, 1, 0, _FLOAT4_OID, n, 1)
-    out[23::8] = b"\x04" * n  # each element's length (int32 4; its other bytes are already 0)
-    for i in range(4):  # the values, interleaved with their lengths (slice assignment: C speed)
-        out[24 + i::8] = be[i::4]
-    return bytes(out)
-
-
-def _field(data: bytes | None) -> bytes:
-    return b"\xff\xff\xff\xff" if data is None else struct.pack(">i", len(data)) + data
-
-
-def _copy_binary(rows: list[tuple[str, str]], model: str, tokens_each: int, run_id: str | None) -> bytes:
-    parts = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
-    model_b, run_b = _field(model.encode()), _field(None if run_id is None else str(run_id).encode())
-    tokens_b = _field(struct.pack(">i", int(tokens_each)))
-    for row in rows:  # (key, b64) or (key, b64, its own prompt tokens)
-        key, raw = row[0], base64.b64decode(row[1])
-        own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
-        parts += [struct.pack(">h", 6), _field(key.encode()), model_b, _field(struct.pack(">i", len(raw) // 4)),
-                  _field(_real_array(raw)), own, run_b]
-    parts.append(struct.pack(">h", -1))
-    return b"".join(parts)
 
 
 def _parse(raw: bytes, expected: int) -> dict:
