@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..keys import cache_key
+from .arguments import missing_text_problems, whole_number_problem
 
 __all__ = ["SYSTEM_PHRASE", "LEAF_HEADER", "REDUCE_HEADER", "Node", "AggregateResult", "row_key",
            "leaf_prompt", "reduce_prompt", "leaf_chunks", "parent_groups", "walk_groups",
@@ -143,15 +144,11 @@ class AggregateResult:
 def check_aggregate_arguments(args: Mapping) -> None:
     """Every problem with ``pg_llm.llm_aggregate``'s arguments, each naming the argument and the fix."""
     problems: list[str] = []
-    for name, example in (("group_by", "'product_id'"), ("text_sql", "'review_text'"),
-                          ("instructions", "'Summarise the main complaints'")):
-        value = args.get(name)
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{name}: missing; give it as text, e.g. {name}={example}")
+    problems += missing_text_problems(args, (("group_by", "'product_id'"), ("text_sql", "'review_text'"),
+                                             ("instructions", "'Summarise the main complaints'")))
     for name, low, example in (("max_input_tokens", 64, 4000), ("chunk_rows", 1, 16), ("fan_in", 2, 4)):
-        value = args.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            problems.append(f"{name}: {value!r} must be a whole number >= {low}, e.g. {name}={example}")
+        if args.get(name) is not None:
+            problems += whole_number_problem(name, args.get(name), low, example)
     schema = args.get("schema")
     if schema is not None and not isinstance(schema, Mapping):
         problems.append("schema: must be a JSON schema mapping, e.g. schema={'type': 'object'}")

@@ -51,7 +51,7 @@ from ..urls import endpoint
 from .embed_audit import spool_sink
 from .embed_vectors import EMBEDDINGS_TABLE, store_vectors, vector_from_b64, vector_to_b64
 
-__all__ = ["EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
+__all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
            "embed", "fetch_vectors", "vector_from_b64", "vector_to_b64", "store_vectors", "present_keys",
            "prepare_text"]
@@ -117,6 +117,15 @@ def embedding_fingerprint(config: ModelConfig, dimensions: int | None = None) ->
 
 def embedding_key(fingerprint: str, text: str) -> str:
     return cache_key(fingerprint, text)
+
+
+def keyed_texts(fingerprint: str, texts: Iterable[str | None]) -> dict[str, str]:
+    """``{key: text}`` of the distinct non-NULL texts, in first-seen order (one request slot per key)."""
+    by_key: dict[str, str] = {}
+    for text in texts:
+        if text is not None:
+            by_key.setdefault(embedding_key(fingerprint, text), text)
+    return by_key
 
 
 def embedding_key_sql(fingerprint: str, text_sql: str) -> str:
@@ -412,10 +421,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
             return batched  # else fewer than the policy's min_keys are missing: embedded now, below
     fp = embedding_fingerprint(config, dimensions)
     report = EmbedReport()
-    by_key: dict[str, str] = {}
-    for text in texts:
-        if text is not None:
-            by_key.setdefault(embedding_key(fp, text), text)
+    by_key = keyed_texts(fp, texts)
     report.distinct_keys = len(by_key)
     q = quote_ident(audit_schema)
     conn = connect()

@@ -33,8 +33,8 @@ from ..errors import ErrorKind, ModelError, redact
 from ..model_io import ModelOutput, TokenUsage
 from ..pricing import cost_usd
 from ..spend import SpendLimit, active_limit
-from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint, embedding_key,
-                    prepare_text, present_keys, store_vectors, vector_to_b64)
+from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint,
+                    keyed_texts, prepare_text, present_keys, store_vectors, vector_to_b64)
 
 __all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch", "in_open_batches"]
 
@@ -74,10 +74,7 @@ def submit_embeddings(connect: Callable[[], Any], engine, model_name: str, texts
     policy = BatchPolicy.from_dict(policy if policy is not None else {"enabled": True, "min_keys": 1})
     fp = embedding_fingerprint(config, dimensions)
     report = EmbedReport()
-    by_key: dict[str, str] = {}
-    for text in texts:
-        if text is not None:
-            by_key.setdefault(embedding_key(fp, text), text)
+    by_key = keyed_texts(fp, texts)
     report.distinct_keys = len(by_key)
     run = run or RunContext(run_id=uuid.uuid4().hex)
     q = quote_ident(audit_schema)

@@ -25,6 +25,7 @@ from typing import Callable, Mapping, Sequence
 
 from ..errors import ConfigError, ErrorKind
 from ..keys import cache_key
+from .arguments import missing_text_problems, whole_number_problem
 
 __all__ = ["RANK_PHRASE", "CANDIDATES_HEADER", "RANKING_SCHEMA", "DEFAULT_WINDOW", "InvalidRanking", "TopKResult", "rank_prompt",
            "parse_ranking", "windows_of", "requests_for", "walk_partitions", "check_top_k_arguments",
@@ -105,16 +106,13 @@ class TopKResult:
 def check_top_k_arguments(args: Mapping) -> None:
     """Every problem with ``pg_llm.top_k``'s arguments, each naming the argument and the fix."""
     problems: list[str] = []
-    for name, example in (("partition_by", "'product_id'"), ("text_sql", "'review_text'"),
-                          ("query", "'mentions a broken strap'"), ("id_column", "'review_id'")):
-        value = args.get(name)
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{name}: missing; give it as text, e.g. {name}={example}")
+    problems += missing_text_problems(args, (("partition_by", "'product_id'"), ("text_sql", "'review_text'"),
+                                             ("query", "'mentions a broken strap'"), ("id_column", "'review_id'")))
     k, window = args.get("k"), args.get("window")
     for name, value, low, example in (("k", k, 1, 5), ("window", window, 2, DEFAULT_WINDOW),
                                       ("candidates", args.get("candidates"), 1, 30)):
-        if (value is not None or name == "k") and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            problems.append(f"{name}: {value!r} must be a whole number >= {low}, e.g. {name}={example}")
+        if value is not None or name == "k":
+            problems += whole_number_problem(name, value, low, example)
     if isinstance(k, int) and isinstance(window, int) and not isinstance(k, bool) and window <= k:
         problems.append(f"window: {window} must be larger than k={k} (each window keeps its best k), "
                         f"e.g. window={max(DEFAULT_WINDOW, 2 * k)}")
