@@ -42,14 +42,15 @@ import aiohttp
 from ..config import ModelConfig
 from ..errors import ConfigError, ErrorKind, ModelError, redact
 from ..keys import cache_key, canonical_json, key_sql
-from ..model_io import ModelOutput, TokenUsage
+from ..model_io import TokenUsage
 from ..pricing import cost_usd
 from ..providers import provider_for
 from ..providers.base import classify_http_error, classify_transport_error
 from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
-from .embed_vectors import EMBEDDINGS_TABLE, store_vectors, vector_from_b64, vector_to_b64
+from .embed_journal import RequestJournal
+from .embed_vectors import EMBEDDINGS_TABLE, copy_data, store_copy, store_vectors, vector_from_b64, vector_to_b64
 
 __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -206,6 +207,7 @@ class _Filler:
         self.journal_lock = threading.Lock()
         self.schema = audit_schema
         self.sink = spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
+        self.journal: RequestJournal | None = None  # set by _fill_texts once there is something to send
 
     def _url(self) -> str:
         base = self.config.base_url or ""
@@ -335,16 +337,18 @@ class _Filler:
             error_message=error.message[:1000] if error is not None else None, http_status=status or None))
 
     def store(self, group: list[tuple[str, str]], data: dict) -> None:
-        """Journal first (ResultCache: durable across kill -9), then llm_embeddings."""
-        vectors = data["vectors"]
+        """Journal first (one entry for the request, durable across kill -9: embed_journal.py), then
+        llm_embeddings, then the journal entry is dropped (the vectors are in Postgres)."""
+        vectors = data.pop("vectors")  # the filler keeps no reference: freed once written
         per = data["tokens"] // max(1, len(group))
-        cache = getattr(self.engine, "cache", None)
-        if cache is not None:
-            with self.journal_lock:
-                cache.put_many((key, ModelOutput(text=vec, model=self.model_name, tokens=TokenUsage(per, 0),
-                                                 cost_usd=data["cost"] / len(group)))
-                               for (key, _), vec in zip(group, vectors))
-        self.write(list(zip((k for k, _ in group), vectors)), per)
+        keys = [k for k, _ in group]
+        journal = self.journal or RequestJournal(getattr(self.engine, "cache", None))
+        with self.journal_lock:
+            request_id = journal.put(keys, vectors, self.model_name, per, data["cost"] / len(group))
+        self.write(list(zip(keys, vectors)), per)
+        del vectors
+        with self.journal_lock:
+            journal.done(request_id)
         self.report.embedded += len(group)
 
     def write(self, rows: list[tuple[str, str]], tokens_each: int = 0) -> None:
@@ -353,8 +357,10 @@ class _Filler:
         staging table so a key another run wrote meanwhile does not fail the COPY."""
         if not rows:
             return
+        # the COPY stream is built before taking the connection's lock: other requests' COPYs go on meanwhile
+        data = copy_data(rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
         with self.lock:
-            store_vectors(self.conn, self.q, rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
+            store_copy(self.conn, self.q, data)
         self.written.extend(k for k, _ in rows)
 
 
@@ -442,6 +448,8 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                          max_inputs, max_request_tokens, audit_schema)
         if not missing:
             return report
+        filler.journal = RequestJournal(getattr(engine, "cache", None))
+        filler.journal.absorb()  # requests a killed process paid but never wrote: per-key entries for _from_journal
         token = uuid.uuid4().hex
         # claims on a session of their own: a slice is claimed while the vectors of earlier ones are
         # COPYed on ``conn`` (one psycopg2 connection runs one statement at a time)
@@ -496,6 +504,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
             beat.stop()
             claims.release_all()
             claim_conn.close()
+            filler.journal.close()
         return report
     finally:
         conn.close()

@@ -13,7 +13,7 @@ import struct
 import sys
 from array import array
 
-__all__ = ["EMBEDDINGS_TABLE", "vector_to_b64", "vector_from_b64", "store_vectors"]
+__all__ = ["EMBEDDINGS_TABLE", "vector_to_b64", "vector_from_b64", "store_vectors", "copy_data", "store_copy"]
 
 EMBEDDINGS_TABLE = "llm_embeddings"
 
@@ -31,9 +31,18 @@ def store_vectors(conn, q: str, rows: list[tuple[str, str]], model_name: str, to
                   run_id: str | None = None) -> None:
     """(key, base64 float32 vector) rows into ``<q>.llm_embeddings`` (``q``: the quoted audit schema)
     by binary COPY; a key already there is left as it is."""
-    if not rows:
-        return
-    data = _copy_binary(rows, model_name, tokens_each, run_id)
+    if rows:
+        store_copy(conn, q, copy_data(rows, model_name, tokens_each, run_id))
+
+
+def copy_data(rows: list[tuple[str, str]], model_name: str, tokens_each: int = 0, run_id: str | None = None) -> bytes:
+    """The binary COPY stream of ``store_vectors``' rows: built outside any lock (CPU only), then
+    handed to ``store_copy`` on the connection."""
+    return _copy_binary(rows, model_name, tokens_each, run_id)
+
+
+def store_copy(conn, q: str, data: bytes) -> None:
+    """COPY ``copy_data``'s stream into ``<q>.llm_embeddings``; a key already there is left as it is."""
     with conn.cursor() as cur:
         if conn.autocommit:  # straight in: our keys are claimed, so a key written meanwhile is rare, and
             try:             # the staging table's second copy cost as much Postgres CPU as the COPY
@@ -78,10 +87,42 @@ def _copy_binary(rows: list[tuple[str, str]], model: str, tokens_each: int, run_
     parts = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
     model_b, run_b = _field(model.encode()), _field(None if run_id is None else str(run_id).encode())
     tokens_b = _field(struct.pack(">i", int(tokens_each)))
-    for row in rows:  # (key, b64) or (key, b64, its own prompt tokens)
-        key, raw = row[0], base64.b64decode(row[1])
-        own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
-        parts += [struct.pack(">h", 6), _field(key.encode()), model_b, _field(struct.pack(">i", len(raw) // 4)),
-                  _field(_real_array(raw)), own, run_b]
+    raws = [base64.b64decode(row[1]) for row in rows]  # (key, b64) or (key, b64, its own prompt tokens)
+    size = len(raws[0]) if raws else 0
+    if size and all(len(raw) == size for raw in raws):
+        # one dimension for all (the usual case): every row's elements converted at once, a handful of
+        # C-speed operations for the request instead of ~10 per row (2,048 x 256: ~35 ms -> a few ms)
+        n = size // 4
+        arrays = memoryview(_real_elements(b"".join(raws)))
+        del raws
+        head = (_field(struct.pack(">i", n)) + struct.pack(">i", 20 + 8 * n)
+                + struct.pack(">iiiii", 1, 0, _FLOAT4_OID, n, 1))
+        tuple_b = struct.pack(">h", 6)
+        for i, row in enumerate(rows):
+            key = row[0].encode()
+            own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
+            parts += [tuple_b, struct.pack(">i", len(key)), key, model_b, head, arrays[8 * n * i:8 * n * (i + 1)],
+                      own, run_b]
+    else:
+        for row, raw in zip(rows, raws):
+            own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
+            parts += [struct.pack(">h", 6), _field(row[0].encode()), model_b, _field(struct.pack(">i", len(raw) // 4)),
+                      _field(_real_array(raw)), own, run_b]
     parts.append(struct.pack(">h", -1))
     return b"".join(parts)
+
+
+def _real_elements(raw_le: bytes) -> bytearray:
+    """The elements of real[] binary arrays (each value preceded by its int32 length 4, network
+    order) from little-endian float32 bytes: ``_real_array`` without the header, for many at once."""
+    n = len(raw_le) // 4
+    values = array("f")
+    values.frombytes(raw_le)
+    if sys.byteorder == "little":
+        values.byteswap()
+    be = values.tobytes()
+    out = bytearray(8 * n)
+    out[3::8] = b"\x04" * n
+    for i in range(4):
+        out[4 + i::8] = be[i::4]
+    return out
