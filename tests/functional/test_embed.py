@@ -19,6 +19,7 @@ from test_pg_enrich import make_engine, q
 from dbt_pg_llm.cache import DiskJournal, ResultCache
 from dbt_pg_llm.errors import ConfigError
 from dbt_pg_llm.operators.embed import embed, embed_texts, embedding_fingerprint, embedding_key
+from dbt_pg_llm.operators.embed_journal import RequestJournal
 from dbt_pg_llm.pg import RunContext
 from dbt_pg_llm.simulator import SimulatorConfig
 
@@ -149,6 +150,35 @@ def test_kill_9_after_paying_loses_nothing_the_rerun_pays_nothing(db, pg, sim, t
     rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, claim_timeout_s=1)
     assert rep.from_journal == 40 and rep.requests == 0 and sim.stats()["requests"] == paid
     assert time.monotonic() - started < 5
+    assert len(RequestJournal(engine.cache)) == 0  # the killed run's request was absorbed, then dropped
+
+
+def test_a_request_is_journaled_as_one_entry_before_its_copy_and_dropped_after(db, pg_conn, sim, tmp_path, monkeypatch):
+    """Issue 19.4's speed: one journal entry per request, not a serialised ModelOutput per text
+    (~29 us each, ~2.8 s of a 100,000-text fill); it is there while the COPY runs, gone after."""
+    from dbt_pg_llm.operators.embed import _Filler
+
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    engine.cache = ResultCache(DiskJournal(str(tmp_path / "journal")))
+    seen = []
+    original = _Filler.write
+
+    def write(self, rows, tokens_each=0):
+        pending = RequestJournal(engine.cache)
+        try:
+            seen.append((len(pending), len(engine.cache)))  # (request entries, per-key entries) at COPY time
+        finally:
+            pending.close()
+        return original(self, rows, tokens_each)
+
+    monkeypatch.setattr(_Filler, "write", write)
+    texts = [f"journal entry text {i}" for i in range(40)]
+    rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, max_inputs=10)
+    assert rep.embedded == 40 and rep.requests == 4 and len(seen) == 4
+    assert all(entries >= 1 and per_key == 0 for entries, per_key in seen)
+    assert len(engine.cache) == 0 and len(RequestJournal(engine.cache)) == 0
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_embeddings')[0][0] == 40
 
 
 def test_the_openai_sdk_parses_the_simulators_embeddings(sim):
