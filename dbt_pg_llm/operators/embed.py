@@ -50,7 +50,8 @@ from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
 from .embed_journal import RequestJournal
-from .embed_vectors import EMBEDDINGS_TABLE, copy_data, store_copy, store_vectors, vector_from_b64, vector_to_b64
+from .embed_vectors import (EMBEDDINGS_TABLE, bound_malloc_arenas, copy_data, store_copy, store_vectors,
+                            vector_from_b64, vector_to_b64)
 
 __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -205,6 +206,7 @@ class _Filler:
         # sleeps (100,000 texts: 40 s of thread time for 3 s of writes); queued here they pipeline
         # with the COPYs (self.lock) instead
         self.journal_lock = threading.Lock()
+        self.copy_slots = threading.BoundedSemaphore(2)  # COPY streams built or being sent (write)
         self.schema = audit_schema
         self.sink = spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
         self.journal: RequestJournal | None = None  # set by _fill_texts once there is something to send
@@ -357,10 +359,13 @@ class _Filler:
         staging table so a key another run wrote meanwhile does not fail the COPY."""
         if not rows:
             return
-        # the COPY stream is built before taking the connection's lock: other requests' COPYs go on meanwhile
-        data = copy_data(rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
-        with self.lock:
-            store_copy(self.conn, self.q, data)
+        # the next COPY stream is built while one is sent (the connection's lock), but no more than that:
+        # a stream is ~2x its vectors, and 16 of them waiting for the lock were ~70 MB of peak RSS
+        with self.copy_slots:
+            data = copy_data(rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
+            with self.lock:
+                store_copy(self.conn, self.q, data)
+            del data
         self.written.extend(k for k, _ in rows)
 
 
@@ -448,6 +453,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                          max_inputs, max_request_tokens, audit_schema)
         if not missing:
             return report
+        bound_malloc_arenas()  # before the fill's threads exist: their freed buffers are reused, not kept per thread
         filler.journal = RequestJournal(getattr(engine, "cache", None))
         filler.journal.absorb()  # requests a killed process paid but never wrote: per-key entries for _from_journal
         token = uuid.uuid4().hex
