@@ -25,6 +25,7 @@ import asyncio
 import copy
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -210,6 +211,27 @@ class DiskJournal:
             for key, entry in items:
                 self.set(key, entry)
 
+    def stored(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` with an entry, one indexed query per 900 keys on a read-only connection
+        (diskcache has no bulk lookup; a ``get`` a key cost ~9 us, ~0.9 s per 100,000 misses)."""
+        import sqlite3
+
+        import diskcache
+
+        found: set[str] = set()
+        try:
+            con = sqlite3.connect(f"file:{os.path.join(self.directory, diskcache.core.DBNAME)}?mode=ro", uri=True)
+            try:
+                for i in range(0, len(keys), 900):
+                    chunk = keys[i:i + 900]
+                    found.update(k for (k,) in con.execute(
+                        f"select key from Cache where raw = 1 and key in ({','.join('?' * len(chunk))})", chunk))
+            finally:
+                con.close()
+        except sqlite3.Error:  # diskcache's file laid out otherwise: key by key, as ``get`` reads it
+            return {k for k in keys if self._cache.get(k) is not None}
+        return found
+
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(key))
 
@@ -276,6 +298,13 @@ class ResultCache:
             return [k for k in keys if self.backend.get(k) is not None]
         except Exception:
             return []
+
+    def stored(self, keys) -> set[str]:
+        """Those of ``keys`` with an entry in the backend, valid or not (``get`` decides): in bulk
+        where the backend can (``DiskJournal.stored``), else key by key."""
+        keys = list(keys)
+        bulk = getattr(self.backend, "stored", None)
+        return bulk(keys) if bulk is not None else {k for k in keys if self.backend.get(k) is not None}
 
     # -- synchronous API -------------------------------------------------------------------------
     def get_entry(self, key: str) -> CacheEntry | None:

@@ -522,7 +522,9 @@ def _from_journal(engine, filler: _Filler, missing: list[str], report: EmbedRepo
     if cache is None or not missing:
         return missing
     rows = []
-    for key in missing:
+    # one bulk lookup first: a fresh fill's keys are almost all absent, and a get each cost ~0.9 s per 100,000
+    candidates = cache.stored(missing) if hasattr(cache, "stored") else set(missing)
+    for key in (k for k in missing if k in candidates):
         hit = cache.get(key)
         if hit is not None and hit.text:
             rows.append((key, hit.text))

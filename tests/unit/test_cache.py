@@ -457,3 +457,15 @@ def test_the_durability_gate_keeps_paid_answers_off_disk_to_max_unjournaled(tmp_
     finally:
         cache.close()
     assert state["most"] == max_unjournaled(8)  # without the gate: all 60 within one commit delay
+
+
+def test_stored_finds_exactly_the_keys_with_an_entry_in_bulk(backend):
+    """ResultCache.stored: the embed fill's journal check of a whole slice (2,048 keys) at once
+    (DiskJournal: indexed queries of 900 keys, not a ``get`` per key); an invalidated entry is
+    still stored (``get`` decides whether it is served)."""
+    cache = ResultCache(backend)
+    keys = [cache_key(FP, f"text {i}") for i in range(2000)]
+    cache.put_many((k, paid()) for k in keys[::3])
+    cache.invalidate(keys[3])
+    assert cache.stored(keys + ["absent"]) == set(keys[::3])
+    assert cache.stored([]) == set()
