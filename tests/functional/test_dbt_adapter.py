@@ -147,9 +147,15 @@ def test_build_pays_once_per_distinct_key_and_warm_rerun_pays_nothing(fresh_llm,
     match = project.scalar(f"select count(distinct review_text) from {seed} where review_id <= 20")
     assert project.scalar(f'select count(*) from "{project.audit}".llm_calls where node_id like %s and not cached',
                           ("%.review_product_match",)) == match
+    # review_flags (first 60 reviews): a pg_llm.filter and a multi-label classify column, one request
+    # and one llm_results key per distinct text and column
+    flags = 2 * project.scalar(f"select count(distinct review_text) from {seed} where review_id <= 60")
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_calls where node_id like %s and not cached',
+                          ("%.review_flags",)) == flags
     stats = simulator.stats()
-    assert stats["requests"] == expected + oracle + embed + agg + match
-    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == expected + d_sure + agg + match
+    assert stats["requests"] == expected + oracle + embed + agg + match + flags
+    assert project.scalar(f'select count(*) from "{project.audit}".llm_results') == \
+        expected + d_sure + agg + match + flags
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment_guaranteed '
                           "where sentiment is null and review_text is not null") == 0
     assert project.scalar(f'select count(*) from "{project.schema}".review_sentiment') == 1000
