@@ -12,10 +12,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import signal
-import time
 
 import pytest
 
@@ -25,7 +22,7 @@ from dbt_pg_llm.pg import RunContext
 from dbt_pg_llm.simulator import SimulatorConfig
 from tests.functional.dbt_harness import one_model_project
 from tests.functional.test_pg_enrich import make_engine
-from tests.functional.test_durability import start_dbt, wait_for_requests
+from tests.functional.test_durability import kill_after_requests, start_dbt
 
 pytestmark = pytest.mark.functional
 
@@ -113,15 +110,9 @@ class SimpleConfig:  # what the fingerprint reads of the profile's default model
 
 
 def test_kill_9_mid_embedding_then_rerun_embeds_everything_and_llm_calls_match_the_ledger(project, tmp_path):
-    proc = start_dbt(project, tmp_path, select="emb_big")
-    try:
-        wait_for_requests(project.sim, proc, math.ceil(N_BIG / MAX_INPUTS))  # all three in flight (1.5 s each)
-        time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # all three requests in flight (1.5 s each)
+    kill_after_requests(project.sim, start_dbt(project, tmp_path, select="emb_big"),
+                        math.ceil(N_BIG / MAX_INPUTS), settle_s=0.2)
     at_kill = project.sim.stats()["requests"]
     rows = _audit(project, "select run_id, status from AUDIT.llm_runs")
     assert len(rows) == 1 and rows[0][1] == "running", rows  # the killed run left its row

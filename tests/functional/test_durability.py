@@ -77,6 +77,19 @@ def wait_for_requests(sim, proc, at_least: int, timeout_s: float = 120) -> None:
         time.sleep(0.05)
 
 
+def kill_after_requests(sim, proc, at_least: int, timeout_s: float = 120, settle_s: float = 0.0) -> None:
+    """SIGKILL ``proc`` once the simulator has received ``at_least`` requests (and ``settle_s`` more
+    seconds have passed), and reap it; also used by test_dbt_embed_runs."""
+    try:
+        wait_for_requests(sim, proc, at_least, timeout_s=timeout_s)
+        time.sleep(settle_s)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _ledger(project, label: str) -> dict:
     stats = project.sim.stats()
     by_prompt = stats["by_prompt_sha256"]
@@ -155,13 +168,7 @@ def test_kill_9_loses_at_most_max_concurrency_paid_answers_however_slow_the_jour
     journal = str(tmp_path / "journal")
     proc = subprocess.Popen([sys.executable, "-c", ENGINE_CHILD, sim.base_url, journal, str(concurrency),
                              str(delay_s)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for_requests(sim, proc, 10 * concurrency, timeout_s=60)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_requests(sim, proc, 10 * concurrency, timeout_s=60)
     ledger = sim.stats()
     paid = set(ledger["by_prompt_sha256"])
     keys = Engine([Model("sim", {"api_url": sim.base_url, "model_version": "sim-small",
@@ -180,14 +187,7 @@ def test_kill_9_loses_at_most_max_concurrency_paid_answers_however_slow_the_jour
 
 
 def test_kill_9_mid_run_leaves_a_run_row_and_the_rerun_loses_nothing(project, tmp_path):
-    proc = start_dbt(project, tmp_path)
-    try:
-        wait_for_requests(project.sim, proc, 150)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_requests(project.sim, start_dbt(project, tmp_path), 150)
     at_kill = project.sim.stats()["requests"]
     rows = project.query(f'select run_id, status from "{project.audit}".llm_runs')
     assert len(rows) == 1 and rows[0][1] == "running", rows  # the killed run left its row
