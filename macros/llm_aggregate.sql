@@ -29,11 +29,7 @@
     {%- do config(tags=['llm']) -%}
     {{ return('(select null::text as ' ~ adapter.quote(group_by) ~ ', null::text as ' ~ adapter.quote(answer_column) ~ ') as ' ~ adapter.quote(alias)) }}
   {%- endif -%}
-  {%- if relation is string -%}
-    {%- set source_sql = '(' ~ (relation | trim) ~ '\n)' -%}
-  {%- else -%}
-    {%- set source_sql = relation | string -%}
-  {%- endif -%}
+  {%- set source_sql = pg_llm.vector_from_sql(relation) -%}  {#- a query string parenthesized, a Relation as is -#}
   {%- set node = context.get('model') -%}
   {%- set estimate = var('pg_llm_estimate', false) -%}
   {%- set query = adapter.llm_aggregate(args, source_sql, on_error=on_error, node_id=node.unique_id if node else none, estimate=estimate) -%}
