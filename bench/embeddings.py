@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PROFILE, BenchDatabase, dbt_command, dbt_env, sim_args, write_dbt_project
+from common import (PROFILE, BenchDatabase, children_cpu_s, dbt_command, dbt_env, postmaster_pid, process_cpu_s,
+                    sim_args, write_dbt_project)
 
 from dbt_pg_llm.operators.embed import MAX_INPUTS
 from dbt_pg_llm.pg.migrations import migrate
@@ -56,6 +57,21 @@ async def aiohttp_loop(url: str, texts: list[str], dimensions: int, concurrency:
     return time.perf_counter() - t0
 
 
+def _cpu(sim, db) -> dict:
+    """CPU seconds so far of the simulator, Postgres (postmaster and its exited backends) and this
+    process's exited children (the dbt commands) plus itself (the aiohttp loop)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return {"simulator": process_cpu_s(sim.process.pid), "postgres": process_cpu_s(postmaster_pid(db), children=True),
+            "client": children_cpu_s() + me.ru_utime + me.ru_stime}
+
+
+def _cpu_since(before: dict, sim, db) -> dict:
+    db.admin.close()  # its backend's CPU is counted once it exits
+    db.admin = db.connect()
+    db.admin.autocommit = True
+    return {k: round(v - before[k], 1) for k, v in _cpu(sim, db).items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="distinct texts")
@@ -85,7 +101,9 @@ def main(argv=None) -> int:
         dbt_command(root, env, "run", "-s", "plain")  # untimed: the first parse
         plain = dbt_command(root, env, "run", "-s", "plain")
         sim.reset()
+        cpu = _cpu(sim, db)
         embedded = dbt_command(root, env, "run", "-s", "embedded")
+        cpu_embedded = _cpu_since(cpu, sim, db)
         rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest dbt process so far
         cold = sim.stats()
         sim.reset()
@@ -93,22 +111,27 @@ def main(argv=None) -> int:
         warm_requests = sim.stats()["requests"]
         texts = [t for (t,) in db.execute(f"select body from {source} order by id")]
         sim.reset()
+        cpu = _cpu(sim, db)
         loop_s = asyncio.run(aiohttp_loop(sim.base_url.rstrip("/") + "/embeddings", texts, args.dimensions,
                                           args.concurrency))
+        cpu_loop = _cpu_since(cpu, sim, db)
         filled = db.execute(f"select count(emb) from {db.schema}.embedded")[0][0]
     expected = math.ceil(args.n / MAX_INPUTS)
     ratio = (embedded - plain) / max(loop_s, 1e-9)
     row = {"n": args.n, "dimensions": args.dimensions, "latency_ms": args.latency_ms, "requests": cold["requests"],
            "expected_requests": expected, "embedding_inputs": cold["embedding_inputs"], "filled": filled,
            "plain_s": round(plain, 2), "embedded_s": round(embedded, 2), "aiohttp_s": round(loop_s, 2),
-           "ratio": round(ratio, 2), "peak_rss_mb": round(rss_mb), "warm_requests": warm_requests}
+           "ratio": round(ratio, 2), "peak_rss_mb": round(rss_mb), "warm_requests": warm_requests,
+           "cpu_s_embedded": cpu_embedded, "cpu_s_loop": cpu_loop}
     print(json.dumps(row))
     ok = cold["requests"] == expected and filled == args.n and warm_requests == 0
     print(f"embeddings ({args.n} distinct texts, {args.dimensions} dims, latency {args.latency_ms} ms, "
           f"concurrency {args.concurrency}): {cold['requests']} requests (ceil(n/{MAX_INPUTS}) = {expected}); "
           f"dbt run {embedded:.1f}s - plain {plain:.1f}s = {embedded - plain:.1f}s vs aiohttp loop {loop_s:.1f}s "
           f"-> {ratio:.2f}x (target <= 1.2); peak RSS {rss_mb:.0f} MB (target <= 300); warm rerun "
-          f"{warm_requests} requests; {filled} of {args.n} rows filled")
+          f"{warm_requests} requests; {filled} of {args.n} rows filled; CPU s (simulator/postgres/client) "
+          f"embedded {cpu_embedded['simulator']}/{cpu_embedded['postgres']}/{cpu_embedded['client']}, loop "
+          f"{cpu_loop['simulator']}/{cpu_loop['postgres']}/{cpu_loop['client']}")
     return 0 if ok else 1
 
 

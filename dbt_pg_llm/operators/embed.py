@@ -50,8 +50,8 @@ from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
 from .embed_journal import RequestJournal
-from .embed_vectors import (EMBEDDINGS_TABLE, bound_malloc_arenas, copy_data, store_copy, store_vectors,
-                            vector_from_b64, vector_to_b64)
+from .embed_vectors import (EMBEDDINGS_TABLE, bound_malloc_arenas, copy_data, parse_embeddings, store_copy,
+                            store_vectors, vector_from_b64, vector_to_b64)
 
 __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -210,6 +210,7 @@ class _Filler:
         self.schema = audit_schema
         self.sink = spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
         self.journal: RequestJournal | None = None  # set by _fill_texts once there is something to send
+        self.released: Callable[[list[str]], None] | None = None  # gives up claims on keys once written
 
     def _url(self) -> str:
         base = self.config.base_url or ""
@@ -302,10 +303,10 @@ class _Filler:
                 if status != 200:
                     error = classify_http_error(status, raw, resp.headers, self.model_name)
                     raise error
-                payload = await asyncio.to_thread(_parse, raw, len(group))
-                usage = int((payload.get("usage") or {}).get("prompt_tokens") or sum(_tokens(t) for _, t in group))
-                cost = cost_usd(self.config, TokenUsage(usage, 0))
-                return {"vectors": payload["vectors"], "tokens": usage, "cost": cost}
+                received = await asyncio.to_thread(self.receive, group, raw)
+                del raw
+                usage, cost = received["tokens"], received["cost"]
+                return received
         except ModelError as exc:
             error = exc
             raise
@@ -338,19 +339,33 @@ class _Filler:
             error_kind=error.kind.value if error is not None else ErrorKind.NONE.value,
             error_message=error.message[:1000] if error is not None else None, http_status=status or None))
 
+    def receive(self, group: list[tuple[str, str]], raw: bytes) -> dict:
+        """A 200 answer: parsed (a wrong count of vectors is an API error), then journaled as
+        received (one entry for the request, durable across kill -9: embed_journal.py) before
+        anything else happens to it. Its tokens: the answer's usage, else our count."""
+        payload = parse_embeddings(raw, len(group))
+        usage = int((payload.get("usage") or {}).get("prompt_tokens") or sum(_tokens(t) for _, t in group))
+        cost = cost_usd(self.config, TokenUsage(usage, 0))
+        journal = self.journal or RequestJournal(getattr(self.engine, "cache", None))
+        with self.journal_lock:
+            request_id = journal.put([k for k, _ in group], raw, payload["vectors"], self.model_name,
+                                     usage // max(1, len(group)), cost / len(group))
+        return {"vectors": payload["vectors"], "tokens": usage, "cost": cost, "journal_id": request_id}
+
     def store(self, group: list[tuple[str, str]], data: dict) -> None:
-        """Journal first (one entry for the request, durable across kill -9: embed_journal.py), then
-        llm_embeddings, then the journal entry is dropped (the vectors are in Postgres)."""
+        """The journaled answer into llm_embeddings, then its journal entry is dropped (the vectors
+        are in Postgres) and its keys' claims released (``self.released``): another run waiting on
+        them stops waiting now, not at the end of this fill."""
         vectors = data.pop("vectors")  # the filler keeps no reference: freed once written
         per = data["tokens"] // max(1, len(group))
         keys = [k for k, _ in group]
-        journal = self.journal or RequestJournal(getattr(self.engine, "cache", None))
-        with self.journal_lock:
-            request_id = journal.put(keys, vectors, self.model_name, per, data["cost"] / len(group))
         self.write(list(zip(keys, vectors)), per)
         del vectors
+        journal = self.journal or RequestJournal(getattr(self.engine, "cache", None))
         with self.journal_lock:
-            journal.done(request_id)
+            journal.done(data.get("journal_id"))
+        if self.released is not None:
+            self.released(keys)
         self.report.embedded += len(group)
 
     def write(self, rows: list[tuple[str, str]], tokens_each: int = 0) -> None:
@@ -367,18 +382,6 @@ class _Filler:
                 store_copy(self.conn, self.q, data)
             del data
         self.written.extend(k for k, _ in rows)
-
-
-def _parse(raw: bytes, expected: int) -> dict:
-    import json
-
-    payload = json.loads(raw)
-    data = sorted(payload.get("data") or [], key=lambda d: d.get("index", 0))
-    if len(data) != expected:
-        raise ModelError(ErrorKind.API, f"embeddings answer has {len(data)} vectors for {expected} inputs")
-    # kept as base64 of little-endian float32 (OpenAI's base64 encoding): journaled as is, decoded once for COPY
-    vectors = [d["embedding"] if isinstance(d["embedding"], str) else vector_to_b64(d["embedding"]) for d in data]
-    return {"vectors": vectors, "usage": payload.get("usage")}
 
 
 def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
@@ -405,9 +408,11 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                 spend_limit: SpendLimit | None = None, claim_timeout_s: float = 60.0,
                 max_inputs: int = MAX_INPUTS, max_request_tokens: int = MAX_REQUEST_TOKENS,
                 max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True, mode: str | None = None,
-                batch=None) -> EmbedReport:
+                batch=None, known_missing: bool = False) -> EmbedReport:
     """``embed_texts`` without the run's bookkeeping; ``mode='batch'``: through the provider's batch
-    API (``embed_batch.submit_embeddings``; ``batch``: a BatchPolicy or its mapping)."""
+    API (``embed_batch.submit_embeddings``; ``batch``: a BatchPolicy or its mapping).
+    ``known_missing``: the caller has just found that none of ``texts`` has a vector (embed_relation's
+    anti-join), so the first lookup is skipped; each slice is still looked up once claimed."""
     from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
     from ..pg.migrations import ensure_migrated
     from ..pg.migrations import quote_ident
@@ -439,7 +444,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     conn.autocommit = True  # each write is durable at once; claims live on this session
     try:
         ensure_migrated(conn, audit_schema)
-        stored = _present(conn, q, list(by_key))
+        stored = set() if known_missing else _present(conn, q, list(by_key))
         missing = [k for k in by_key if k not in stored]
         report.cached = report.distinct_keys - len(missing)
         from .embed_batch import in_open_batches
@@ -464,6 +469,12 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
         claims = Claims(claim_conn, lambda: claim_conn, audit_schema, run or SimpleNamespace(run_id=None, node_id=None),
                         model_name, "embed", SimpleNamespace(cache_hits=0, requests_total=0, saved_cost_usd=0.0),
                         claim_timeout_s, token, column_name=column_name)
+        released: set[str] = set()
+
+        def release(keys: list[str]) -> None:  # a request's keys once its vectors are committed
+            claims.release(keys)
+            released.update(keys)
+        filler.released = release
         beat = ClaimHeartbeat(connect, q, token, heartbeat_every(claim_timeout_s),
                               lease_s=lease_seconds(claim_timeout_s))
         beat.start()
@@ -493,7 +504,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
 
                 asyncio.run(filler.run_stream(pending, admit))
                 first = False
-                claims.release(mine)
+                claims.release([k for k in mine if k not in released])  # failed or skipped keys
                 ours = set(mine)  # sets: 100,000 keys are 100,000 lookups
                 others = [k for k in pending if k not in ours]  # only another run's keys need a look
                 done = _present(conn, q, others) if others else set()

@@ -61,7 +61,8 @@ def embed_relation(connect: Callable[[], Any], engine, model_name: str, source_s
             texts = [t for (t,) in cur.fetchall()]
     finally:
         conn.close()
-    return embed_texts(connect, engine, model_name, texts, dimensions=dimensions, audit_schema=audit_schema, **kwargs)
+    return embed_texts(connect, engine, model_name, texts, dimensions=dimensions, audit_schema=audit_schema,
+                       known_missing=True, **kwargs)
 
 
 def vector_type(conn) -> str | None:

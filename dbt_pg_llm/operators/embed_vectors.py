@@ -8,13 +8,15 @@ is already there (another writer got in first) it goes through a staging table i
 from __future__ import annotations
 
 import base64
+import binascii
 import io
+import json
 import struct
 import sys
 from array import array
 
-__all__ = ["EMBEDDINGS_TABLE", "vector_to_b64", "vector_from_b64", "store_vectors", "copy_data", "store_copy",
-           "bound_malloc_arenas"]
+__all__ = ["EMBEDDINGS_TABLE", "vector_to_b64", "vector_from_b64", "parse_embeddings", "store_vectors", "copy_data",
+           "store_copy", "bound_malloc_arenas"]
 
 EMBEDDINGS_TABLE = "llm_embeddings"
 
@@ -26,6 +28,20 @@ def vector_to_b64(vec) -> str:
 def vector_from_b64(data: str) -> list[float]:
     raw = base64.b64decode(data)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def parse_embeddings(raw: bytes, expected: int) -> dict:
+    """An OpenAI ``/embeddings`` answer's body -> {"vectors": base64 float32 per input in input order,
+    "usage": its usage}; ModelError (api) when it holds another number of vectors than ``expected``.
+    Vectors stay base64 (OpenAI's base64 encoding; a float list is converted): decoded once, for COPY."""
+    from ..errors import ErrorKind, ModelError
+
+    payload = json.loads(raw)
+    data = sorted(payload.get("data") or [], key=lambda d: d.get("index", 0))
+    if len(data) != expected:
+        raise ModelError(ErrorKind.API, f"embeddings answer has {len(data)} vectors for {expected} inputs")
+    vectors = [d["embedding"] if isinstance(d["embedding"], str) else vector_to_b64(d["embedding"]) for d in data]
+    return {"vectors": vectors, "usage": payload.get("usage")}
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -112,7 +128,7 @@ def _copy_binary(rows: list[tuple[str, str]], model: str, tokens_each: int, run_
     parts = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
     model_b, run_b = _field(model.encode()), _field(None if run_id is None else str(run_id).encode())
     tokens_b = _field(struct.pack(">i", int(tokens_each)))
-    raws = [base64.b64decode(row[1]) for row in rows]  # (key, b64) or (key, b64, its own prompt tokens)
+    raws = [binascii.a2b_base64(row[1]) for row in rows]  # (key, b64) or (key, b64, its own prompt tokens)
     size = len(raws[0]) if raws else 0
     if size and all(len(raw) == size for raw in raws):
         # one dimension for all (the usual case): every row's elements converted at once, a handful of

@@ -13,13 +13,14 @@ import sys
 import textwrap
 import time
 
+import diskcache
 import pytest
 from test_pg_enrich import make_engine, q
 
 from dbt_pg_llm.cache import DiskJournal, ResultCache
 from dbt_pg_llm.errors import ConfigError
 from dbt_pg_llm.operators.embed import embed, embed_texts, embedding_fingerprint, embedding_key
-from dbt_pg_llm.operators.embed_journal import RequestJournal
+from dbt_pg_llm.operators.embed_journal import PENDING_DIR, RequestJournal
 from dbt_pg_llm.pg import RunContext
 from dbt_pg_llm.simulator import SimulatorConfig
 
@@ -181,6 +182,78 @@ def test_a_request_is_journaled_as_one_entry_before_its_copy_and_dropped_after(d
     assert q(pg_conn, f'select count(*) from "{audit}".llm_embeddings')[0][0] == 40
 
 
+def test_a_request_is_journaled_as_the_answer_received_and_absorbed_from_it(db, pg_conn, sim, tmp_path,
+                                                                            monkeypatch):
+    """The journal keeps the answer's body as it came (no re-encoding of 2,048 vectors); a killed
+    process's entry (here: one left in place by failing its COPY) is absorbed into per-key entries
+    whose vectors are the answer's, and the next fill writes them without a request."""
+    from dbt_pg_llm.operators.embed import _Filler
+
+    connect, _, audit = db
+    journal_dir = str(tmp_path / "journal")
+    engine = make_engine(sim, **EMBED_MODEL)
+    engine.cache = ResultCache(DiskJournal(journal_dir))
+    bodies = []
+
+    def write(self, rows, tokens_each=0):
+        with diskcache.Cache(os.path.join(journal_dir, PENDING_DIR)) as pending:
+            bodies.extend(pending.get(k)["body"] for k in pending)
+        raise RuntimeError("killed before the COPY")
+
+    monkeypatch.setattr(_Filler, "write", write)
+    texts = [f"body journal text {i}" for i in range(6)]
+    with pytest.raises(RuntimeError):
+        embed_texts(connect, engine, "sim", texts, dimensions=16, audit_schema=audit)
+    assert len(bodies) == 1 and json.loads(bodies[0])["object"] == "list"  # the provider's own bytes
+    assert sim.stats()["requests"] == 1
+    monkeypatch.undo()
+    engine = make_engine(sim, **EMBED_MODEL)
+    engine.cache = ResultCache(DiskJournal(journal_dir))
+    rep = embed_texts(connect, engine, "sim", texts, dimensions=16, audit_schema=audit)
+    assert rep.from_journal == 6 and rep.requests == 0 and sim.stats()["requests"] == 1
+    fp = embedding_fingerprint(engine.model("sim").config, 16)
+    by_index = {d["index"]: d["embedding"] for d in json.loads(bodies[0])["data"]}
+    stored = dict(q(pg_conn, f'select key, vec from "{audit}".llm_embeddings'))
+    from dbt_pg_llm.operators.embed_vectors import vector_from_b64
+    assert all(stored[embedding_key(fp, t)] == pytest.approx(vector_from_b64(by_index[i])) for i, t in enumerate(texts))
+
+
+def test_an_entry_of_the_earlier_json_form_is_still_absorbed(tmp_path):
+    """A journal written by the previous version (JSON text with base64 vectors) is read after an upgrade."""
+    cache = ResultCache(DiskJournal(str(tmp_path / "journal")))
+    with diskcache.Cache(str(tmp_path / "journal" / PENDING_DIR)) as old:
+        old.set("old", json.dumps({"keys": ["k1", "k2"], "vectors": ["AACAPw==", "AAAAQA=="], "model": "m",
+                                   "tokens_each": 3, "cost_each": 0.5}))
+    pending = RequestJournal(cache)
+    assert pending.absorb() == 2 and len(pending) == 0
+    assert cache.get("k1").text == "AACAPw==" and cache.get("k2").tokens.prompt == 3
+
+
+def test_each_requests_claims_are_released_once_its_vectors_are_written(db, pg_conn, sim, monkeypatch):
+    """Another run waiting on a text stops waiting when its request is written, not at the fill's end:
+    one release per request, of that request's keys, each after its COPY committed."""
+    from dbt_pg_llm.pg.claims import Claims
+
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    released = []
+    original = Claims.release
+
+    def release(self, keys):
+        keys = list(keys)
+        if keys:
+            stored = {k for (k,) in q(pg_conn, f'select key from "{audit}".llm_embeddings where key = any(%s)', (keys,))}
+            released.append((len(keys), len(stored)))
+        return original(self, keys)
+
+    monkeypatch.setattr(Claims, "release", release)
+    texts = [f"released claim text {i}" for i in range(40)]
+    rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, max_inputs=10)
+    assert rep.embedded == 40 and rep.requests == 4
+    assert released == [(10, 10)] * 4  # per request, all written; nothing left for the end
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_claims')[0][0] == 0
+
+
 def test_the_openai_sdk_parses_the_simulators_embeddings(sim):
     import openai
 
@@ -235,3 +308,16 @@ def test_two_runs_embedding_overlapping_texts_pay_each_text_once(db, simulator_f
     assert slow.stats()["embedding_inputs"] == 1 + 50  # each distinct text once, across both runs
     # every key of each run: paid by it, waited for (the other run's claim), or already stored
     assert sum(r.embedded for r in reports) == 50 and sum(r.embedded + r.waited + r.cached for r in reports) == 80
+
+
+def test_known_missing_texts_that_are_stored_after_all_are_not_paid_again(db, sim):
+    """embed_relation's anti-join says which texts have no vector; if another run wrote some since,
+    the lookup of each claimed slice finds them: nothing is requested twice."""
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    texts = [f"known missing text {i}" for i in range(12)]
+    embed_texts(connect, engine, "sim", texts[:8], audit_schema=audit)
+    paid = sim.stats()["requests"]
+    rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, known_missing=True)
+    assert rep.embedded == 4 and sim.stats()["embedding_inputs"] == 12
+    assert sim.stats()["requests"] == paid + 1
