@@ -26,9 +26,16 @@ def sim_args(latency_ms: int, *extra: str) -> list[str]:
 
 class BenchDatabase:
     """An embedded Postgres, an autocommit admin connection and a bench schema; every schema made
-    through it (``new_schema``) is dropped on exit."""
+    through it (``new_schema``) is dropped on exit. ``extensions`` (e.g. ``("vector",)``): a database
+    of its own is created with them (dropped on exit), so the shared one is never changed."""
+
+    def __init__(self, extensions: tuple[str, ...] = ()):
+        self.extensions = tuple(extensions)
+        self._own_db: str | None = None
 
     def __enter__(self) -> "BenchDatabase":
+        import dataclasses
+
         import psycopg2
 
         from dbt_pg_llm.embedded_pg import EmbeddedPostgres
@@ -36,6 +43,18 @@ class BenchDatabase:
         self._psycopg2 = psycopg2
         self.server = EmbeddedPostgres()
         self.info = self.server.start()
+        if self.extensions:
+            self._own_db = f"bench_{uuid.uuid4().hex[:8]}"
+            shared = self.connect()
+            shared.autocommit = True
+            shared.cursor().execute(f'create database "{self._own_db}"')
+            shared.close()
+            self.info = dataclasses.replace(self.info, dbname=self._own_db)
+            own = self.connect()
+            own.autocommit = True
+            for name in self.extensions:
+                own.cursor().execute(f'create extension if not exists "{name}"')
+            own.close()
         self.admin = self.connect()
         self.admin.autocommit = True
         self._schemas: list[str] = []
@@ -75,6 +94,13 @@ class BenchDatabase:
             for name in self._schemas:
                 self.execute(f"drop schema if exists {name} cascade")
             self.admin.close()
+            if self._own_db is not None:
+                import dataclasses
+
+                shared = self._psycopg2.connect(**dataclasses.replace(self.info, dbname="postgres").connect_kwargs())
+                shared.autocommit = True
+                shared.cursor().execute(f'drop database if exists "{self._own_db}" with (force)')
+                shared.close()
         finally:
             self.server.release()
 

@@ -2,7 +2,7 @@
 
     python bench/embeddings.py [--n 100000] [--dimensions 256] [--latency-ms 200] [--concurrency 16]
 
-An embedded Postgres with N distinct texts, the simulator in its own process at a fixed latency. Timed:
+An embedded Postgres database with pgvector (``--real-array``: without) and N distinct texts, the simulator in its own process at a fixed latency. Timed:
 ``dbt run -s plain`` (dbt's own startup over the same table), ``dbt run -s embedded`` (llm_enrich with
 ``pg_llm.embed('body', model='embedder', dimensions=D)``, a fresh audit schema and journal), then a
 warm rerun (must send 0 requests), then a plain aiohttp loop sending the same texts in the same
@@ -78,8 +78,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dimensions", type=int, default=256)
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--real-array", action="store_true",
+                        help="a database without pgvector (llm_embeddings.vec and the column are real[])")
     args = parser.parse_args(argv)
-    with BenchDatabase() as db, SimulatorProcess(sim_args(args.latency_ms)) as sim, \
+    with BenchDatabase(extensions=() if args.real_array else ("vector",)) as db, SimulatorProcess(sim_args(args.latency_ms)) as sim, \
             tempfile.TemporaryDirectory() as tmp:
         source = f"{db.schema}.docs"
         db.execute(f"create table {source} as select g as id, 'document ' || g || ' about ' || "
@@ -118,14 +120,14 @@ def main(argv=None) -> int:
         filled = db.execute(f"select count(emb) from {db.schema}.embedded")[0][0]
     expected = math.ceil(args.n / MAX_INPUTS)
     ratio = (embedded - plain) / max(loop_s, 1e-9)
-    row = {"n": args.n, "dimensions": args.dimensions, "latency_ms": args.latency_ms, "requests": cold["requests"],
+    row = {"n": args.n, "dimensions": args.dimensions, "storage": "real[]" if args.real_array else "vector", "latency_ms": args.latency_ms, "requests": cold["requests"],
            "expected_requests": expected, "embedding_inputs": cold["embedding_inputs"], "filled": filled,
            "plain_s": round(plain, 2), "embedded_s": round(embedded, 2), "aiohttp_s": round(loop_s, 2),
            "ratio": round(ratio, 2), "peak_rss_mb": round(rss_mb), "warm_requests": warm_requests,
            "cpu_s_embedded": cpu_embedded, "cpu_s_loop": cpu_loop}
     print(json.dumps(row))
     ok = cold["requests"] == expected and filled == args.n and warm_requests == 0
-    print(f"embeddings ({args.n} distinct texts, {args.dimensions} dims, latency {args.latency_ms} ms, "
+    print(f"embeddings ({args.n} distinct texts, {args.dimensions} dims, {row['storage']}, latency {args.latency_ms} ms, "
           f"concurrency {args.concurrency}): {cold['requests']} requests (ceil(n/{MAX_INPUTS}) = {expected}); "
           f"dbt run {embedded:.1f}s - plain {plain:.1f}s = {embedded - plain:.1f}s vs aiohttp loop {loop_s:.1f}s "
           f"-> {ratio:.2f}x (target <= 1.2); peak RSS {rss_mb:.0f} MB (target <= 300); warm rerun "

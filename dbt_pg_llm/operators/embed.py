@@ -12,7 +12,8 @@ Usage (the adapter's ``llm_embed_fill`` and other operators call this; no dbt im
 (its registry gives the model config, its ResultCache the durable journal); ``run`` a
 ``pg.spec.RunContext`` (or None). The key of a text is ``keys.cache_key(fp, text)`` with
 ``fp = embedding_fingerprint(config, dimensions)``; in SQL ``keys.key_sql(fp, text_sql)``, joined to
-``<schema>.llm_embeddings.key`` (``vec real[]``; cast to ``vector(dims)`` where pgvector exists).
+``<schema>.llm_embeddings.key`` (``vec``: pgvector's ``vector`` where the extension was there when the
+schema was migrated, else ``real[]``; the join casts it to ``vector(dims)`` where pgvector exists).
 
 What a fill does, in order: keys already in ``llm_embeddings`` are skipped; keys whose vector is in
 the journal (paid by a process killed before its write) are written from it without a request;
@@ -50,8 +51,8 @@ from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
 from .embed_journal import RequestJournal
-from .embed_vectors import (EMBEDDINGS_TABLE, bound_malloc_arenas, copy_data, parse_embeddings, store_copy,
-                            store_vectors, vector_from_b64, vector_to_b64)
+from .embed_vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, parse_embeddings,
+                            store_copy, store_vectors, vector_from_b64, vector_storage, vector_to_b64)
 
 __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -64,6 +65,7 @@ MAX_REQUEST_TOKENS = 300_000  # OpenAI: tokens summed over one request's inputs
 MAX_INPUT_TOKENS = 8191  # text-embedding-3-* / ada-002 per input
 _WAIT_POLL_S = 0.2
 _SQL_CHUNK = 10_000
+_RELEASE_EVERY = 8 * MAX_INPUTS  # written keys whose claims are released in one statement
 
 
 @dataclass
@@ -152,7 +154,7 @@ def fetch_vectors(conn, audit_schema: str, keys: Iterable[str]) -> dict[str, lis
     out: dict[str, list[float]] = {}
     with conn.cursor() as cur:
         for i in range(0, len(keys), _SQL_CHUNK):
-            cur.execute(f"select key, vec from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} where key = any(%s)",
+            cur.execute(f"select key, vec::real[] from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} where key = any(%s)",
                         (keys[i:i + _SQL_CHUNK],))
             out.update((k, list(v)) for k, v in cur.fetchall())
     return out
@@ -211,6 +213,7 @@ class _Filler:
         self.sink = spool_sink(engine)  # each request on local disk before it is sent (call_spool.py)
         self.journal: RequestJournal | None = None  # set by _fill_texts once there is something to send
         self.released: Callable[[list[str]], None] | None = None  # gives up claims on keys once written
+        self.vector_storage = vector_storage(conn, q)  # llm_embeddings.vec: pgvector's type, else real[]
 
     def _url(self) -> str:
         base = self.config.base_url or ""
@@ -354,34 +357,42 @@ class _Filler:
 
     def store(self, group: list[tuple[str, str]], data: dict) -> None:
         """The journaled answer into llm_embeddings, then its journal entry is dropped (the vectors
-        are in Postgres) and its keys' claims released (``self.released``): another run waiting on
-        them stops waiting now, not at the end of this fill."""
+        are in Postgres) and its keys handed to ``self.released`` (their claims are given up a few
+        requests at a time: another run waiting on them need not wait for the end of this fill)."""
         vectors = data.pop("vectors")  # the filler keeps no reference: freed once written
         per = data["tokens"] // max(1, len(group))
         keys = [k for k, _ in group]
-        self.write(list(zip(keys, vectors)), per)
+        stored = self.write(list(zip(keys, vectors)), per)
         del vectors
         journal = self.journal or RequestJournal(getattr(self.engine, "cache", None))
         with self.journal_lock:
             journal.done(data.get("journal_id"))
         if self.released is not None:
             self.released(keys)
-        self.report.embedded += len(group)
+        self.report.embedded += len(stored)
 
-    def write(self, rows: list[tuple[str, str]], tokens_each: int = 0) -> None:
+    def write(self, rows: list[tuple[str, str]], tokens_each: int = 0) -> list[str]:
         """(key, base64 float32 vector) rows by binary COPY: no float is formatted or parsed as text
         (psycopg2's list adaptation cost ~1 s per 2,048 x 256 floats, a text COPY ~0.6 s), through a
-        staging table so a key another run wrote meanwhile does not fail the COPY."""
+        staging table so a key another run wrote meanwhile does not fail the COPY. Returns the keys
+        stored: a vector holding NaN or infinity is not, its row fails (``NONFINITE``)."""
         if not rows:
-            return
+            return []
         # the next COPY stream is built while one is sent (the connection's lock), but no more than that:
         # a stream is ~2x its vectors, and 16 of them waiting for the lock were ~70 MB of peak RSS
         with self.copy_slots:
-            data = copy_data(rows, self.model_name, tokens_each, getattr(self.run, "run_id", None))
-            with self.lock:
-                store_copy(self.conn, self.q, data)
+            data, rejected = copy_data(rows, self.model_name, tokens_each, getattr(self.run, "run_id", None),
+                                       vector=self.vector_storage)
+            if data is not None:
+                with self.lock:
+                    store_copy(self.conn, self.q, data)
             del data
-        self.written.extend(k for k, _ in rows)
+        for key in rejected:  # paid, but unusable: the row fails (a dead letter), the rest are stored
+            self.report.errors[key] = NONFINITE
+        rejected = set(rejected)
+        stored = [k for k, *_ in rows if k not in rejected]
+        self.written.extend(stored)
+        return stored
 
 
 def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
@@ -470,10 +481,21 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                         model_name, "embed", SimpleNamespace(cache_hits=0, requests_total=0, saved_cost_usd=0.0),
                         claim_timeout_s, token, column_name=column_name)
         released: set[str] = set()
+        written: list[str] = []
+        release_lock = threading.Lock()
 
-        def release(keys: list[str]) -> None:  # a request's keys once its vectors are committed
-            claims.release(keys)
-            released.update(keys)
+        def release(keys: list[str]) -> None:
+            """Give up the claims of written keys some requests at a time (one delete per request cost
+            ~3x the Postgres CPU per key of a large one): another run waiting on them stops waiting
+            within ~_RELEASE_EVERY keys, not at the end of a long fill."""
+            with release_lock:
+                written.extend(keys)
+                if len(written) < _RELEASE_EVERY:
+                    return
+                batch = written[:]
+                written.clear()
+                claims.release(batch)
+                released.update(batch)
         filler.released = release
         beat = ClaimHeartbeat(connect, q, token, heartbeat_every(claim_timeout_s),
                               lease_s=lease_seconds(claim_timeout_s))
@@ -540,8 +562,7 @@ def _from_journal(engine, filler: _Filler, missing: list[str], report: EmbedRepo
         if hit is not None and hit.text:
             rows.append((key, hit.text))
     if rows:
-        filler.write(rows)
-        report.from_journal += len(rows)
+        report.from_journal += len(filler.write(rows))
     found = {k for k, _ in rows}
     return [k for k in missing if k not in found]
 

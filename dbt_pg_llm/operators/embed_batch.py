@@ -22,6 +22,7 @@ embedding inputs, the Batch API's line limit).
 from __future__ import annotations
 
 import logging
+import dataclasses
 import uuid
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
@@ -35,6 +36,7 @@ from ..pricing import cost_usd
 from ..spend import SpendLimit, active_limit
 from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint,
                     keyed_texts, prepare_text, present_keys, store_vectors, vector_to_b64)
+from .embed_vectors import NONFINITE
 
 __all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch", "in_open_batches"]
 
@@ -228,8 +230,12 @@ def collect_embed_batch(engine, conn, schema: str, run, row, client: BatchClient
     cache = getattr(engine, "cache", None)
     if cache is not None and ok:  # journal first: paid vectors survive whatever happens below
         cache.put_many(ok)
-    store_vectors(conn, quote_ident(schema), [(k, o.text, o.tokens.prompt) for k, o in ok], row.model,
-                  run_id=row.run_id)
+    rejected = set(store_vectors(conn, quote_ident(schema), [(k, o.text, o.tokens.prompt) for k, o in ok], row.model,
+                                 run_id=row.run_id))
+    if rejected:  # paid, but NaN or infinity: failed rows (their tokens and cost stay on the books)
+        outcomes = [(c, dataclasses.replace(o, text=None, error_kind=ErrorKind.INVALID_OUTPUT,
+                                            error_message=NONFINITE.split(": ", 1)[1])
+                     if pending[c] in rejected else o) for c, o in outcomes]
     payer = row.run_id or run.run_id  # the submitting run reserved these lines on its cap
     applied = store.apply_answers(conn, schema, row.batch_uid, outcomes, model=row.model, operation="embed",
                                   run_id=payer, node_id=row.node_id, column_name=column)

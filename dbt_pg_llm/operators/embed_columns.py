@@ -84,9 +84,8 @@ def embed_join_sql(inner_sql: str, columns: list[tuple[str, str, str, int | None
     keys = ", ".join(f"{key_sql(fp, text)} as __emb_k{i}" for i, (_, fp, text, _) in enumerate(columns))
     select, joins = ["__emb_src.*"], []
     for i, (name, _, _, dims) in enumerate(columns):
-        value = f"__emb_e{i}.vec"
-        if vector:
-            value = f"{value}::{vector}" + (f"({int(dims)})" if dims else "")
+        # vec is vector or real[] (migration 20): cast to what the column is, whichever it is stored as
+        value = f"__emb_e{i}.vec::{vector}" + (f"({int(dims)})" if dims else "") if vector else f"__emb_e{i}.vec::real[]"
         select.append(f"{value} as {quote_ident(name)}")
         joins.append(f"left join {q}.{EMBEDDINGS_TABLE} __emb_e{i} on __emb_e{i}.key = __emb_k.__emb_k{i}")
     return (f"select {', '.join(select)}\nfrom ({inner_sql}\n) __emb_src\ncross join lateral (select {keys}) __emb_k\n"

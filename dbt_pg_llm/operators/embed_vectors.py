@@ -4,6 +4,13 @@ base64``, also the journal's form) and a binary COPY into ``<schema>.llm_embeddi
 Binary, not text: no float is formatted or parsed (psycopg2's list adaptation cost ~1 s per
 2,048 x 256 floats, a text COPY ~0.6 s). ``store_vectors`` COPYs straight into the table; when a key
 is already there (another writer got in first) it goes through a staging table instead.
+
+``llm_embeddings.vec`` is pgvector's ``vector`` where the extension was installed when the audit
+schema was migrated, else ``real[]`` (migration 20, decision 0040); ``vector_storage`` says which,
+and the stream is built for it: a vector's binary form is its dimension and its floats (Postgres
+copies them in one go), a real[]'s wraps each float with its length (Postgres calls a function
+per float: ~2.3x the COPY's CPU). A vector holding NaN or infinity is never stored (pgvector
+refuses them, and no similarity could use them): ``copy_data`` leaves its row out and names it.
 """
 from __future__ import annotations
 
@@ -15,10 +22,11 @@ import struct
 import sys
 from array import array
 
-__all__ = ["EMBEDDINGS_TABLE", "vector_to_b64", "vector_from_b64", "parse_embeddings", "store_vectors", "copy_data",
-           "store_copy", "bound_malloc_arenas"]
+__all__ = ["EMBEDDINGS_TABLE", "NONFINITE", "vector_to_b64", "vector_from_b64", "parse_embeddings", "vector_storage",
+           "store_vectors", "copy_data", "store_copy", "bound_malloc_arenas"]
 
 EMBEDDINGS_TABLE = "llm_embeddings"
+NONFINITE = "invalid_output: the provider's vector holds NaN or infinity; not stored (the row gets NULL)"
 
 
 def vector_to_b64(vec) -> str:
@@ -68,18 +76,40 @@ def bound_malloc_arenas(arenas: int = 2) -> bool:
     return bool(mallopt(_M_ARENA_MAX, int(arenas)))
 
 
+def vector_storage(conn, q: str) -> bool:
+    """Whether ``<q>.llm_embeddings.vec`` is pgvector's type (else ``real[]``): the form its COPY takes."""
+    with conn.cursor() as cur:
+        cur.execute("select a.atttypid <> 'real[]'::regtype from pg_attribute a "
+                    "where a.attrelid = to_regclass(%s) and a.attname = 'vec'", (f"{q}.{EMBEDDINGS_TABLE}",))
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def store_vectors(conn, q: str, rows: list[tuple[str, str]], model_name: str, tokens_each: int = 0,
-                  run_id: str | None = None) -> None:
+                  run_id: str | None = None) -> list[str]:
     """(key, base64 float32 vector) rows into ``<q>.llm_embeddings`` (``q``: the quoted audit schema)
-    by binary COPY; a key already there is left as it is."""
-    if rows:
-        store_copy(conn, q, copy_data(rows, model_name, tokens_each, run_id))
+    by binary COPY; a key already there is left as it is. Returns the keys not stored because their
+    vector holds NaN or infinity (``NONFINITE``)."""
+    if not rows:
+        return []
+    data, rejected = copy_data(rows, model_name, tokens_each, run_id, vector=vector_storage(conn, q))
+    if data is not None:
+        store_copy(conn, q, data)
+    return rejected
 
 
-def copy_data(rows: list[tuple[str, str]], model_name: str, tokens_each: int = 0, run_id: str | None = None) -> bytes:
-    """The binary COPY stream of ``store_vectors``' rows: built outside any lock (CPU only), then
-    handed to ``store_copy`` on the connection."""
-    return _copy_binary(rows, model_name, tokens_each, run_id)
+def copy_data(rows: list[tuple[str, str]], model_name: str, tokens_each: int = 0, run_id: str | None = None,
+              vector: bool = False) -> tuple[bytes | None, list[str]]:
+    """(the binary COPY stream of ``store_vectors``' rows, or None when no row is left; the keys left
+    out: their vector holds NaN or infinity). ``vector``: for a pgvector column (``vector_storage``),
+    else real[]. Built outside any lock (CPU only), then handed to ``store_copy`` on the connection."""
+    raws = [binascii.a2b_base64(row[1]) for row in rows]  # (key, b64) or (key, b64, its own prompt tokens)
+    bad = _nonfinite_rows(raws)
+    rejected = [rows[i][0] for i in sorted(bad)]
+    if bad:
+        rows = [row for i, row in enumerate(rows) if i not in bad]
+        raws = [raw for i, raw in enumerate(raws) if i not in bad]
+    return (_copy_binary(rows, raws, model_name, tokens_each, run_id, vector) if rows else None), rejected
 
 
 def store_copy(conn, q: str, data: bytes) -> None:
@@ -93,12 +123,34 @@ def store_copy(conn, q: str, data: bytes) -> None:
             except Exception as exc:
                 if getattr(exc, "pgcode", None) != "23505":  # unique_violation: that COPY wrote nothing
                     raise
-        cur.execute("create temp table if not exists __emb_stage (key text, model text, dims integer, vec real[], "
-                    "prompt_tokens integer, run_id text) on commit preserve rows")
-        cur.execute("truncate __emb_stage")
+        # the stage takes the table's own column types (vec: vector or real[], as the stream was built)
+        cur.execute("drop table if exists pg_temp.__emb_stage")
+        cur.execute(f"create temp table __emb_stage as select key, model, dims, vec, prompt_tokens, run_id "
+                    f"from {q}.{EMBEDDINGS_TABLE} with no data")
         cur.copy_expert("copy __emb_stage from stdin with (format binary)", io.BytesIO(data))
         cur.execute(f"""insert into {q}.{EMBEDDINGS_TABLE} (key, model, dims, vec, prompt_tokens, run_id)
                         select * from __emb_stage on conflict (key) do nothing""")
+
+
+def _flags(table_of) -> bytes:
+    return bytes(1 if table_of(b) else 0 for b in range(256))
+
+
+# a float32's exponent is all ones (NaN or +-infinity) when, little-endian, its last byte & 0x7f is
+# 0x7f and its third byte has the top bit set: checked for all floats at once with bytes.translate
+_EXP_HIGH, _EXP_LOW = _flags(lambda b: b & 0x7F == 0x7F), _flags(lambda b: b & 0x80)
+
+
+def _nonfinite_rows(raws: list[bytes]) -> set[int]:
+    """Indexes of the little-endian float32 vectors in ``raws`` holding NaN or infinity (C speed:
+    ~2 ms per 2,048 x 256 floats; the row-by-row look only when there is one)."""
+    joined = b"".join(raws)
+    high = int.from_bytes(joined[3::4].translate(_EXP_HIGH), "little")
+    if not high or not high & int.from_bytes(joined[2::4].translate(_EXP_LOW), "little"):
+        return set()
+    return {i for i, raw in enumerate(raws)
+            if int.from_bytes(raw[3::4].translate(_EXP_HIGH), "little")
+            & int.from_bytes(raw[2::4].translate(_EXP_LOW), "little")}
 
 
 _FLOAT4_OID = 700
@@ -107,11 +159,7 @@ _FLOAT4_OID = 700
 def _real_array(raw_le: bytes) -> bytes:
     """Postgres' binary form of a one-dimensional real[] from little-endian float32 bytes."""
     n = len(raw_le) // 4
-    values = array("f")
-    values.frombytes(raw_le)
-    if sys.byteorder == "little":
-        values.byteswap()  # to network order
-    be = values.tobytes()
+    be = _network_order(raw_le)
     out = bytearray(20 + 8 * n)
     struct.pack_into(">iiiii", out, 0, 1, 0, _FLOAT4_OID, n, 1)
     out[23::8] = b"\x04" * n  # each element's length (int32 4; its other bytes are already 0)
@@ -124,44 +172,57 @@ def _field(data: bytes | None) -> bytes:
     return b"\xff\xff\xff\xff" if data is None else struct.pack(">i", len(data)) + data
 
 
-def _copy_binary(rows: list[tuple[str, str]], model: str, tokens_each: int, run_id: str | None) -> bytes:
+def _copy_binary(rows: list[tuple], raws: list[bytes], model: str, tokens_each: int, run_id: str | None,
+                 vector: bool) -> bytes:
     parts = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
     model_b, run_b = _field(model.encode()), _field(None if run_id is None else str(run_id).encode())
     tokens_b = _field(struct.pack(">i", int(tokens_each)))
-    raws = [binascii.a2b_base64(row[1]) for row in rows]  # (key, b64) or (key, b64, its own prompt tokens)
     size = len(raws[0]) if raws else 0
     if size and all(len(raw) == size for raw in raws):
         # one dimension for all (the usual case): every row's elements converted at once, a handful of
         # C-speed operations for the request instead of ~10 per row (2,048 x 256: ~35 ms -> a few ms)
         n = size // 4
-        arrays = memoryview(_real_elements(b"".join(raws)))
+        joined = b"".join(raws)
         del raws
-        head = (_field(struct.pack(">i", n)) + struct.pack(">i", 20 + 8 * n)
-                + struct.pack(">iiiii", 1, 0, _FLOAT4_OID, n, 1))
+        if vector:  # pgvector's binary form: int16 dimension, int16 unused, the floats in network order
+            width, values = 4 * n, memoryview(_network_order(joined))
+            head = _field(struct.pack(">i", n)) + struct.pack(">ihh", 4 + width, n, 0)
+        else:
+            width, values = 8 * n, memoryview(_real_elements(joined))
+            head = (_field(struct.pack(">i", n)) + struct.pack(">i", 20 + width)
+                    + struct.pack(">iiiii", 1, 0, _FLOAT4_OID, n, 1))
+        del joined
         tuple_b = struct.pack(">h", 6)
         for i, row in enumerate(rows):
             key = row[0].encode()
             own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
-            parts += [tuple_b, struct.pack(">i", len(key)), key, model_b, head, arrays[8 * n * i:8 * n * (i + 1)],
+            parts += [tuple_b, struct.pack(">i", len(key)), key, model_b, head, values[width * i:width * (i + 1)],
                       own, run_b]
     else:
         for row, raw in zip(rows, raws):
             own = _field(struct.pack(">i", int(row[2]))) if len(row) > 2 else tokens_b
-            parts += [struct.pack(">h", 6), _field(row[0].encode()), model_b, _field(struct.pack(">i", len(raw) // 4)),
-                      _field(_real_array(raw)), own, run_b]
+            n = len(raw) // 4
+            vec = (struct.pack(">hh", n, 0) + _network_order(raw)) if vector else _real_array(raw)
+            parts += [struct.pack(">h", 6), _field(row[0].encode()), model_b, _field(struct.pack(">i", n)),
+                      _field(vec), own, run_b]
     parts.append(struct.pack(">h", -1))
     return b"".join(parts)
+
+
+def _network_order(raw_le: bytes) -> bytes:
+    """Little-endian float32 bytes in network (big-endian) order."""
+    values = array("f")
+    values.frombytes(raw_le)
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values.tobytes()
 
 
 def _real_elements(raw_le: bytes) -> bytearray:
     """The elements of real[] binary arrays (each value preceded by its int32 length 4, network
     order) from little-endian float32 bytes: ``_real_array`` without the header, for many at once."""
     n = len(raw_le) // 4
-    values = array("f")
-    values.frombytes(raw_le)
-    if sys.byteorder == "little":
-        values.byteswap()
-    be = values.tobytes()
+    be = _network_order(raw_le)
     out = bytearray(8 * n)
     out[3::8] = b"\x04" * n
     for i in range(4):

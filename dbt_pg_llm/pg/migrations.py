@@ -476,6 +476,23 @@ create table if not exists {q}.llm_cascade_calibrations (
     primary key (strategy, basis)
 );
 """),
+        (20, f"""
+-- Embedding vectors as pgvector's own type where the extension is installed in this database (issue
+-- 19.4, decision 0040): its binary COPY input is a copy of the floats, real[]'s a function call per
+-- float (~2.3x the Postgres CPU of writing 100,000 vectors), and the model's cast to vector(d) has
+-- nothing left to convert. Without the extension (or installed only later) vec stays real[]; readers
+-- cast it (::real[], ::vector(d)) and work with both.
+do $$
+declare vector_type text;
+begin
+    select format('%I.vector', n.nspname) into vector_type
+    from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
+    if vector_type is not null then
+        execute format('alter table {q}.llm_embeddings alter column vec type %s using vec::%s',
+                       vector_type, vector_type);
+    end if;
+end $$;
+"""),
     ]
 
 

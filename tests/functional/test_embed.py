@@ -213,7 +213,7 @@ def test_a_request_is_journaled_as_the_answer_received_and_absorbed_from_it(db, 
     assert rep.from_journal == 6 and rep.requests == 0 and sim.stats()["requests"] == 1
     fp = embedding_fingerprint(engine.model("sim").config, 16)
     by_index = {d["index"]: d["embedding"] for d in json.loads(bodies[0])["data"]}
-    stored = dict(q(pg_conn, f'select key, vec from "{audit}".llm_embeddings'))
+    stored = dict(q(pg_conn, f'select key, vec::real[] from "{audit}".llm_embeddings'))
     from dbt_pg_llm.operators.embed_vectors import vector_from_b64
     assert all(stored[embedding_key(fp, t)] == pytest.approx(vector_from_b64(by_index[i])) for i, t in enumerate(texts))
 
@@ -229,10 +229,14 @@ def test_an_entry_of_the_earlier_json_form_is_still_absorbed(tmp_path):
     assert cache.get("k1").text == "AACAPw==" and cache.get("k2").tokens.prompt == 3
 
 
-def test_each_requests_claims_are_released_once_its_vectors_are_written(db, pg_conn, sim, monkeypatch):
-    """Another run waiting on a text stops waiting when its request is written, not at the fill's end:
-    one release per request, of that request's keys, each after its COPY committed."""
+def test_claims_are_released_a_few_requests_at_a_time_once_their_vectors_are_written(db, pg_conn, sim, monkeypatch):
+    """Another run waiting on a text stops waiting soon after its request is written, not at the end
+    of a long fill: written keys are released every _RELEASE_EVERY keys, each after its COPY committed."""
+    import importlib
+
     from dbt_pg_llm.pg.claims import Claims
+
+    monkeypatch.setattr(importlib.import_module("dbt_pg_llm.operators.embed"), "_RELEASE_EVERY", 20)
 
     connect, _, audit = db
     engine = make_engine(sim, **EMBED_MODEL)
@@ -250,7 +254,7 @@ def test_each_requests_claims_are_released_once_its_vectors_are_written(db, pg_c
     texts = [f"released claim text {i}" for i in range(40)]
     rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, max_inputs=10)
     assert rep.embedded == 40 and rep.requests == 4
-    assert released == [(10, 10)] * 4  # per request, all written; nothing left for the end
+    assert released == [(20, 20)] * 2  # two requests' keys at a time, all written; nothing left for the end
     assert q(pg_conn, f'select count(*) from "{audit}".llm_claims')[0][0] == 0
 
 

@@ -1,29 +1,83 @@
 """operators/embed.store_vectors: a binary COPY straight into llm_embeddings, and when a key is
 already there (another writer got in first) the whole write falls back to the staging table:
-nothing fails, the stored vector is kept, the new keys are written."""
+nothing fails, the stored vector is kept, the new keys are written. On a database with pgvector
+(``vec vector``, migration 20) and on one without (``vec real[]``) alike."""
 from __future__ import annotations
+
+import dataclasses
+import uuid
 
 import pytest
 
 from dbt_pg_llm.operators.embed import fetch_vectors, store_vectors, vector_to_b64
-from dbt_pg_llm.pg.migrations import migrate
+from dbt_pg_llm.operators.embed_vectors import vector_storage
+from dbt_pg_llm.pg.migrations import forget_migrated, migrate
 
 pytestmark = pytest.mark.functional
 
 
-def test_a_key_already_stored_neither_fails_the_copy_nor_is_overwritten(db):
-    connect, _, audit = db
-    conn = connect()
-    conn.autocommit = True
+@pytest.fixture(params=["pgvector", "real_array"])
+def backend_conn(request, pg):
+    """(autocommit connection to a database of its own, with pgvector or without, backend name)."""
+    import psycopg2
+
+    name = f"pgllm_store_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(**pg.connect_kwargs())
+    admin.autocommit = True
+    admin.cursor().execute(f'create database "{name}"')
+    conn = None
     try:
-        migrate(conn, audit)
-        store_vectors(conn, f'"{audit}"', [("k1", vector_to_b64([1.0, 0.0])), ("k2", vector_to_b64([0.0, 1.0]))], "m")
-        store_vectors(conn, f'"{audit}"', [("k2", vector_to_b64([9.0, 9.0])), ("k3", vector_to_b64([0.5, 0.5]))], "m",
-                      tokens_each=3)
-        got = fetch_vectors(conn, audit, ["k1", "k2", "k3"])
-        assert got == {"k1": [1.0, 0.0], "k2": [0.0, 1.0], "k3": [0.5, 0.5]}
-        with conn.cursor() as cur:
-            cur.execute(f'select key, prompt_tokens, model from "{audit}".llm_embeddings order by key')
-            assert cur.fetchall() == [("k1", 0, "m"), ("k2", 0, "m"), ("k3", 3, "m")]
+        conn = psycopg2.connect(**dataclasses.replace(pg, dbname=name).connect_kwargs())
+        conn.autocommit = True
+        if request.param == "pgvector":
+            conn.cursor().execute("create extension vector")
+        yield conn, request.param
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
+        admin.cursor().execute(f'drop database "{name}" with (force)')
+        admin.close()
+
+
+def _column_type(conn, audit: str) -> str:
+    with conn.cursor() as cur:
+        cur.execute("select format_type(atttypid, atttypmod) from pg_attribute where attrelid = %s::regclass "
+                    "and attname = 'vec'", (f'"{audit}".llm_embeddings',))
+        return cur.fetchone()[0]
+
+
+def test_a_key_already_stored_neither_fails_the_copy_nor_is_overwritten(backend_conn):
+    conn, backend = backend_conn
+    audit = "llm_store"
+    migrate(conn, audit)
+    assert _column_type(conn, audit) == ("vector" if backend == "pgvector" else "real[]")
+    assert vector_storage(conn, f'"{audit}"') is (backend == "pgvector")
+    store_vectors(conn, f'"{audit}"', [("k1", vector_to_b64([1.0, 0.0])), ("k2", vector_to_b64([0.0, 1.0]))], "m")
+    rejected = store_vectors(conn, f'"{audit}"', [("k2", vector_to_b64([9.0, 9.0])), ("k3", vector_to_b64([0.5, 0.5])),
+                                                  ("k4", vector_to_b64([float("nan"), 0.5]))], "m", tokens_each=3)
+    assert rejected == ["k4"]
+    got = fetch_vectors(conn, audit, ["k1", "k2", "k3", "k4"])
+    assert got == {"k1": [1.0, 0.0], "k2": [0.0, 1.0], "k3": [0.5, 0.5]}
+    with conn.cursor() as cur:
+        cur.execute(f'select key, prompt_tokens, model from "{audit}".llm_embeddings order by key')
+        assert cur.fetchall() == [("k1", 0, "m"), ("k2", 0, "m"), ("k3", 3, "m")]
+        if backend == "pgvector":  # pgvector's own operators work on the stored column as it is
+            cur.execute(f"""select round((1 - (a.vec <=> b.vec))::numeric, 4) from "{audit}".llm_embeddings a,
+                            "{audit}".llm_embeddings b where a.key = 'k1' and b.key = 'k3'""")
+            assert float(cur.fetchone()[0]) == pytest.approx(0.7071, abs=1e-4)
+
+
+def test_migration_20_turns_stored_real_arrays_into_vectors_where_pgvector_is(backend_conn):
+    """A schema migrated before migration 20 keeps every vector it holds: converted where the
+    extension is installed, left as real[] where it is not."""
+    conn, backend = backend_conn
+    audit = "llm_upgrade"
+    migrate(conn, audit)
+    with conn.cursor() as cur:  # back to what migration 19 left: vec real[], version 20 not applied
+        cur.execute(f'alter table "{audit}".llm_embeddings alter column vec type real[] using vec::real[]')
+        cur.execute(f'delete from "{audit}".schema_migrations where version = 20')
+    store_vectors(conn, f'"{audit}"', [("k1", vector_to_b64([1.0, 0.0, 0.25])), ("k2", vector_to_b64([0.5, 0.5]))], "m")
+    forget_migrated()
+    assert migrate(conn, audit) == [20]
+    assert _column_type(conn, audit) == ("vector" if backend == "pgvector" else "real[]")
+    assert fetch_vectors(conn, audit, ["k1", "k2"]) == {"k1": [1.0, 0.0, 0.25], "k2": [0.5, 0.5]}
