@@ -42,7 +42,6 @@ import aiohttp
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ErrorKind, ModelError, redact
-from ..keys import cache_key, canonical_json, key_sql
 from ..model_io import TokenUsage
 from ..pricing import cost_usd
 from ..providers import provider_for
@@ -50,9 +49,12 @@ from ..providers.base import classify_http_error, classify_transport_error
 from ..spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
+from .embed_keys import (MAX_INPUT_TOKENS, approx_tokens, embedding_config, embedding_fingerprint, embedding_key,
+                         embedding_key_sql, keyed_texts, prepare_text)
 from .embed_journal import RequestJournal
-from .embed_vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, parse_embeddings,
-                            store_copy, store_vectors, vector_from_b64, vector_storage, vector_to_b64)
+from .embed_vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, fetch_vectors,
+                            parse_embeddings, present_keys, store_copy, store_vectors, stored_keys, vector_from_b64,
+                            vector_storage, vector_to_b64)
 
 __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -62,9 +64,7 @@ __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS"
 _log = logging.getLogger("dbt_pg_llm.embed")
 MAX_INPUTS = 2048  # OpenAI's input-array limit
 MAX_REQUEST_TOKENS = 300_000  # OpenAI: tokens summed over one request's inputs
-MAX_INPUT_TOKENS = 8191  # text-embedding-3-* / ada-002 per input
 _WAIT_POLL_S = 0.2
-_SQL_CHUNK = 10_000
 _RELEASE_EVERY = 8 * MAX_INPUTS  # written keys whose claims are released in one statement
 
 
@@ -97,96 +97,6 @@ class EmbedReport:
                 + (f", {self.batched} sent in {len(self.batches)} provider batch(es) (collected by a later run)"
                    if self.batched else "")
                 + (f", {self.in_batch} waiting in open batches" if self.in_batch else ""))
-
-
-def embedding_config(engine, model_name: str) -> ModelConfig:
-    """The model's config; ConfigError naming the key when it cannot embed (Anthropic has no endpoint)."""
-    config = engine.model(model_name).config
-    if config.provider == "anthropic":
-        raise ConfigError([f"models.{model_name}.provider: 'anthropic' has no embeddings endpoint; point "
-                           "pg_llm.embed(model=...) at a model entry with provider openai or azure (OpenAI, Azure, "
-                           "or an OpenAI-compatible server such as vLLM, Ollama or llama.cpp) and an embedding "
-                           "model_version, e.g. text-embedding-3-small"], context="embedding model")
-    return config
-
-
-def embedding_fingerprint(config: ModelConfig, dimensions: int | None = None) -> str:
-    """sha256 of the canonical JSON of what decides a vector: provider, model_version, dimensions."""
-    import hashlib
-
-    params = {"kind": "embed", "provider": config.provider, "model_version": config.model_version,
-              "dimensions": int(dimensions) if dimensions else None}
-    return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
-
-
-def embedding_key(fingerprint: str, text: str) -> str:
-    return cache_key(fingerprint, text)
-
-
-def keyed_texts(fingerprint: str, texts: Iterable[str | None]) -> dict[str, str]:
-    """``{key: text}`` of the distinct non-NULL texts, in first-seen order (one request slot per key)."""
-    by_key: dict[str, str] = {}
-    for text in texts:
-        if text is not None:
-            by_key.setdefault(embedding_key(fingerprint, text), text)
-    return by_key
-
-
-def embedding_key_sql(fingerprint: str, text_sql: str) -> str:
-    return key_sql(fingerprint, text_sql)
-
-
-def _tokens(text: str) -> int:
-    # ~4 characters a token (the simulator's count; cl100k averages ~4 on English): an upper bound
-    # for ASCII would need the real tokenizer, and truncation only needs to stay under the limit
-    return (len(text) + 3) // 4
-
-
-def _truncate(text: str, max_tokens: int) -> str:
-    return text[: max_tokens * 4 - 4] if _tokens(text) > max_tokens else text
-
-
-def fetch_vectors(conn, audit_schema: str, keys: Iterable[str]) -> dict[str, list[float]]:
-    """The stored vectors of ``keys`` (absent keys are left out)."""
-    from ..pg.migrations import quote_ident
-
-    keys = list(keys)
-    out: dict[str, list[float]] = {}
-    with conn.cursor() as cur:
-        for i in range(0, len(keys), _SQL_CHUNK):
-            cur.execute(f"select key, vec::real[] from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} where key = any(%s)",
-                        (keys[i:i + _SQL_CHUNK],))
-            out.update((k, list(v)) for k, v in cur.fetchall())
-    return out
-
-
-def _present(conn, q: str, keys: list[str]) -> set[str]:
-    found: set[str] = set()
-    with conn.cursor() as cur:
-        for i in range(0, len(keys), _SQL_CHUNK):
-            cur.execute(f"select key from {q}.{EMBEDDINGS_TABLE} where key = any(%s)", (keys[i:i + _SQL_CHUNK],))
-            found.update(k for (k,) in cur.fetchall())
-    return found
-
-
-def present_keys(conn, audit_schema: str, keys: list[str]) -> set[str]:
-    """The keys of ``keys`` that have a vector in ``<audit_schema>.llm_embeddings``."""
-    from ..pg.migrations import quote_ident
-
-    return _present(conn, quote_ident(audit_schema), keys)
-
-
-def prepare_text(text: str, max_input_tokens: int = MAX_INPUT_TOKENS, truncate: bool = True) -> tuple[str | None, str | None]:
-    """(the text to send, None) or (None, why its row fails): over ``max_input_tokens`` it is
-    truncated (``truncate=False``: it fails), an empty text fails."""
-    if _tokens(text) > max_input_tokens:
-        if not truncate:
-            return None, (f"invalid_input: the text has about {_tokens(text)} tokens, over the model's "
-                          f"{max_input_tokens}; shorten it or allow truncation")
-        text = _truncate(text, max_input_tokens)
-    if not text.strip():
-        return None, "invalid_input: an empty text has no embedding (the row gets NULL)"
-    return text, None
 
 
 class _Filler:
@@ -227,7 +137,7 @@ class _Filler:
         """(key, text) items in requests of at most max_inputs inputs and max_request_tokens tokens."""
         out, cur, toks = [], [], 0
         for item in items:
-            t = _tokens(item[1])
+            t = approx_tokens(item[1])
             if cur and (len(cur) >= self.max_inputs or toks + t > self.max_request_tokens):
                 out.append(cur)
                 cur, toks = [], 0
@@ -261,7 +171,7 @@ class _Filler:
 
     async def request(self, session, group: list[tuple[str, str]]) -> None:
         """Embed one group; a 400 splits it until the bad input is alone (its row fails, no other)."""
-        tokens = sum(_tokens(t) for _, t in group)
+        tokens = sum(approx_tokens(t) for _, t in group)
         reservation = None
         if self.limit is not None:
             reservation = self.limit.try_reserve(cost_usd(self.config, TokenUsage(tokens, 0)))
@@ -347,7 +257,7 @@ class _Filler:
         received (one entry for the request, durable across kill -9: embed_journal.py) before
         anything else happens to it. Its tokens: the answer's usage, else our count."""
         payload = parse_embeddings(raw, len(group))
-        usage = int((payload.get("usage") or {}).get("prompt_tokens") or sum(_tokens(t) for _, t in group))
+        usage = int((payload.get("usage") or {}).get("prompt_tokens") or sum(approx_tokens(t) for _, t in group))
         cost = cost_usd(self.config, TokenUsage(usage, 0))
         journal = self.journal or RequestJournal(getattr(self.engine, "cache", None))
         with self.journal_lock:
@@ -455,7 +365,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     conn.autocommit = True  # each write is durable at once; claims live on this session
     try:
         ensure_migrated(conn, audit_schema)
-        stored = set() if known_missing else _present(conn, q, list(by_key))
+        stored = set() if known_missing else stored_keys(conn, q, list(by_key))
         missing = [k for k in by_key if k not in stored]
         report.cached = report.distinct_keys - len(missing)
         from .embed_batch import in_open_batches
@@ -511,7 +421,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                     """One slice: journaled vectors written, the rest claimed, their texts to send."""
                     keys = _from_journal(engine, filler, keys, report)
                     got = claims.claim(keys) if first else claims.take_over(keys)
-                    stored = _present(claim_conn, q, got)  # written by a claimer that died after writing
+                    stored = stored_keys(claim_conn, q, got)  # written by a claimer that died after writing
                     got = [k for k in got if k not in stored]
                     mine.extend(got)
                     items = []
@@ -529,7 +439,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
                 claims.release([k for k in mine if k not in released])  # failed or skipped keys
                 ours = set(mine)  # sets: 100,000 keys are 100,000 lookups
                 others = [k for k in pending if k not in ours]  # only another run's keys need a look
-                done = _present(conn, q, others) if others else set()
+                done = stored_keys(conn, q, others) if others else set()
                 report.waited += len([k for k in pending if k in done and k not in ours])
                 pending = [k for k in pending if k not in done and k not in ours]
                 if pending:

@@ -36,7 +36,7 @@ from ..pricing import cost_usd
 from ..spend import SpendLimit, active_limit
 from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint,
                     keyed_texts, prepare_text, present_keys, store_vectors, vector_to_b64)
-from .embed_vectors import NONFINITE
+from .embed_vectors import NONFINITE_MESSAGE
 
 __all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch", "in_open_batches"]
 
@@ -234,7 +234,7 @@ def collect_embed_batch(engine, conn, schema: str, run, row, client: BatchClient
                                  run_id=row.run_id))
     if rejected:  # paid, but NaN or infinity: failed rows (their tokens and cost stay on the books)
         outcomes = [(c, dataclasses.replace(o, text=None, error_kind=ErrorKind.INVALID_OUTPUT,
-                                            error_message=NONFINITE.split(": ", 1)[1])
+                                            error_message=NONFINITE_MESSAGE)
                      if pending[c] in rejected else o) for c, o in outcomes]
     payer = row.run_id or run.run_id  # the submitting run reserved these lines on its cap
     applied = store.apply_answers(conn, schema, row.batch_uid, outcomes, model=row.model, operation="embed",

@@ -21,12 +21,18 @@ import json
 import struct
 import sys
 from array import array
+from typing import Iterable
 
-__all__ = ["EMBEDDINGS_TABLE", "NONFINITE", "vector_to_b64", "vector_from_b64", "parse_embeddings", "vector_storage",
-           "store_vectors", "copy_data", "store_copy", "bound_malloc_arenas"]
+from ..pg.migrations import quote_ident
+
+__all__ = ["EMBEDDINGS_TABLE", "NONFINITE", "NONFINITE_MESSAGE", "vector_to_b64", "vector_from_b64", "parse_embeddings",
+           "fetch_vectors", "stored_keys", "present_keys", "vector_storage", "store_vectors", "copy_data", "store_copy",
+           "bound_malloc_arenas"]
 
 EMBEDDINGS_TABLE = "llm_embeddings"
-NONFINITE = "invalid_output: the provider's vector holds NaN or infinity; not stored (the row gets NULL)"
+_SQL_CHUNK = 10_000  # keys per lookup statement
+NONFINITE_MESSAGE = "the provider's vector holds NaN or infinity; not stored (the row gets NULL)"
+NONFINITE = f"invalid_output: {NONFINITE_MESSAGE}"  # a failed row's report entry: "<error kind>: <message>"
 
 
 def vector_to_b64(vec) -> str:
@@ -74,6 +80,33 @@ def bound_malloc_arenas(arenas: int = 2) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, int(arenas)))
+
+
+def fetch_vectors(conn, audit_schema: str, keys: Iterable[str]) -> dict[str, list[float]]:
+    """The stored vectors of ``keys`` (absent keys are left out)."""
+    keys = list(keys)
+    out: dict[str, list[float]] = {}
+    with conn.cursor() as cur:
+        for i in range(0, len(keys), _SQL_CHUNK):
+            cur.execute(f"select key, vec::real[] from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} where key = any(%s)",
+                        (keys[i:i + _SQL_CHUNK],))
+            out.update((k, list(v)) for k, v in cur.fetchall())
+    return out
+
+
+def stored_keys(conn, q: str, keys: list[str]) -> set[str]:
+    """The keys of ``keys`` with a vector in ``<q>.llm_embeddings`` (``q``: the quoted audit schema)."""
+    found: set[str] = set()
+    with conn.cursor() as cur:
+        for i in range(0, len(keys), _SQL_CHUNK):
+            cur.execute(f"select key from {q}.{EMBEDDINGS_TABLE} where key = any(%s)", (keys[i:i + _SQL_CHUNK],))
+            found.update(k for (k,) in cur.fetchall())
+    return found
+
+
+def present_keys(conn, audit_schema: str, keys: list[str]) -> set[str]:
+    """The keys of ``keys`` that have a vector in ``<audit_schema>.llm_embeddings``."""
+    return stored_keys(conn, quote_ident(audit_schema), keys)
 
 
 def vector_storage(conn, q: str) -> bool:
