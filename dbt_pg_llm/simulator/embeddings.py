@@ -6,7 +6,9 @@ tests are meaningful. ``dimensions`` sets the length (text-embedding-3-*; ada-00
 float32). Limits as OpenAI documents them: at most ``MAX_INPUTS`` inputs per request, each at most
 ``MAX_INPUT_TOKENS`` tokens, ``MAX_REQUEST_TOKENS`` tokens in all; an empty input is a 400 for the
 whole request (as OpenAI answers), which is what the client must isolate to one row. Faults: the simulator's
-picker (``[[fault:429*2]]`` in an input, or random rates) with 429 / 500 / 503 / 400.
+picker (``[[fault:429*2]]`` in an input, or random rates) with 429 / 500 / 503 / 400. An input
+containing ``[[fault:nan]]`` gets a vector whose first value is NaN (a misbehaving OpenAI-compatible
+server: the client must fail that row alone, not the request's COPY).
 
 The ledger counts one request per call, every input's sha256 in ``by_prompt_sha256``, its tokens
 as prompt tokens and the cost at the input price, as for chat.
@@ -28,12 +30,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .server import Simulator
 
 __all__ = ["MAX_INPUTS", "MAX_INPUT_TOKENS", "MAX_REQUEST_TOKENS", "embedding_of", "native_dims", "handle",
-           "check_body", "answer_body"]
+           "check_body", "answer_body", "NAN_FAULT"]
 
 MAX_INPUTS = 2048  # OpenAI: "must not exceed ... 2048 dimensions"; the input array is limited to 2048 items
 MAX_INPUT_TOKENS = 8192  # per input (text-embedding-3-*, ada-002)
 MAX_REQUEST_TOKENS = 300_000  # summed over all inputs of one request
 _HASHES_PER_WORD = 4
+NAN_FAULT = "[[fault:nan]]"
 # the faults an embeddings request can get (the others concern chat answers): status -> message
 _HTTP_FAULTS = {"429": "Rate limit reached for requests (simulated fault).",
                 "500": "The server had an error while processing your request.",
@@ -115,6 +118,8 @@ def answer_body(body: dict) -> tuple[dict, int]:
     data = []
     for i, text in enumerate(inputs):
         vec = embedding_of(text, dims)
+        if NAN_FAULT in text:
+            vec[0] = math.nan
         value: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if b64 else vec
         data.append({"object": "embedding", "index": i, "embedding": value})
     tokens = sum(A.count_tokens(t) for t in inputs)
@@ -170,6 +175,8 @@ async def handle(sim: "Simulator", request: web.Request, deployment: str | None 
         sha = A.prompt_sha256(text)
         sim.by_prompt[sha] = sim.by_prompt.get(sha, 0) + 1
         vec = embedding_of(text, dims)
+        if NAN_FAULT in text:
+            vec[0] = math.nan
         value: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if b64 else vec
         data.append({"object": "embedding", "index": i, "embedding": value})
     sim.prompt_tokens += tokens

@@ -325,3 +325,21 @@ def test_known_missing_texts_that_are_stored_after_all_are_not_paid_again(db, si
     rep = embed_texts(connect, engine, "sim", texts, audit_schema=audit, known_missing=True)
     assert rep.embedded == 4 and sim.stats()["embedding_inputs"] == 12
     assert sim.stats()["requests"] == paid + 1
+
+
+def test_a_vector_with_nan_fails_its_row_alone_paid_and_dead_lettered(db, pg_conn, sim):
+    """A server answering NaN for one input (pgvector would refuse the request's whole COPY, and the
+    journal would replay that failure forever): that row fails as invalid_output, a dead letter;
+    the request's other rows are stored; its tokens stay in llm_calls (it was paid)."""
+    connect, _, audit = db
+    engine = make_engine(sim, **EMBED_MODEL)
+    texts = [f"finite text {i}" for i in range(5)] + ["broken vector [[fault:nan]]"]
+    rep = embed_texts(connect, engine, "sim", texts, dimensions=8, audit_schema=audit, run=RunContext("nan-run", "n"))
+    fp = embedding_fingerprint(engine.model("sim").config, 8)
+    bad = embedding_key(fp, texts[-1])
+    assert rep.requests == 1 and rep.embedded == 5 and list(rep.errors) == [bad]
+    assert rep.errors[bad].startswith("invalid_output:")
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_embeddings')[0][0] == 5
+    assert q(pg_conn, f'select key, error_kind from "{audit}".llm_errors') == [(bad, "invalid_output")]
+    n, tokens, _ = calls(pg_conn, audit)
+    assert n == 1 and tokens == sim.stats()["prompt_tokens"] > 0

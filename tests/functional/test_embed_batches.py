@@ -82,3 +82,24 @@ def test_fewer_missing_texts_than_min_keys_are_embedded_now(db, pg_conn, bsim):
                       batch={"enabled": True, "min_keys": 10})
     assert rep.embedded == 2 and rep.batched == 0 and bsim.stats()["requests"] == 1
     assert bsim.stats()["batches_created"] == 0
+
+
+def test_a_batch_line_answered_with_nan_is_a_dead_letter_still_billed(db, pg_conn, bsim):
+    """The collector leaves a NaN vector out of llm_embeddings and fails its key (invalid_output), and
+    its billed line keeps its llm_calls row: the ledger still equals llm_calls."""
+    connect, _, audit = db
+    engine = make_engine(bsim, **EMBED)
+    texts = [f"batch text {i} about pears" for i in range(4)] + ["batch vector [[fault:nan]]"]
+    first = embed_texts(connect, engine, "sim", texts, dimensions=16, audit_schema=audit,
+                        run=RunContext("submit-nan", "n"), mode="batch")
+    assert first.batched == 5
+    time.sleep(0.6)
+    embed_texts(connect, engine, "sim", texts, dimensions=16, audit_schema=audit, run=RunContext("collect-nan", "n"),
+                mode="batch")
+    stats = bsim.stats()
+    fp = embedding_fingerprint(engine.model("sim").config, 16)
+    assert q(pg_conn, f'select count(*) from "{audit}".llm_embeddings')[0][0] == 4
+    assert q(pg_conn, f'select key, error_kind from "{audit}".llm_errors') == [(embedding_key(fp, texts[-1]),
+                                                                             "invalid_output")]
+    rows, tokens = q(pg_conn, f'select count(*), sum(prompt_tokens) from "{audit}".llm_calls')[0]
+    assert rows == 5 and tokens == stats["batch_prompt_tokens"]
