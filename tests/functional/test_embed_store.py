@@ -81,3 +81,40 @@ def test_migration_20_turns_stored_real_arrays_into_vectors_where_pgvector_is(ba
     assert migrate(conn, audit) == [20]
     assert _column_type(conn, audit) == ("vector" if backend == "pgvector" else "real[]")
     assert fetch_vectors(conn, audit, ["k1", "k2"]) == {"k1": [1.0, 0.0, 0.25], "k2": [0.5, 0.5]}
+
+
+def test_the_join_and_the_key_lookup_give_the_same_rows_and_the_cheaper_one_is_chosen(backend_conn):
+    """``embed_join_sql`` fetches each row's vector by a left join or by a primary-key lookup (Postgres
+    hashes the whole cache for the join, so lookups win once the cache outgrows the model): the same
+    rows either way (NULL texts and texts without a vector give NULL), and ``lookup_is_cheaper`` picks
+    lookups only when the cache holds more than twice the model's rows."""
+    from dbt_pg_llm.operators.embed import embedding_key
+    from dbt_pg_llm.operators.embed_columns import embed_join_sql, lookup_is_cheaper, vector_type
+
+    conn, backend = backend_conn
+    audit, fp = "llm_join", "f" * 64
+    migrate(conn, audit)
+    with conn.cursor() as cur:
+        cur.execute("create table docs (id int primary key, body text)")
+        cur.execute("insert into docs select g, case when g % 10 = 0 then null else 'text ' || g end "
+                    "from generate_series(1, 40) g")
+    stored = {i: [float(i), 1.0] for i in range(1, 40) if i % 10 and i % 7}  # 7, 14, ... have no vector
+    store_vectors(conn, f'"{audit}"', [(embedding_key(fp, f"text {i}"), vector_to_b64(v)) for i, v in stored.items()], "m")
+    columns = [("emb", fp, "body", 2)]
+    vector = vector_type(conn)
+    assert (vector is not None) is (backend == "pgvector")
+    results = []
+    for lookup in (False, True):
+        sql = embed_join_sql("select id, body from docs", columns, audit, vector, lookup=lookup)
+        with conn.cursor() as cur:
+            cur.execute(f"select id, emb{'::real[]' if vector else ''} from ({sql}) s order by id")
+            results.append(cur.fetchall())
+    assert results[0] == results[1]
+    assert results[0] == [(i, stored.get(i)) for i in range(1, 41)]
+    with conn.cursor() as cur:
+        cur.execute(f'analyze "{audit}".llm_embeddings; analyze docs')
+    assert not lookup_is_cheaper(conn, "select id, body from docs", columns, audit)  # 29 vectors, 40 rows
+    assert lookup_is_cheaper(conn, "select id, body from docs where id <= 5", columns, audit)  # 29 vs ~5
+    store_vectors(conn, f'"{audit}"', [(f"other{i}", vector_to_b64([0.5, 0.5])) for i in range(200)], "m")
+    assert lookup_is_cheaper(conn, "select id, body from docs", columns, audit)  # the cache grew past 2x
+    assert not lookup_is_cheaper(conn, "select id, body from no_such_table", columns, audit)  # cannot tell

@@ -133,14 +133,15 @@ def embed_join(conn_factory: Optional[Callable[[], Any]], inner_sql: str, column
                audit_schema: str) -> str:
     """The join adding each embed column (``vector(d)`` if the target database has pgvector, else
     ``real[]``; without ``conn_factory``, at parse time, real[])."""
-    from dbt_pg_llm.operators.embed_columns import embed_join_sql, vector_type
+    from dbt_pg_llm.operators.embed_columns import embed_join_sql, lookup_is_cheaper, vector_type
 
-    vector = None
+    triples = [(c["name"], c["fingerprint"], c["spec"]["prompt_sql"], c.get("dims")) for c in columns]
+    vector, lookup = None, False
     if conn_factory is not None:
         conn = conn_factory()
         try:
             vector = vector_type(conn)
+            lookup = lookup_is_cheaper(conn, inner_sql, triples, audit_schema)
         finally:
             conn.close()
-    triples = [(c["name"], c["fingerprint"], c["spec"]["prompt_sql"], c.get("dims")) for c in columns]
-    return embed_join_sql(inner_sql, triples, audit_schema, vector)
+    return embed_join_sql(inner_sql, triples, audit_schema, vector, lookup=lookup)
