@@ -36,7 +36,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 
@@ -305,7 +305,7 @@ class _Filler:
         return stored
 
 
-def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
+def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None] | Mapping[str, str], *,
                 audit_schema: str = "llm_audit", run=None, column_name: str | None = None,
                 **kwargs) -> EmbedReport:
     """Make sure every distinct non-NULL text of ``texts`` has a vector in ``<schema>.llm_embeddings``
@@ -323,7 +323,7 @@ def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
         return scope.report
 
 
-def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None], *,
+def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None] | Mapping[str, str], *,
                 dimensions: int | None = None, audit_schema: str = "llm_audit", run=None,
                 column_name: str | None = None, max_cost_usd: float | None = None,
                 spend_limit: SpendLimit | None = None, claim_timeout_s: float = 60.0,
@@ -333,7 +333,9 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     """``embed_texts`` without the run's bookkeeping; ``mode='batch'``: through the provider's batch
     API (``embed_batch.submit_embeddings``; ``batch``: a BatchPolicy or its mapping).
     ``known_missing``: the caller has just found that none of ``texts`` has a vector (embed_relation's
-    anti-join), so the first lookup is skipped; each slice is still looked up once claimed."""
+    anti-join), so the first lookup is skipped; each slice is still looked up once claimed.
+    ``texts`` may be a ``{key: text}`` mapping of distinct texts whose keys the caller computed
+    (embed_relation: Postgres, in the same query)."""
     from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
     from ..pg.migrations import ensure_migrated
     from ..pg.migrations import quote_ident
@@ -348,7 +350,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     if mode == "batch":
         from .embed_batch import submit_embeddings
 
-        texts = [t for t in texts]
+        texts = list(texts.values()) if isinstance(texts, Mapping) else list(texts)
         batched = submit_embeddings(connect, engine, model_name, texts, dimensions=dimensions,
                                     audit_schema=audit_schema, run=run, column_name=column_name, policy=batch,
                                     max_cost_usd=max_cost_usd, spend_limit=spend_limit,
@@ -358,7 +360,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
             return batched  # else fewer than the policy's min_keys are missing: embedded now, below
     fp = embedding_fingerprint(config, dimensions)
     report = EmbedReport()
-    by_key = keyed_texts(fp, texts)
+    by_key = dict(texts) if isinstance(texts, Mapping) else keyed_texts(fp, texts)
     report.distinct_keys = len(by_key)
     q = quote_ident(audit_schema)
     conn = connect()

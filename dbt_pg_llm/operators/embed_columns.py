@@ -24,7 +24,7 @@ from ..pg.migrations import ensure_migrated, quote_ident
 from ..pricing import cost_usd
 from ..tokens import token_counter
 from .embed import (EMBEDDINGS_TABLE, MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS, EmbedReport, embed_texts,
-                    embedding_config, embedding_fingerprint, embedding_key)
+                    embedding_config, embedding_fingerprint)
 
 __all__ = ["NATIVE_DIMS", "column_dims", "missing_texts_sql", "embed_relation", "vector_type", "embed_join_sql",
            "lookup_is_cheaper", "EmbedEstimate", "estimate_embed_column"]
@@ -39,11 +39,14 @@ def column_dims(config: ModelConfig, dimensions: int | None) -> int | None:
 
 
 def missing_texts_sql(source_sql: str, text_sql: str, fingerprint: str, audit_schema: str = "llm_audit") -> str:
-    """The distinct non-NULL texts of ``source_sql`` whose key has no vector yet (the texts are computed
-    in a subquery that sees only the source, so ``text_sql`` may use any source column unqualified)."""
-    return (f"select s.__emb_t from (select distinct ({text_sql})::text as __emb_t from {source_sql} __emb_src) s\n"
-            f"where s.__emb_t is not null and not exists (select 1 from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} e"
-            f" where e.key = {key_sql(fingerprint, 's.__emb_t')})")
+    """(text, key) of the distinct non-NULL texts of ``source_sql`` whose key has no vector yet (the
+    texts are computed in a subquery that sees only the source, so ``text_sql`` may use any source
+    column unqualified). The key is computed once per text, by Postgres (``offset 0`` keeps the
+    planner from copying its expression into the anti-join): the caller need not hash 100,000 texts."""
+    return (f"select s.__emb_t, s.__emb_k from (select d.__emb_t, {key_sql(fingerprint, 'd.__emb_t')} as __emb_k\n"
+            f"  from (select distinct ({text_sql})::text as __emb_t from {source_sql} __emb_src) d\n"
+            f"  where d.__emb_t is not null offset 0) s\n"
+            f"where not exists (select 1 from {quote_ident(audit_schema)}.{EMBEDDINGS_TABLE} e where e.key = s.__emb_k)")
 
 
 def embed_relation(connect: Callable[[], Any], engine, model_name: str, source_sql: str, text_sql: str, *,
@@ -58,10 +61,10 @@ def embed_relation(connect: Callable[[], Any], engine, model_name: str, source_s
         ensure_migrated(conn, audit_schema)
         with conn.cursor() as cur:
             cur.execute(missing_texts_sql(source_sql, text_sql, fp, audit_schema))
-            texts = [t for (t,) in cur.fetchall()]
+            missing = dict((k, t) for t, k in cur.fetchall())
     finally:
         conn.close()
-    return embed_texts(connect, engine, model_name, texts, dimensions=dimensions, audit_schema=audit_schema,
+    return embed_texts(connect, engine, model_name, missing, dimensions=dimensions, audit_schema=audit_schema,
                        known_missing=True, **kwargs)
 
 
@@ -174,10 +177,10 @@ def estimate_embed_column(conn, engine, model_name: str, source_sql: str, text_s
         with conn.cursor(name=f"llm_embed_estimate_{uuid.uuid4().hex}") as cur:
             cur.itersize = 2000
             cur.execute(missing_texts_sql(source_sql, text_sql, fp, audit_schema))
-            for (text,) in cur:
+            for text, key in cur:
                 if not text.strip():
                     continue  # fails locally, never sent
-                if cache is not None and cache.get(embedding_key(fp, text)) is not None:
+                if cache is not None and cache.get(key) is not None:
                     est.journal_keys += 1
                     continue
                 t = min(count(text), max_input_tokens)

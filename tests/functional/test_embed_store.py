@@ -118,3 +118,29 @@ def test_the_join_and_the_key_lookup_give_the_same_rows_and_the_cheaper_one_is_c
     store_vectors(conn, f'"{audit}"', [(f"other{i}", vector_to_b64([0.5, 0.5])) for i in range(200)], "m")
     assert lookup_is_cheaper(conn, "select id, body from docs", columns, audit)  # the cache grew past 2x
     assert not lookup_is_cheaper(conn, "select id, body from no_such_table", columns, audit)  # cannot tell
+
+
+def test_the_missing_texts_come_with_the_keys_python_computes(db, pg_conn):
+    """embed_relation takes each text's key from Postgres (no hashing of 100,000 texts in Python): it
+    must be exactly ``embedding_key`` (unicode, newlines, duplicates, NULL), and stored texts are left out."""
+    from dbt_pg_llm.operators.embed import embedding_key
+    from dbt_pg_llm.operators.embed_columns import missing_texts_sql
+
+    connect, schema, audit = db
+    fp = "e" * 64
+    texts = ["plain", "ünïcødé — ✓", "two\nlines", "plain", None, "stored already", " padded "]
+    with pg_conn.cursor() as cur:
+        cur.execute("create table docs (id serial, body text)")
+        cur.executemany("insert into docs (body) values (%s)", [(t,) for t in texts])
+    conn = connect()
+    conn.autocommit = True
+    try:
+        migrate(conn, audit)
+        store_vectors(conn, f'"{audit}"', [(embedding_key(fp, "stored already"), vector_to_b64([1.0]))], "m")
+        with conn.cursor() as cur:
+            cur.execute(missing_texts_sql(f'"{schema}".docs', "body", fp, audit))
+            got = sorted(cur.fetchall())
+    finally:
+        conn.close()
+    expected = sorted({(t, embedding_key(fp, t)) for t in texts if t is not None and t != "stored already"})
+    assert got == expected
