@@ -112,7 +112,6 @@ class _Filler:
         self.provider = provider_for(config, model_name)
         self.url = self._url()
         self.headers = {**self.provider.wire_headers(), "content-type": "application/json"}
-        self.written: list[str] = []  # keys whose vectors are stored (their claims may be released)
         self.lock = threading.RLock()  # one connection, written from the requests' worker threads
         # one journal transaction at a time: concurrent SQLite writers wait in its busy handler's
         # sleeps (100,000 texts: 40 s of thread time for 3 s of writes); queued here they pipeline
@@ -300,9 +299,7 @@ class _Filler:
         for key in rejected:  # paid, but unusable: the row fails (a dead letter), the rest are stored
             self.report.errors[key] = NONFINITE
         rejected = set(rejected)
-        stored = [k for k, *_ in rows if k not in rejected]
-        self.written.extend(stored)
-        return stored
+        return [k for k, *_ in rows if k not in rejected]
 
 
 def embed_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iterable[str | None] | Mapping[str, str], *,

@@ -21,8 +21,8 @@ embedding inputs, the Batch API's line limit).
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import uuid
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
