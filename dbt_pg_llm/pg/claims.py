@@ -261,11 +261,13 @@ class Claims:
     def release(self, keys: list[str]) -> None:
         if not keys:
             return
+        # the lease forgets them first: a heartbeat whose statement runs after this delete no longer
+        # renews them, and must not count them as taken over (it checks only keys still held)
+        if self.lease is not None:
+            self.lease.released(keys)
         with self.reader.cursor() as cur:
             cur.execute(f"delete from {self.q}.llm_claims where claim_token = %s and key = any(%s::text[])",
                         (self.token, keys))
-        if self.lease is not None:
-            self.lease.released(keys)
 
     def confirm(self, keys: list[str]) -> list[str]:
         """Those of ``keys`` still ours, their heartbeat and lease renewed now (one statement): what

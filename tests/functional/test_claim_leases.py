@@ -44,6 +44,7 @@ RUN_A = textwrap.dedent("""
     rep = fill_column(lambda: psycopg2.connect(**args["pg"]), engine, args["source"], spec,
                       audit_schema=args["audit"], run=RunContext("run-a", "model.p.a"),
                       claim_timeout_s=args["timeout"], wait_timeout_s=60)
+    engine.close()
     print("REPORT", json.dumps({"requests_done": rep.requests_done, "errors": rep.errors,
                                 "cache_hits": rep.cache_hits}), flush=True)
 """)
@@ -202,6 +203,62 @@ def test_a_lone_run_paused_past_its_lease_keeps_its_keys_and_pays_each_once(db, 
     report = json.loads(out.split("REPORT ", 1)[1].splitlines()[0])
     assert (report["requests_done"], report["errors"]) == (KEYS, 0)
     assert ledger == {"requests": KEYS, "distinct_keys": KEYS, "extra_payments": 0}
+
+
+def test_keys_released_while_a_heartbeat_runs_are_not_reported_taken_over(db, pg, sim):
+    """A fill releases the claims of answered keys while a heartbeat runs (what happened when a
+    paused run resumed: the fill wrote and released at once, the heartbeat beat at once): a beat
+    right after the release's delete, and a beat whose snapshot of the keys held was taken before
+    the release. Those keys are gone because they are done, not taken over: nothing is lost and no
+    warning is given (real Postgres)."""
+    import psycopg2
+    import psycopg2.extensions
+
+    from dbt_pg_llm.lease import SendLease
+    from dbt_pg_llm.pg import FillReport
+    from dbt_pg_llm.pg.claims import ClaimHeartbeat, Claims
+
+    connect, schema, audit = db
+    _migrate(connect, sim, "(select 'x'::text as body)", audit)
+    between: list = []  # what runs right after the next statement matching its text
+
+    class Hooked(psycopg2.extensions.cursor):
+        def execute(self, sql, params=None):
+            for i, (text, then) in enumerate(between):
+                if text in sql:
+                    del between[i]
+                    if text.startswith("update"):
+                        then()  # before the heartbeat's statement
+                        return super().execute(sql, params)
+                    result = super().execute(sql, params)
+                    then()  # after the release's delete
+                    return result
+            return super().execute(sql, params)
+
+    def hooked_connect():
+        conn = psycopg2.connect(cursor_factory=Hooked, **pg.connect_kwargs())
+        conn.autocommit = True
+        return conn
+
+    reader, writer = hooked_connect(), hooked_connect()
+    lease = SendLease(60, hold_s=60)
+    claims = Claims(reader, lambda: writer, audit, RunContext("run-r", "model.p.r"), "sim", "complete",
+                    FillReport("sim"), claim_timeout_s=TIMEOUT_S, token="token-r", lease=lease)
+    beat = ClaimHeartbeat(hooked_connect, f'"{audit}"', "token-r", every_s=60, lease=lease, lease_s=TIMEOUT_S / 2)
+    keys = [f"k{i:02d}" for i in range(20)]
+    try:
+        assert claims.claim(keys) == keys
+        between.append(("delete from", beat.beat))  # a beat between the delete and what follows it
+        claims.release(keys[:5])
+        between.append(("update", lambda: claims.release(keys[5:9])))  # a release within a beat
+        held_after = beat.beat()
+    finally:
+        beat.stop()
+        claims.release_all()
+        reader.close()
+        writer.close()
+    assert not between and held_after == len(keys) - 9
+    assert beat.lost == 0 and lease.admits_now(frozenset(keys[9:]))
 
 
 def test_keys_whose_claim_was_lost_are_not_sent_singly_packed_or_by_a_cascade(simulator_factory):
