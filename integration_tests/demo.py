@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         with contextlib.suppress(Exception):
-            from dbt.adapters.pg_llm.impl import close_engines
+            from dbt.adapters.pg_llm.engines import close_engines
 
             close_engines()
     total = time.monotonic() - started

@@ -129,7 +129,7 @@ def seeded_project(tmp_path_factory, pg, api_url: str, extra_models: dict[str, s
     engines are closed and every schema the project made is dropped."""
     proj = copy_integration_project(tmp_path_factory, pg, api_url, extra_models)
     yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
+    from dbt.adapters.pg_llm.engines import close_engines
 
     close_engines()
     for schema in [proj.schema, proj.llm_env.get("LLM_AUDIT_SCHEMA"), *proj.extra_schemas]:
@@ -156,7 +156,7 @@ def one_model_project(tmp_path: Path, pg, api_url: str, name: str, model_name: s
     project.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_{schema_prefix}_{uuid.uuid4().hex[:8]}",
                        "LLM_JOURNAL_DIR": str(tmp_path / "journal"), **llm_env}
     yield project
-    from dbt.adapters.pg_llm.impl import close_engines
+    from dbt.adapters.pg_llm.engines import close_engines
 
     close_engines()
     for schema in (project.schema, project.audit):

@@ -69,7 +69,7 @@ def eproject(request, pg, simulator, tmp_path_factory):
     proj.run_out = proj.run("run")
     proj.first_stats = simulator.stats()
     yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
+    from dbt.adapters.pg_llm.engines import close_engines
 
     close_engines()
     admin.cursor().execute(f'drop database "{db}" with (force)')

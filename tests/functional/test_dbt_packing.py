@@ -39,7 +39,7 @@ def pack_project(pg, simulator, tmp_path):
 def _fresh_run(project, simulator, tmp_path, *args: str, **env: str):
     """A dbt run on a new audit schema and journal (nothing cached) and a zeroed simulator ledger:
     (labels by id, simulator requests, simulator cost, the audit's llm_results cost)."""
-    from dbt.adapters.pg_llm.impl import close_engines
+    from dbt.adapters.pg_llm.engines import close_engines
 
     close_engines()
     simulator.reset()

@@ -92,7 +92,7 @@ def sj(pg, simulator, tmp_path_factory):
     proj.llm_env = {"LLM_AUDIT_SCHEMA": f"llm_sj_{uuid.uuid4().hex[:8]}", "LLM_JOURNAL_DIR": str(path / "journal")}
     proj.run_out = proj.run("run", "--exclude", "sj_faulty", "sj_faulty_fail")
     yield proj
-    from dbt.adapters.pg_llm.impl import close_engines
+    from dbt.adapters.pg_llm.engines import close_engines
 
     close_engines()
     for schema in (proj.schema, proj.llm_env["LLM_AUDIT_SCHEMA"]):

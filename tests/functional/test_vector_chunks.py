@@ -95,7 +95,7 @@ def cproject(request, pg, simulator, tmp_path_factory):
         proj.first_stats = simulator.stats()
         yield proj
     finally:
-        from dbt.adapters.pg_llm.impl import close_engines
+        from dbt.adapters.pg_llm.engines import close_engines
 
         close_engines()
         admin.cursor().execute(f'drop database "{db}" with (force)')

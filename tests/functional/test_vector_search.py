@@ -102,7 +102,7 @@ def vproject(request, pg, simulator, tmp_path_factory):
         proj.run_out = proj.run("run")
         yield proj
     finally:
-        from dbt.adapters.pg_llm.impl import close_engines
+        from dbt.adapters.pg_llm.engines import close_engines
 
         close_engines()
         admin.cursor().execute(f'drop database "{db}" with (force)')

@@ -38,10 +38,10 @@ def evaluate_column(adapter, engine, node_id: str, column: str, meta: Dict[str, 
     spec = dict(meta.get("spec") or {})
     if meta.get("mode") is not None and "mode" not in spec:
         spec["mode"] = meta["mode"]
-    column_spec = adapter._spec(spec, meta.get("default_model"), column)
+    column_spec = adapter.column_spec(spec, meta.get("default_model"), column)
     names = list(models or [column_spec.model])
-    schema = adapter._settings().audit_schema
-    conn = adapter._credentials.connect_autocommit()
+    schema = adapter.llm_settings().audit_schema
+    conn = adapter.llm_credentials.connect_autocommit()
     try:
         try:
             rows = _golden_rows(conn, relation_sql, golden_sql, column_spec.prompt_sql, key, golden_column)

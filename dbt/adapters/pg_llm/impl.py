@@ -8,12 +8,14 @@ Thin on purpose (the logic lives in ``dbt_pg_llm``):
   when the model really executes (``run`` / ``build`` / ``retry``), on its own autocommit connection;
 * ``llm_join_sql(source_sql, columns, on_error)`` -> the SQL joining the relation to the results;
 * ``submit_python_job`` -> runs Python models in-process (see ``python_model.py``).
+
+Each operator's glue is a module of its own (``fill_op``, ``embed_columns``, ``aggregate_op``,
+``top_k_op``, ``semantic_join_op``, ``evaluate_op``, ``operations``), handed the adapter, whose
+public helpers (``llm_settings``, ``llm_credentials``, ``column_spec``, ``model_config_for``,
+``run_context``, ``on_error_mode``) are what they use; the process-wide engines are in ``engines.py``.
 """
 from __future__ import annotations
 
-import atexit
-import threading
-import time
 from typing import Any, Dict, List, Optional
 
 from dbt.adapters.base import available
@@ -24,86 +26,15 @@ from dbt_common.exceptions import CompilationError, DbtRuntimeError
 
 from dbt.adapters.pg_llm import log_bridge
 from dbt.adapters.pg_llm.connections import PgLlmConnectionManager, PgLlmCredentials
-from dbt.adapters.pg_llm.fill_messages import ProgressLogger, log_batches, warn_or_error
+from dbt.adapters.pg_llm.engines import (PREVIEW_COMMANDS, dbt_command, engine_if_built, first_time, get_engine,
+                                         invocation_id, really_executing)
+from dbt.adapters.pg_llm.fill_messages import ProgressLogger, warn_or_error
+from dbt.adapters.pg_llm.fill_op import fill_one, list_batches, raise_alerts
 from dbt.adapters.pg_llm.retry_chain import retry_chain
 
 logger = AdapterLogger("pg_llm")
 
-# Commands that really execute models. compile / show / docs generate also render models with
-# execute=True, so `execute` alone is not enough to decide to pay for requests.
-EXECUTING_COMMANDS = frozenset({"run", "build", "retry"})
 ON_ERROR_MODES = ("null", "fail")
-
-# One Engine per process and per llm block, shared by every dbt thread and by successive in-process
-# invocations (dbtRunner): its journal, HTTP pools and event loop outlive an adapter instance.
-_ENGINES: Dict[str, Any] = {}
-_ENGINES_LOCK = threading.Lock()
-_RETENTION_DONE: set = set()  # (invocation_id, audit schema) pairs whose llm_calls retention ran
-_UNFILLED_NOTED: set = set()  # invocation ids that were told LLM columns stay empty outside run/build
-# Commands that render the join of an LLM model for the user to look at, without filling it.
-PREVIEW_COMMANDS = frozenset({"show", "compile"})
-
-
-def get_engine(credentials: PgLlmCredentials):
-    """The process-wide Engine for these credentials' llm block (built on first use, thread-safe).
-    On first use dbt's parsed project is also frozen out of the garbage collector's scans (gc_policy.py)."""
-    settings = credentials.llm_settings()
-    key = settings.identity()
-    engine = _ENGINES.get(key)
-    if engine is not None:
-        return engine
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            from dbt_pg_llm.errors import PgLlmError
-            from dbt_pg_llm.gc_policy import freeze_long_lived_heap
-            from dbt_pg_llm.settings import build_engine
-
-            try:
-                engine = build_engine(settings)
-            except PgLlmError as exc:  # e.g. the journal cannot be opened: name llm.journal_dir
-                raise DbtRuntimeError(f"pg_llm: {exc}") from None
-            _ENGINES[key] = engine
-            freeze_long_lived_heap()
-    return engine
-
-
-def close_engines() -> None:
-    with _ENGINES_LOCK:
-        engines = list(_ENGINES.values())
-        _ENGINES.clear()
-    for engine in engines:
-        try:
-            engine.close()
-        except Exception:  # closing at exit must never mask the real outcome
-            pass
-
-
-atexit.register(close_engines)
-
-
-def dbt_command() -> Optional[str]:
-    """The dbt command being run (run, build, show, compile, ...), or None if unknown."""
-    try:
-        from dbt.flags import get_flags  # dbt-core; an adapter normally avoids it, but it is the truth
-
-        return getattr(get_flags(), "WHICH", None)
-    except Exception:
-        return None
-
-
-def really_executing() -> bool:
-    """True when dbt is running models for real (run / build / retry), not compiling or showing them."""
-    return dbt_command() in EXECUTING_COMMANDS
-
-
-def _invocation_id() -> str:
-    try:
-        from dbt_common.invocation import get_invocation_id
-
-        return get_invocation_id()
-    except Exception:
-        return "unknown"
 
 
 class PgLlmAdapter(PostgresAdapter):
@@ -115,7 +46,7 @@ class PgLlmAdapter(PostgresAdapter):
         log_bridge.install(logger)  # the engine's own log lines go through dbt's logger, not raw to stderr
         # a `dbt retry` continues the spend of the invocations it retries (max_cost_usd_per_run); told
         # here, in the main thread, where dbt's click context still says "retry" (retry_chain.py)
-        self._continues = retry_chain(self.config, _invocation_id())
+        self._continues = retry_chain(self.config, invocation_id())
 
     @classmethod
     def get_adapter_run_info(cls, config):
@@ -140,7 +71,7 @@ class PgLlmAdapter(PostgresAdapter):
         from dbt_pg_llm.endpoints import check_endpoint
 
         failed = []
-        for name, config in self._settings().models.items():
+        for name, config in self.llm_settings().models.items():
             if not config.enabled:
                 logger.info(f"pg_llm endpoint {name}: disabled (enabled: false), not checked")
                 continue
@@ -167,19 +98,19 @@ class PgLlmAdapter(PostgresAdapter):
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
-    def _credentials(self) -> PgLlmCredentials:
+    def llm_credentials(self) -> PgLlmCredentials:
         return self.config.credentials  # type: ignore[return-value]
 
-    def _settings(self):
-        return self._credentials.llm_settings()
+    def llm_settings(self):
+        return self.llm_credentials.llm_settings()
 
-    def _spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
+    def column_spec(self, spec: Dict[str, Any], default_model: Optional[str], name: Optional[str] = None):
         """The checked ColumnSpec. A bad spec is a CompilationError: raised while dbt renders the
         model (parse, compile, run), dbt names the model, so nothing is ever requested for it."""
         from dbt_pg_llm.errors import PgLlmError
         from dbt_pg_llm.pg.spec import ColumnSpec
 
-        settings = self._settings()
+        settings = self.llm_settings()
         data = dict(spec)
         if name and not data.get("name"):
             data["name"] = name
@@ -189,26 +120,26 @@ class PgLlmAdapter(PostgresAdapter):
         except PgLlmError as exc:
             raise CompilationError(f"pg_llm: {exc}") from None
 
-    def _model_config(self, name: str):
+    def model_config_for(self, name: str):
         """The config of a model or strategy name; an unknown name lists every defined one."""
         from dbt_pg_llm.errors import RegistryError
 
         try:
-            return self._settings().config_for(name)
+            return self.llm_settings().config_for(name)
         except RegistryError as exc:
             raise CompilationError(f"pg_llm: {exc}") from None
 
-    def _run_context(self, node_id: Optional[str]):
+    def run_context(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.spec import RunContext
 
-        return RunContext(run_id=_invocation_id(), node_id=node_id or "", target=self.config.target_name,
+        return RunContext(run_id=invocation_id(), node_id=node_id or "", target=self.config.target_name,
                           continues=self._continues)
 
-    def _on_error(self, *candidates) -> Any:
+    def on_error_mode(self, *candidates) -> Any:
         for value in candidates:
             if value is not None:
                 return value
-        return self._settings().on_error
+        return self.llm_settings().on_error
 
     # -- Jinja API -------------------------------------------------------------------------------
     @available
@@ -225,8 +156,8 @@ class PgLlmAdapter(PostgresAdapter):
             )
         if mode is not None and "mode" not in spec:  # llm_enrich(mode=...) for columns without their own
             spec = {**spec, "mode": mode}
-        column_spec = self._spec(spec, default_model, name)
-        fp = column_spec.fingerprint(self._model_config(column_spec.model))
+        column_spec = self.column_spec(spec, default_model, name)
+        fp = column_spec.fingerprint(self.model_config_for(column_spec.model))
         return {
             "name": name or column_spec.name,
             "spec": dict(spec),
@@ -250,136 +181,22 @@ class PgLlmAdapter(PostgresAdapter):
         """
         if not (really_executing() or (for_test and dbt_command() == "test")):
             return []
-        engine = get_engine(self._credentials)
-        run = self._run_context(node_id)
+        engine = get_engine(self.llm_credentials)
+        run = self.run_context(node_id)
         reports = []
         try:
             for column in columns:
-                reports.append(self._fill_one(engine, run, str(source_sql), column, self._on_error(on_error), node_id))
+                reports.append(fill_one(self, engine, run, str(source_sql), column, self.on_error_mode(on_error),
+                                        node_id))
         finally:
-            self._raise_alerts(engine, run)  # also (above all) when a fill failed
+            raise_alerts(self, engine, run)  # also (above all) when a fill failed
         return reports
-
-    def _fill_one(self, engine, run, source_sql: str, column: Dict[str, Any], mode: Any,
-                  node_id: Optional[str]) -> Dict[str, Any]:
-        """Fill one column; log its summary and warnings; raise DbtRuntimeError per on_error='fail'."""
-        from dbt_pg_llm.errors import PgLlmError, redact
-        from dbt_pg_llm.pg.batch_fill import fill_column_batched
-
-        settings = self._settings()
-        spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
-        label = f"{node_id or 'model'}.{column.get('name')}"
-        started = time.monotonic()
-        try:
-            batched = fill_column_batched(  # the normal fill, plus provider batches (issue 11)
-                self._credentials.connect_autocommit, engine, source_sql, spec,
-                policy=self._batch_policy(spec), say=lambda line: logger.info(f"{label}: {line}"),
-                audit_schema=settings.audit_schema, run=run, on_error="fail" if mode == "fail" else "null",
-                cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
-                progress=ProgressLogger(label, settings.claim_timeout_s), claim_timeout_s=settings.claim_timeout_s,
-                max_error_rate=settings.max_error_rate, store_prompts=settings.store_prompts,
-            )
-            report = batched.report
-        except PgLlmError as exc:
-            raise DbtRuntimeError(f"pg_llm: {label}: {redact(str(exc))}") from None
-        except DbtRuntimeError:
-            raise
-        except Exception as exc:  # database errors & co: name them, never leak a key
-            raise DbtRuntimeError(
-                f"pg_llm: {label}: filling the column failed: {type(exc).__name__}: {redact(str(exc))}"
-            ) from None
-        elapsed = time.monotonic() - started
-        logger.info(f"{label}: {redact(report.summary())} ({elapsed:.2f}s)")
-        log_batches(label, batched, settings.audit_schema)
-        if report.journal_error:
-            warn_or_error(f"{label}: {redact(report.journal_error)}; the answers of this run were written "
-                          f"straight to {settings.audit_schema}.llm_results instead")
-        self.llm_report_budget(label, report)
-        if report.errors:
-            first = report.first_error
-            first_text = redact(f"{first.kind}: {first.message}") if first else "see the dead letters"
-            if mode == "fail":  # fill_column raises first; kept in case it returns
-                raise DbtRuntimeError(
-                    f"pg_llm: {label}: {report.errors} key(s) failed (on_error='fail'); first error: {first_text}"
-                )
-            shown = "NULL" if mode == "null" else f"the on_error default {mode!r}"
-            warn_or_error(
-                f"{label}: {report.errors} of {report.distinct_keys} key(s) failed (llm.max_error_rate "
-                f"{settings.max_error_rate:g} not exceeded); those rows get {shown}. The failures are "
-                f"kept in {settings.audit_schema}.llm_errors and retried on the next run. "
-                f"First error: {first_text}"
-            )
-        return report.as_progress()
-
-    def llm_report_budget(self, label: str, report) -> None:
-        """Keys the spend cap stopped (a FillReport's ``budget_skipped``): a warning, or
-        DbtRuntimeError naming the cap, the spent amount and the skipped keys with ``llm.on_budget: fail``."""
-        if not report.budget_skipped:
-            return
-        from dbt_pg_llm.errors import redact
-
-        settings = self._settings()
-        budget = (f"{label}: llm.max_cost_usd_per_run reached: {redact(report.budget_text())}; those keys were "
-                  f"not requested (NULL now, dead letters of kind 'budget' in {settings.audit_schema}.llm_errors, "
-                  "requested on the next run)")
-        if settings.on_budget == "fail":
-            raise DbtRuntimeError(f"pg_llm: {budget} (llm.on_budget is 'fail')")
-        warn_or_error(budget)
-
-    def _batch_policy(self, spec):
-        """The column's batch policy: the model's ``batch:`` setting, switched by ``mode=``."""
-        config = self._model_config(spec.model)
-        policy = getattr(config, "batch", None)  # strategies have none
-        return policy.for_column(spec.mode) if policy is not None else None
 
     @available
     def llm_batches(self, cancel: bool = False) -> List[Dict[str, Any]]:
         """Open provider batches of the audit schema (``pg_llm.batches``); with ``cancel``, ask the
         provider to cancel them first (``pg_llm.cancel_batches``). Returns one dict per batch."""
-        from dbt_pg_llm.errors import PgLlmError, redact
-        from dbt_pg_llm.pg.batch_collect import BatchCollector
-        from dbt_pg_llm.pg.batch_store import open_batches
-
-        settings = self._settings()
-        run = self._run_context("operation")
-        try:
-            if cancel:
-                with BatchCollector(self._credentials.connect_autocommit, get_engine(self._credentials),
-                                    settings.audit_schema, run) as collector:
-                    for line in collector.cancel():
-                        logger.info(f"pg_llm: cancelled {line}")
-            conn = self._credentials.connect_autocommit()
-            try:
-                rows = open_batches(conn, settings.audit_schema)
-            finally:
-                conn.close()
-        except PgLlmError as exc:
-            raise DbtRuntimeError(f"pg_llm: {redact(str(exc))}") from None
-        return [{"batch": r.provider_batch_id or r.batch_uid, "provider": r.provider, "model": r.model,
-                 "status": r.status, "keys": r.key_count, "submitted_at": str(r.submitted_at),
-                 "node_id": r.node_id} for r in rows]
-
-    def _raise_alerts(self, engine, run) -> None:
-        """Write the engine's new alerts to llm_alerts (once per run, model and type) and log them."""
-        from dbt_pg_llm.errors import redact
-        from dbt_pg_llm.pg.upkeep import raise_alerts
-
-        settings = self._settings()
-        try:
-            conn = self._credentials.connect_autocommit()
-            try:
-                alerts = raise_alerts(conn, settings.audit_schema, engine, run.run_id, settings.alerts)
-            finally:
-                conn.close()
-        except Exception as exc:  # alerting must never mask the fill's own outcome
-            logger.warning(f"pg_llm: could not write alerts: {type(exc).__name__}: {redact(str(exc))}")
-            return
-        for alert in alerts:
-            logger.warning(f"pg_llm alert: {redact(str(alert))}")
-        if settings.alert_webhook is not None and alerts:
-            # never raises: a webhook that fails is logged and the run goes on
-            for problem in settings.alert_webhook.send(alerts, run_id=run.run_id, target=run.target):
-                logger.warning(f"pg_llm: alert webhook: {redact(problem)}; the run goes on")
+        return list_batches(self, cancel)
 
     @available
     def llm_join_sql(self, source_sql: str, columns: List[Dict[str, Any]], on_error: Any = None,
@@ -388,12 +205,12 @@ class PgLlmAdapter(PostgresAdapter):
         (``keep_keys``: plus each column's key as ``<column>__llm_key``)."""
         from dbt_pg_llm.pg.join import join_sql
 
-        settings = self._settings()
+        settings = self.llm_settings()
         triples = []
         for column in columns:
-            spec = self._spec(column["spec"], column.get("default_model"), column.get("name"))
+            spec = self.column_spec(column["spec"], column.get("default_model"), column.get("name"))
             triples.append((column["name"], spec, column["fingerprint"]))
-        mode = self._on_error(on_error)
+        mode = self.on_error_mode(on_error)
         default = None if mode in ON_ERROR_MODES else mode
         return join_sql(str(source_sql), triples, settings.audit_schema, default, keep_keys=bool(keep_keys))
 
@@ -409,7 +226,7 @@ class PgLlmAdapter(PostgresAdapter):
 
         # no model on the column nor on llm_enrich: the profile's default model (an OpenAI-compatible
         # server may serve both); an Anthropic default gets the compile error naming the key
-        return resolve_embed_column(dict(spec), self._model_config, default_model or self._settings().model_for_default,
+        return resolve_embed_column(dict(spec), self.model_config_for, default_model or self.llm_settings().model_for_default,
                                     name)
 
     @available
@@ -420,10 +237,10 @@ class PgLlmAdapter(PostgresAdapter):
             return []
         from dbt.adapters.pg_llm.embed_columns import fill_embed_column
 
-        settings, engine, run = self._settings(), get_engine(self._credentials), self._run_context(node_id)
-        return [fill_embed_column(self._credentials.connect_autocommit, engine, str(source_sql), column,
+        settings, engine, run = self.llm_settings(), get_engine(self.llm_credentials), self.run_context(node_id)
+        return [fill_embed_column(self.llm_credentials.connect_autocommit, engine, str(source_sql), column,
                                   audit_schema=settings.audit_schema, run=run,
-                                  label=f"{node_id or 'model'}.{column.get('name')}", on_error=self._on_error(on_error),
+                                  label=f"{node_id or 'model'}.{column.get('name')}", on_error=self.on_error_mode(on_error),
                                   max_cost_usd=settings.max_cost_usd_per_run, claim_timeout_s=settings.claim_timeout_s,
                                   say=logger.info, warn=warn_or_error) for column in columns]
 
@@ -433,16 +250,16 @@ class PgLlmAdapter(PostgresAdapter):
         """Estimate mode for embed columns: log their missing texts, requests and cost; request nothing."""
         from dbt.adapters.pg_llm.embed_columns import estimate_embed_columns
 
-        return estimate_embed_columns(self._credentials.connect_autocommit, get_engine(self._credentials),
-                                      self._settings(), str(source_sql), columns, node_id, _invocation_id())
+        return estimate_embed_columns(self.llm_credentials.connect_autocommit, get_engine(self.llm_credentials),
+                                      self.llm_settings(), str(source_sql), columns, node_id, invocation_id())
 
     @available
     def llm_embed_join_sql(self, inner_sql: str, columns: List[Dict[str, Any]], check_vector: bool = True) -> str:
         """``inner_sql`` plus the embed columns: vector(d) where the database has pgvector, else real[]."""
         from dbt.adapters.pg_llm.embed_columns import embed_join
 
-        return embed_join(self._credentials.connect_autocommit if check_vector else None, str(inner_sql),
-                          columns, self._settings().audit_schema)
+        return embed_join(self.llm_credentials.connect_autocommit if check_vector else None, str(inner_sql),
+                          columns, self.llm_settings().audit_schema)
 
     # -- pg_llm.llm_aggregate (the tree: aggregate_op.py and operators/aggregate.py) -----------------
     @available
@@ -465,8 +282,8 @@ class PgLlmAdapter(PostgresAdapter):
         label = f"{node_id or 'model'}.{name}"
         fill = ((lambda source_sql: self.llm_fill(source_sql, [column], on_error=on_error, node_id=node_id))
                 if really_executing() else None)
-        return aggregate(column, self._model_config(column["model"]), self._credentials.connect_autocommit,
-                         self._settings().audit_schema, str(relation_sql), dict(args), self.quote, fill,
+        return aggregate(column, self.model_config_for(column["model"]), self.llm_credentials.connect_autocommit,
+                         self.llm_settings().audit_schema, str(relation_sql), dict(args), self.quote, fill,
                          lambda line: logger.info(f"{label}: llm_aggregate: {line}"), estimate=bool(estimate),
                          price=lambda source_sql: self.llm_estimate(source_sql, [column], node_id=node_id))
 
@@ -491,7 +308,7 @@ class PgLlmAdapter(PostgresAdapter):
         fill = ((lambda source_sql: self.llm_fill(source_sql, [column], on_error=on_error, node_id=node_id))
                 if really_executing() else None)
         try:
-            return top_k(column, self._credentials.connect_autocommit, self._settings().audit_schema,
+            return top_k(column, self.llm_credentials.connect_autocommit, self.llm_settings().audit_schema,
                          str(relation_sql), dict(args), self.quote, fill, lambda line: logger.info(f"{label}: {line}"),
                          distance_sql=distance_sql, node_id=node_id, on_error=on_error, estimate=bool(estimate))
         except PgLlmError as exc:
@@ -512,8 +329,8 @@ class PgLlmAdapter(PostgresAdapter):
             if left_sql is None:
                 return {}
             q = self.quote
-            choice = plan_join(self._credentials.connect_autocommit,
-                               self._model_config(args.get("model") or self._settings().model_for_default),
+            choice = plan_join(self.llm_credentials.connect_autocommit,
+                               self.model_config_for(args.get("model") or self.llm_settings().model_for_default),
                                str(left_sql), str(right_sql), q(args["left_text"]), q(args["right_text"]),
                                blocked_sql and str(blocked_sql), args.get("plan", "auto"),
                                int(args.get("max_labels", 100)), args["predicate"],
@@ -530,22 +347,18 @@ class PgLlmAdapter(PostgresAdapter):
         applies ``audit_retention_days`` to llm_calls, once per invocation."""
         from dbt_pg_llm.pg.migrations import apply_retention, ensure_migrated
 
-        settings = self._settings()
+        settings = self.llm_settings()
         schema = settings.audit_schema
-        conn = self._credentials.connect_autocommit()
+        conn = self.llm_credentials.connect_autocommit()
         try:
             ensure_migrated(conn, schema)
-            retention_key = (_invocation_id(), schema)
-            if settings.audit_retention_days and really_executing() and retention_key not in _RETENTION_DONE:
-                with _ENGINES_LOCK:
-                    first = retention_key not in _RETENTION_DONE
-                    _RETENTION_DONE.add(retention_key)
-                if first:
-                    done = apply_retention(conn, schema, settings.audit_retention_days)
-                    if done["dropped_partitions"] or done["deleted_rows"]:
-                        logger.info(f"pg_llm: retention ({settings.audit_retention_days} days) dropped "
-                                    f"{len(done['dropped_partitions'])} llm_calls partition(s) and deleted "
-                                    f"{done['deleted_rows']} older row(s)")
+            if (settings.audit_retention_days and really_executing()
+                    and first_time("retention", (invocation_id(), schema))):
+                done = apply_retention(conn, schema, settings.audit_retention_days)
+                if done["dropped_partitions"] or done["deleted_rows"]:
+                    logger.info(f"pg_llm: retention ({settings.audit_retention_days} days) dropped "
+                                f"{len(done['dropped_partitions'])} llm_calls partition(s) and deleted "
+                                f"{done['deleted_rows']} older row(s)")
         finally:
             conn.close()
         return ""
@@ -556,14 +369,14 @@ class PgLlmAdapter(PostgresAdapter):
         selection's running total against max_cost_usd_per_run); requests nothing."""
         from dbt.adapters.pg_llm.operations import estimate_columns
 
-        return estimate_columns(self, get_engine(self._credentials), source_sql, columns, node_id, _invocation_id())
+        return estimate_columns(self, get_engine(self.llm_credentials), source_sql, columns, node_id, invocation_id())
 
     @available
     def llm_invalidate(self, args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """``pg_llm.invalidate``: mark matching cached answers invalid in llm_results AND the journal."""
         from dbt.adapters.pg_llm.operations import invalidate_cache
 
-        return invalidate_cache(self, get_engine(self._credentials), dict(args or {}))
+        return invalidate_cache(self, get_engine(self.llm_credentials), dict(args or {}))
 
     @available
     def llm_evaluate(self, node_id: str, column: str, meta: Dict[str, Any], relation_sql: str, golden_sql: str,
@@ -571,7 +384,7 @@ class PgLlmAdapter(PostgresAdapter):
         """``pg_llm.evaluate``: the column's models against a golden relation, into llm_evaluations."""
         from dbt.adapters.pg_llm.evaluate_op import evaluate_column
 
-        return evaluate_column(self, get_engine(self._credentials), node_id, column, dict(meta or {}), relation_sql,
+        return evaluate_column(self, get_engine(self.llm_credentials), node_id, column, dict(meta or {}), relation_sql,
                                golden_sql, golden_name, key, golden_column, models)
 
     @available
@@ -586,20 +399,14 @@ class PgLlmAdapter(PostgresAdapter):
         """Say once per invocation of `dbt show` / `dbt compile` that LLM columns of keys not cached
         yet stay empty (NULL): only run / build / retry request answers."""
         which = dbt_command()
-        invocation = _invocation_id()
-        if which not in PREVIEW_COMMANDS or invocation in _UNFILLED_NOTED:
-            return ""
-        with _ENGINES_LOCK:
-            first = invocation not in _UNFILLED_NOTED
-            _UNFILLED_NOTED.add(invocation)
-        if first:
+        if which in PREVIEW_COMMANDS and first_time("unfilled note", invocation_id()):
             logger.info(f"pg_llm: `dbt {which}` requests no LLM answers: the LLM columns of rows whose "
                         "answers are not cached yet are empty (NULL). `dbt run` or `dbt build` fills them.")
         return ""
 
     @available
     def llm_audit_schema(self) -> str:
-        return self._settings().audit_schema
+        return self.llm_settings().audit_schema
 
     @available
     def llm_fresh_sql(self, alias: str) -> str:
@@ -611,8 +418,7 @@ class PgLlmAdapter(PostgresAdapter):
     @available
     def llm_metrics_report(self) -> str:
         """The engine's in-process metrics (empty if no request was made in this process)."""
-        settings = self._settings()
-        engine = _ENGINES.get(settings.identity())
+        engine = engine_if_built(self.llm_settings())
         return engine.metrics.report() if engine is not None else ""
 
     @available
@@ -622,13 +428,13 @@ class PgLlmAdapter(PostgresAdapter):
         from dbt_pg_llm.pg.run_totals import spool_dir_for
         from dbt_pg_llm.pg.usage_report import audit_schema_exists, format_usage, settle_for_report, usage_by_model
 
-        schema = self._settings().audit_schema
-        conn = self._credentials.connect_autocommit()
+        schema = self.llm_settings().audit_schema
+        conn = self.llm_credentials.connect_autocommit()
         try:
             if not audit_schema_exists(conn, schema):
                 return (f"pg_llm usage report: the audit schema {schema} does not exist yet; "
                         "it is created by the first run of an LLM model")
-            settle_for_report(conn, schema, spool_dir_for(self._settings().journal_path()))
+            settle_for_report(conn, schema, spool_dir_for(self.llm_settings().journal_path()))
             return format_usage(usage_by_model(conn, schema, days), days, schema)
         except ValueError as exc:
             raise DbtRuntimeError(f"pg_llm.report: {exc}") from None
@@ -654,11 +460,11 @@ class PgLlmAdapter(PostgresAdapter):
     def llm_frame_session(self, node_id: Optional[str]):
         from dbt_pg_llm.pg.frame import LlmFrameSession
 
-        settings = self._settings()
-        mode = self._on_error(None)
+        settings = self.llm_settings()
+        mode = self.on_error_mode(None)
         return LlmFrameSession(
-            self._credentials.connect_autocommit, get_engine(self._credentials), settings.audit_schema,
-            self._run_context(node_id), settings.model_for_default,
+            self.llm_credentials.connect_autocommit, get_engine(self.llm_credentials), settings.audit_schema,
+            self.run_context(node_id), settings.model_for_default,
             on_error="fail" if mode == "fail" else "null",
             cache_ttl_days=settings.cache_ttl_days, max_cost_usd=settings.max_cost_usd_per_run,
             progress=ProgressLogger(f"{node_id or 'python model'}", settings.claim_timeout_s),

@@ -33,18 +33,18 @@ def estimate_columns(adapter, engine, source_sql: str, columns: List[Dict[str, A
     from dbt_pg_llm.pg.estimate import callable_members, estimate_column
     from dbt_pg_llm.pg.migrations import ensure_migrated
 
-    settings = adapter._settings()
+    settings = adapter.llm_settings()
     out = []
-    conn = adapter._credentials.connect_autocommit()
+    conn = adapter.llm_credentials.connect_autocommit()
     try:
         ensure_migrated(conn, settings.audit_schema)
         for column in columns:
-            spec = adapter._spec(column["spec"], column.get("default_model"), column.get("name"))
+            spec = adapter.column_spec(column["spec"], column.get("default_model"), column.get("name"))
             label = f"{node_id or 'model'}.{column.get('name')}"
             strategy = settings.strategies.get(spec.model)  # priced by the members it may call
             members, any_one = callable_members(strategy, settings.models, spec.kind) if strategy else (None, False)
             try:
-                est = estimate_column(conn, str(source_sql), spec, adapter._model_config(spec.model),
+                est = estimate_column(conn, str(source_sql), spec, adapter.model_config_for(spec.model),
                                       column["fingerprint"], settings.audit_schema, node_id=node_id,
                                       in_journal=lambda key, not_before: engine.cache.get(key, not_before) is not None,
                                       members=members, any_one=any_one)
@@ -79,11 +79,11 @@ def invalidate_cache(adapter, engine, args: Dict[str, Any]) -> Dict[str, Any]:
     from dbt_pg_llm.errors import PgLlmError
     from dbt_pg_llm.pg.cache_control import InvalidateFilter, invalidate, what_is_cached
 
-    settings = adapter._settings()
+    settings = adapter.llm_settings()
     hint = ""
     try:
         selected = InvalidateFilter.from_args(args)
-        conn = adapter._credentials.connect_autocommit()
+        conn = adapter.llm_credentials.connect_autocommit()
         try:
             done = invalidate(conn, settings.audit_schema, engine.cache, selected)
             if not done["invalidated"]:  # a misspelt node / column: say what there is
@@ -109,9 +109,9 @@ def purge_audit_rows(adapter, older_than_days: Any) -> Dict[str, Any]:
     from dbt_pg_llm.errors import PgLlmError
     from dbt_pg_llm.pg.cache_control import purge_audit
 
-    settings = adapter._settings()
+    settings = adapter.llm_settings()
     try:
-        conn = adapter._credentials.connect_autocommit()
+        conn = adapter.llm_credentials.connect_autocommit()
         try:
             done = purge_audit(conn, settings.audit_schema, older_than_days)
         finally:

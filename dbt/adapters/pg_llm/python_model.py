@@ -26,6 +26,8 @@ from typing import Any, Callable, List, Tuple
 from dbt.adapters.events.logging import AdapterLogger
 from dbt_common.exceptions import DbtRuntimeError
 
+from dbt.adapters.pg_llm.fill_op import report_budget
+
 logger = AdapterLogger("pg_llm")
 
 COPY_CHUNK_ROWS = 100_000
@@ -83,7 +85,7 @@ class Session:
                     f"and retried on the next run. First error: "
                     f"{redact(f'{first.kind}: {first.message}') if first else '?'}"
                 )
-            self._adapter.llm_report_budget(self._model.get("unique_id"), report)
+            report_budget(self._adapter.llm_settings(), self._model.get("unique_id"), report)
 
     def __repr__(self) -> str:
         return f"<pg_llm session for {self._model.get('unique_id')}>"
