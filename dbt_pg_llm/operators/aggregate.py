@@ -25,6 +25,7 @@ from typing import Callable, Mapping, Sequence
 from ..errors import ConfigError
 from ..keys import cache_key
 from .arguments import missing_text_problems, whole_number_problem
+from .levels import LevelRequests
 
 __all__ = ["SYSTEM_PHRASE", "LEAF_HEADER", "REDUCE_HEADER", "Node", "AggregateResult", "row_key",
            "leaf_prompt", "reduce_prompt", "leaf_chunks", "parent_groups", "walk_groups",
@@ -122,23 +123,14 @@ class Node:
 
 
 @dataclass
-class AggregateResult:
-    """The walk's outcome: each group's root prompt (None: some step has no answer), and counts."""
+class AggregateResult(LevelRequests):
+    """The walk's outcome: each group's root prompt (None: some step has no answer), and counts
+    (``LevelRequests``: missing prompts per level, the estimate's bound above them)."""
 
     roots: dict[str, str | None] = field(default_factory=dict)
     answers: dict[str, str | None] = field(default_factory=dict)
-    missing_by_level: list[int] = field(default_factory=list)  # distinct prompts without an answer, per level
     nodes_by_level: list[int] = field(default_factory=list)  # distinct prompts per level (the tree's size)
     depth: dict[str, int] = field(default_factory=dict)  # levels of each group's tree walked
-    upper_bound: int = 0  # estimate: at most this many more requests above the levels known
-
-    @property
-    def requested(self) -> int:
-        return sum(self.missing_by_level)
-
-    @property
-    def estimate(self) -> int:
-        return self.requested + self.upper_bound
 
 
 def check_aggregate_arguments(args: Mapping) -> None:

@@ -26,6 +26,7 @@ from typing import Callable, Mapping, Sequence
 from ..errors import ConfigError, ErrorKind
 from ..keys import cache_key
 from .arguments import missing_text_problems, whole_number_problem
+from .levels import LevelRequests
 
 __all__ = ["RANK_PHRASE", "CANDIDATES_HEADER", "RANKING_SCHEMA", "DEFAULT_WINDOW", "InvalidRanking", "TopKResult", "rank_prompt",
            "parse_ranking", "windows_of", "requests_for", "walk_partitions", "check_top_k_arguments",
@@ -85,22 +86,13 @@ def requests_for(n: int, window: int, k: int) -> int:
 
 
 @dataclass
-class TopKResult:
-    """Each partition's ranked ids (None: some window has no valid answer) and counts."""
+class TopKResult(LevelRequests):
+    """Each partition's ranked ids (None: some window has no valid answer) and counts
+    (``LevelRequests``: missing windows per level, the estimate's bound above them; cold: exact)."""
 
     ranked: dict[str | None, list[str] | None] = field(default_factory=dict)
     windows_by_level: list[int] = field(default_factory=list)  # distinct window prompts per level
-    missing_by_level: list[int] = field(default_factory=list)  # of them, without a cached answer
     invalid: dict[str, str] = field(default_factory=dict)  # prompt -> why its answer was rejected
-    upper_bound: int = 0  # estimate: requests above the levels walked (cold: exact)
-
-    @property
-    def requested(self) -> int:
-        return sum(self.missing_by_level)
-
-    @property
-    def estimate(self) -> int:
-        return self.requested + self.upper_bound
 
 
 def check_top_k_arguments(args: Mapping) -> None:

@@ -76,8 +76,7 @@ def _log_and_select(result, keys, column, model_config, relation_sql, args, grou
         bound_usd = result.upper_bound * (budget * model_config.cost_per_1k_input_tokens
                                           + out_tokens * model_config.cost_per_1k_output_tokens) / 1000
         say(f"estimate: {result.estimate} request(s) at most for {groups} group(s): "
-            f"{result.missing_by_level[0] if result.missing_by_level else 0} leaf chunk(s) exactly, "
-            f"{result.estimate - (result.missing_by_level[0] if result.missing_by_level else 0)} above them "
+            f"{result.first_level} leaf chunk(s) exactly, {result.estimate - result.first_level} above them "
             f"at most (missing per known level {result.missing_by_level}, priced above; the {result.upper_bound} "
             f"unknown steps at most ${bound_usd:.4f}: {budget} tokens in, {out_tokens} out each)")
     elif fill is not None:

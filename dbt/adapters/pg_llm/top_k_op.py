@@ -44,8 +44,7 @@ def top_k(column: Dict[str, Any], connect: Callable[[], Any], audit_schema: str,
     first = " after an embedding first pass of %d candidate(s) per partition" % candidates if distance_sql else ""
     if estimate:
         say(f"estimate: {result.estimate} request(s) for {parts} partition(s){first}: "
-            f"{result.missing_by_level[0] if result.missing_by_level else 0} first-level window(s) exactly, "
-            f"<= {result.estimate - (result.missing_by_level[0] if result.missing_by_level else 0)} above them")
+            f"{result.first_level} first-level window(s) exactly, <= {result.estimate - result.first_level} above them")
     elif fill is not None:
         failed = sum(1 for r in result.ranked.values() if r is None)
         say(f"{parts} partition(s){first}, {failed} without a ranking (dead letters); windows per level "
