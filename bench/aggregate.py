@@ -22,7 +22,7 @@ from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
 from dbt_pg_llm.operators.aggregate import SYSTEM_PHRASE, default_chunk_rows, row_key, run_aggregate
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
 from dbt_pg_llm.simulator import SimulatorProcess
-from dbt_pg_llm.tokens import token_counter
+from dbt_pg_llm.models.tokens import token_counter
 
 WORDS = ("strap", "buckle", "lid", "zipper", "battery", "screen", "hinge", "charger", "seam", "handle")
 VERBS = ("broke", "leaks", "cracked", "wobbles", "frayed", "died", "stuck", "rattles")

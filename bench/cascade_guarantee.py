@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from dbt_pg_llm import BufferedSink, LlmSettings, build_engine  # noqa: E402
-from dbt_pg_llm.cascade_calibration import apply_calibration, calibrate  # noqa: E402
+from dbt_pg_llm.models.cascade_calibration import apply_calibration, calibrate  # noqa: E402
 from dbt_pg_llm.pg.spec import ColumnSpec  # noqa: E402
 from dbt_pg_llm.simulator import SimulatorConfig, SimulatorServer  # noqa: E402
 

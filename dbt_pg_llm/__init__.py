@@ -5,28 +5,28 @@ ModelRegistry, ModelStatus + CircuitBreaker, RetryPolicy (tenacity, the only ret
 Failover, InferenceStrategy (cascade on confidence, vote + merge, route by task),
 RequestPool (concurrency, RPM/TPM), SpendLimit (a hard cost cap, reserved before each request), ResultCache (memory or diskcache journal),
 ModelMetrics / ModelLog / ModelAlert, and Engine, which ties them together for the dbt adapter.
-Exceptions are documented in ``dbt_pg_llm.errors``; the cache key in ``dbt_pg_llm.keys``.
+Exceptions are documented in ``dbt_pg_llm.errors``; the cache key in ``dbt_pg_llm.models.keys``.
 """
-from .alerts import AlertThresholds, ModelAlert, should_alert
-from .batch import BatchInput, BatchOutput
-from .cache import DiskJournal, MemoryBackend, ResultCache
-from .config import ModelConfig
-from .engine import Engine
 from .errors import ConfigError, ErrorKind, ModelError, PgLlmError, RegistryError
-from .failover import Failover
-from .keys import cache_key, fingerprint
-from .logs import BufferedSink, LoggingSink, MemorySink, ModelLog
-from .metrics import MetricsRegistry, ModelMetrics
-from .model import Model
-from .model_io import ModelInput, ModelOutput, ResponseFormat, TokenUsage
-from .pool import RequestPool
-from .registry import ModelRegistry
-from .retry import RetryPolicy
-from .settings import LlmSettings, build_engine
-from .spend import Reservation, SpendLimit, estimate_cost
-from .status import CircuitBreaker, ModelStatus
-from .strategy import InferenceStrategy
-from .strategy_model import StrategyConfig, StrategyModel
+from .models.alerts import AlertThresholds, ModelAlert, should_alert
+from .models.batch import BatchInput, BatchOutput
+from .models.cache import DiskJournal, MemoryBackend, ResultCache
+from .models.config import ModelConfig
+from .models.engine import Engine
+from .models.failover import Failover
+from .models.keys import cache_key, fingerprint
+from .models.logs import BufferedSink, LoggingSink, MemorySink, ModelLog
+from .models.metrics import MetricsRegistry, ModelMetrics
+from .models.model import Model
+from .models.model_io import ModelInput, ModelOutput, ResponseFormat, TokenUsage
+from .models.pool import RequestPool
+from .models.registry import ModelRegistry
+from .models.retry import RetryPolicy
+from .models.settings import LlmSettings, build_engine
+from .models.spend import Reservation, SpendLimit, estimate_cost
+from .models.status import CircuitBreaker, ModelStatus
+from .models.strategy import InferenceStrategy
+from .models.strategy_model import StrategyConfig, StrategyModel
 
 __version__ = "0.1.0"
 

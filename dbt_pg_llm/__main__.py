@@ -1,7 +1,7 @@
-"""``python -m dbt_pg_llm ...``: see ``dbt_pg_llm.cli``."""
+"""``python -m dbt_pg_llm ...``: see ``dbt_pg_llm.ops.cli``."""
 import sys
 
-from .cli import main
+from .ops.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..keys import cache_key
+from ..models.keys import cache_key
 from .arguments import missing_text_problems, whole_number_problem
 from .levels import LevelRequests
 

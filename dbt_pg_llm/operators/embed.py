@@ -40,19 +40,19 @@ from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from ..errors import ConfigError, ErrorKind, ModelError, redact
-from ..model_io import TokenUsage
-from ..pricing import cost_usd
-from ..providers import provider_for
-from ..providers.base import classify_http_error, classify_transport_error
-from ..spend import SpendLimit, active_limit
+from ..models.model_io import TokenUsage
+from ..models.pricing import cost_usd
+from ..models.providers import provider_for
+from ..models.providers.base import classify_http_error, classify_transport_error
+from ..models.spend import SpendLimit, active_limit
 from ..urls import endpoint
 from .embed_audit import spool_sink
 from .embed_keys import (MAX_INPUT_TOKENS, approx_tokens, embedding_config, embedding_fingerprint, embedding_key,
                          embedding_key_sql, keyed_texts, prepare_text)
 from .embed_journal import RequestJournal
-from .embed_vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, fetch_vectors,
+from ..pg.vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, fetch_vectors,
                             parse_embeddings, present_keys, store_copy, store_vectors, stored_keys, vector_from_b64,
                             vector_storage, vector_to_b64)
 
@@ -242,7 +242,7 @@ class _Filler:
         """One llm_calls row per HTTP attempt (operation 'embed'), spooled first (its ``call_id``
         settles the marker): if the write fails, the record stays on disk for the next run to
         replay; a failed write never fails the fill."""
-        from ..logs import ModelLog
+        from ..models.logs import ModelLog
         from .embed_audit import write_call
 
         write_call(self.sink, self.conn, self.lock, self.schema, ModelLog(

@@ -26,7 +26,7 @@ _log = logging.getLogger("dbt_pg_llm.embed")
 
 def spool_sink(engine):
     """A spooling BufferedSink in the engine's call spool directory (None without a journal on disk)."""
-    from ..logs import BufferedSink
+    from ..models.logs import BufferedSink
     from ..pg.run_totals import spool_dir_of
 
     directory = spool_dir_of(engine)

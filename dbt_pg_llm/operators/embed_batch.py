@@ -7,7 +7,7 @@ Usage (``embed.embed_texts(..., mode='batch')`` calls it; no dbt import)::
 
 The same flow as a chat column's batches (``pg/batch_fill.py`` / ``pg/batch_collect.py``): a run
 first collects every finished batch (``BatchCollector.collect``: an embeddings batch, ``spec.kind
-== 'embed'``, is handed to ``collect_embed_batch`` here), then finds the texts with no vector in
+== 'embed'``, is handed to ``pg/batch_collect_embed.py``), then finds the texts with no vector in
 ``llm_embeddings`` and in no open batch, claims them (``pg.claims``), reserves each batch's worst
 case at the batch price on the spend cap, commits the batch and its keys (``batch_store.record_intent``)
 BEFORE the provider hears of it, submits, records the provider's id. A later run collects it:
@@ -21,37 +21,30 @@ embedding inputs, the Batch API's line limit).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
-from ..batch_api import BatchClient
-from ..batch_api.openai_batches import OpenAIBatchClient
-from ..batch_policy import BatchPolicy
-from ..errors import ErrorKind, ModelError, redact
-from ..model_io import ModelOutput, TokenUsage
-from ..pricing import cost_usd
-from ..spend import SpendLimit, active_limit
+from ..models.batch_api import BatchClient
+from ..models.batch_api.openai_batches import OpenAIBatchClient
+from ..models.batch_policy import BatchPolicy
+from ..errors import ModelError, redact
+from ..models.model_io import TokenUsage
+from ..models.pricing import cost_usd
+from ..models.spend import SpendLimit, active_limit
+from ..pg import batch_store as store
+from ..pg.batch_collect import BatchCollector
+from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
+from ..pg.migrations import ensure_migrated, quote_ident
+from ..pg.spec import RunContext
 from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint,
-                    keyed_texts, prepare_text, present_keys, store_vectors, vector_to_b64)
-from .embed_vectors import NONFINITE_MESSAGE
+                    keyed_texts, prepare_text, present_keys)
 
-__all__ = ["EMBEDDINGS_URL", "submit_embeddings", "collect_embed_batch", "is_embed_batch", "in_open_batches"]
+__all__ = ["EMBEDDINGS_URL", "submit_embeddings", "in_open_batches"]
 
 _log = logging.getLogger("dbt_pg_llm.embed")
 EMBEDDINGS_URL = "/v1/embeddings"
-_LOST = {"expired": (ErrorKind.TIMEOUT, "the batch expired (24 h window) before this text was embedded"),
-         "cancelled": (ErrorKind.API, "the batch was cancelled before this text was embedded"),
-         "failed": (ErrorKind.INVALID_INPUT, "the provider rejected the batch")}
-
-
-def is_embed_batch(spec: dict | None) -> bool:
-    """Whether an ``llm_batches.spec`` is an embeddings batch (collected by ``collect_embed_batch``)."""
-    return isinstance(spec, dict) and spec.get("kind") == "embed"
-
-
 def _tokens(text: str) -> int:
     return (len(text) + 3) // 4  # embed.py's estimate (the simulator's count): the worst case reserved
 
@@ -66,12 +59,6 @@ def submit_embeddings(connect: Callable[[], Any], engine, model_name: str, texts
     no open batch) as ``/v1/embeddings`` batch lines. Never raises for a row: see ``report.errors``.
     None when fewer than the policy's ``min_keys`` texts are missing: the caller embeds them now
     (``policy``: the model's ``batch:`` mapping; without one every missing text goes in a batch)."""
-    from ..pg import batch_store as store
-    from ..pg.batch_collect import BatchCollector
-    from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
-    from ..pg.migrations import ensure_migrated, quote_ident
-    from ..pg.spec import RunContext
-
     config = embedding_config(engine, model_name)
     policy = BatchPolicy.from_dict(policy if policy is not None else {"enabled": True, "min_keys": 1})
     fp = embedding_fingerprint(config, dimensions)
@@ -161,7 +148,6 @@ def _submit_one(conn, schema: str, client: BatchClient, chunk, config, model_nam
                 dimensions: int | None, column_name: str | None, policy: BatchPolicy, run, limit,
                 report: EmbedReport) -> None:
     """One provider batch: reserve its worst case, record the intent, create it, record its id."""
-    from ..pg import batch_store as store
 
     tokens = sum(_tokens(body["input"][0]) for _, body, _ in chunk)
     worst = cost_usd(config, TokenUsage(tokens, 0)) * policy.discount
@@ -194,63 +180,3 @@ def _submit_one(conn, schema: str, client: BatchClient, chunk, config, model_nam
     report.batches.append(info.id)
 
 
-def _output(line, config, model_name: str, discount: float) -> ModelOutput:
-    if line.error_kind is not ErrorKind.NONE or line.body is None:
-        error = ModelError(line.error_kind if line.error_kind is not ErrorKind.NONE else ErrorKind.API,
-                           line.message or "no answer in the batch", http_status=line.http_status, model=model_name)
-        return ModelOutput.failure(error, model=model_name, attempts=1)
-    try:
-        vec = line.body["data"][0]["embedding"]
-        tokens = int((line.body.get("usage") or {}).get("prompt_tokens") or 0)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        return ModelOutput.failure(ModelError(ErrorKind.API, f"unexpected embeddings answer in batch ({exc})",
-                                              model=model_name), model=model_name)
-    usage = TokenUsage(tokens, 0)
-    return ModelOutput(text=vec if isinstance(vec, str) else vector_to_b64(vec), model=model_name, tokens=usage,
-                       cost_usd=cost_usd(config, usage) * discount, attempts=1)
-
-
-def collect_embed_batch(engine, conn, schema: str, run, row, client: BatchClient, info, rep) -> None:
-    """An ended embeddings batch (``BatchCollector._apply`` hands it here): journal, llm_embeddings,
-    then keys + llm_calls in one transaction, dead letters, llm_runs, closed."""
-    from ..pg import batch_store as store
-    from ..pg.migrations import quote_ident
-    from ..pg.writers import ErrorRow, record_run, resolve_errors, write_errors
-
-    config = engine.model(row.model).config
-    column = (row.spec or {}).get("name")
-    pending = store.pending_keys(conn, schema, row.batch_uid)
-    outcomes: list[tuple[str, ModelOutput]] = [(line.custom_id, _output(line, config, row.model, row.discount))
-                                               for line in client.results(info) if line.custom_id in pending]
-    seen = {c for c, _ in outcomes}
-    kind, why = _LOST.get(info.status, (ErrorKind.API, "the batch ended without a result for this text"))
-    outcomes += [(c, ModelOutput.failure(ModelError(kind, f"in batch {info.id}: {why}", model=row.model),
-                                         model=row.model)) for c in pending.keys() - seen]
-    ok = [(pending[c], o) for c, o in outcomes if o.ok]
-    cache = getattr(engine, "cache", None)
-    if cache is not None and ok:  # journal first: paid vectors survive whatever happens below
-        cache.put_many(ok)
-    rejected = set(store_vectors(conn, quote_ident(schema), [(k, o.text, o.tokens.prompt) for k, o in ok], row.model,
-                                 run_id=row.run_id))
-    if rejected:  # paid, but NaN or infinity: failed rows (their tokens and cost stay on the books)
-        outcomes = [(c, dataclasses.replace(o, text=None, error_kind=ErrorKind.INVALID_OUTPUT,
-                                            error_message=NONFINITE_MESSAGE)
-                     if pending[c] in rejected else o) for c, o in outcomes]
-    payer = row.run_id or run.run_id  # the submitting run reserved these lines on its cap
-    applied = store.apply_answers(conn, schema, row.batch_uid, outcomes, model=row.model, operation="embed",
-                                  run_id=payer, node_id=row.node_id, column_name=column)
-    ok_keys = [k for k, o in applied if o.ok]
-    errors = [ErrorRow(key=k, node_id=row.node_id or "", model=row.model, error_kind=str(o.error_kind),
-                       message=redact(o.error_message or "")[:1000], run_id=run.run_id, column_name=column)
-              for k, o in applied if not o.ok]
-    resolve_errors(conn, schema, ok_keys)
-    write_errors(conn, schema, errors)
-    record_run(conn, schema, run.run_id, target=getattr(run, "target", None), ended=False, errors=len(errors))
-    if payer != run.run_id:
-        record_run(conn, schema, payer, ended=False)
-    store.close_batch(conn, schema, row.batch_uid, info.status)
-    rep.collected.append(f"{info.id} ({row.model}, embeddings, {len(ok_keys)} embedded, {len(errors)} failed, "
-                         f"{info.status})")
-    rep.answered += len(ok_keys)
-    rep.failed += len(errors)
-    rep.cost_usd += sum(o.cost_usd for _, o in applied)

@@ -16,13 +16,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import ModelConfig
-from ..keys import key_sql
-from ..model_io import TokenUsage
+from ..models.config import ModelConfig
+from ..models.keys import key_sql
+from ..models.model_io import TokenUsage
+from ..models.pricing import cost_usd
+from ..models.tokens import token_counter
 from ..pg.estimate import ColumnEstimate
 from ..pg.migrations import ensure_migrated, quote_ident
-from ..pricing import cost_usd
-from ..tokens import token_counter
 from .embed import (EMBEDDINGS_TABLE, MAX_INPUT_TOKENS, MAX_INPUTS, MAX_REQUEST_TOKENS, EmbedReport, embed_texts,
                     embedding_config, embedding_fingerprint)
 

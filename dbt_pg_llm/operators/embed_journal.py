@@ -22,8 +22,8 @@ import json
 import os
 import uuid
 
-from ..model_io import ModelOutput, TokenUsage
-from .embed_vectors import parse_embeddings
+from ..models.model_io import ModelOutput, TokenUsage
+from ..pg.vectors import parse_embeddings
 
 __all__ = ["RequestJournal", "PENDING_DIR"]
 

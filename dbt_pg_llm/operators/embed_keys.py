@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..config import ModelConfig
 from ..errors import ConfigError
-from ..keys import cache_key, canonical_json, key_sql
+from ..models.config import ModelConfig
+from ..models.keys import cache_key, canonical_json, key_sql
 
 __all__ = ["MAX_INPUT_TOKENS", "embedding_config", "embedding_fingerprint", "embedding_key", "keyed_texts",
            "embedding_key_sql", "approx_tokens", "prepare_text"]

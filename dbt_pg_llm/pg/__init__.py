@@ -1,4 +1,4 @@
-"""The Postgres side: audit/cache schema, COPY writers, the column fill algorithm, DataFrame sessions.
+"""The Postgres side: audit/cache schema, COPY writers, the column fill algorithm, the vectors' store.
 
 Everything here talks to a DB-API (psycopg2) connection handed in by the caller and never imports dbt.
 
@@ -10,7 +10,7 @@ Everything here talks to a DB-API (psycopg2) connection handed in by the caller 
 * ``fill``       — ``fill_column``: make ``llm_results`` hold every key the join needs, paying once per
   distinct key; with ``claims`` (no key paid twice by concurrent runs) and ``budget`` (``max_cost_usd``).
 * ``report``     — ``FillReport`` / ``FillError``: what one fill did.
-* ``frame``      — ``LlmFrameSession``: the same fill over a pandas Series (Python models).
+* ``vectors``    — ``llm_embeddings``: binary COPY of vectors, lookups (pgvector ``vector`` or ``real[]``).
 * ``upkeep``     — ``raise_alerts``: the engine's alerts into ``llm_alerts``, once per run/model/type.
 * ``usage_report`` — per-model usage over N days from the audit tables (``pg_llm.report``, the HTML report).
 * ``cache_control`` — ``invalidate`` (``llm_results`` and the journal together), ``purge_audit``.
@@ -18,7 +18,6 @@ Everything here talks to a DB-API (psycopg2) connection handed in by the caller 
 * ``progress``   — ``ProgressPacer`` (every 10 s or 10% of keys), ``AttemptCounter`` (retries / 429s).
 """
 from .fill import fill_column
-from .frame import LlmFrameSession
 from .join import join_sql
 from .migrations import apply_retention, ensure_migrated, migrate, quote_ident, validate_schema_name
 from .report import FillError, FillReport
@@ -28,7 +27,7 @@ from .writers import (ErrorRow, ResultRow, record_run, resolve_errors, write_ale
                       write_results)
 
 __all__ = [
-    "ColumnSpec", "ErrorRow", "FillError", "FillReport", "LlmFrameSession", "ResultRow", "RunContext",
+    "ColumnSpec", "ErrorRow", "FillError", "FillReport", "ResultRow", "RunContext",
     "apply_retention", "ensure_migrated", "fill_column", "join_sql", "migrate", "quote_ident", "raise_alerts", "record_run",
     "resolve_errors", "validate_schema_name", "write_alerts", "write_calls", "write_errors", "write_results",
 ]

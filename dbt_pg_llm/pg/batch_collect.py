@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from ..batch_api import BatchClient, client_for, output_of_line
 from ..errors import ErrorKind, ModelError, PgLlmError, redact
-from ..model_io import ModelOutput
+from ..models.batch_api import BatchClient, client_for, output_of_line
+from ..models.model_io import ModelOutput
 from . import batch_store as store
+from .batch_collect_embed import collect_embed_batch, is_embed_batch
 from .migrations import ensure_migrated, quote_ident
 from .spec import ColumnSpec, RunContext
 from .writers import ErrorRow, ResultRow, record_run, resolve_errors, write_errors, write_results
@@ -153,8 +154,6 @@ class BatchCollector:
         return True
 
     def _apply(self, conn, row: store.BatchRow, client: BatchClient, info, rep: CollectReport) -> None:
-        from ..operators.embed_batch import collect_embed_batch, is_embed_batch
-
         if is_embed_batch(row.spec):  # /v1/embeddings lines: vectors go to llm_embeddings, not llm_results
             collect_embed_batch(self.engine, conn, self.schema, self.run, row, client, info, rep)
             return

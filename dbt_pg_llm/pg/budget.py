@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Sequence
 
-from ..spend import SpendLimit
+from ..models.spend import SpendLimit
 from .migrations import db_identity, quote_ident
 
 __all__ = ["run_spend_limit"]

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..cache import JournalError
 from ..errors import ConfigError
+from ..models.cache import JournalError
 from .join import invalidation_cutoffs, quote_literal
 from .migrations import apply_retention, ensure_migrated, quote_ident, transaction
 

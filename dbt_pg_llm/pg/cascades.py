@@ -14,16 +14,16 @@ import logging
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..cascade_calibration import Calibration, apply_calibration, calibrate, calibration_basis
 from ..errors import ConfigError
-from ..strategy import SCORES_FROM_EVALUATIONS
+from ..models.cascade_calibration import Calibration, apply_calibration, calibrate, calibration_basis
+from ..models.strategy import SCORES_FROM_EVALUATIONS
 from .join import distinct_prompts_sql
 from .migrations import ensure_migrated, qualified, transaction
 
 if TYPE_CHECKING:
-    from ..engine import Engine
-    from ..evaluation import EvaluationRow
-    from ..model_io import ModelInput
+    from ..models.engine import Engine
+    from ..models.evaluation import EvaluationRow
+    from ..models.model_io import ModelInput
 
 __all__ = ["store_evaluations", "latest_evaluations", "scores_from_evaluations", "store_calibration",
            "load_calibration", "calibrated", "calibrations", "prepare_cascade",

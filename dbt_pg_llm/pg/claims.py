@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..errors import redact
-from ..lease import SendLease
+from ..models.lease import SendLease
 from .batch_store import in_open_batch_sql
 from .join import fresh_sql
 from .migrations import ensure_call_partitions, quote_ident

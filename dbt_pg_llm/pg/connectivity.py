@@ -21,7 +21,7 @@ def buffered_sinks(engine) -> list:
     with _sink_lock:
         found = [s for s in dispatcher.sinks if callable(getattr(s, "drain", None))]
         if not found:
-            from ..logs import BufferedSink
+            from ..models.logs import BufferedSink
 
             from .run_totals import spool_dir_of
 

@@ -17,8 +17,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from ..spend import estimate_cost, estimate_prompt_tokens
-from ..tokens import output_tokens_bound
+from ..models.spend import estimate_cost, estimate_prompt_tokens
+from ..models.tokens import output_tokens_bound
 from .join import distinct_prompts_sql, invalidation_cutoffs, uncached_prompts_sql
 from .spec import ColumnSpec
 

@@ -48,7 +48,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..errors import ErrorKind, PgLlmError, redact
-from ..model_io import ModelInput
+from ..models.model_io import ModelInput
 from .budget import run_spend_limit
 from .call_logs import CallLogDrain
 from .cache_control import forget_invalidated

@@ -12,7 +12,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
-from ..keys import key_sql
+from ..models.keys import key_sql
 from .migrations import quote_ident
 from .spec import ColumnSpec
 

@@ -21,8 +21,8 @@ import logging
 import os
 from datetime import datetime
 
-from ..call_spool import orphaned
 from ..errors import redact
+from ..models.call_spool import orphaned
 from .migrations import ensure_call_partitions, quote_ident, transaction
 
 __all__ = ["LOST", "derive_run_totals", "run_totals", "settle_runs", "replay_spools", "spool_dir_of", "spool_dir_for",

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
-from ..batch_policy import COLUMN_MODES
-from ..config import check_keys
+from ..models.batch_policy import COLUMN_MODES
+from ..models.config import check_keys
 from ..errors import ConfigError
-from ..keys import canonical_json, fingerprint_of, key_sql
-from ..json_schema import schema_problems
-from ..model_io import ModelInput, ResponseFormat, label_problems
+from ..models.keys import canonical_json, fingerprint_of, key_sql
+from ..models.json_schema import schema_problems
+from ..models.model_io import ModelInput, ResponseFormat, label_problems
 
 __all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE", "FILTER_PHRASE", "FILTER_LABELS",
            "MULTI_LABEL_PHRASE", "multi_label_schema", "check_fill_settings"]

@@ -9,7 +9,7 @@ model (issue 17.1: one source of truth), which includes batch lines this process
 """
 from __future__ import annotations
 
-from ..alerts import AlertThresholds, ModelAlert, should_alert
+from ..models.alerts import AlertThresholds, ModelAlert, should_alert
 from .migrations import quote_ident
 from .writers import write_alerts
 

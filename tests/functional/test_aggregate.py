@@ -12,7 +12,7 @@ from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
 from dbt_pg_llm.operators.aggregate import SYSTEM_PHRASE, leaf_chunks, row_key, run_aggregate
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
 from dbt_pg_llm.simulator import SimulatorConfig
-from dbt_pg_llm.tokens import token_counter
+from dbt_pg_llm.models.tokens import token_counter
 
 pytestmark = pytest.mark.functional
 BUDGET, CHUNK_ROWS, FAN_IN = 600, 6, 3

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from dbt_pg_llm import BufferedSink, Engine, MemoryBackend, Model, ResultCache, estimate_cost
-from dbt_pg_llm.batch_policy import BatchPolicy
+from dbt_pg_llm.models.batch_policy import BatchPolicy
 from dbt_pg_llm.pg import ColumnSpec, RunContext
 from dbt_pg_llm.pg.batch_fill import fill_column_batched
 from dbt_pg_llm.pg.budget import run_spend_limit
@@ -343,7 +343,7 @@ def test_batch_mode_on_a_strategy_model_falls_back_to_the_normal_path_and_says_s
 
 
 def test_the_fill_closes_the_batch_http_clients_it_opened(db, pg_conn, bsim, monkeypatch):
-    from dbt_pg_llm.batch_api.client import BatchClient
+    from dbt_pg_llm.models.batch_api.client import BatchClient
 
     closed = []
     original = BatchClient.close
@@ -382,7 +382,7 @@ def test_keys_another_run_moves_from_its_claims_into_a_batch_are_not_taken_over_
     """The race behind two concurrent runs: run B finds keys claimed by run A (not in a batch yet) and
     waits; A then records its batch and releases the claims. B must leave those keys to the batch,
     not take them over and pay for them with normal requests."""
-    from dbt_pg_llm.keys import key_sql
+    from dbt_pg_llm.models.keys import key_sql
     from dbt_pg_llm.pg.migrations import ensure_migrated
 
     engine = make_engine(bsim)

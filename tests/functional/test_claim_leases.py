@@ -214,7 +214,7 @@ def test_keys_released_while_a_heartbeat_runs_are_not_reported_taken_over(db, pg
     import psycopg2
     import psycopg2.extensions
 
-    from dbt_pg_llm.lease import SendLease
+    from dbt_pg_llm.models.lease import SendLease
     from dbt_pg_llm.pg import FillReport
     from dbt_pg_llm.pg.claims import ClaimHeartbeat, Claims
 
@@ -266,7 +266,7 @@ def test_keys_whose_claim_was_lost_are_not_sent_singly_packed_or_by_a_cascade(si
     lease first: keys another run took over are not sent (real HTTP to the simulator)."""
     from dbt_pg_llm import BufferedSink, LlmSettings, ModelInput, build_engine
     from dbt_pg_llm.errors import ErrorKind
-    from dbt_pg_llm.lease import SendLease
+    from dbt_pg_llm.models.lease import SendLease
 
     small, large = simulator_factory(), simulator_factory()
     member = {"retry": {"max_retries": 0}, "timeout_ms": 60000}

@@ -176,7 +176,7 @@ def test_kill_9_run_is_settled_from_its_call_spool(db, pg, pg_conn, simulator_fa
             proc.kill()
     ledger = ledger_of(sim)
     before = call_sums(pg_conn, audit, "killed")
-    from dbt_pg_llm.cache import DiskJournal
+    from dbt_pg_llm.models.cache import DiskJournal
     from dbt_pg_llm.pg.run_totals import replay_spools
     from dbt_pg_llm.pg.runs import mark_crashed_runs
 
@@ -314,7 +314,7 @@ def test_batch_collect_with_failed_lines_counts_billed_lines_once(db, pg_conn, s
     """Submit in one run; the next collects (30% of the lines errored: not billed), requests the
     failed keys normally, and then finds every key answered: llm_runs == llm_calls == ledger; the
     lines are the submitting run's spend, and no run counts a key as both paid and saved."""
-    from dbt_pg_llm.batch_policy import BatchPolicy
+    from dbt_pg_llm.models.batch_policy import BatchPolicy
 
     connect, schema, audit = db
     sim = simulator_factory(SimulatorConfig(cost_per_1k_input=COST_IN, cost_per_1k_output=COST_OUT))
@@ -405,7 +405,7 @@ def test_report_settles_a_dead_run_from_its_spool(db, pg_conn, tmp_path):
     spool = tmp_path / "call_spool"
     code = textwrap.dedent("""
         import sys
-        from dbt_pg_llm.logs import BufferedSink, ModelLog
+        from dbt_pg_llm.models.logs import BufferedSink, ModelLog
         sink = BufferedSink(spool_dir=sys.argv[1])
         for i in range(3):
             sink.emit(ModelLog(model="m", input_hash=f"k{i}", prompt_tokens=10, completion_tokens=2,
@@ -492,8 +492,8 @@ def test_cost_alert_is_what_llm_calls_says_the_run_paid(db, pg_conn):
     """The cost alert compares the run's llm_calls spend per model with max_cost_usd: a batch's
     lines (never requested by this process, so absent from its metrics) count."""
     from dbt_pg_llm import Engine
-    from dbt_pg_llm.alerts import AlertThresholds
-    from dbt_pg_llm.logs import ModelLog
+    from dbt_pg_llm.models.alerts import AlertThresholds
+    from dbt_pg_llm.models.logs import ModelLog
     from dbt_pg_llm.pg.migrations import migrate
     from dbt_pg_llm.pg.upkeep import raise_alerts
     from dbt_pg_llm.pg.writers import write_calls

@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from dbt_pg_llm.cache import max_unjournaled
+from dbt_pg_llm.models.cache import max_unjournaled
 from dbt_pg_llm.operators.embed import MAX_INPUTS, embed_texts, embedding_fingerprint, embedding_key
 from dbt_pg_llm.pg import RunContext
 from dbt_pg_llm.simulator import SimulatorConfig

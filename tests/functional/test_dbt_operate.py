@@ -133,8 +133,8 @@ def _table_state(project) -> list[tuple]:
 
 def test_estimate_mode_prices_uncached_keys_with_the_budget_estimator_and_changes_nothing(op_project, simulator):
     from dbt_pg_llm.pg.spec import ColumnSpec
-    from dbt_pg_llm.settings import LlmSettings
-    from dbt_pg_llm.spend import estimate_cost
+    from dbt_pg_llm.models.settings import LlmSettings
+    from dbt_pg_llm.models.spend import estimate_cost
 
     project = op_project
     project.run("run")

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from dbt_pg_llm import ErrorKind, Model, ModelInput, ResponseFormat
-from dbt_pg_llm.runtime import shared_loop
+from dbt_pg_llm.models.runtime import shared_loop
 
 OPENAI_OK = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini",
              "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine", "refusal": None},

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dbt_pg_llm.cache import max_unjournaled
+from dbt_pg_llm.models.cache import max_unjournaled
 from dbt_pg_llm.embedded_pg import EmbeddedPostgres, default_data_dir
 from dbt_pg_llm.simulator import SimulatorConfig
 from dbt_harness import INTEGRATION, DbtProject

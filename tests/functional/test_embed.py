@@ -17,7 +17,7 @@ import diskcache
 import pytest
 from test_pg_enrich import make_engine, q
 
-from dbt_pg_llm.cache import DiskJournal, ResultCache
+from dbt_pg_llm.models.cache import DiskJournal, ResultCache
 from dbt_pg_llm.errors import ConfigError
 from dbt_pg_llm.operators.embed import embed, embed_texts, embedding_fingerprint, embedding_key
 from dbt_pg_llm.operators.embed_journal import PENDING_DIR, RequestJournal
@@ -112,7 +112,7 @@ KILLED = textwrap.dedent("""
     import json, sys
     import psycopg2
     from dbt_pg_llm import BufferedSink, Engine, Model
-    from dbt_pg_llm.cache import DiskJournal, ResultCache
+    from dbt_pg_llm.models.cache import DiskJournal, ResultCache
     from dbt_pg_llm.operators.embed import _Filler
     from dbt_pg_llm.operators import embed_texts
 
@@ -214,7 +214,7 @@ def test_a_request_is_journaled_as_the_answer_received_and_absorbed_from_it(db, 
     fp = embedding_fingerprint(engine.model("sim").config, 16)
     by_index = {d["index"]: d["embedding"] for d in json.loads(bodies[0])["data"]}
     stored = dict(q(pg_conn, f'select key, vec::real[] from "{audit}".llm_embeddings'))
-    from dbt_pg_llm.operators.embed_vectors import vector_from_b64
+    from dbt_pg_llm.pg.vectors import vector_from_b64
     assert all(stored[embedding_key(fp, t)] == pytest.approx(vector_from_b64(by_index[i])) for i, t in enumerate(texts))
 
 
@@ -274,7 +274,7 @@ def test_the_openai_sdk_parses_the_simulators_embeddings(sim):
 def test_a_python_models_session_embeds_a_series_on_the_same_cache(db, sim):
     import pandas as pd
 
-    from dbt_pg_llm.pg.frame import LlmFrameSession
+    from dbt_pg_llm.operators.frame import LlmFrameSession
 
     connect, _, audit = db
     engine = make_engine(sim, **EMBED_MODEL)

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from dbt_pg_llm.operators.embed import fetch_vectors, store_vectors, vector_to_b64
-from dbt_pg_llm.operators.embed_vectors import vector_storage
+from dbt_pg_llm.pg.vectors import vector_storage
 from dbt_pg_llm.pg.migrations import forget_migrated, migrate
 
 pytestmark = pytest.mark.functional

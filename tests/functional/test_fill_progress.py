@@ -49,7 +49,7 @@ def test_python_model_frames_record_the_same_provenance(db, simulator):
     with store_prompts=False only the key."""
     import pandas as pd
 
-    from dbt_pg_llm.pg.frame import LlmFrameSession
+    from dbt_pg_llm.operators.frame import LlmFrameSession
 
     simulator.reset()
     connect, _, audit = db

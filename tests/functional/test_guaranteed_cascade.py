@@ -8,14 +8,14 @@ import asyncio
 import pytest
 
 from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
-from dbt_pg_llm.guarantee import NEVER
-from dbt_pg_llm.model_io import ModelInput
+from dbt_pg_llm.models.guarantee import NEVER
+from dbt_pg_llm.models.model_io import ModelInput
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
 from dbt_pg_llm.pg.cascades import (calibrated, calibrations, latest_evaluations, scores_from_evaluations,
                                     store_evaluations)
-from dbt_pg_llm.evaluation import evaluate
-from dbt_pg_llm.html_report import render_report_html
-from dbt_pg_llm.quality_report import quality_tables_html
+from dbt_pg_llm.models.evaluation import evaluate
+from dbt_pg_llm.ops.html_report import render_report_html
+from dbt_pg_llm.ops.quality_report import quality_tables_html
 from dbt_pg_llm.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.functional

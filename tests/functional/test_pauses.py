@@ -120,8 +120,8 @@ async def _trickle(chunks: int, gap_s: float):
 def test_timeout_ms_is_a_wait_without_bytes_not_a_cap_on_a_flowing_answer(chunks, gap_s, times_out):
     """As aiohttp's sock_read was: 6 chunks 0.2 s apart (1.2 s in all) outlive timeout_ms=800; a gap of
     1.6 s before a chunk is a timeout (after timeout_ms and its 0.1 s grace, not the 1.6 s)."""
-    from dbt_pg_llm.config import ModelConfig
-    from dbt_pg_llm.providers.wire import AiohttpWire
+    from dbt_pg_llm.models.config import ModelConfig
+    from dbt_pg_llm.models.providers.wire import AiohttpWire
 
     async def go():
         runner, url = await _trickle(chunks, gap_s)

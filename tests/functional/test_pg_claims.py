@@ -15,7 +15,7 @@ import time
 import pytest
 from test_pg_enrich import make_engine, make_source, q, sha, spec
 
-from dbt_pg_llm.keys import cache_key
+from dbt_pg_llm.models.keys import cache_key
 from dbt_pg_llm.pg import RunContext, fill_column
 from dbt_pg_llm.simulator import SimulatorConfig
 

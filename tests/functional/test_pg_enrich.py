@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ModelError, ResultCache, estimate_cost
-from dbt_pg_llm.keys import cache_key
+from dbt_pg_llm.models.keys import cache_key
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
 from dbt_pg_llm.simulator import SimulatorConfig
 

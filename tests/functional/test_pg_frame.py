@@ -8,7 +8,7 @@ import pytest
 
 from dbt_pg_llm import BufferedSink, ConfigError, Engine, MemoryBackend, Model, ResultCache
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
-from dbt_pg_llm.pg.frame import LlmFrameSession
+from dbt_pg_llm.operators.frame import LlmFrameSession
 
 pytestmark = pytest.mark.functional
 

@@ -2,7 +2,7 @@
 import httpx
 
 from dbt_pg_llm import Engine, Model, ModelInput
-from dbt_pg_llm.alerts import AlertThresholds
+from dbt_pg_llm.models.alerts import AlertThresholds
 from dbt_pg_llm.pg import ensure_migrated
 from dbt_pg_llm.pg.upkeep import raise_alerts
 

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from dbt_pg_llm.errors import register_secret
-from dbt_pg_llm.keys import cache_key, fingerprint, key_sql
-from dbt_pg_llm.logs import ModelLog
+from dbt_pg_llm.models.keys import cache_key, fingerprint, key_sql
+from dbt_pg_llm.models.logs import ModelLog
 from dbt_pg_llm.pg.migrations import migrate
 from dbt_pg_llm.pg.writers import (
     ErrorRow, ResultRow, record_run, resolve_errors, write_alerts, write_calls, write_errors, write_results,
@@ -155,7 +155,7 @@ def test_dead_letters_keep_their_history_with_node_column_and_run(conn, schema):
 
 
 def test_alerts_and_runs(conn, schema):
-    from dbt_pg_llm.alerts import ModelAlert
+    from dbt_pg_llm.models.alerts import ModelAlert
 
     write_alerts(conn, schema, [ModelAlert("m", "cost", "spent $5", "critical"),
                                 {"model": "m", "alert_type": "latency", "message": "slow"}], run_id="r")

@@ -12,7 +12,7 @@ from dbt_pg_llm import BatchInput, BufferedSink, Engine, MemoryBackend, Model, M
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
 from dbt_pg_llm.pg.spec import CLASSIFY_PHRASE
 from dbt_pg_llm.pg.usage_report import format_usage, usage_by_model
-from dbt_pg_llm.runtime import shared_loop
+from dbt_pg_llm.models.runtime import shared_loop
 from dbt_pg_llm.simulator import SimulatorConfig
 
 pytestmark = pytest.mark.functional

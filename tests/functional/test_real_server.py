@@ -113,7 +113,7 @@ def test_the_example_project_against_llama_server(project, llama):
     FIGURES["labels_valid"] = f"{sum(v is not None for v in labelled)}/{len(labelled)}"
     assert all(v is not None for v in labelled), labelled
     # extract: every non-NULL value is valid for the schema
-    from dbt_pg_llm.json_schema import local_validator
+    from dbt_pg_llm.models.json_schema import local_validator
 
     schema_json = {"type": "object", "properties": {"product": {"type": "string"},
                                                     "issues": {"type": "array", "items": {"type": "string"}},

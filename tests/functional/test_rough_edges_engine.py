@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from dbt_pg_llm import Engine, MemoryBackend, Model, ResultCache, estimate_cost
-from dbt_pg_llm.model_io import ModelInput
+from dbt_pg_llm.models.model_io import ModelInput
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column
 from dbt_pg_llm.simulator import SimulatorConfig
 

@@ -110,8 +110,8 @@ def test_batch_knobs_are_validated_and_reach_the_command_line():
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_engine_batch_clients_page_through_batches_and_find_one_by_its_idempotency_id(provider):
     from dbt_pg_llm import ModelInput
-    from dbt_pg_llm.batch_api import client_for
-    from dbt_pg_llm.config import ModelConfig
+    from dbt_pg_llm.models.batch_api import client_for
+    from dbt_pg_llm.models.config import ModelConfig
 
     with SimulatorServer() as s:
         client = client_for(ModelConfig.from_dict({"provider": provider, "api_url": s.base_url,

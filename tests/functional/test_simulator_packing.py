@@ -8,8 +8,8 @@ import math
 import pytest
 
 from dbt_pg_llm import BatchInput, Model, ModelInput, ResponseFormat
-from dbt_pg_llm.batch import pack_prompt
-from dbt_pg_llm.runtime import shared_loop
+from dbt_pg_llm.models.batch import pack_prompt
+from dbt_pg_llm.models.runtime import shared_loop
 from dbt_pg_llm.simulator.answers import JSON_PHRASE, LABELS_PHRASE
 from dbt_pg_llm.simulator.packing import answer, packed_inputs
 

@@ -9,7 +9,7 @@ import pytest
 
 from dbt_pg_llm import (BatchInput, Engine, ErrorKind, InferenceStrategy, MemoryBackend, Model, ModelInput, ResponseFormat,
                         ResultCache, SpendLimit, StrategyModel, estimate_cost)
-from dbt_pg_llm.batch import pack_prompt
+from dbt_pg_llm.models.batch import pack_prompt
 from dbt_pg_llm.simulator import SimulatorConfig
 from dbt_pg_llm.simulator.answers import LABELS_PHRASE
 

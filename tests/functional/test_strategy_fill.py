@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dbt_pg_llm import BufferedSink, LlmSettings, build_engine
-from dbt_pg_llm.keys import cache_key
+from dbt_pg_llm.models.keys import cache_key
 from dbt_pg_llm.pg import ColumnSpec, RunContext, fill_column, join_sql
 from dbt_pg_llm.simulator import SimulatorConfig
 

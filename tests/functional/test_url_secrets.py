@@ -19,7 +19,7 @@ import pytest
 from dbt_harness import one_model_project  # the dbtRunner helper of the dbt tests
 
 from dbt_pg_llm import Engine, MemoryBackend, Model, ModelInput, ResultCache
-from dbt_pg_llm.endpoints import check_endpoint
+from dbt_pg_llm.models.endpoints import check_endpoint
 
 pytestmark = pytest.mark.functional
 

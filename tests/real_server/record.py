@@ -25,7 +25,7 @@ from server import LlamaServer  # noqa: E402
 
 from dbt_pg_llm import ModelConfig  # noqa: E402
 from dbt_pg_llm.pg import ColumnSpec  # noqa: E402
-from dbt_pg_llm.providers import provider_for  # noqa: E402
+from dbt_pg_llm.models.providers import provider_for  # noqa: E402
 
 OUT = REPO / "tests" / "fixtures" / "llama_cpp"
 LABELS = ["positive", "negative", "neutral"]

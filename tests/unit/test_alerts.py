@@ -1,10 +1,10 @@
 import pytest
 
-from dbt_pg_llm.alerts import AlertThresholds, ModelAlert, should_alert
+from dbt_pg_llm.models.alerts import AlertThresholds, ModelAlert, should_alert
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.metrics import ModelMetrics
-from dbt_pg_llm.model_io import ModelOutput
-from dbt_pg_llm.status import CircuitBreaker, ModelStatus
+from dbt_pg_llm.models.metrics import ModelMetrics
+from dbt_pg_llm.models.model_io import ModelOutput
+from dbt_pg_llm.models.status import CircuitBreaker, ModelStatus
 
 
 def metrics(n_ok, n_err, latency=100.0, cost=0.0, name="gpt"):

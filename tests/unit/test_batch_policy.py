@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from dbt_pg_llm import ConfigError, LlmSettings
-from dbt_pg_llm.batch_api import client_for
-from dbt_pg_llm.batch_policy import BatchPolicy
-from dbt_pg_llm.config import ModelConfig
+from dbt_pg_llm.models.batch_api import client_for
+from dbt_pg_llm.models.batch_policy import BatchPolicy
+from dbt_pg_llm.models.config import ModelConfig
 from dbt_pg_llm.pg.spec import ColumnSpec
 
 BASE = {"api_url": "http://127.0.0.1:1/v1", "model_version": "m"}

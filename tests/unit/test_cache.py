@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from dbt_pg_llm.cache import CacheEntry, DiskJournal, MemoryBackend, ResultCache
+from dbt_pg_llm.models.cache import CacheEntry, DiskJournal, MemoryBackend, ResultCache
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.keys import cache_key, fingerprint
-from dbt_pg_llm.model_io import ModelOutput, TokenUsage
+from dbt_pg_llm.models.keys import cache_key, fingerprint
+from dbt_pg_llm.models.model_io import ModelOutput, TokenUsage
 
 FP = fingerprint(provider="openai", model_version="gpt-4o-mini", system_message=None, temperature=0.0,
                  max_tokens=16)
@@ -328,9 +328,9 @@ def test_journal_put_cost(tmp_path):
 def test_request_keys_are_the_documented_fingerprint_whatever_the_memo_holds():
     """fingerprint_of memoizes per (config, format object, parameters): every combination must still
     give the key the documented formula gives, and equal formats in other objects the same key."""
-    from dbt_pg_llm.config import ModelConfig
-    from dbt_pg_llm.keys import request_key
-    from dbt_pg_llm.model_io import ModelInput, ResponseFormat
+    from dbt_pg_llm.models.config import ModelConfig
+    from dbt_pg_llm.models.keys import request_key
+    from dbt_pg_llm.models.model_io import ModelInput, ResponseFormat
 
     config = ModelConfig.from_dict({"api_url": "http://x/v1", "model_version": "v1", "temperature": 0.2,
                                     "max_tokens": 50}, "m")
@@ -434,7 +434,7 @@ def test_the_durability_gate_keeps_paid_answers_off_disk_to_max_unjournaled(tmp_
     """Decision 0024: with a slow group commit, answers used to pile up unjournaled behind the
     requests in flight; through the gate, calls started but not yet stored never exceed
     max_unjournaled(limit), and a cache with nothing on disk takes no gate."""
-    from dbt_pg_llm.cache import max_unjournaled
+    from dbt_pg_llm.models.cache import max_unjournaled
 
     assert [max_unjournaled(n) for n in (1, 4, 8, 32, 64)] == [2, 5, 9, 36, 72]
     cache = ResultCache(DiskJournal(str(tmp_path / "journal")), commit_delay_s=0.05)

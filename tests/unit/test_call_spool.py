@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from dbt_pg_llm.call_spool import orphaned
-from dbt_pg_llm.logs import BufferedSink, ModelLog
+from dbt_pg_llm.models.call_spool import orphaned
+from dbt_pg_llm.models.logs import BufferedSink, ModelLog
 
 
 def lines(directory):
@@ -33,7 +33,7 @@ def test_records_stay_on_disk_until_written(tmp_path):
 
 
 def test_a_dead_process_segment_is_orphaned(tmp_path):
-    code = ("import sys; from dbt_pg_llm.logs import BufferedSink, ModelLog; "
+    code = ("import sys; from dbt_pg_llm.models.logs import BufferedSink, ModelLog; "
             "BufferedSink(spool_dir=sys.argv[1]).emit(ModelLog(model='m'))")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     (segment,) = tmp_path.glob("*.jsonl")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dbt_pg_llm.operators.embed_vectors import copy_data, vector_to_b64
+from dbt_pg_llm.pg.vectors import copy_data, vector_to_b64
 
 
 def _rows_of(stream: bytes, vector: bool = False) -> list[tuple]:
@@ -73,7 +73,7 @@ def test_a_vector_with_nan_or_infinity_is_left_out_and_named(bad, vector):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_malloc_arenas_are_capped_once_per_process():
-    code = ("from dbt_pg_llm.operators.embed_vectors import bound_malloc_arenas as b; "
+    code = ("from dbt_pg_llm.pg.vectors import bound_malloc_arenas as b; "
             "print(b(), b())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True"]

@@ -4,7 +4,7 @@ import json
 import httpx
 
 from dbt_pg_llm import ModelConfig
-from dbt_pg_llm.endpoints import check_endpoint
+from dbt_pg_llm.models.endpoints import check_endpoint
 
 KEY = "sk-ant-test-0123456789abcdef"
 

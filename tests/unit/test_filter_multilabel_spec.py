@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from dbt_pg_llm.config import ModelConfig
+from dbt_pg_llm.models.config import ModelConfig
 from dbt_pg_llm.errors import ConfigError, ModelError
 from dbt_pg_llm.pg.join import join_sql
 from dbt_pg_llm.pg.spec import FILTER_PHRASE, MULTI_LABEL_PHRASE, ColumnSpec
 from dbt_pg_llm.simulator.answers import compute_answer
 from dbt_pg_llm.simulator.filter_answers import content_words
-from dbt_pg_llm.tokens import output_tokens_bound
+from dbt_pg_llm.models.tokens import output_tokens_bound
 
 CONFIG = ModelConfig.from_dict({"provider": "openai", "api_url": "http://127.0.0.1:1/v1", "model_version": "sim-small"})
 FILTER = {"kind": "filter", "prompt_sql": "body", "question": "Does the review mention shipping?", "model": "sim"}

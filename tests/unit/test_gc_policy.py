@@ -4,7 +4,7 @@ import gc
 import httpx
 
 from dbt_pg_llm import Engine, Model, ModelInput
-from dbt_pg_llm.gc_policy import BULK_GEN0, bulk_gc
+from dbt_pg_llm.models.gc_policy import BULK_GEN0, bulk_gc
 
 
 def test_thresholds_are_raised_while_any_bulk_stream_runs_and_restored_after_the_last():

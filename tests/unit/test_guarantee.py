@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from dbt_pg_llm.guarantee import (GRID, NEVER, cascade_answers_index, choose_thresholds,
+from dbt_pg_llm.models.guarantee import (GRID, NEVER, cascade_answers_index, choose_thresholds,
                                   clopper_pearson_upper)
 
 N, SAMPLE, TARGET, DELTA, SEEDS = 5000, 500, 0.9, 0.1, 200
@@ -108,7 +108,7 @@ def test_bad_parameters_are_refused(target, delta):
 
 def test_profile_entries_for_guaranteed_cascades_and_measured_routes():
     from dbt_pg_llm.errors import ConfigError
-    from dbt_pg_llm.strategy import InferenceStrategy
+    from dbt_pg_llm.models.strategy import InferenceStrategy
 
     models = {"small", "large"}
     sure = InferenceStrategy.from_dict({"strategy": "cascade", "models": ["small", "large"], "target_accuracy": 0.9,

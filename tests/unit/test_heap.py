@@ -4,7 +4,7 @@ import sys
 
 SCRIPT = """
 import gc, json
-from dbt_pg_llm.gc_policy import freeze_long_lived_heap
+from dbt_pg_llm.models.gc_policy import freeze_long_lived_heap
 keep = [[i] for i in range(50000)]  # long-lived objects, as dbt's parsed project is
 before = gc.get_freeze_count()
 first = freeze_long_lived_heap()
@@ -41,7 +41,7 @@ def test_freezing_does_not_scan_the_whole_heap():
     project: 85 ms of every enriching dbt run)."""
     script = """
 import gc, json
-from dbt_pg_llm.gc_policy import freeze_long_lived_heap
+from dbt_pg_llm.models.gc_policy import freeze_long_lived_heap
 keep = [[i] for i in range(50000)]
 gc.collect()
 generations = []

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.lease import SendLease, admit_send, sending_for
+from dbt_pg_llm.models.lease import SendLease, admit_send, sending_for
 
 
 class Clock:

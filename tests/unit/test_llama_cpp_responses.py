@@ -72,7 +72,7 @@ def test_auto_sends_labels_as_an_enum_schema_and_steps_down_when_refused():
 def test_label_confidence_is_aligned_against_the_logprob_tokens_not_the_content():
     """llama-server strips ```json fences from content but not from the logprobs: offsets into the
     content picked a fence token."""
-    from dbt_pg_llm.providers.openai import label_logprob
+    from dbt_pg_llm.models.providers.openai import label_logprob
 
     tokens = ["```", "json", "\n", '{"', "label", '":', ' "', "neg", "ative", '"}', "\n", "```"]
     lps = [-0.01, -4.15, -0.02, -0.3, -0.0, -0.0, -0.1, -1.06, -0.0, -0.0, -0.2, -0.0]

@@ -15,7 +15,7 @@ def test_engine_log_records_become_dbt_events_not_stderr_lines(capfd):
     log_bridge.install(logger)  # what PgLlmAdapter.__init__ does
     try:
         logging.getLogger("dbt_pg_llm").warning("journal almost %s", "full")
-        logging.getLogger("dbt_pg_llm.cache").error("could not store %d answers", 3)
+        logging.getLogger("dbt_pg_llm.models.cache").error("could not store %d answers", 3)
     finally:
         manager.callbacks.remove(events.append)
         log_bridge.uninstall()

@@ -5,8 +5,8 @@ from datetime import timezone
 import pytest
 
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.logs import BufferedSink, LogDispatcher, LoggingSink, LogSink, MemorySink, ModelLog
-from dbt_pg_llm.model_io import ModelOutput, TokenUsage
+from dbt_pg_llm.models.logs import BufferedSink, LogDispatcher, LoggingSink, LogSink, MemorySink, ModelLog
+from dbt_pg_llm.models.model_io import ModelOutput, TokenUsage
 
 
 def a_log(**kw):

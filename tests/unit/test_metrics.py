@@ -4,8 +4,8 @@ import threading
 import pytest
 
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.metrics import MetricsRegistry, ModelMetrics, percentile
-from dbt_pg_llm.model_io import ModelOutput, TokenUsage
+from dbt_pg_llm.models.metrics import MetricsRegistry, ModelMetrics, percentile
+from dbt_pg_llm.models.model_io import ModelOutput, TokenUsage
 
 
 def ok(latency=100.0, cost=0.01, prompt=10, completion=5, model="m"):

@@ -11,7 +11,7 @@ import pytest
 
 from dbt_pg_llm import (BatchInput, ConfigError, Engine, ErrorKind, MemoryBackend, MemorySink, Model,
                         ModelConfig, ModelInput, ResponseFormat, ResultCache, RetryPolicy)
-from dbt_pg_llm.providers import parse_retry_after
+from dbt_pg_llm.models.providers import parse_retry_after
 
 SECRET = "sk-test-SECRET-0123456789"
 
@@ -278,7 +278,7 @@ def test_latency_is_the_request_time_not_the_queue_wait():
     async def five():
         return await asyncio.gather(*(model.acall(ModelInput(f"p{i}")) for i in range(5)))
 
-    from dbt_pg_llm.runtime import shared_loop
+    from dbt_pg_llm.models.runtime import shared_loop
     outs = shared_loop().run(five())
     assert all(o.ok for o in outs)
     assert max(o.latency_ms for o in outs) < 150  # the last one waited ~200 ms for the pool

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dbt_pg_llm.config import ModelConfig
+from dbt_pg_llm.models.config import ModelConfig
 from dbt_pg_llm.errors import ConfigError
-from dbt_pg_llm.keys import request_key
+from dbt_pg_llm.models.keys import request_key
 from dbt_pg_llm.pg.spec import ColumnSpec
 
 BASE = {"provider": "openai", "api_url": "http://127.0.0.1:1/v1", "model_version": "sim-small"}
@@ -37,7 +37,7 @@ def test_column_batch_size_is_validated_and_not_in_the_key():
 
 
 def test_profile_batch_size_problem_names_the_llm_key_path():
-    from dbt_pg_llm.settings import LlmSettings
+    from dbt_pg_llm.models.settings import LlmSettings
 
     with pytest.raises(ConfigError, match=r"llm\.models\.m\.batch_size: 0 must be a whole number >= 1"):
         LlmSettings.from_dict({"default_model": "m", "models": {"m": {**BASE, "batch_size": 0}}})

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from dbt_pg_llm.pool import RequestPool, TokenBucket
+from dbt_pg_llm.models.pool import RequestPool, TokenBucket
 
 
 class FakeTime:

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from dbt_pg_llm import ConfigError, ModelConfig, ModelInput, ResponseFormat, estimate_cost
-from dbt_pg_llm.model_io import TokenUsage
-from dbt_pg_llm.pricing import cache_control_min_tokens, cost_usd, prompt_cache_saving_usd
-from dbt_pg_llm.providers import provider_for
+from dbt_pg_llm.models.model_io import TokenUsage
+from dbt_pg_llm.models.pricing import cache_control_min_tokens, cost_usd, prompt_cache_saving_usd
+from dbt_pg_llm.models.providers import provider_for
 from dbt_pg_llm.simulator.prompt_cache import CachePoint, PromptCache
 from dbt_pg_llm.simulator.validate import check_request
 

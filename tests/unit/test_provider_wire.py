@@ -17,9 +17,9 @@ from test_model_calls import SECRET, Script, answer, make_model
 from dbt_pg_llm import (BatchInput, ConfigError, Engine, ErrorKind, InferenceStrategy, MemorySink, ModelConfig,
                         ModelInput, ResponseFormat, RetryPolicy)
 from dbt_pg_llm.errors import ModelError
-from dbt_pg_llm.keys import request_key
-from dbt_pg_llm.pool import RequestPool
-from dbt_pg_llm.providers import parse_duration, parse_retry_after, rate_limit_state
+from dbt_pg_llm.models.keys import request_key
+from dbt_pg_llm.models.pool import RequestPool
+from dbt_pg_llm.models.providers import parse_duration, parse_retry_after, rate_limit_state
 
 LABELS = ResponseFormat.one_of(["pos", "neg"])
 

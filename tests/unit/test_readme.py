@@ -43,7 +43,7 @@ def test_readme_operating_it_lists_real_commands():
     import contextlib
     import io
 
-    from dbt_pg_llm.cli import main
+    from dbt_pg_llm.ops.cli import main
 
     text = README.read_text(encoding="utf-8")
     section = _section(text, "Operating it")

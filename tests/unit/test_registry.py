@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 
 from dbt_pg_llm.errors import PgLlmError, RegistryError
-from dbt_pg_llm.registry import ModelRegistry
+from dbt_pg_llm.models.registry import ModelRegistry
 
 
 @dataclass

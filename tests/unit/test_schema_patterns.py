@@ -8,7 +8,7 @@ import pytest
 
 from dbt_pg_llm import ConfigError, ErrorKind, ResponseFormat
 from dbt_pg_llm.errors import ModelError
-from dbt_pg_llm.json_schema import schema_problems
+from dbt_pg_llm.models.json_schema import schema_problems
 from dbt_pg_llm.pg import ColumnSpec
 
 REDOS = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}, "required": ["s"]}

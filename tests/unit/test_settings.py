@@ -2,7 +2,7 @@
 import pytest
 
 from dbt_pg_llm import ConfigError, LlmSettings
-from dbt_pg_llm.alerts import AlertThresholds
+from dbt_pg_llm.models.alerts import AlertThresholds
 
 GOOD = {"api_url": "http://localhost:11434/v1", "model_version": "llama3.2", "api_key": "sk-settings-secret-99"}
 
@@ -99,7 +99,7 @@ def test_max_error_rate_defaults_to_half_and_is_validated_with_its_key_path():
 
 def test_a_journal_dir_that_cannot_be_opened_names_llm_journal_dir(tmp_path):
     from dbt_pg_llm import PgLlmError
-    from dbt_pg_llm.settings import build_engine
+    from dbt_pg_llm.models.settings import build_engine
 
     not_a_dir = tmp_path / "a_file"
     not_a_dir.write_text("in the way")  # a real OS error (ENOTDIR), also when running as root

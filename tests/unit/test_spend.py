@@ -9,7 +9,7 @@ import pytest
 
 from dbt_pg_llm import ModelConfig, ModelInput, ResponseFormat, SpendLimit, estimate_cost
 from dbt_pg_llm.simulator import answers as sim_answers
-from dbt_pg_llm.spend import STRUCTURED_OUTPUT_TOKENS, active_limit, estimate_prompt_tokens, using_limit
+from dbt_pg_llm.models.spend import STRUCTURED_OUTPUT_TOKENS, active_limit, estimate_prompt_tokens, using_limit
 
 AWKWARD = ["", "a", "tab\there", "café 日本語", "emoji 😀👍🏽", "x" * 1001, "  spaced  ", "\x00nul", "é" * 37]
 

@@ -3,8 +3,8 @@ import threading
 import pytest
 
 from dbt_pg_llm.errors import ErrorKind, ModelError
-from dbt_pg_llm.model_io import ModelOutput
-from dbt_pg_llm.status import BREAKER_ERRORS, CircuitBreaker, ModelStatus
+from dbt_pg_llm.models.model_io import ModelOutput
+from dbt_pg_llm.models.status import BREAKER_ERRORS, CircuitBreaker, ModelStatus
 
 
 class FakeClock:

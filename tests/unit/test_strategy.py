@@ -5,7 +5,7 @@ import httpx
 import pytest
 
 from dbt_pg_llm import ConfigError, Engine, Model, ModelInput, ResponseFormat
-from dbt_pg_llm.strategy import InferenceStrategy
+from dbt_pg_llm.models.strategy import InferenceStrategy
 
 
 def model(name, content, logprob=None, status=200, calls=None):
@@ -86,9 +86,9 @@ def test_strategy_validation():
 import asyncio  # noqa: E402
 
 from dbt_pg_llm import LlmSettings, ModelConfig, RegistryError, build_engine  # noqa: E402
-from dbt_pg_llm.keys import fingerprint_of  # noqa: E402
-from dbt_pg_llm.strategy_model import MEMBER_DEFAULT, StrategyConfig, StrategyModel  # noqa: E402
-from dbt_pg_llm.tokens import LABEL_MARGIN_TOKENS  # noqa: E402
+from dbt_pg_llm.models.keys import fingerprint_of  # noqa: E402
+from dbt_pg_llm.models.strategy_model import MEMBER_DEFAULT, StrategyConfig, StrategyModel  # noqa: E402
+from dbt_pg_llm.models.tokens import LABEL_MARGIN_TOKENS  # noqa: E402
 
 # answers by model_version: (content, first-token logprob); small is unsure of "neutral"
 ANSWERS = {"v-small": {"good": ("positive", -0.05), "meh": ("neutral", -1.5)},
@@ -233,7 +233,7 @@ def test_strategy_model_through_the_engine_caches_every_answer():
     # each member answered with its own settings, so its answers are shared with direct use of it
     # (a label answer is sent max_tokens = the longest label + a margin when that is smaller: tokens.py)
     # (structured_output auto sends labels as an enum: the bound includes its JSON wrapper, issue 18)
-    from dbt_pg_llm.tokens import output_tokens_bound
+    from dbt_pg_llm.models.tokens import output_tokens_bound
 
     small, large = (output_tokens_bound(engine.model(m).config, good) for m in ("small", "large"))
     assert small == min(256, large) and small > len("positive") + LABEL_MARGIN_TOKENS

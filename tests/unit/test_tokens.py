@@ -5,9 +5,9 @@ import pytest
 
 from dbt_pg_llm import ModelConfig, ModelInput, ResponseFormat, estimate_cost
 from dbt_pg_llm.pg.spec import ColumnSpec
-from dbt_pg_llm.providers import provider_for
+from dbt_pg_llm.models.providers import provider_for
 from dbt_pg_llm.simulator import answers as sim_answers
-from dbt_pg_llm.tokens import (LABEL_MARGIN_TOKENS, output_tokens_bound, packed_output_tokens_bound, prompt_tokens_bound,
+from dbt_pg_llm.models.tokens import (LABEL_MARGIN_TOKENS, output_tokens_bound, packed_output_tokens_bound, prompt_tokens_bound,
                                token_counter)
 
 AWKWARD = ["a", "tab\there", "café 日本語", "emoji 😀👍🏽", "x" * 1001, "  spaced  ", "\x00nul", "é" * 37,

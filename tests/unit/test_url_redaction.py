@@ -11,7 +11,7 @@ import pytest
 
 from dbt_pg_llm import ConfigError, ErrorKind, Model, ModelError
 from dbt_pg_llm.errors import redact
-from dbt_pg_llm.providers.base import classify_transport_error
+from dbt_pg_llm.models.providers.base import classify_transport_error
 from dbt_pg_llm.urls import endpoint, redact_url, split_credentials, url_secrets
 
 URL = "https://gw:S3cr3t-pass@llm.example.com:8443/v1?key=QUERYKEY123&api-version=2024-10-21"

@@ -3,7 +3,7 @@ import httpx
 import pytest
 
 from dbt_pg_llm import ConfigError, LlmSettings, ModelAlert
-from dbt_pg_llm.webhook import AlertWebhook
+from dbt_pg_llm.models.webhook import AlertWebhook
 
 MODELS = {"models": {"a": {"api_url": "http://x/v1", "model_version": "m"}}}
 

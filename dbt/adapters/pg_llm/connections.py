@@ -43,7 +43,7 @@ class PgLlmCredentials(PostgresCredentials):
         if cached is not None:
             return cached
         from dbt_pg_llm.errors import ConfigError, redact
-        from dbt_pg_llm.settings import LlmSettings
+        from dbt_pg_llm.models.settings import LlmSettings
 
         try:
             settings = LlmSettings.from_dict(dict(self.llm or {}))

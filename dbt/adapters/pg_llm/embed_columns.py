@@ -23,8 +23,8 @@ def resolve_embed_column(spec: Dict[str, Any], model_config: Callable[[str], Any
                          name: Optional[str]) -> Dict[str, Any]:
     """{"name", "kind": "embed", "spec", "model", "dimensions", "dims", "fingerprint"}; CompilationError
     naming the key and the fix for a bad spec or a model that cannot embed (settings only, no database)."""
-    from dbt_pg_llm.config import check_keys
     from dbt_pg_llm.errors import ConfigError
+    from dbt_pg_llm.models.config import check_keys
     from dbt_pg_llm.operators.embed import embedding_fingerprint
     from dbt_pg_llm.operators.embed_columns import column_dims
 

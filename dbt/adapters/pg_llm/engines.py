@@ -39,8 +39,8 @@ def get_engine(credentials: PgLlmCredentials):
         engine = _ENGINES.get(key)
         if engine is None:
             from dbt_pg_llm.errors import PgLlmError
-            from dbt_pg_llm.gc_policy import freeze_long_lived_heap
-            from dbt_pg_llm.settings import build_engine
+            from dbt_pg_llm.models.gc_policy import freeze_long_lived_heap
+            from dbt_pg_llm.models.settings import build_engine
 
             try:
                 engine = build_engine(settings)

@@ -3,7 +3,7 @@
 The macro finds the model node and the column's spec in its meta (``pg_llm:<column>``, recorded by
 ``llm_enrich``); this asks each evaluated model (the column's own by default, or ``models``) for the
 golden rows' prompts (cached and audited like any call: a re-evaluation of answered rows pays
-nothing), writes one ``llm_evaluations`` row per model (``dbt_pg_llm.evaluation``) and returns a
+nothing), writes one ``llm_evaluations`` row per model (``dbt_pg_llm.models.evaluation``) and returns a
 text table. The prompt expression is evaluated over the model's table (which keeps the source's
 columns) and matched to the golden relation on ``key``.
 """
@@ -32,7 +32,7 @@ def evaluate_column(adapter, engine, node_id: str, column: str, meta: Dict[str, 
                     golden_sql: str, golden_name: str, key: str, golden_column: str,
                     models: Optional[List[str]]) -> str:
     from dbt_pg_llm.errors import PgLlmError, redact
-    from dbt_pg_llm.evaluation import evaluate
+    from dbt_pg_llm.models.evaluation import evaluate
     from dbt_pg_llm.pg.cascades import store_evaluations
 
     spec = dict(meta.get("spec") or {})

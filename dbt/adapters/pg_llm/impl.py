@@ -68,7 +68,7 @@ class PgLlmAdapter(PostgresAdapter):
         endpoint (reachable, key accepted, model known). A failure fails the connection test with
         the endpoint's problem; the key is never shown."""
         super().debug_query()
-        from dbt_pg_llm.endpoints import check_endpoint
+        from dbt_pg_llm.models.endpoints import check_endpoint
 
         failed = []
         for name, config in self.llm_settings().models.items():
@@ -458,7 +458,7 @@ class PgLlmAdapter(PostgresAdapter):
         return Session(self, handle, parsed_model)
 
     def llm_frame_session(self, node_id: Optional[str]):
-        from dbt_pg_llm.pg.frame import LlmFrameSession
+        from dbt_pg_llm.operators.frame import LlmFrameSession
 
         settings = self.llm_settings()
         mode = self.on_error_mode(None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Optional
 
+from dbt_pg_llm.models.tokens import token_counter
 from dbt_pg_llm.operators.semantic_join import PlanCounts, check_join_arguments, choose_plan
-from dbt_pg_llm.tokens import token_counter
 
 __all__ = ["check_arguments", "plan_join"]
 
