@@ -40,21 +40,21 @@ from typing import Any, Callable, Iterable, Mapping
 
 import aiohttp
 
-from ..models.config import ModelConfig
 from ..errors import ConfigError, ErrorKind, ModelError, redact
+from ..models.config import ModelConfig
 from ..models.model_io import TokenUsage
 from ..models.pricing import cost_usd
 from ..models.providers import provider_for
 from ..models.providers.base import classify_http_error, classify_transport_error
 from ..models.spend import SpendLimit, active_limit
+from ..pg.vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, fetch_vectors, parse_embeddings,
+                          present_keys, store_copy, store_vectors, stored_keys, vector_from_b64, vector_storage,
+                          vector_to_b64)
 from ..urls import endpoint
 from .embed_audit import spool_sink
+from .embed_journal import RequestJournal
 from .embed_keys import (MAX_INPUT_TOKENS, approx_tokens, embedding_config, embedding_fingerprint, embedding_key,
                          embedding_key_sql, keyed_texts, prepare_text)
-from .embed_journal import RequestJournal
-from ..pg.vectors import (EMBEDDINGS_TABLE, NONFINITE, bound_malloc_arenas, copy_data, fetch_vectors,
-                            parse_embeddings, present_keys, store_copy, store_vectors, stored_keys, vector_from_b64,
-                            vector_storage, vector_to_b64)
 
 __all__ = ["keyed_texts", "EMBEDDINGS_TABLE", "MAX_INPUTS", "MAX_REQUEST_TOKENS", "MAX_INPUT_TOKENS", "EmbedReport",
            "embedding_fingerprint", "embedding_key", "embedding_key_sql", "embedding_config", "embed_texts",
@@ -334,8 +334,7 @@ def _fill_texts(connect: Callable[[], Any], engine, model_name: str, texts: Iter
     ``texts`` may be a ``{key: text}`` mapping of distinct texts whose keys the caller computed
     (embed_relation: Postgres, in the same query)."""
     from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
-    from ..pg.migrations import ensure_migrated
-    from ..pg.migrations import quote_ident
+    from ..pg.migrations import ensure_migrated, quote_ident
 
     config = embedding_config(engine, model_name)
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):

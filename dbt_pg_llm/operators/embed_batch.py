@@ -26,10 +26,10 @@ import uuid
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
+from ..errors import ModelError, redact
 from ..models.batch_api import BatchClient
 from ..models.batch_api.openai_batches import OpenAIBatchClient
 from ..models.batch_policy import BatchPolicy
-from ..errors import ModelError, redact
 from ..models.model_io import TokenUsage
 from ..models.pricing import cost_usd
 from ..models.spend import SpendLimit, active_limit
@@ -38,8 +38,8 @@ from ..pg.batch_collect import BatchCollector
 from ..pg.claims import ClaimHeartbeat, Claims, heartbeat_every, lease_seconds
 from ..pg.migrations import ensure_migrated, quote_ident
 from ..pg.spec import RunContext
-from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint,
-                    keyed_texts, prepare_text, present_keys)
+from .embed import (MAX_INPUT_TOKENS, EmbedReport, embedding_config, embedding_fingerprint, keyed_texts, prepare_text,
+                    present_keys)
 
 __all__ = ["EMBEDDINGS_URL", "submit_embeddings", "in_open_batches"]
 
@@ -148,7 +148,6 @@ def _submit_one(conn, schema: str, client: BatchClient, chunk, config, model_nam
                 dimensions: int | None, column_name: str | None, policy: BatchPolicy, run, limit,
                 report: EmbedReport) -> None:
     """One provider batch: reserve its worst case, record the intent, create it, record its id."""
-
     tokens = sum(_tokens(body["input"][0]) for _, body, _ in chunk)
     worst = cost_usd(config, TokenUsage(tokens, 0)) * policy.discount
     reservation = limit.try_reserve(worst) if limit is not None else None
@@ -178,5 +177,3 @@ def _submit_one(conn, schema: str, client: BatchClient, chunk, config, model_nam
         reservation.settle(worst)
     report.batched += len(chunk)
     report.batches.append(info.id)
-
-

@@ -26,11 +26,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
+from ..errors import ModelError, redact
 from ..models.batch_api import BatchClient
 from ..models.batch_policy import BATCH_PROVIDERS, BatchPolicy
-from ..errors import ModelError, redact
-from ..models.spend import SpendLimit, estimate_cost
 from ..models.keys import key_sql
+from ..models.spend import SpendLimit, estimate_cost
 from . import batch_store as store
 from .batch_collect import BatchCollector, CollectReport
 from .budget import run_spend_limit

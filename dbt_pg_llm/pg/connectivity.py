@@ -22,7 +22,6 @@ def buffered_sinks(engine) -> list:
         found = [s for s in dispatcher.sinks if callable(getattr(s, "drain", None))]
         if not found:
             from ..models.logs import BufferedSink
-
             from .run_totals import spool_dir_of
 
             sink = BufferedSink(spool_dir=spool_dir_of(engine))  # records on disk until written (call_spool.py)

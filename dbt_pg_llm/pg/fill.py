@@ -50,12 +50,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from ..errors import ErrorKind, PgLlmError, redact
 from ..models.model_io import ModelInput
 from .budget import run_spend_limit
-from .call_logs import CallLogDrain
 from .cache_control import forget_invalidated
+from .call_logs import CallLogDrain
+from .cascades import prepare_strategy
 from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every, lease_seconds, send_lease
 from .connectivity import buffered_sinks, db_errors
 from .join import count_and_log_hits_sql, uncached_prompts_sql
-from .cascades import prepare_strategy
 from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
 from .outcome import error_rate_exceeded, first_error_fails, too_many_errors, where_kept
 from .progress import FillProgress

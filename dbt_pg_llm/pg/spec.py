@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping
 
+from ..errors import ConfigError
 from ..models.batch_policy import COLUMN_MODES
 from ..models.config import check_keys
-from ..errors import ConfigError
-from ..models.keys import canonical_json, fingerprint_of, key_sql
 from ..models.json_schema import schema_problems
+from ..models.keys import canonical_json, fingerprint_of, key_sql
 from ..models.model_io import ModelInput, ResponseFormat, label_problems
 
 __all__ = ["ColumnSpec", "RunContext", "CLASSIFY_PHRASE", "EXTRACT_PHRASE", "FILTER_PHRASE", "FILTER_LABELS",

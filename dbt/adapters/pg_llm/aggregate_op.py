@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from dbt_pg_llm.operators.aggregate import (DEFAULT_FAN_IN, DEFAULT_MAX_INPUT_TOKENS, SYSTEM_PHRASE, answer_sql,
-                                            check_aggregate_arguments, run_aggregate)
 from dbt_pg_llm.errors import redact
 from dbt_pg_llm.models.tokens import token_counter
+from dbt_pg_llm.operators.aggregate import (DEFAULT_FAN_IN, DEFAULT_MAX_INPUT_TOKENS, SYSTEM_PHRASE, answer_sql,
+                                            check_aggregate_arguments, run_aggregate)
 
 __all__ = ["check_arguments", "step_spec", "aggregate"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from dbt_pg_llm.operators.top_k import (DEFAULT_WINDOW, RANK_PHRASE, RANKING_SCHEMA, check_top_k_arguments,
-                                        run_top_k, top_k_sql)
+from dbt_pg_llm.operators.top_k import (DEFAULT_WINDOW, RANK_PHRASE, RANKING_SCHEMA, check_top_k_arguments, run_top_k,
+                                        top_k_sql)
 
 __all__ = ["check_arguments", "window_spec", "top_k"]
 
