@@ -10,10 +10,11 @@ Exceptions are documented in ``dbt_pg_llm.errors``; the cache key in ``dbt_pg_ll
 from .errors import ConfigError, ErrorKind, ModelError, PgLlmError, RegistryError
 from .models.alerts import AlertThresholds, ModelAlert, should_alert
 from .models.batch import BatchInput, BatchOutput
-from .models.cache import DiskJournal, MemoryBackend, ResultCache
+from .models.cache import ResultCache
 from .models.config import ModelConfig
 from .models.engine import Engine
 from .models.failover import Failover
+from .models.journal import DiskJournal, MemoryBackend
 from .models.keys import cache_key, fingerprint
 from .models.logs import BufferedSink, LoggingSink, MemorySink, ModelLog
 from .models.metrics import MetricsRegistry, ModelMetrics

@@ -211,8 +211,9 @@ def _thresholds(data, path: str) -> AlertThresholds:
 def build_engine(settings: LlmSettings, *, sinks=(), journal: bool = True, transport=None):
     """An Engine with every configured model, then every strategy, registered; answers journaled
     to diskcache first."""
-    from .cache import DiskJournal, JournalError, MemoryBackend, ResultCache
+    from .cache import ResultCache
     from .engine import Engine
+    from .journal import DiskJournal, JournalError, MemoryBackend
     from .model import Model
 
     if journal:

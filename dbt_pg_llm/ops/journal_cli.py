@@ -1,6 +1,6 @@
 """``python -m dbt_pg_llm journal --stats | --prune [--older-than-days N]``: the local journal.
 
-The journal (diskcache under ``llm.journal_dir``, see ``cache.DiskJournal``) holds every paid answer
+The journal (diskcache under ``llm.journal_dir``, see ``journal.DiskJournal``) holds every paid answer
 before it reaches ``llm_results``. ``--stats`` prints its size, entries (valid / invalidated /
 expired) and oldest entry; ``--prune`` deletes the entries that can never be served again
 (invalidated by ``pg_llm.invalidate``, or expired), and with ``--older-than-days N`` also those
@@ -53,7 +53,7 @@ def _when(epoch: float | None) -> str:
 
 def run_journal(args, load_settings: Callable[[], object] | None = None) -> int:
     """Run ``journal`` for parsed ``args``; ``load_settings()`` gives the profile's LlmSettings."""
-    from ..models.cache import DiskJournal, JournalError, journal_stats, prune_journal
+    from ..models.journal import DiskJournal, JournalError, journal_stats, prune_journal
     from ..models.settings import LlmSettings
 
     if args.older_than_days is not None and (not args.prune or args.older_than_days < 0):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from ..models.cache import JournalError
+from ..models.journal import JournalError
 from .join import invalidation_cutoffs, quote_literal
 from .migrations import apply_retention, ensure_migrated, quote_ident, transaction
 

@@ -176,7 +176,7 @@ def test_kill_9_run_is_settled_from_its_call_spool(db, pg, pg_conn, simulator_fa
             proc.kill()
     ledger = ledger_of(sim)
     before = call_sums(pg_conn, audit, "killed")
-    from dbt_pg_llm.models.cache import DiskJournal
+    from dbt_pg_llm.models.journal import DiskJournal
     from dbt_pg_llm.pg.run_totals import replay_spools
     from dbt_pg_llm.pg.runs import mark_crashed_runs
 

@@ -17,7 +17,9 @@ import diskcache
 import pytest
 from test_pg_enrich import make_engine, q
 
-from dbt_pg_llm.models.cache import DiskJournal, ResultCache
+from dbt_pg_llm.models.cache import ResultCache
+
+from dbt_pg_llm.models.journal import DiskJournal
 from dbt_pg_llm.errors import ConfigError
 from dbt_pg_llm.operators.embed import embed, embed_texts, embedding_fingerprint, embedding_key
 from dbt_pg_llm.operators.embed_journal import PENDING_DIR, RequestJournal
@@ -112,7 +114,8 @@ KILLED = textwrap.dedent("""
     import json, sys
     import psycopg2
     from dbt_pg_llm import BufferedSink, Engine, Model
-    from dbt_pg_llm.models.cache import DiskJournal, ResultCache
+    from dbt_pg_llm.models.cache import ResultCache
+    from dbt_pg_llm.models.journal import DiskJournal
     from dbt_pg_llm.operators.embed import _Filler
     from dbt_pg_llm.operators import embed_texts
 

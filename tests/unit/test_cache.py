@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from dbt_pg_llm.models.cache import CacheEntry, DiskJournal, MemoryBackend, ResultCache
+from dbt_pg_llm.models.cache import ResultCache
+from dbt_pg_llm.models.journal import CacheEntry, DiskJournal, MemoryBackend
 from dbt_pg_llm.errors import ErrorKind, ModelError
 from dbt_pg_llm.models.keys import cache_key, fingerprint
 from dbt_pg_llm.models.model_io import ModelOutput, TokenUsage
