@@ -28,6 +28,40 @@ import pytest
 _FUNCTIONAL_DIR = Path(__file__).parent / "functional"
 
 
+def _faster_behavior_flag_source() -> None:
+    """dbt_common's ``BehaviorFlagRendered.__init__`` computes ``flag.get("source",
+    self._default_source())``: the default runs for every flag of every adapter dbt builds, even
+    when the flag names its source. It calls ``inspect.stack()``, which reads the source lines of
+    every frame, and every file ``inspect.getmodule`` cannot place makes it scan all of
+    ``sys.modules``. In this long pytest process (thousands of modules, deep dbtRunner stacks) a
+    profile of the suite put 90% of a dbt test's time there. The replacement gives the same answer,
+    the module of the first frame outside ``behavior_flags``, from each frame's globals. It is
+    test-only: a `dbt` command is a short process where the scan is cheap.
+    tests/unit/test_dbt_flag_source.py checks that it agrees with dbt's own."""
+    import sys
+
+    try:
+        from dbt_common import behavior_flags
+    except ImportError:  # pragma: no cover - dbt is a dependency of the project
+        return
+    original = behavior_flags.BehaviorFlagRendered._default_source
+
+    def _default_source() -> str:
+        frame = sys._getframe(1)
+        while frame is not None:
+            name = frame.f_globals.get("__name__")
+            if name and name != behavior_flags.__name__:
+                return name
+            frame = frame.f_back
+        return "Unknown"
+
+    _default_source.dbt_original = original  # type: ignore[attr-defined]
+    behavior_flags.BehaviorFlagRendered._default_source = staticmethod(_default_source)
+
+
+_faster_behavior_flag_source()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _FUNCTIONAL_DIR in Path(str(item.fspath)).parents:
