@@ -18,7 +18,6 @@ work on one batch):
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -201,15 +200,11 @@ class BatchCollector:
 
     def _result_row(self, key: str, output: ModelOutput, row: store.BatchRow, spec: ColumnSpec,
                     prompt: str | None = None) -> ResultRow:
-        is_json = spec.is_json  # extract, multi-label classify
-        return ResultRow(
-            key=key, model=row.model, model_version=row.model_version, fingerprint=row.fingerprint,
-            output_text=None if is_json else output.text,
-            output_json=json.dumps(output.value, ensure_ascii=False, separators=(",", ":")) if is_json else None,
-            confidence=output.confidence, prompt_tokens=output.tokens.prompt,
-            completion_tokens=output.tokens.completion, cost_usd=output.cost_usd, truncated=bool(output.truncated),
-            expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None, run_id=self.run.run_id,
-            node_id=row.node_id, column_name=spec.name, prompt=prompt)  # prompt: recorded at submit
+        return ResultRow.of_answer(key, output, is_json=spec.is_json, model=row.model,
+                                   model_version=row.model_version, fingerprint=row.fingerprint,
+                                   cost_usd=output.cost_usd, ttl=self.ttl, run_id=self.run.run_id,
+                                   node_id=row.node_id, column_name=spec.name,
+                                   prompt=prompt)  # prompt: recorded at submit
 
     # -- operations -------------------------------------------------------------------------------
     def cancel(self) -> list[str]:

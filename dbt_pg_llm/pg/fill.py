@@ -40,7 +40,6 @@ requesting, writing, progress and the final report.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -57,7 +56,7 @@ from .claims import ClaimHeartbeat, Claims, close_quietly, heartbeat_every, leas
 from .connectivity import buffered_sinks, db_errors
 from .join import count_and_log_hits_sql, uncached_prompts_sql
 from .migrations import ensure_call_partitions, ensure_migrated, quote_ident
-from .outcome import error_rate_exceeded, first_error_fails, too_many_errors, where_kept
+from .outcome import connection_broke, error_rate_exceeded, first_error_fails, too_many_errors, where_kept
 from .progress import FillProgress
 from .report import FillError, FillReport
 from .run_totals import replay_spools, run_totals, spool_dir_of
@@ -228,12 +227,8 @@ class ColumnFill:
             self._salvage()
             self._record_failed_run()
             if isinstance(exc, db_errors()):  # say what became of the paid answers, not just the driver error
-                left = [r.key for r in self._results]
-                kept = (f"{len(left)} paid answer(s) could not be written to {self.schema}.llm_results: "
-                        f"{where_kept(self.engine, left)}" if left else
-                        f"the answers received were written to {self.schema}.llm_results")
-                raise PgLlmError(f"the database connection broke while filling with model '{self.spec.model}': "
-                                 f"{' '.join(redact(str(exc)).split())}; {kept}") from exc
+                raise connection_broke(exc, self.spec.model, self.schema, self.engine,
+                                       [r.key for r in self._results]) from exc
             raise
         finally:
             self._count_attempts(False)
@@ -389,17 +384,11 @@ class ColumnFill:
                 rep.cache_hits += 1
                 rep.requests_total -= 1
                 rep.saved_cost_usd += stored
-            is_json = self.spec.is_json  # extract, multi-label classify
-            self._results.append(ResultRow(
-                key=key, model=output.model or self.spec.model, model_version=self._model_version(output.model),
-                fingerprint=self.fingerprint,
-                output_text=None if is_json else output.text,
-                output_json=json.dumps(output.value, ensure_ascii=False, separators=(",", ":")) if is_json else None,
-                confidence=output.confidence, prompt_tokens=output.tokens.prompt,
-                completion_tokens=output.tokens.completion, cost_usd=stored, truncated=bool(output.truncated),
-                expires_at=(datetime.now(timezone.utc) + self.ttl) if self.ttl else None,
-                run_id=self.run_ctx.run_id, node_id=self.run_ctx.node_id or None, column_name=self.spec.name,
-                prompt=prompt, cached_tokens=output.tokens.cached, cache_write_tokens=output.tokens.cache_write))
+            self._results.append(ResultRow.of_answer(
+                key, output, is_json=self.spec.is_json, model=output.model or self.spec.model,
+                model_version=self._model_version(output.model), fingerprint=self.fingerprint, cost_usd=stored,
+                ttl=self.ttl, run_id=self.run_ctx.run_id, node_id=self.run_ctx.node_id or None,
+                column_name=self.spec.name, prompt=prompt))
             self._ok_keys.append(key)
         elif output.error_kind is ErrorKind.BUDGET:
             self._skip_for_budget([key], output.error_message)

@@ -1,13 +1,14 @@
-"""How a fill ends: the ``llm.max_error_rate`` verdict, and the truth about answers it could not write.
+"""How a fill ends: the ``llm.max_error_rate`` verdict, a broken connection, and the truth about
+answers it could not write.
 
 Plain functions over a ``FillReport`` and the engine's cache, used by ``fill.ColumnFill``.
 """
 from __future__ import annotations
 
-from ..errors import ModelError
+from ..errors import ModelError, PgLlmError, redact
 from .report import FillReport
 
-__all__ = ["too_many_errors", "error_rate_exceeded", "first_error_fails", "where_kept"]
+__all__ = ["too_many_errors", "error_rate_exceeded", "first_error_fails", "where_kept", "connection_broke"]
 
 
 def too_many_errors(report: FillReport, max_error_rate: float | None) -> bool:
@@ -57,3 +58,13 @@ def where_kept(engine, keys: list[str]) -> str:
            "the engine has no journal on disk (llm.journal_dir)")
     return (f"{kept} of them are kept in the engine's journal; {len(keys) - kept} paid answer(s) are kept "
             f"nowhere and will be requested (and paid) again: {why}")
+
+
+def connection_broke(exc: BaseException, model: str, schema: str, engine, unwritten: list[str]) -> PgLlmError:
+    """The error of a fill whose database connection broke: the driver's words, and what became of
+    the paid answers (``unwritten``: the keys received but not in llm_results)."""
+    kept = (f"{len(unwritten)} paid answer(s) could not be written to {schema}.llm_results: "
+            f"{where_kept(engine, unwritten)}" if unwritten else
+            f"the answers received were written to {schema}.llm_results")
+    return PgLlmError(f"the database connection broke while filling with model '{model}': "
+                      f"{' '.join(redact(str(exc)).split())}; {kept}")

@@ -16,7 +16,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -68,6 +68,21 @@ class ResultRow:
     # migration 14: of prompt_tokens, read from / written to the provider's prompt cache
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+
+    @classmethod
+    def of_answer(cls, key: str, output, *, is_json: bool, model: str, model_version: str | None,
+                  fingerprint: str | None, cost_usd: float, ttl: timedelta | None, run_id: str | None,
+                  node_id: str | None, column_name: str | None, prompt: str | None) -> "ResultRow":
+        """The row of a successful answer (a ``ModelOutput``): its text, or its value as JSON text for
+        extract and multi-label classify (``is_json``); its tokens; expiring ``ttl`` from now."""
+        return cls(key=key, model=model, model_version=model_version, fingerprint=fingerprint,
+                   output_text=None if is_json else output.text,
+                   output_json=json.dumps(output.value, ensure_ascii=False, separators=(",", ":")) if is_json else None,
+                   confidence=output.confidence, prompt_tokens=output.tokens.prompt,
+                   completion_tokens=output.tokens.completion, cost_usd=cost_usd, truncated=bool(output.truncated),
+                   expires_at=(datetime.now(timezone.utc) + ttl) if ttl else None, run_id=run_id, node_id=node_id,
+                   column_name=column_name, prompt=prompt, cached_tokens=output.tokens.cached,
+                   cache_write_tokens=output.tokens.cache_write)
 
 
 RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
