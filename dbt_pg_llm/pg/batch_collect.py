@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from ..errors import ErrorKind, ModelError, PgLlmError, redact
-from ..models.batch_api import BatchClient, client_for, output_of_line
+from ..errors import ModelError, PgLlmError, redact
+from ..models.batch_api import BatchClient, client_for, missing_line, output_of_line
 from ..models.model_io import ModelOutput
 from . import batch_store as store
 from .batch_collect_embed import collect_embed_batch, is_embed_batch
@@ -38,12 +38,6 @@ __all__ = ["BatchCollector", "CollectReport", "RECONCILE_AFTER_S"]
 log = logging.getLogger("dbt_pg_llm")
 
 RECONCILE_AFTER_S = 600.0  # a live submitter gets this long to record the id of the batch it created
-_LOST = {"expired": (ErrorKind.TIMEOUT, "the batch expired (24 h window) before this request was processed"),
-         "cancelled": (ErrorKind.API, "the batch was cancelled before this request was processed"),
-         "ended": (ErrorKind.API, "the batch ended without a result for this request"),
-         "failed": (ErrorKind.INVALID_INPUT, "the provider rejected the batch")}
-
-
 @dataclass
 class CollectReport:
     collected: list[str] = field(default_factory=list)  # labels of the batches closed now
@@ -165,10 +159,7 @@ class BatchCollector:
             if line.custom_id in pending:
                 outcomes.append((line.custom_id, output_of_line(line, model, inp, row.discount)))
         seen = {c for c, _ in outcomes}
-        kind, why = _LOST.get(info.status, _LOST["ended"])
-        for custom_id in pending.keys() - seen:
-            error = ModelError(kind, f"in batch {info.id}: {why}", model=row.model)
-            outcomes.append((custom_id, ModelOutput.failure(error, model=row.model)))
+        outcomes += [(c, missing_line(info.status, info.id, row.model)) for c in pending.keys() - seen]
         cache = getattr(self.engine, "cache", None)
         if cache is not None:  # journal first: paid answers survive whatever happens below
             cache.put_many((pending[c], o) for c, o in outcomes)

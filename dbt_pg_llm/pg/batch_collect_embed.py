@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ErrorKind, ModelError, redact
-from ..models.batch_api import BatchClient
+from ..models.batch_api import BatchClient, line_failure, missing_line
 from ..models.model_io import ModelOutput, TokenUsage
 from ..models.pricing import cost_usd
 from . import batch_store as store
@@ -17,21 +17,15 @@ from .writers import ErrorRow, record_run, resolve_errors, write_errors
 
 __all__ = ["collect_embed_batch", "is_embed_batch"]
 
-_LOST = {"expired": (ErrorKind.TIMEOUT, "the batch expired (24 h window) before this text was embedded"),
-         "cancelled": (ErrorKind.API, "the batch was cancelled before this text was embedded"),
-         "failed": (ErrorKind.INVALID_INPUT, "the provider rejected the batch")}
-
-
 def is_embed_batch(spec: dict | None) -> bool:
     """Whether an ``llm_batches.spec`` is an embeddings batch (collected by ``collect_embed_batch``)."""
     return isinstance(spec, dict) and spec.get("kind") == "embed"
 
 
 def _output(line, config, model_name: str, discount: float) -> ModelOutput:
-    if line.error_kind is not ErrorKind.NONE or line.body is None:
-        error = ModelError(line.error_kind if line.error_kind is not ErrorKind.NONE else ErrorKind.API,
-                           line.message or "no answer in the batch", http_status=line.http_status, model=model_name)
-        return ModelOutput.failure(error, model=model_name, attempts=1)
+    failed = line_failure(line, model_name)
+    if failed is not None:
+        return failed
     try:
         vec = line.body["data"][0]["embedding"]
         tokens = int((line.body.get("usage") or {}).get("prompt_tokens") or 0)
@@ -52,9 +46,8 @@ def collect_embed_batch(engine, conn, schema: str, run, row, client: BatchClient
     outcomes: list[tuple[str, ModelOutput]] = [(line.custom_id, _output(line, config, row.model, row.discount))
                                                for line in client.results(info) if line.custom_id in pending]
     seen = {c for c, _ in outcomes}
-    kind, why = _LOST.get(info.status, (ErrorKind.API, "the batch ended without a result for this text"))
-    outcomes += [(c, ModelOutput.failure(ModelError(kind, f"in batch {info.id}: {why}", model=row.model),
-                                         model=row.model)) for c in pending.keys() - seen]
+    outcomes += [(c, missing_line(info.status, info.id, row.model, "this text", "embedded"))
+                 for c in pending.keys() - seen]
     ok = [(pending[c], o) for c, o in outcomes if o.ok]
     cache = getattr(engine, "cache", None)
     if cache is not None and ok:  # journal first: paid vectors survive whatever happens below

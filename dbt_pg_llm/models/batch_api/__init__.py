@@ -12,6 +12,7 @@ The Postgres side (recording, collecting, the fill) is in ``dbt_pg_llm.pg.batch_
 """
 from ..batch_policy import COLUMN_MODES, BatchPolicy
 from .client import BatchClient, BatchInfo, BatchLine, client_for
-from .outputs import output_of_line
+from .outputs import line_failure, missing_line, output_of_line
 
-__all__ = ["BatchPolicy", "COLUMN_MODES", "BatchClient", "BatchInfo", "BatchLine", "client_for", "output_of_line"]
+__all__ = ["BatchPolicy", "COLUMN_MODES", "BatchClient", "BatchInfo", "BatchLine", "client_for", "line_failure", "missing_line",
+           "output_of_line"]

@@ -12,14 +12,34 @@ from ..model import Model
 from ..model_io import ModelInput, ModelOutput
 from .client import BatchLine
 
-__all__ = ["output_of_line"]
+__all__ = ["line_failure", "missing_line", "output_of_line"]
+
+
+def line_failure(line: BatchLine, model_name: str) -> ModelOutput | None:
+    """The failure of a line the provider answered with an error or without a body (billed as one
+    attempt); None for a line with an answer."""
+    if line.error_kind is ErrorKind.NONE and line.body is not None:
+        return None
+    error = ModelError(line.error_kind if line.error_kind is not ErrorKind.NONE else ErrorKind.API,
+                       line.message or "no answer in the batch", http_status=line.http_status, model=model_name)
+    return ModelOutput.failure(error, model=model_name, attempts=1)
+
+
+def missing_line(status: str, batch_id: str, model_name: str, subject: str = "this request",
+                 done: str = "processed") -> ModelOutput:
+    """The failure of a request that the ended batch (``status``: expired, cancelled, failed, ...)
+    has no line for; ``subject`` / ``done`` word it ("this text" / "embedded")."""
+    kind, why = {"expired": (ErrorKind.TIMEOUT, f"the batch expired (24 h window) before {subject} was {done}"),
+                 "cancelled": (ErrorKind.API, f"the batch was cancelled before {subject} was {done}"),
+                 "failed": (ErrorKind.INVALID_INPUT, "the provider rejected the batch")}.get(
+        status, (ErrorKind.API, f"the batch ended without a result for {subject}"))
+    return ModelOutput.failure(ModelError(kind, f"in batch {batch_id}: {why}", model=model_name), model=model_name)
 
 
 def output_of_line(line: BatchLine, model: Model, inp: ModelInput, discount: float) -> ModelOutput:
-    if line.error_kind is not ErrorKind.NONE or line.body is None:
-        error = ModelError(line.error_kind if line.error_kind is not ErrorKind.NONE else ErrorKind.API,
-                           line.message or "no answer in the batch", http_status=line.http_status, model=model.name)
-        return ModelOutput.failure(error, model=model.name, attempts=1)
+    failed = line_failure(line, model.name)
+    if failed is not None:
+        return failed
     try:
         # what the request used (structured-output schema, ...) depends on its response format only
         _, used = model.provider.build_body(inp.with_defaults(model.config.temperature, model.config.max_tokens))
