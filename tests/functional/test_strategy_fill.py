@@ -119,5 +119,8 @@ def test_route_by_scores_moves_off_a_model_whose_circuit_opens_mid_run(simulator
     # 'off' (disabled, the best score) never answered; small answered until it broke; then large
     assert by_model["off"] == 0 and by_model["small"] >= 20 - 4 and by_model["large"] > 0
     assert len(outputs) == 80 and 0 < len(failed) <= breaker.failure_threshold + 4
-    assert small.stats()["requests"] == by_model["small"] + len(failed)  # nothing more reached the broken model
+    # nothing more reached the broken model: its requests are its answers plus the failed attempts sent
+    # (a request refused by the open circuit has 0 attempts: it never reached the server)
+    assert small.stats()["requests"] == by_model["small"] + sum(o.attempts for o in failed)
+    assert all(o.model == "small" and o.attempts <= 1 for o in failed)
     assert large.stats()["requests"] == by_model["large"]
